@@ -1,0 +1,1 @@
+"""core: Nudge's pure domain — campaign definitions, events, conditions, templates. No I/O."""

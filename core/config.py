@@ -1,0 +1,57 @@
+"""core: Nudge's settings, one class, read from the environment (NUDGE_*) and `.env`."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_WRITE_KEY = "dev-write-key"
+DEV_WEBHOOK_SECRET = "whsec_ZGV2LXdlYmhvb2stc2VjcmV0LWNoYW5nZS1tZQ=="
+
+
+class Environment(StrEnum):
+    dev = "dev"
+    test = "test"
+    production = "production"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NUDGE_", env_file=".env", extra="ignore")
+
+    environment: Environment = Environment.dev
+    database_url: str = "sqlite+aiosqlite:///.nudge/nudge.db"
+
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    task_queue: str = "nudge"
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=0, le=65535)
+    write_key: str = DEV_WRITE_KEY
+    """Segment write key: the HTTP Basic username of every tracking request."""
+
+    webhook_url: str | None = None
+    """Where the `webhook` channel POSTs messages."""
+    webhook_secret: str = DEV_WEBHOOK_SECRET
+    """Standard Webhooks signing secret (`whsec_` + base64). Several, comma-separated, to rotate."""
+    provider_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    relay_interval_seconds: float = Field(default=2.0, gt=0)
+    """How often accepted events still pending (Temporal was unreachable) are retried."""
+    campaign_refresh_seconds: float = Field(default=5.0, gt=0)
+    """How often the router reloads active campaigns written by another API instance."""
+
+    @model_validator(mode="after")
+    def _refuse_placeholders(self) -> Settings:
+        if self.environment is Environment.production:
+            if self.write_key == DEV_WRITE_KEY:
+                raise ValueError("NUDGE_WRITE_KEY must be set to a secret in production")
+            if self.webhook_secret == DEV_WEBHOOK_SECRET:
+                raise ValueError("NUDGE_WEBHOOK_SECRET must be set to a secret in production")
+        return self
+
+    @property
+    def webhook_secrets(self) -> list[str]:
+        return [s.strip() for s in self.webhook_secret.split(",") if s.strip()]

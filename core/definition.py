@@ -1,0 +1,299 @@
+"""core: the campaign definition language v1 (written as YAML or JSON) and its validation."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from core.conditions import Condition, needs_traits
+from core.durations import Duration
+
+SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+STEP_ID = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
+
+
+class DefinitionError(ValueError):
+    """A campaign definition that cannot run; `problems` name each path that is wrong."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Trigger(_Model):
+    """An event, by name, and conditions it (and the profile) must meet."""
+
+    event: str = Field(min_length=1, max_length=200)
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class ReEntry(StrEnum):
+    once = "once"
+    """A user goes through the journey at most once, ever."""
+    after_exit = "after_exit"
+    """A user may enter again once their previous journey has ended."""
+
+
+class FailureRule(StrEnum):
+    continue_ = "continue"
+    exit = "exit"
+
+
+class SendStep(_Model):
+    id: str = Field(pattern=STEP_ID)
+    type: Literal["send"]
+    channel: str = Field(min_length=1, max_length=50)
+    template: str = Field(min_length=1, max_length=100)
+    next: str | None = None
+    on_failure: FailureRule = FailureRule.continue_
+
+    def targets(self) -> dict[str, str | None]:
+        return {"next": self.next}
+
+
+class WaitStep(_Model):
+    id: str = Field(pattern=STEP_ID)
+    type: Literal["wait"]
+    duration: Duration
+    next: str | None = None
+
+    def targets(self) -> dict[str, str | None]:
+        return {"next": self.next}
+
+
+class WaitForStep(_Model):
+    """Wait for an event (and conditions) at most `timeout`: two ways out."""
+
+    id: str = Field(pattern=STEP_ID)
+    type: Literal["wait_for"]
+    event: str = Field(min_length=1, max_length=200)
+    conditions: list[Condition] = Field(default_factory=list)
+    timeout: Duration
+    on_event: str | None = None
+    on_timeout: str | None = None
+
+    def targets(self) -> dict[str, str | None]:
+        return {"on_event": self.on_event, "on_timeout": self.on_timeout}
+
+
+class Branch(_Model):
+    conditions: list[Condition] = Field(min_length=1)
+    next: str | None = None
+
+
+class BranchStep(_Model):
+    """The first branch whose conditions hold decides; `else` when none does."""
+
+    id: str = Field(pattern=STEP_ID)
+    type: Literal["branch"]
+    branches: list[Branch] = Field(min_length=1)
+    else_: str | None = Field(default=None, alias="else")
+
+    def targets(self) -> dict[str, str | None]:
+        out: dict[str, str | None] = {
+            f"branches[{i}].next": b.next for i, b in enumerate(self.branches)
+        }
+        out["else"] = self.else_
+        return out
+
+
+class ExitStep(_Model):
+    id: str = Field(pattern=STEP_ID)
+    type: Literal["exit"]
+
+    def targets(self) -> dict[str, str | None]:
+        return {}
+
+
+Step = Annotated[
+    SendStep | WaitStep | WaitForStep | BranchStep | ExitStep, Field(discriminator="type")
+]
+WAITING_TYPES = ("wait", "wait_for")
+
+
+class JourneyPlan(_Model):
+    """The step graph a journey runs: a campaign version without its message content.
+
+    This is what a `JourneyWorkflow` is started with, so editing a campaign never changes a
+    running journey, and templates (content, personal data) stay out of its history.
+    """
+
+    id: str = Field(pattern=SLUG)
+    entry: Trigger
+    re_entry: ReEntry = ReEntry.after_exit
+    goals: list[Trigger] = Field(default_factory=list)
+    exits: list[Trigger] = Field(default_factory=list)
+    start: str | None = None
+    steps: list[Step] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_graph(self) -> JourneyPlan:
+        problems = graph_problems(self)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @property
+    def start_step(self) -> str:
+        return self.start or self.steps[0].id
+
+    def step(self, step_id: str) -> Step:
+        for s in self.steps:
+            if s.id == step_id:
+                return s
+        raise KeyError(step_id)
+
+    def event_names(self) -> set[str]:
+        """Every event name this plan reacts to once a journey runs."""
+        names = {t.event for t in (*self.goals, *self.exits)}
+        names.update(s.event for s in self.steps if isinstance(s, WaitForStep))
+        return names
+
+    def needs_profile(self, step: Step) -> bool:
+        if isinstance(step, BranchStep):
+            return any(needs_traits(b.conditions) for b in step.branches)
+        return False
+
+
+class Template(_Model):
+    """Message content. Rendered with Jinja2 (sandboxed) by the `deliver` activity."""
+
+    subject: str | None = Field(default=None, max_length=2000)
+    body: str = Field(max_length=200_000)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class CampaignDefinition(JourneyPlan):
+    """A campaign as its author writes it. Each change is stored as a new version."""
+
+    name: str = Field(min_length=1, max_length=200)
+    description: str | None = Field(default=None, max_length=5000)
+    templates: dict[str, Template] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_templates(self) -> CampaignDefinition:
+        problems = [
+            f"steps[{i}].template: no template named {s.template!r}"
+            + (f" (templates: {', '.join(sorted(self.templates))})" if self.templates else "")
+            for i, s in enumerate(self.steps)
+            if isinstance(s, SendStep) and s.template not in self.templates
+        ]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def plan(self) -> JourneyPlan:
+        return JourneyPlan.model_validate(
+            self.model_dump(by_alias=True, include=set(JourneyPlan.model_fields))
+        )
+
+    def channels(self) -> set[str]:
+        return {s.channel for s in self.steps if isinstance(s, SendStep)}
+
+
+def graph_problems(plan: JourneyPlan) -> list[str]:
+    """Unknown references, duplicate ids, unreachable steps, cycles with no wait in them."""
+    problems: list[str] = []
+    index: dict[str, int] = {}
+    for i, step in enumerate(plan.steps):
+        if step.id in index:
+            problems.append(f"steps[{i}].id: duplicate step id {step.id!r}")
+        else:
+            index[step.id] = i
+    if plan.start is not None and plan.start not in index:
+        problems.append(f"start: no step named {plan.start!r}")
+    edges: dict[str, list[str]] = {}
+    for i, step in enumerate(plan.steps):
+        for field, target in step.targets().items():
+            if target is None:
+                continue
+            if target not in index:
+                problems.append(f"steps[{i}].{field}: no step named {target!r}")
+            else:
+                edges.setdefault(step.id, []).append(target)
+    if problems:
+        return problems
+
+    start = plan.start_step
+    seen = {start}
+    todo = [start]
+    while todo:
+        for nxt in edges.get(todo.pop(), []):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    for i, step in enumerate(plan.steps):
+        if step.id not in seen:
+            problems.append(f"steps[{i}]: step {step.id!r} is unreachable from start {start!r}")
+
+    # A cycle must pass through a wait, or a journey could spin without ever yielding.
+    kinds = {s.id: s.type for s in plan.steps}
+    color: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        color[node] = 1
+        stack.append(node)
+        for nxt in edges.get(node, []):
+            if color.get(nxt) == 1:
+                cycle = [*stack[stack.index(nxt) :], nxt]
+                if not any(kinds[n] in WAITING_TYPES for n in cycle):
+                    problems.append(
+                        f"steps[{index[node]}]: cycle without a wait: {' -> '.join(cycle)}"
+                    )
+            elif nxt not in color:
+                visit(nxt)
+        stack.pop()
+        color[node] = 2
+
+    for step in plan.steps:
+        if step.id not in color:
+            visit(step.id)
+    return problems
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("send", "wait", "wait_for", "branch", "exit") or "[" in str(part):
+            # pydantic names the union member it tried; the author only needs the path.
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def format_validation_error(err: ValidationError) -> list[str]:
+    """Turn pydantic's errors into `steps[3].channel: Field required` lines."""
+    problems = []
+    for e in err.errors():
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        loc = _format_loc(tuple(e["loc"]))
+        for line in msg.split("\n"):
+            problems.append(f"{loc}: {line}" if loc else line)
+    return problems
+
+
+def parse_campaign(data: Any) -> CampaignDefinition:
+    """Validate a definition from a dict, or from YAML/JSON text."""
+    if isinstance(data, bytes | str):
+        try:
+            data = yaml.safe_load(data) if not str(data).lstrip().startswith("{") else json.loads(data)
+        except (yaml.YAMLError, json.JSONDecodeError) as exc:
+            raise DefinitionError([f"not valid YAML or JSON: {exc}"]) from exc
+    if not isinstance(data, dict):
+        raise DefinitionError(["a campaign definition must be a mapping"])
+    try:
+        return CampaignDefinition.model_validate(data)
+    except ValidationError as exc:
+        raise DefinitionError(format_validation_error(exc)) from exc

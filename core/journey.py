@@ -1,0 +1,139 @@
+"""core: what goes in and out of a journey — workflow input, state, activity requests."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from core.definition import JourneyPlan
+from core.events import JourneyEvent
+
+JOURNEY_INPUT_VERSION = 1
+MAX_STEP_RECORDS = 200
+"""Step records kept in state; older ones are dropped (the history has them all)."""
+MAX_SEEN_EVENT_IDS = 1000
+"""Event ids remembered for deduplication; the store's unique messageId catches older ones."""
+MAX_STEPS_PER_RUN = 10_000
+"""The interpreter's bound: a journey that executes more steps than this ends as failed."""
+
+
+def journey_id(campaign_id: str, user_id: str) -> str:
+    """The workflow id of a (campaign, user) journey: a business key, one at a time."""
+    return f"journey/{campaign_id}/{user_id}"
+
+
+def idempotency_key(workflow_id: str, entry_message_id: str, step_id: str, visit: int) -> str:
+    """Same on every retry and replay of one send; different for a deliberate second send.
+
+    The entry event's id tells apart two journeys of the same user through the same campaign
+    (re-entry), the visit count tells apart two passes through the same step.
+    """
+    raw = f"{workflow_id}\x1f{entry_message_id}\x1f{step_id}\x1f{visit}"
+    return "nudge_" + hashlib.sha256(raw.encode()).hexdigest()[:40]
+
+
+class JourneyStatus(StrEnum):
+    running = "running"
+    completed = "completed"
+    """Reached an exit step or the end of the graph."""
+    converted = "converted"
+    """A goal event arrived."""
+    exited = "exited"
+    """An exit event arrived, or an operator ended it."""
+    failed = "failed"
+    """A send failed with `on_failure: exit`, or the step bound was hit."""
+
+
+class StepRecord(BaseModel):
+    step_id: str
+    type: str
+    visit: int
+    at: datetime
+    outcome: str = ""
+
+
+class JourneyState(BaseModel):
+    """Everything a journey knows; carried whole across continue-as-new."""
+
+    status: JourneyStatus = JourneyStatus.running
+    current_step: str | None = None
+    step_started_at: datetime | None = None
+    waiting_for: str | None = None
+    visits: dict[str, int] = Field(default_factory=dict)
+    history: list[StepRecord] = Field(default_factory=list)
+    seen_event_ids: list[str] = Field(default_factory=list)
+    last_event: JourneyEvent | None = None
+    matched_event: JourneyEvent | None = None
+    events_received: int = 0
+    steps_executed: int = 0
+    runs: int = 1
+    exit_reason: str | None = None
+    ended_at: datetime | None = None
+
+
+class JourneyInput(BaseModel):
+    version: int = JOURNEY_INPUT_VERSION
+    campaign_id: str
+    campaign_version: int
+    user_id: str
+    plan: JourneyPlan
+    entry_event: JourneyEvent
+    state: JourneyState | None = None
+    """Set when a journey continues as new."""
+    history_limit: int | None = None
+    """Continue as new past this many history events (Temporal's suggestion also counts)."""
+
+
+class JourneyResult(BaseModel):
+    status: JourneyStatus
+    exit_reason: str | None = None
+    steps_executed: int = 0
+    sends: int = 0
+
+
+class ExitRequest(BaseModel):
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class DeliverRequest(BaseModel):
+    idempotency_key: str
+    workflow_id: str
+    campaign_id: str
+    campaign_version: int
+    step_id: str
+    visit: int
+    channel: str
+    template: str
+    user_id: str
+    entry_event: JourneyEvent
+    last_event: JourneyEvent | None = None
+
+
+class DeliveryStatus(StrEnum):
+    pending = "pending"
+    """Row written, provider not (yet) known to have accepted."""
+    sent = "sent"
+    failed = "failed"
+
+
+class DeliverResult(BaseModel):
+    status: DeliveryStatus
+    delivery_id: int
+    idempotency_key: str
+    provider_message_id: str | None = None
+    reason: str | None = None
+    duplicate: bool = False
+    """True when an earlier attempt had already completed this send."""
+
+
+class ProfileRequest(BaseModel):
+    user_id: str
+
+
+class Profile(BaseModel):
+    user_id: str
+    traits: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,176 @@
+"""store: the tables. Changing one means a new Alembic revision in store/migrations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on every backend (SQLite keeps no zone of its own)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# BigInteger ids that are still SQLite's autoincrementing rowid.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON}
+
+
+class Campaign(Base):
+    __tablename__ = "campaigns"
+
+    id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="draft")
+    """draft, active, paused or archived (core.campaigns.CampaignStatus)."""
+    current_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    updated_at: Mapped[datetime] = mapped_column(default=now, onupdate=now)
+
+
+class CampaignVersion(Base):
+    """Immutable: a running journey's templates are read from the version it started on."""
+
+    __tablename__ = "campaign_versions"
+
+    campaign_id: Mapped[str] = mapped_column(
+        ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    definition: Mapped[dict[str, Any]] = mapped_column(JSON)
+    definition_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+class Profile(Base):
+    __tablename__ = "profiles"
+
+    user_id: Mapped[str] = mapped_column(String(520), primary_key=True)
+    traits: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    updated_at: Mapped[datetime] = mapped_column(default=now, onupdate=now)
+
+
+class Event(Base):
+    """The outbox: written before the API answers; routed to Temporal after."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_status_id", "status", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(String(512), unique=True)
+    type: Mapped[str] = mapped_column(String(16))
+    """track, identify or page."""
+    name: Mapped[str | None] = mapped_column(String(200))
+    user_id: Mapped[str] = mapped_column(String(520), index=True)
+    timestamp: Mapped[datetime] = mapped_column()
+    received_at: Mapped[datetime] = mapped_column(default=now)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    """pending, routed or ignored (no campaign cares about it)."""
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    routed_at: Mapped[datetime | None] = mapped_column()
+
+
+class JourneyEntry(Base):
+    """One row per journey started: re-entry rules and the 'entered' count read it."""
+
+    __tablename__ = "journey_entries"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "entry_message_id"),
+        Index("ix_journey_entries_campaign_user", "campaign_id", "user_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    campaign_id: Mapped[str] = mapped_column(String(63))
+    campaign_version: Mapped[int] = mapped_column(Integer)
+    user_id: Mapped[str] = mapped_column(String(520))
+    workflow_id: Mapped[str] = mapped_column(String(700))
+    run_id: Mapped[str | None] = mapped_column(String(64))
+    entry_message_id: Mapped[str] = mapped_column(String(512))
+    entered_at: Mapped[datetime] = mapped_column(default=now)
+
+
+class Delivery(Base):
+    """One row per send, keyed by its idempotency key: the gate against sending twice."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["campaign_id", "campaign_version"],
+            ["campaign_versions.campaign_id", "campaign_versions.version"],
+        ),
+        Index("ix_deliveries_campaign_status", "campaign_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
+    workflow_id: Mapped[str] = mapped_column(String(700))
+    campaign_id: Mapped[str] = mapped_column(String(63))
+    campaign_version: Mapped[int] = mapped_column(Integer)
+    step_id: Mapped[str] = mapped_column(String(63))
+    visit: Mapped[int] = mapped_column(Integer)
+    channel: Mapped[str] = mapped_column(String(50))
+    user_id: Mapped[str] = mapped_column(String(520), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    """pending, sent or failed (core.journey.DeliveryStatus)."""
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    provider_message_id: Mapped[str | None] = mapped_column(String(512))
+    provider_response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    updated_at: Mapped[datetime] = mapped_column(default=now, onupdate=now)
+    sent_at: Mapped[datetime | None] = mapped_column()
+
+
+class SandboxMessage(Base):
+    """What the sandbox channel 'sent': kept so the dashboard and tests can read it."""
+
+    __tablename__ = "sandbox_messages"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="CASCADE"), unique=True
+    )
+    user_id: Mapped[str] = mapped_column(String(520), index=True)
+    subject: Mapped[str | None] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=now)

@@ -137,3 +137,23 @@ class ProfileRequest(BaseModel):
 class Profile(BaseModel):
     user_id: str
     traits: dict[str, Any] = Field(default_factory=dict)
+
+
+WORKFLOW_NAME = "journey"
+SIGNAL_EVENT = "event"
+QUERY_STATE = "state"
+UPDATE_EXIT = "exit"
+ACTIVITY_DELIVER = "deliver"
+ACTIVITY_LOAD_PROFILE = "load_profile"
+
+SA_CAMPAIGN = "NudgeCampaign"
+SA_USER = "NudgeUser"
+SA_STEP = "NudgeStep"
+SA_CAMPAIGN_VERSION = "NudgeCampaignVersion"
+SEARCH_ATTRIBUTES = {
+    SA_CAMPAIGN: "Keyword",
+    SA_USER: "Keyword",
+    SA_STEP: "Keyword",
+    SA_CAMPAIGN_VERSION: "Int",
+}
+"""Custom search attributes a Temporal namespace needs for Nudge, by name and type."""

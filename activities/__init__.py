@@ -1,0 +1,1 @@
+"""activities: every side effect a journey asks for — delivery, profiles."""

@@ -1,0 +1,1 @@
+"""activities.channels: one provider client per file, behind a small base class."""

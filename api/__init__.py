@@ -1,0 +1,1 @@
+"""api: the FastAPI app — Segment-compatible ingestion, campaigns, routing to journeys."""

@@ -1,0 +1,1 @@
+"""cli: the `nudge` command — thin: calls the API or starts processes."""

@@ -1,0 +1,1 @@
+"""tests: pytest, mirroring the rooms."""

@@ -1,0 +1,1 @@
+"""worker: builds and runs the Temporal worker; the `nudge dev` launcher."""

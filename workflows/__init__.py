@@ -1,0 +1,1 @@
+"""workflows: JourneyWorkflow and friends. Deterministic: no I/O, no store, no httpx."""

@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_WRITE_KEY = "dev-write-key"
+DEV_ADMIN_TOKEN = "dev-admin-token"
 DEV_WEBHOOK_SECRET = "whsec_ZGV2LXdlYmhvb2stc2VjcmV0LWNoYW5nZS1tZQ=="
 
 
@@ -31,6 +32,8 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, ge=0, le=65535)
     write_key: str = DEV_WRITE_KEY
     """Segment write key: the HTTP Basic username of every tracking request."""
+    admin_token: str = DEV_ADMIN_TOKEN
+    """Bearer token for campaign management and journey inspection."""
 
     webhook_url: str | None = None
     """Where the `webhook` channel POSTs messages."""
@@ -48,6 +51,8 @@ class Settings(BaseSettings):
         if self.environment is Environment.production:
             if self.write_key == DEV_WRITE_KEY:
                 raise ValueError("NUDGE_WRITE_KEY must be set to a secret in production")
+            if self.admin_token == DEV_ADMIN_TOKEN:
+                raise ValueError("NUDGE_ADMIN_TOKEN must be set to a secret in production")
             if self.webhook_secret == DEV_WEBHOOK_SECRET:
                 raise ValueError("NUDGE_WEBHOOK_SECRET must be set to a secret in production")
         return self

@@ -35,6 +35,15 @@ class Trigger(_Model):
     conditions: list[Condition] = Field(default_factory=list)
 
 
+class CampaignStatus(StrEnum):
+    """Only `active` campaigns start journeys; running journeys finish whatever the status."""
+
+    draft = "draft"
+    active = "active"
+    paused = "paused"
+    archived = "archived"
+
+
 class ReEntry(StrEnum):
     once = "once"
     """A user goes through the journey at most once, ever."""

@@ -115,6 +115,7 @@ class JourneyEntry(Base):
     __tablename__ = "journey_entries"
     __table_args__ = (
         UniqueConstraint("campaign_id", "entry_message_id"),
+        UniqueConstraint("run_id"),
         Index("ix_journey_entries_campaign_user", "campaign_id", "user_id"),
     )
 
@@ -123,7 +124,8 @@ class JourneyEntry(Base):
     campaign_version: Mapped[int] = mapped_column(Integer)
     user_id: Mapped[str] = mapped_column(String(520))
     workflow_id: Mapped[str] = mapped_column(String(700))
-    run_id: Mapped[str | None] = mapped_column(String(64))
+    run_id: Mapped[str] = mapped_column(String(64))
+    """Temporal's run id: a signal-with-start that joined a running journey adds no row."""
     entry_message_id: Mapped[str] = mapped_column(String(512))
     entered_at: Mapped[datetime] = mapped_column(default=now)
 

@@ -145,7 +145,7 @@ class JourneyPlan(_Model):
 
     @model_validator(mode="after")
     def _check_graph(self) -> JourneyPlan:
-        problems = graph_problems(self)
+        problems = graph_problems(self) + _event_only_problems(self)
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -243,42 +243,76 @@ def graph_problems(plan: JourneyPlan) -> list[str]:
         if step.id not in seen:
             problems.append(f"steps[{i}]: step {step.id!r} is unreachable from start {start!r}")
 
-    # A cycle must pass through a wait, or a journey could spin without ever yielding.
-    kinds = {s.id: s.type for s in plan.steps}
-    color: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(node: str) -> None:
-        color[node] = 1
-        stack.append(node)
-        for nxt in edges.get(node, []):
-            if color.get(nxt) == 1:
-                cycle = [*stack[stack.index(nxt) :], nxt]
-                if not any(kinds[n] in WAITING_TYPES for n in cycle):
-                    problems.append(
-                        f"steps[{index[node]}]: cycle without a wait: {' -> '.join(cycle)}"
-                    )
-            elif nxt not in color:
-                visit(nxt)
-        stack.pop()
-        color[node] = 2
-
-    for step in plan.steps:
-        if step.id not in color:
-            visit(step.id)
+    # A cycle must pass through a wait, or a journey could spin without ever yielding: look
+    # for cycles among the steps that do not wait. Iterative, so a long chain of steps
+    # cannot exhaust the interpreter's recursion limit.
+    waits = {s.id for s in plan.steps if s.type in WAITING_TYPES}
+    color: dict[str, int] = {}  # 1: on the current path, 2: done
+    for root in (s.id for s in plan.steps):
+        if root in waits or root in color:
+            continue
+        path = [root]
+        color[root] = 1
+        pending = [iter(edges.get(root, []))]
+        while pending:
+            nxt = next(pending[-1], None)
+            if nxt is None:
+                color[path.pop()] = 2
+                pending.pop()
+            elif nxt in waits or color.get(nxt) == 2:
+                continue
+            elif color.get(nxt) == 1:
+                cycle = [*path[path.index(nxt) :], nxt]
+                problems.append(
+                    f"steps[{index[path[-1]]}]: cycle without a wait: {' -> '.join(cycle)}"
+                )
+            else:
+                color[nxt] = 1
+                path.append(nxt)
+                pending.append(iter(edges.get(nxt, [])))
     return problems
+
+
+def _event_only_problems(plan: JourneyPlan) -> list[str]:
+    """Goals, exits and wait_for are matched the moment an event arrives, from the event
+    alone: a journey does not read the profile for every signal. Traits belong in `entry`
+    (checked when the event is routed) and in `branch` steps."""
+    where: list[tuple[str, list[Condition]]] = [
+        *((f"goals[{i}].conditions", t.conditions) for i, t in enumerate(plan.goals)),
+        *((f"exits[{i}].conditions", t.conditions) for i, t in enumerate(plan.exits)),
+        *(
+            (f"steps[{i}].conditions", s.conditions)
+            for i, s in enumerate(plan.steps)
+            if isinstance(s, WaitForStep)
+        ),
+    ]
+    return [
+        f"{path}: traits are not available here; use event or properties paths "
+        "(check traits in entry conditions or a branch step)"
+        for path, conditions in where
+        if needs_traits(conditions)
+    ]
+
+
+_UNION_TAGS = {"send", "wait", "wait_for", "branch", "exit", "Rule", "AllOf", "AnyOf", "NotOf"}
+"""Names pydantic puts in an error's location for the union member it tried."""
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:
     out = ""
+    prev: Any = None
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("send", "wait", "wait_for", "branch", "exit") or "[" in str(part):
-            # pydantic names the union member it tried; the author only needs the path.
-            continue
+        elif (part in _UNION_TAGS and (isinstance(prev, int) or prev == "not")) or "[" in str(
+            part
+        ):
+            # A union member's name (it follows a list index, or `not`); the author only
+            # needs the path. A template named `send` is still shown.
+            pass
         else:
             out += f".{part}" if out else str(part)
+        prev = part
     return out
 
 
@@ -295,9 +329,14 @@ def format_validation_error(err: ValidationError) -> list[str]:
 
 def parse_campaign(data: Any) -> CampaignDefinition:
     """Validate a definition from a dict, or from YAML/JSON text."""
-    if isinstance(data, bytes | str):
+    if isinstance(data, bytes):
         try:
-            data = yaml.safe_load(data) if not str(data).lstrip().startswith("{") else json.loads(data)
+            data = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise DefinitionError([f"not valid UTF-8 text: {exc}"]) from exc
+    if isinstance(data, str):
+        try:
+            data = json.loads(data) if data.lstrip().startswith("{") else yaml.safe_load(data)
         except (yaml.YAMLError, json.JSONDecodeError) as exc:
             raise DefinitionError([f"not valid YAML or JSON: {exc}"]) from exc
     if not isinstance(data, dict):

@@ -1,0 +1,117 @@
+"""activities.channels: what every provider client shares — the message, the receipt, and
+one classification of provider errors (retry or give up)."""
+
+from __future__ import annotations
+
+import email.utils
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """A rendered message, ready for a provider."""
+
+    idempotency_key: str
+    delivery_id: int
+    user_id: str
+    campaign_id: str
+    campaign_version: int
+    step_id: str
+    channel: str
+    subject: str | None
+    body: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What a provider said when it accepted a message."""
+
+    provider_message_id: str | None
+    response: dict[str, Any] = field(default_factory=dict)
+
+
+class ProviderError(Exception):
+    """A provider refused or could not be reached. `retryable` decides what happens next."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        retry_after: float | None = None,
+        status: int | None = None,
+    ):
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.status = status
+
+
+class Channel(ABC):
+    """One provider behind one channel name (`sandbox`, `webhook`, …)."""
+
+    name: str
+
+    @abstractmethod
+    async def send(self, message: OutgoingMessage) -> Receipt: ...
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release what the channel holds; most hold nothing of their own."""
+
+
+RETRYABLE_STATUS = {408, 425, 429}
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def raise_for_provider_status(response: httpx.Response, provider: str) -> None:
+    """Classify an HTTP answer: 2xx passes; 408/425/429/5xx retry (honouring
+    `Retry-After`); any other status is the provider's final no."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    reason = response.text[:500].strip() or response.reason_phrase
+    message = f"{provider} answered {status}: {reason}"
+    if status in RETRYABLE_STATUS or status >= 500:
+        raise ProviderError(
+            message,
+            retryable=True,
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
+            status=status,
+        )
+    raise ProviderError(message, retryable=False, status=status)
+
+
+async def post_to_provider(
+    client: httpx.AsyncClient, provider: str, url: str, **kwargs: Any
+) -> httpx.Response:
+    """POST, turning transport failures (timeouts, refused or dropped connections) into
+    retryable `ProviderError`s and HTTP errors into classified ones."""
+    try:
+        response = await client.post(url, **kwargs)
+    except httpx.TimeoutException as exc:
+        raise ProviderError(f"{provider} timed out: {exc!r}", retryable=True) from exc
+    except httpx.TransportError as exc:
+        raise ProviderError(f"{provider} unreachable: {exc!r}", retryable=True) from exc
+    raise_for_provider_status(response, provider)
+    return response

@@ -1,0 +1,149 @@
+"""store: deliveries — the row per send that keeps a message from going out twice."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.journey import DeliverRequest, DeliveryStatus
+from store.models import Delivery, SandboxMessage, now
+
+MAX_ERROR_CHARS = 2000
+
+
+def _insert(session: AsyncSession, table: Any) -> Any:
+    """INSERT with the dialect's ON CONFLICT support (SQLite and PostgreSQL)."""
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+async def claim_delivery(*, session: AsyncSession, request: DeliverRequest) -> Delivery:
+    """The delivery row for this send, written if new; counts one more attempt.
+
+    Inserting is idempotent (unique key, ON CONFLICT DO NOTHING), so two attempts racing
+    each other see one row. The caller commits before calling the provider: the row is the
+    record that a send was tried, whatever happens next.
+    """
+    stmt = (
+        _insert(session, Delivery)
+        .values(
+            idempotency_key=request.idempotency_key,
+            workflow_id=request.workflow_id,
+            campaign_id=request.campaign_id,
+            campaign_version=request.campaign_version,
+            step_id=request.step_id,
+            visit=request.visit,
+            channel=request.channel,
+            user_id=request.user_id,
+            status=DeliveryStatus.pending.value,
+            attempts=0,
+            created_at=now(),
+            updated_at=now(),
+        )
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+    )
+    await session.execute(stmt)
+    await session.execute(
+        update(Delivery)
+        .where(
+            Delivery.idempotency_key == request.idempotency_key,
+            Delivery.status == DeliveryStatus.pending.value,
+        )
+        .values(attempts=Delivery.attempts + 1, updated_at=now())
+    )
+    row = await get_delivery(session=session, idempotency_key=request.idempotency_key)
+    assert row is not None
+    return row
+
+
+async def get_delivery(*, session: AsyncSession, idempotency_key: str) -> Delivery | None:
+    result = await session.execute(
+        select(Delivery)
+        .where(Delivery.idempotency_key == idempotency_key)
+        .execution_options(populate_existing=True)
+    )
+    return result.scalar_one_or_none()
+
+
+async def complete_delivery(
+    *,
+    session: AsyncSession,
+    delivery_id: int,
+    status: DeliveryStatus,
+    provider_message_id: str | None = None,
+    provider_response: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> None:
+    """Record the outcome. Only a pending row changes: a finished send stays finished."""
+    values: dict[str, Any] = {
+        "status": status.value,
+        "provider_message_id": provider_message_id,
+        "provider_response": provider_response,
+        "error": error[:MAX_ERROR_CHARS] if error else None,
+        "updated_at": now(),
+    }
+    if status is DeliveryStatus.sent:
+        values["sent_at"] = now()
+    await session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.status == DeliveryStatus.pending.value)
+        .values(**values)
+    )
+
+
+async def record_delivery_error(*, session: AsyncSession, delivery_id: int, error: str) -> None:
+    """A retryable failure: the row stays pending, the error is kept for operators."""
+    await session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id)
+        .values(error=error[:MAX_ERROR_CHARS], updated_at=now())
+    )
+
+
+async def store_sandbox_message(
+    *,
+    session: AsyncSession,
+    delivery_id: int,
+    user_id: str,
+    subject: str | None,
+    body: str,
+    data: dict[str, Any] | None,
+) -> int:
+    """Keep a sandbox 'send'; idempotent per delivery. Returns the message's id."""
+    await session.execute(
+        _insert(session, SandboxMessage)
+        .values(
+            delivery_id=delivery_id,
+            user_id=user_id,
+            subject=subject,
+            body=body,
+            data=data,
+            created_at=now(),
+        )
+        .on_conflict_do_nothing(index_elements=["delivery_id"])
+    )
+    result = await session.execute(
+        select(SandboxMessage.id).where(SandboxMessage.delivery_id == delivery_id)
+    )
+    return int(result.scalar_one())
+
+
+async def list_sandbox_messages(
+    *, session: AsyncSession, user_id: str | None = None, limit: int = 100
+) -> list[SandboxMessage]:
+    stmt = select(SandboxMessage).order_by(SandboxMessage.id.desc()).limit(limit)
+    if user_id is not None:
+        stmt = stmt.where(SandboxMessage.user_id == user_id)
+    return list((await session.execute(stmt)).scalars())
+
+
+async def count_deliveries(*, session: AsyncSession, campaign_id: str) -> dict[str, int]:
+    result = await session.execute(
+        select(Delivery.status, func.count())
+        .where(Delivery.campaign_id == campaign_id)
+        .group_by(Delivery.status)
+    )
+    return {status: int(n) for status, n in result.all()}

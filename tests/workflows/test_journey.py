@@ -1,0 +1,365 @@
+"""JourneyWorkflow on the time-skipping server: days of journey time in milliseconds."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from temporalio import activity
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.service import RPCError
+from temporalio.worker import Worker
+
+from api.temporal import journey_search_attributes
+from core.definition import parse_campaign
+from core.events import JourneyEvent
+from core.journey import (
+    ACTIVITY_DELIVER,
+    ACTIVITY_LOAD_PROFILE,
+    QUERY_STATE,
+    SIGNAL_EVENT,
+    UPDATE_EXIT,
+    DeliverRequest,
+    DeliverResult,
+    DeliveryStatus,
+    ExitRequest,
+    JourneyInput,
+    JourneyResult,
+    JourneyState,
+    JourneyStatus,
+    Profile,
+    ProfileRequest,
+    idempotency_key,
+    journey_id,
+)
+from workflows.journey import JourneyWorkflow
+
+CART = parse_campaign(
+    {
+        "id": "cart",
+        "name": "Cart abandonment",
+        "entry": {"event": "Product Added"},
+        "goals": [{"event": "Order Completed"}],
+        "steps": [
+            {"id": "wait", "type": "wait", "duration": "24h", "next": "remind"},
+            {"id": "remind", "type": "send", "channel": "sandbox", "template": "reminder"},
+        ],
+        "templates": {"reminder": {"body": "Your cart misses you"}},
+    }
+)
+
+
+class ActivityDoubles:
+    """Test doubles registered under the real activities' names."""
+
+    def __init__(self, *, traits: dict | None = None, fail: str | None = None):
+        self.sends: list[tuple[DeliverRequest, datetime]] = []
+        self.traits = traits or {}
+        self.fail = fail
+        self.env: WorkflowEnvironment | None = None
+
+    @activity.defn(name=ACTIVITY_DELIVER)
+    async def deliver(self, request: DeliverRequest) -> DeliverResult:
+        assert self.env is not None
+        self.sends.append((request, await self.env.get_current_time()))
+        if self.fail:
+            return DeliverResult(
+                status=DeliveryStatus.failed,
+                delivery_id=len(self.sends),
+                idempotency_key=request.idempotency_key,
+                reason=self.fail,
+            )
+        return DeliverResult(
+            status=DeliveryStatus.sent,
+            delivery_id=len(self.sends),
+            idempotency_key=request.idempotency_key,
+        )
+
+    @activity.defn(name=ACTIVITY_LOAD_PROFILE)
+    async def load_profile(self, request: ProfileRequest) -> Profile:
+        return Profile(user_id=request.user_id, traits=self.traits)
+
+
+def event(name: str, **properties: object) -> JourneyEvent:
+    return JourneyEvent(
+        message_id=str(uuid.uuid4()),
+        name=name,
+        timestamp=datetime.now(UTC),
+        properties=properties,
+    )
+
+
+async def start(
+    client: Client,
+    task_queue: str,
+    definition=CART,
+    *,
+    user: str | None = None,
+    entry: JourneyEvent | None = None,
+    history_limit: int | None = None,
+) -> WorkflowHandle:
+    user = user or f"user-{uuid.uuid4().hex[:8]}"
+    entry = entry or event(definition.entry.event, sku="SKU-1")
+    plan = definition.plan()
+    return await client.start_workflow(
+        JourneyWorkflow.run,
+        JourneyInput(
+            campaign_id=definition.id,
+            campaign_version=1,
+            user_id=user,
+            plan=plan,
+            entry_event=entry,
+            history_limit=history_limit,
+        ),
+        id=journey_id(definition.id, user),
+        task_queue=task_queue,
+        search_attributes=journey_search_attributes(
+            campaign_id=definition.id, user_id=user, campaign_version=1, step_id=plan.start_step
+        ),
+        start_signal=SIGNAL_EVENT,
+        start_signal_args=[entry],
+        static_summary=f"{definition.name} for {user}",
+    )
+
+
+@pytest.fixture
+async def doubles(time_skipping_env: WorkflowEnvironment) -> ActivityDoubles:
+    d = ActivityDoubles()
+    d.env = time_skipping_env
+    return d
+
+
+@pytest.fixture
+async def worker(time_skipping_env: WorkflowEnvironment, task_queue: str, doubles):
+    async with Worker(
+        time_skipping_env.client,
+        task_queue=task_queue,
+        workflows=[JourneyWorkflow],
+        activities=[doubles.deliver, doubles.load_profile],
+    ) as w:
+        yield w
+
+
+async def test_no_order_in_24h_sends_exactly_one_reminder_at_24h(
+    time_skipping_env, task_queue, doubles, worker
+):
+    began = await time_skipping_env.get_current_time()
+    handle = await start(time_skipping_env.client, task_queue)
+    result = await handle.result()
+
+    assert result.status is JourneyStatus.completed
+    assert len(doubles.sends) == 1
+    request, sent_at = doubles.sends[0]
+    assert request.step_id == "remind" and request.channel == "sandbox"
+    assert timedelta(hours=24) <= sent_at - began < timedelta(hours=24, minutes=1)
+    assert request.idempotency_key == idempotency_key(
+        handle.id, request.entry_event.message_id, "remind", 1
+    )
+
+
+async def test_order_at_23h59m_ends_journey_as_conversion_without_reminder(
+    time_skipping_env, task_queue, doubles, worker
+):
+    handle = await start(time_skipping_env.client, task_queue)
+    await time_skipping_env.sleep(timedelta(hours=23, minutes=59))
+    await handle.signal(SIGNAL_EVENT, event("Order Completed", order_id="o-1"))
+    result = await handle.result()
+
+    assert result.status is JourneyStatus.converted
+    assert result.exit_reason == "goal: Order Completed"
+    assert doubles.sends == []
+    # Well past the reminder's time, still nothing went out.
+    await time_skipping_env.sleep(timedelta(hours=2))
+    assert doubles.sends == []
+
+
+WAIT_FOR = parse_campaign(
+    {
+        "id": "wait-for",
+        "name": "Wait for a review",
+        "entry": {"event": "Order Completed"},
+        "steps": [
+            {
+                "id": "await_review",
+                "type": "wait_for",
+                "event": "Review Submitted",
+                "conditions": [{"path": "properties.stars", "op": "gte", "value": 4}],
+                "timeout": "7d",
+                "on_event": "thanks",
+                "on_timeout": "nudge",
+            },
+            {"id": "thanks", "type": "send", "channel": "sandbox", "template": "t"},
+            {"id": "nudge", "type": "send", "channel": "sandbox", "template": "t"},
+        ],
+        "templates": {"t": {"body": "x"}},
+    }
+)
+
+
+async def test_duplicate_event_changes_state_once(time_skipping_env, task_queue, doubles, worker):
+    handle = await start(time_skipping_env.client, task_queue, WAIT_FOR)
+    low = event("Review Submitted", stars=2)
+    await handle.signal(SIGNAL_EVENT, low)
+    await handle.signal(SIGNAL_EVENT, low)
+    state = await handle.query(QUERY_STATE, result_type=JourneyState)
+    assert state.events_received == 1  # the duplicate was dropped
+    assert state.current_step == "await_review"  # 2 stars do not meet the condition
+
+    good = event("Review Submitted", stars=5)
+    await handle.signal(SIGNAL_EVENT, good)
+    await handle.signal(SIGNAL_EVENT, good)
+    result = await handle.result()
+    state = await handle.query(QUERY_STATE, result_type=JourneyState)
+    assert result.status is JourneyStatus.completed
+    assert state.events_received == 2
+    assert [s[0].step_id for s in doubles.sends] == ["thanks"]
+    assert state.last_event is not None and state.last_event.message_id == good.message_id
+
+
+async def test_wait_for_times_out_to_its_own_next_step(
+    time_skipping_env, task_queue, doubles, worker
+):
+    handle = await start(time_skipping_env.client, task_queue, WAIT_FOR)
+    result = await handle.result()
+    assert result.status is JourneyStatus.completed
+    assert [s[0].step_id for s in doubles.sends] == ["nudge"]
+
+
+async def test_thousands_of_events_continue_as_new_and_keep_state(
+    time_skipping_env, task_queue, doubles, worker
+):
+    handle = await start(time_skipping_env.client, task_queue, WAIT_FOR, history_limit=400)
+    total = 2000
+    for chunk in range(0, total, 100):
+        await asyncio.gather(
+            *(
+                handle.signal(SIGNAL_EVENT, event("Review Submitted", stars=1, n=i))
+                for i in range(chunk, chunk + 100)
+            )
+        )
+    state = await handle.query(QUERY_STATE, result_type=JourneyState)
+    assert state.events_received == total
+    assert state.runs > 1, "the journey should have continued as new"
+    assert state.current_step == "await_review"
+    desc = await handle.describe()
+    assert desc.run_id != handle.first_execution_run_id or state.runs > 1
+
+    # The wait keeps its original deadline across runs: 7 days from entry, not from now.
+    await handle.signal(SIGNAL_EVENT, event("Review Submitted", stars=5))
+    result = await handle.result()
+    assert result.status is JourneyStatus.completed
+    assert [s[0].step_id for s in doubles.sends] == ["thanks"]
+    # The send's idempotency key is stable across continue-as-new (same entry, step, visit).
+    request = doubles.sends[0][0]
+    assert request.visit == 1
+
+
+async def test_wait_survives_continue_as_new_with_its_deadline(
+    time_skipping_env, task_queue, doubles, worker
+):
+    began = await time_skipping_env.get_current_time()
+    handle = await start(time_skipping_env.client, task_queue, history_limit=60)
+    for i in range(100):
+        await handle.signal(SIGNAL_EVENT, event("Page Viewed", n=i))
+    state = await handle.query(QUERY_STATE, result_type=JourneyState)
+    assert state.runs > 1
+    await handle.result()
+    assert len(doubles.sends) == 1
+    assert timedelta(hours=24) <= doubles.sends[0][1] - began < timedelta(hours=24, minutes=1)
+
+
+async def test_operator_exit_update_and_validator(time_skipping_env, task_queue, doubles, worker):
+    handle = await start(time_skipping_env.client, task_queue)
+    state = await handle.execute_update(
+        UPDATE_EXIT, ExitRequest(reason="customer asked"), result_type=JourneyState
+    )
+    assert state.status is JourneyStatus.exited
+    assert state.exit_reason == "operator: customer asked"
+    result = await handle.result()
+    assert result.status is JourneyStatus.exited
+    assert doubles.sends == []
+    # An ended journey refuses a second exit (the server, as the workflow has closed).
+    with pytest.raises((WorkflowUpdateFailedError, RPCError)):
+        await handle.execute_update(UPDATE_EXIT, ExitRequest(reason="again"))
+
+
+BRANCHY = parse_campaign(
+    {
+        "id": "branchy",
+        "name": "Plan-based",
+        "entry": {"event": "Signed Up"},
+        "exits": [{"event": "Unsubscribed"}],
+        "steps": [
+            {
+                "id": "by_plan",
+                "type": "branch",
+                "branches": [
+                    {
+                        "conditions": [{"path": "traits.plan", "op": "eq", "value": "pro"}],
+                        "next": "pro",
+                    },
+                    {
+                        "conditions": [{"path": "properties.source", "op": "eq", "value": "ads"}],
+                        "next": "ads",
+                    },
+                ],
+                "else": "basic",
+            },
+            {"id": "pro", "type": "send", "channel": "sandbox", "template": "t", "next": "done"},
+            {"id": "ads", "type": "send", "channel": "sandbox", "template": "t", "next": "done"},
+            {
+                "id": "basic",
+                "type": "send",
+                "channel": "sandbox",
+                "template": "t",
+                "on_failure": "exit",
+                "next": "later",
+            },
+            {"id": "later", "type": "wait", "duration": "1d", "next": "done"},
+            {"id": "done", "type": "exit"},
+        ],
+        "templates": {"t": {"body": "x"}},
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("traits", "properties", "expected"),
+    [({"plan": "pro"}, {}, "pro"), ({}, {"source": "ads"}, "ads"), ({}, {}, "basic")],
+)
+async def test_branch_on_traits_and_event_properties(
+    time_skipping_env, task_queue, doubles, worker, traits, properties, expected
+):
+    doubles.traits = traits
+    handle = await start(
+        time_skipping_env.client, task_queue, BRANCHY, entry=event("Signed Up", **properties)
+    )
+    result = await handle.result()
+    assert result.status is JourneyStatus.completed
+    assert [s[0].step_id for s in doubles.sends] == [expected]
+
+
+async def test_failed_send_with_on_failure_exit_ends_journey(
+    time_skipping_env, task_queue, doubles, worker
+):
+    doubles.fail = "provider said 400: bad number"
+    handle = await start(time_skipping_env.client, task_queue, BRANCHY)
+    result = await handle.result()
+    assert result.status is JourneyStatus.failed
+    assert "bad number" in (result.exit_reason or "")
+
+
+async def test_exit_event_ends_a_waiting_journey(time_skipping_env, task_queue, doubles, worker):
+    doubles.traits = {}
+    handle = await start(time_skipping_env.client, task_queue, BRANCHY)
+    await time_skipping_env.sleep(timedelta(hours=1))
+    state = await handle.query(QUERY_STATE, result_type=JourneyState)
+    assert state.current_step == "later"
+    assert state.waiting_for and state.waiting_for.startswith("waiting 1d")
+    await handle.signal(SIGNAL_EVENT, event("Unsubscribed"))
+    result = await handle.result()
+    assert result.status is JourneyStatus.exited
+    assert result.exit_reason == "exit event: Unsubscribed"

@@ -1,0 +1,78 @@
+"""worker: the one place the Temporal worker and its activities' clients are built."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.channels.base import Channel
+from activities.channels.sandbox import SandboxChannel
+from activities.channels.webhook import WebhookChannel
+from activities.journey import JourneyActivities
+from api.temporal import connect
+from core.config import Settings
+from store.db import create_engine, session_factory
+from workflows.journey import JourneyWorkflow
+
+log = logging.getLogger("nudge.worker")
+
+
+@contextlib.asynccontextmanager
+async def journey_activities(settings: Settings) -> AsyncIterator[JourneyActivities]:
+    """Activities with their database sessions and HTTP client, closed on exit."""
+    engine = create_engine(settings.database_url)
+    http = httpx.AsyncClient(timeout=httpx.Timeout(settings.provider_timeout_seconds))
+    sessions = session_factory(engine)
+    channels: dict[str, Channel] = {
+        "sandbox": SandboxChannel(sessions),
+        "webhook": WebhookChannel(http, settings.webhook_url, settings.webhook_secrets),
+    }
+    try:
+        yield JourneyActivities(sessions=sessions, channels=channels)
+    finally:
+        for channel in channels.values():
+            await channel.aclose()
+        await http.aclose()
+        await engine.dispose()
+
+
+def create_worker(
+    client: Client, activities: JourneyActivities, *, task_queue: str
+) -> Worker:
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[JourneyWorkflow],
+        activities=activities.all(),
+        # Activities are async; the executor only serves the SDK's sync fallbacks.
+        activity_executor=ThreadPoolExecutor(max_workers=4),
+    )
+
+
+async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """Run until `stop` is set (or SIGINT/SIGTERM), then shut down cleanly."""
+    stop = stop or _stop_on_signals()
+    client = await connect(settings.temporal_address, settings.temporal_namespace)
+    async with journey_activities(settings) as activities:
+        worker = create_worker(client, activities, task_queue=settings.task_queue)
+        async with worker:
+            log.info("worker polling task queue %r", settings.task_queue)
+            await stop.wait()
+    log.info("worker stopped")
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    return stop

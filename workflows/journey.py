@@ -1,0 +1,364 @@
+"""workflows: JourneyWorkflow — one per (campaign, user), interpreting its plan snapshot."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from core.conditions import evaluate_all
+    from core.definition import (
+        BranchStep,
+        ExitStep,
+        FailureRule,
+        JourneyPlan,
+        SendStep,
+        Step,
+        WaitForStep,
+        WaitStep,
+    )
+    from core.durations import format_duration
+    from core.events import JourneyEvent
+    from core.journey import (
+        ACTIVITY_DELIVER,
+        ACTIVITY_LOAD_PROFILE,
+        MAX_SEEN_EVENT_IDS,
+        MAX_STEP_RECORDS,
+        MAX_STEPS_PER_RUN,
+        QUERY_STATE,
+        SA_STEP,
+        SIGNAL_EVENT,
+        UPDATE_EXIT,
+        WORKFLOW_NAME,
+        DeliverRequest,
+        DeliverResult,
+        DeliveryStatus,
+        ExitRequest,
+        JourneyInput,
+        JourneyResult,
+        JourneyState,
+        JourneyStatus,
+        Profile,
+        ProfileRequest,
+        StepRecord,
+        idempotency_key,
+    )
+
+STEP_KEY = SearchAttributeKey.for_keyword(SA_STEP)
+
+DELIVER_TIMEOUT = timedelta(seconds=60)
+DELIVER_GIVE_UP = timedelta(days=1)
+"""A send still failing with retryable errors after a day is recorded as failed: a
+reminder that arrives days late does more harm than good."""
+DELIVER_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=10),
+    maximum_attempts=0,
+)
+PROFILE_TIMEOUT = timedelta(seconds=30)
+PROFILE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1)
+)
+
+
+class _Stay:
+    """Returned by a step that was interrupted to continue as new: resume it, don't advance."""
+
+
+STAY = _Stay()
+
+
+@workflow.defn(name=WORKFLOW_NAME)
+class JourneyWorkflow:
+    """Runs a user through a campaign's steps; events arrive as signals.
+
+    All state lives in `self.state` (a `JourneyState`), so continue-as-new carries it whole
+    and the `state` query can show it.
+    """
+
+    @workflow.init
+    def __init__(self, input: JourneyInput) -> None:
+        self.input = input
+        self.plan: JourneyPlan = input.plan
+        self.sends = 0
+        if input.state is not None:
+            self.state = input.state
+        else:
+            start = self.plan.start_step
+            self.state = JourneyState(
+                current_step=start,
+                step_started_at=workflow.now(),
+                visits={start: 1},
+                seen_event_ids=[input.entry_event.message_id],
+                last_event=input.entry_event,
+                steps_executed=1,
+            )
+            self._record(start, "entered")
+
+    # -- messages ----------------------------------------------------------------------
+
+    @workflow.signal(name=SIGNAL_EVENT)
+    def event(self, event: JourneyEvent) -> None:
+        """An event of this user that the journey may care about. Duplicates are dropped."""
+        state = self.state
+        if state.status is not JourneyStatus.running or event.message_id in state.seen_event_ids:
+            return
+        state.seen_event_ids.append(event.message_id)
+        del state.seen_event_ids[:-MAX_SEEN_EVENT_IDS]
+        state.events_received += 1
+        context = {"event": event.as_context(), "traits": {}}
+        for goal in self.plan.goals:
+            if goal.event == event.name and evaluate_all(goal.conditions, context):
+                self._end(JourneyStatus.converted, f"goal: {event.name}", event)
+                return
+        for exit_ in self.plan.exits:
+            if exit_.event == event.name and evaluate_all(exit_.conditions, context):
+                self._end(JourneyStatus.exited, f"exit event: {event.name}", event)
+                return
+        step = self._current()
+        if (
+            isinstance(step, WaitForStep)
+            and state.matched_event is None
+            and step.event == event.name
+            and evaluate_all(step.conditions, context)
+        ):
+            state.matched_event = event
+
+    @workflow.query(name=QUERY_STATE)
+    def query_state(self) -> JourneyState:
+        return self.state
+
+    @workflow.update(name=UPDATE_EXIT)
+    def exit(self, request: ExitRequest) -> JourneyState:
+        """An operator ends this journey now, with a reason."""
+        self._end(JourneyStatus.exited, f"operator: {request.reason}")
+        return self.state
+
+    @exit.validator
+    def _validate_exit(self, request: ExitRequest) -> None:
+        if self.state.status is not JourneyStatus.running:
+            raise ValueError(f"journey already ended: {self.state.status.value}")
+
+    # -- the interpreter ---------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, input: JourneyInput) -> JourneyResult:
+        state = self.state
+        while state.status is JourneyStatus.running:
+            if self._should_continue_as_new():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                state.runs += 1
+                workflow.continue_as_new(input.model_copy(update={"state": state}))
+            step = self._current()
+            if step is None:
+                self._end(JourneyStatus.completed, "reached the end of the journey")
+                break
+            self._show(step)
+            outcome = await self._run_step(step)
+            if isinstance(outcome, _Stay) or state.status is not JourneyStatus.running:
+                continue
+            next_id, note = outcome
+            self._note(note)
+            if next_id is None:
+                self._end(JourneyStatus.completed, "reached the end of the journey")
+            elif state.steps_executed >= MAX_STEPS_PER_RUN:
+                self._end(JourneyStatus.failed, f"stopped after {MAX_STEPS_PER_RUN} steps")
+            else:
+                self._advance(next_id)
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        workflow.set_current_details(f"**{state.status.value}**: {state.exit_reason or ''}")
+        return JourneyResult(
+            status=state.status,
+            exit_reason=state.exit_reason,
+            steps_executed=state.steps_executed,
+            sends=self.sends,
+        )
+
+    async def _run_step(self, step: Step) -> tuple[str | None, str] | _Stay:
+        if isinstance(step, SendStep):
+            return await self._send(step)
+        if isinstance(step, WaitStep):
+            return await self._wait(step)
+        if isinstance(step, WaitForStep):
+            return await self._wait_for(step)
+        if isinstance(step, BranchStep):
+            return await self._branch(step)
+        assert isinstance(step, ExitStep)
+        self._end(JourneyStatus.completed, f"exit step {step.id!r}")
+        return None, "exit"
+
+    async def _send(self, step: SendStep) -> tuple[str | None, str]:
+        state = self.state
+        visit = state.visits.get(step.id, 1)
+        info = workflow.info()
+        request = DeliverRequest(
+            idempotency_key=idempotency_key(
+                info.workflow_id, self.input.entry_event.message_id, step.id, visit
+            ),
+            workflow_id=info.workflow_id,
+            campaign_id=self.input.campaign_id,
+            campaign_version=self.input.campaign_version,
+            step_id=step.id,
+            visit=visit,
+            channel=step.channel,
+            template=step.template,
+            user_id=self.input.user_id,
+            entry_event=self.input.entry_event,
+            last_event=state.last_event,
+        )
+        try:
+            result: DeliverResult = await workflow.execute_activity(
+                ACTIVITY_DELIVER,
+                request,
+                result_type=DeliverResult,
+                start_to_close_timeout=DELIVER_TIMEOUT,
+                schedule_to_close_timeout=DELIVER_GIVE_UP,
+                retry_policy=DELIVER_RETRY,
+                summary=f"{step.channel}: {step.template}",
+            )
+        except ActivityError as err:
+            cause = err.cause or err
+            failure = f"{step.channel} failed: {cause}"
+        else:
+            if result.status is DeliveryStatus.sent:
+                self.sends += 1
+                return step.next, f"sent via {step.channel} (delivery {result.delivery_id})"
+            failure = f"{step.channel} failed: {result.reason}"
+        if step.on_failure is FailureRule.exit:
+            self._end(JourneyStatus.failed, failure)
+            return None, failure
+        return step.next, failure
+
+    async def _wait(self, step: WaitStep) -> tuple[str | None, str] | _Stay:
+        remaining = self._remaining(step.duration)
+        try:
+            await workflow.wait_condition(
+                lambda: self._interrupted(),
+                timeout=remaining,
+                timeout_summary=f"wait {format_duration(step.duration)}",
+            )
+        except TimeoutError:
+            return step.next, f"waited {format_duration(step.duration)}"
+        return STAY
+
+    async def _wait_for(self, step: WaitForStep) -> tuple[str | None, str] | _Stay:
+        state = self.state
+        remaining = self._remaining(step.timeout)
+        try:
+            await workflow.wait_condition(
+                lambda: state.matched_event is not None or self._interrupted(),
+                timeout=remaining,
+                timeout_summary=f"up to {format_duration(step.timeout)} for {step.event}",
+            )
+        except TimeoutError:
+            return step.on_timeout, f"timed out after {format_duration(step.timeout)}"
+        if state.matched_event is not None:
+            event = state.matched_event
+            state.last_event = event
+            return step.on_event, f"{event.name} arrived ({event.message_id})"
+        return STAY
+
+    async def _branch(self, step: BranchStep) -> tuple[str | None, str]:
+        traits: dict[str, Any] = {}
+        if self.plan.needs_profile(step):
+            profile: Profile = await workflow.execute_activity(
+                ACTIVITY_LOAD_PROFILE,
+                ProfileRequest(user_id=self.input.user_id),
+                result_type=Profile,
+                start_to_close_timeout=PROFILE_TIMEOUT,
+                retry_policy=PROFILE_RETRY,
+                summary=f"profile for {step.id}",
+            )
+            traits = profile.traits
+        last = self.state.last_event or self.input.entry_event
+        context = {"event": last.as_context(), "traits": traits}
+        for i, branch in enumerate(step.branches):
+            if evaluate_all(branch.conditions, context):
+                return branch.next, f"branch {i} holds"
+        return step.else_, "no branch holds: else"
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _current(self) -> Step | None:
+        step_id = self.state.current_step
+        return None if step_id is None else self.plan.step(step_id)
+
+    def _remaining(self, total: timedelta) -> timedelta:
+        started = self.state.step_started_at or workflow.now()
+        left = started + total - workflow.now()
+        # A zero timeout would mean "no timeout" to wait_condition.
+        return max(left, timedelta(milliseconds=1))
+
+    def _interrupted(self) -> bool:
+        return self.state.status is not JourneyStatus.running or self._should_continue_as_new()
+
+    def _should_continue_as_new(self) -> bool:
+        info = workflow.info()
+        if info.is_continue_as_new_suggested():
+            return True
+        limit = self.input.history_limit
+        return limit is not None and info.get_current_history_length() >= limit
+
+    def _advance(self, step_id: str) -> None:
+        state = self.state
+        state.current_step = step_id
+        state.step_started_at = workflow.now()
+        state.visits[step_id] = state.visits.get(step_id, 0) + 1
+        state.steps_executed += 1
+        state.matched_event = None
+        self._record(step_id, "entered")
+
+    def _record(self, step_id: str, outcome: str) -> None:
+        step = self.plan.step(step_id)
+        self.state.history.append(
+            StepRecord(
+                step_id=step_id,
+                type=step.type,
+                visit=self.state.visits.get(step_id, 1),
+                at=workflow.now(),
+                outcome=outcome,
+            )
+        )
+        del self.state.history[:-MAX_STEP_RECORDS]
+
+    def _note(self, outcome: str) -> None:
+        if self.state.history:
+            self.state.history[-1].outcome = outcome
+
+    def _show(self, step: Step) -> None:
+        """Tell operators in the Temporal UI where this journey is and what it waits for."""
+        state = self.state
+        waiting = _describe(step, state.step_started_at or workflow.now())
+        state.waiting_for = waiting
+        workflow.upsert_search_attributes([STEP_KEY.value_set(step.id)])
+        workflow.set_current_details(f"step **{step.id}** ({step.type}): {waiting}")
+
+    def _end(self, status: JourneyStatus, reason: str, event: JourneyEvent | None = None) -> None:
+        state = self.state
+        if state.status is not JourneyStatus.running:
+            return
+        state.status = status
+        state.exit_reason = reason
+        state.ended_at = workflow.now()
+        state.waiting_for = None
+        if event is not None:
+            state.last_event = event
+
+
+def _describe(step: Step, started: datetime) -> str:
+    if isinstance(step, WaitStep):
+        until = (started + step.duration).strftime("%Y-%m-%d %H:%M UTC")
+        return f"waiting {format_duration(step.duration)} (until {until})"
+    if isinstance(step, WaitForStep):
+        until = (started + step.timeout).strftime("%Y-%m-%d %H:%M UTC")
+        return f"waiting up to {format_duration(step.timeout)} for {step.event} (until {until})"
+    if isinstance(step, SendStep):
+        return f"sending {step.template} via {step.channel}"
+    if isinstance(step, BranchStep):
+        return "choosing a branch"
+    return "exiting"

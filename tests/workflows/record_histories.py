@@ -1,0 +1,81 @@
+"""Record the histories in tests/histories/ from today's JourneyWorkflow.
+
+Run once per behaviour worth guarding, then commit the JSON; never re-record a history to
+make a replay test pass — that is the bug the test exists to catch:
+
+    .venv/bin/python -m tests.workflows.record_histories
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from api.temporal import DATA_CONVERTER
+from core.journey import SIGNAL_EVENT, UPDATE_EXIT, ExitRequest
+from tests.fixtures.temporal import register_search_attributes, server_binary
+from tests.workflows.test_journey import BRANCHY, CART, WAIT_FOR, ActivityDoubles, event, start
+from workflows.journey import JourneyWorkflow
+
+HISTORIES = Path(__file__).parent.parent / "histories"
+
+
+async def main() -> None:
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=server_binary("temporal-test-server"),
+        data_converter=DATA_CONVERTER,
+    )
+    try:
+        await register_search_attributes(env.client)
+        doubles = ActivityDoubles(traits={"plan": "pro"})
+        doubles.env = env
+        queue = f"record-{uuid.uuid4()}"
+        async with Worker(
+            env.client,
+            task_queue=queue,
+            workflows=[JourneyWorkflow],
+            activities=[doubles.deliver, doubles.load_profile],
+        ):
+            runs = {}
+            # Cart abandoned: 24 h wait, then the reminder.
+            h = await start(env.client, queue, CART, user="replay-cart-reminder")
+            await h.result()
+            runs["cart_reminder"] = h
+            # Cart converted: the order arrives during the wait.
+            h = await start(env.client, queue, CART, user="replay-cart-converted")
+            await env.sleep(timedelta(hours=3))
+            await h.signal(SIGNAL_EVENT, event("Order Completed", order_id="o-1"))
+            await h.result()
+            runs["cart_converted"] = h
+            # wait_for: a non-matching, a duplicate and a matching event.
+            h = await start(env.client, queue, WAIT_FOR, user="replay-wait-for")
+            low = event("Review Submitted", stars=1)
+            await h.signal(SIGNAL_EVENT, low)
+            await h.signal(SIGNAL_EVENT, low)
+            await h.signal(SIGNAL_EVENT, event("Review Submitted", stars=5))
+            await h.result()
+            runs["wait_for_matched"] = h
+            # Branch on a trait, then an operator's exit during the wait.
+            h = await start(env.client, queue, BRANCHY, user="replay-branch-exit")
+            await h.result()
+            h2 = await start(env.client, queue, CART, user="replay-operator-exit")
+            await env.sleep(timedelta(hours=1))
+            await h2.execute_update(UPDATE_EXIT, ExitRequest(reason="support ticket"))
+            await h2.result()
+            runs["branch_pro"] = h
+            runs["operator_exit"] = h2
+            for name, handle in runs.items():
+                history = await handle.fetch_history()
+                (HISTORIES / f"{name}.json").write_text(history.to_json())
+                print("recorded", name, len(history.events), "events")
+    finally:
+        await env.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

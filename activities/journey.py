@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from store.profiles import get_profile
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -24,7 +25,6 @@ from core.journey import (
 from core.templates import RenderError, render
 from store import deliveries
 from store.campaigns import get_version
-from store.profiles import get_profile
 
 PROVIDER_UNAVAILABLE = "ProviderUnavailable"
 
@@ -32,9 +32,7 @@ PROVIDER_UNAVAILABLE = "ProviderUnavailable"
 class JourneyActivities:
     """Holds the clients activities need, built once by the worker."""
 
-    def __init__(
-        self, *, sessions: async_sessionmaker[AsyncSession], channels: dict[str, Channel]
-    ):
+    def __init__(self, *, sessions: async_sessionmaker[AsyncSession], channels: dict[str, Channel]):
         self._sessions = sessions
         self._channels = channels
 
@@ -154,7 +152,9 @@ class JourneyActivities:
             if template.subject
             else None,
             body=render(template.body, context, name=f"{name}.body"),
-            data={k: _render_value(v, context, f"{name}.data.{k}") for k, v in template.data.items()},
+            data={
+                k: _render_value(v, context, f"{name}.data.{k}") for k, v in template.data.items()
+            },
         )
 
     def all(self) -> list[Any]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any, Union
+from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 _MISSING = object()
 
@@ -83,7 +83,26 @@ class NotOf(BaseModel):
         return self.not_.paths()
 
 
-Condition = Union[Rule, AllOf, AnyOf, NotOf]  # noqa: UP007 - recursive alias needs Union
+def _condition_kind(value: Any) -> str:
+    """Which kind of condition a value is, so an error names one kind instead of all four."""
+    if isinstance(value, BaseModel):
+        return type(value).__name__
+    if isinstance(value, Mapping) and "path" not in value:
+        for key, kind in (("all", "AllOf"), ("any", "AnyOf"), ("not", "NotOf"), ("not_", "NotOf")):
+            if key in value:
+                return kind
+    return "Rule"
+
+
+Condition = Annotated[
+    Union[  # noqa: UP007 - recursive alias needs Union
+        Annotated[Rule, Tag("Rule")],
+        Annotated[AllOf, Tag("AllOf")],
+        Annotated[AnyOf, Tag("AnyOf")],
+        Annotated[NotOf, Tag("NotOf")],
+    ],
+    Discriminator(_condition_kind),
+]
 AllOf.model_rebuild()
 AnyOf.model_rebuild()
 NotOf.model_rebuild()
@@ -124,7 +143,7 @@ def _compare(left: Any, op: Op, right: Any) -> bool:
         # A number compared with a numeric string is what event senders mean.
         try:
             return _compare(float(left), op, float(right))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return False
 
 

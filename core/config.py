@@ -49,11 +49,12 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:
         if self.environment is Environment.production:
-            if self.write_key == DEV_WRITE_KEY:
+            # An empty value is as public as the dev one (`NUDGE_WRITE_KEY=` in a .env).
+            if self.write_key.strip() in ("", DEV_WRITE_KEY):
                 raise ValueError("NUDGE_WRITE_KEY must be set to a secret in production")
-            if self.admin_token == DEV_ADMIN_TOKEN:
+            if self.admin_token.strip() in ("", DEV_ADMIN_TOKEN):
                 raise ValueError("NUDGE_ADMIN_TOKEN must be set to a secret in production")
-            if self.webhook_secret == DEV_WEBHOOK_SECRET:
+            if not self.webhook_secrets or DEV_WEBHOOK_SECRET in self.webhook_secrets:
                 raise ValueError("NUDGE_WEBHOOK_SECRET must be set to a secret in production")
         return self
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from core.conditions import Condition, needs_traits
 from core.durations import Duration
+from core.templates import syntax_problem
 
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 STEP_ID = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
@@ -179,6 +180,14 @@ class Template(_Model):
     body: str = Field(max_length=200_000)
     data: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _check_syntax(self) -> Template:
+        for field, source in (("subject", self.subject), ("body", self.body)):
+            problem = syntax_problem(source) if source else None
+            if problem:
+                raise ValueError(f"{field}: {problem}")
+        return self
+
 
 class CampaignDefinition(JourneyPlan):
     """A campaign as its author writes it. Each change is stored as a new version."""
@@ -255,21 +264,21 @@ def graph_problems(plan: JourneyPlan) -> list[str]:
         color[root] = 1
         pending = [iter(edges.get(root, []))]
         while pending:
-            nxt = next(pending[-1], None)
-            if nxt is None:
+            following = next(pending[-1], None)
+            if following is None:
                 color[path.pop()] = 2
                 pending.pop()
-            elif nxt in waits or color.get(nxt) == 2:
+            elif following in waits or color.get(following) == 2:
                 continue
-            elif color.get(nxt) == 1:
-                cycle = [*path[path.index(nxt) :], nxt]
+            elif color.get(following) == 1:
+                cycle = [*path[path.index(following) :], following]
                 problems.append(
                     f"steps[{index[path[-1]]}]: cycle without a wait: {' -> '.join(cycle)}"
                 )
             else:
-                color[nxt] = 1
-                path.append(nxt)
-                pending.append(iter(edges.get(nxt, [])))
+                color[following] = 1
+                path.append(following)
+                pending.append(iter(edges.get(following, [])))
     return problems
 
 
@@ -302,13 +311,12 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     out = ""
     prev: Any = None
     for part in loc:
+        # A union member's name follows a list index (or `not`); the author only needs the
+        # path. Elsewhere the same word is a real key: a template named `send` is shown.
+        tag = part in _UNION_TAGS and (isinstance(prev, int) or prev == "not")
         if isinstance(part, int):
             out += f"[{part}]"
-        elif (part in _UNION_TAGS and (isinstance(prev, int) or prev == "not")) or "[" in str(
-            part
-        ):
-            # A union member's name (it follows a list index, or `not`); the author only
-            # needs the path. A template named `send` is still shown.
+        elif tag or "[" in str(part):
             pass
         else:
             out += f".{part}" if out else str(part)

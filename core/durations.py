@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 from typing import Annotated, Any
@@ -21,12 +22,26 @@ def parse_duration(text: str) -> timedelta:
     """Read '24h', '30m', '7d', '1d12h', '90s', '2w' (parts add up)."""
     if not isinstance(text, str) or not _WHOLE.match(text.lower()):
         raise DurationError(
-            f"invalid duration {text!r}: use a number and a unit w, d, h, m or s, e.g. '24h' or '1d12h'"
+            f"invalid duration {text!r}: use a number and a unit w, d, h, m or s,"
+            " e.g. '24h' or '1d12h'"
         )
     seconds = sum(int(n) * _UNITS[u] for n, u in _PART.findall(text.lower()))
-    if seconds <= 0:
-        raise DurationError(f"invalid duration {text!r}: must be longer than zero")
-    return timedelta(seconds=seconds)
+    return _checked(seconds, text)
+
+
+def _checked(seconds: float, shown: Any) -> timedelta:
+    """A positive whole number of seconds as a timedelta, else a DurationError naming `shown`."""
+    if not seconds > 0:  # also refuses NaN
+        raise DurationError(f"invalid duration {shown!r}: must be longer than zero")
+    if math.isinf(seconds):
+        raise DurationError(f"invalid duration {shown!r}: too long")
+    if seconds != int(seconds):
+        # Written back as text ("24h"), a fraction would be lost or turn into "0s".
+        raise DurationError(f"invalid duration {shown!r}: use a whole number of seconds")
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise DurationError(f"invalid duration {shown!r}: too long") from None
 
 
 def format_duration(value: timedelta) -> str:
@@ -44,11 +59,9 @@ def format_duration(value: timedelta) -> str:
 
 def _coerce(value: Any) -> timedelta:
     if isinstance(value, timedelta):
-        return value
+        return _checked(value.total_seconds(), str(value))
     if isinstance(value, int | float) and not isinstance(value, bool):
-        if value <= 0:
-            raise DurationError(f"invalid duration {value!r}: must be longer than zero")
-        return timedelta(seconds=value)
+        return _checked(value, value)
     return parse_duration(value)
 
 

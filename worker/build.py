@@ -44,9 +44,7 @@ async def journey_activities(settings: Settings) -> AsyncIterator[JourneyActivit
         await engine.dispose()
 
 
-def create_worker(
-    client: Client, activities: JourneyActivities, *, task_queue: str
-) -> Worker:
+def create_worker(client: Client, activities: JourneyActivities, *, task_queue: str) -> Worker:
     return Worker(
         client,
         task_queue=task_queue,

@@ -10,7 +10,13 @@ import time
 
 import httpx
 
-from activities.channels.base import Channel, OutgoingMessage, ProviderError, Receipt, post_to_provider
+from activities.channels.base import (
+    Channel,
+    OutgoingMessage,
+    ProviderError,
+    Receipt,
+    post_to_provider,
+)
 
 SECRET_PREFIX = "whsec_"
 
@@ -28,7 +34,8 @@ def sign(secrets: list[str], msg_id: str, timestamp: int, body: bytes) -> str:
     so a receiver rotating secrets accepts either."""
     signed = f"{msg_id}.{timestamp}.".encode() + body
     return " ".join(
-        "v1," + base64.b64encode(hmac.new(_secret_bytes(s), signed, hashlib.sha256).digest()).decode()
+        "v1,"
+        + base64.b64encode(hmac.new(_secret_bytes(s), signed, hashlib.sha256).digest()).decode()
         for s in secrets
     )
 

@@ -1,0 +1,213 @@
+"""The deliver activity against real SQLite/PostgreSQL and a real webhook server."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+from store.profiles import merge_traits
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.channels.sandbox import SandboxChannel
+from activities.channels.webhook import WebhookChannel, verify
+from activities.journey import PROVIDER_UNAVAILABLE, JourneyActivities
+from core.config import DEV_WEBHOOK_SECRET
+from core.definition import parse_campaign
+from core.events import JourneyEvent
+from core.journey import DeliverRequest, DeliveryStatus, idempotency_key
+from store import deliveries
+from store.campaigns import save_campaign
+from store.models import SandboxMessage
+from tests.fixtures.servers import Fault, WebhookReceiver
+
+DEFINITION = parse_campaign(
+    {
+        "id": "cart",
+        "name": "Cart abandonment",
+        "entry": {"event": "Product Added"},
+        "steps": [
+            {
+                "id": "remind",
+                "type": "send",
+                "channel": "webhook",
+                "template": "reminder",
+                "next": "sandboxed",
+            },
+            {
+                "id": "sandboxed",
+                "type": "send",
+                "channel": "sandbox",
+                "template": "reminder",
+                "next": "broken",
+            },
+            {"id": "broken", "type": "send", "channel": "sandbox", "template": "broken"},
+        ],
+        "templates": {
+            "reminder": {
+                "subject": "{{ traits.first_name | default('Hi') }}, still thinking?",
+                "body": "Your {{ event.properties.name }} waits. Code {{ campaign.id | upper }}10",
+                "data": {"sku": "{{ event.properties.sku }}", "fixed": 3},
+            },
+            "broken": {"body": "{{ 1 // 0 }}"},
+        },
+    }
+)
+
+
+@pytest.fixture
+async def activities(
+    sessions, webhook_receiver: WebhookReceiver
+) -> AsyncIterator[JourneyActivities]:
+    async with sessions() as session, session.begin():
+        await save_campaign(session=session, definition=DEFINITION)
+        await merge_traits(session=session, user_id="ada", traits={"first_name": "Ada"})
+    async with httpx.AsyncClient(timeout=5) as http:
+        yield JourneyActivities(
+            sessions=sessions,
+            channels={
+                "sandbox": SandboxChannel(sessions),
+                "webhook": WebhookChannel(http, webhook_receiver.url, [DEV_WEBHOOK_SECRET]),
+            },
+        )
+
+
+def request(
+    step_id: str, channel: str, template: str = "reminder", visit: int = 1
+) -> DeliverRequest:
+    entry = JourneyEvent(
+        message_id=f"m-{uuid.uuid4()}",
+        name="Product Added",
+        timestamp=datetime.now(UTC),
+        properties={"name": "Umbrella", "sku": "U-1"},
+    )
+    wid = "journey/cart/ada"
+    return DeliverRequest(
+        idempotency_key=idempotency_key(wid, entry.message_id, step_id, visit),
+        workflow_id=wid,
+        campaign_id="cart",
+        campaign_version=1,
+        step_id=step_id,
+        visit=visit,
+        channel=channel,
+        template=template,
+        user_id="ada",
+        entry_event=entry,
+    )
+
+
+async def test_webhook_send_is_signed_rendered_and_never_repeated(activities, webhook_receiver):
+    env = ActivityEnvironment()
+    req = request("remind", "webhook")
+    first = await env.run(activities.deliver, req)
+    again = await env.run(activities.deliver, req)  # what an activity retry does
+
+    assert first.status is DeliveryStatus.sent and not first.duplicate
+    assert again.status is DeliveryStatus.sent and again.duplicate
+    assert again.delivery_id == first.delivery_id
+    assert len(webhook_receiver.received) == 1
+    hit = webhook_receiver.received[0]
+    assert hit.headers["webhook-id"] == req.idempotency_key
+    assert hit.headers["idempotency-key"] == req.idempotency_key
+    assert verify(DEV_WEBHOOK_SECRET, hit.headers, hit.body)
+    assert not verify("whsec_" + "b3RoZXItc2VjcmV0LW90aGVyLXNlY3JldA==", hit.headers, hit.body)
+    data = hit.json()["data"]
+    assert data["subject"] == "Ada, still thinking?"
+    assert data["body"] == "Your Umbrella waits. Code CART10"
+    assert data["data"] == {"sku": "U-1", "fixed": 3}
+
+
+async def test_provider_5xx_retries_then_sends_once(activities, webhook_receiver, sessions):
+    webhook_receiver.faults.append(Fault(503, times=2))
+    env = ActivityEnvironment()
+    req = request("remind", "webhook")
+    for _ in range(2):
+        with pytest.raises(ApplicationError) as err:
+            await env.run(activities.deliver, req)
+        assert err.value.type == PROVIDER_UNAVAILABLE and not err.value.non_retryable
+    async with sessions() as session:
+        row = await deliveries.get_delivery(session=session, idempotency_key=req.idempotency_key)
+    assert row is not None and row.status == "pending" and "503" in (row.error or "")
+
+    result = await env.run(activities.deliver, req)
+    assert result.status is DeliveryStatus.sent
+    assert [r.status for r in webhook_receiver.received] == [503, 503, 200]
+    assert {r.headers["webhook-id"] for r in webhook_receiver.received} == {req.idempotency_key}
+    async with sessions() as session:
+        row = await deliveries.get_delivery(session=session, idempotency_key=req.idempotency_key)
+    assert row is not None and row.status == "sent" and row.attempts == 3
+
+
+async def test_429_retry_after_sets_next_retry_delay(activities, webhook_receiver):
+    webhook_receiver.faults.append(Fault(429, headers={"Retry-After": "7"}))
+    with pytest.raises(ApplicationError) as err:
+        await ActivityEnvironment().run(activities.deliver, request("remind", "webhook"))
+    assert err.value.next_retry_delay == timedelta(seconds=7)
+
+
+async def test_4xx_is_final_and_recorded(activities, webhook_receiver, sessions):
+    webhook_receiver.faults.append(Fault(400, body='{"error": "bad payload"}'))
+    env = ActivityEnvironment()
+    req = request("remind", "webhook")
+    result = await env.run(activities.deliver, req)
+    again = await env.run(activities.deliver, req)
+    assert result.status is DeliveryStatus.failed and "400" in (result.reason or "")
+    assert again.status is DeliveryStatus.failed and again.duplicate
+    assert len(webhook_receiver.received) == 1
+
+
+async def test_connection_refused_is_retryable(sessions):
+    async with sessions() as session, session.begin():
+        await save_campaign(session=session, definition=DEFINITION)
+    async with httpx.AsyncClient(timeout=2) as http:
+        acts = JourneyActivities(
+            sessions=sessions,
+            channels={"webhook": WebhookChannel(http, "http://127.0.0.1:9/", [DEV_WEBHOOK_SECRET])},
+        )
+        with pytest.raises(ApplicationError) as err:
+            await ActivityEnvironment().run(acts.deliver, request("remind", "webhook"))
+    assert not err.value.non_retryable and "unreachable" in str(err.value)
+
+
+async def test_sandbox_keeps_one_rendered_message(activities, sessions):
+    env = ActivityEnvironment()
+    req = request("sandboxed", "sandbox")
+    first = await env.run(activities.deliver, req)
+    await env.run(activities.deliver, req)
+    assert first.status is DeliveryStatus.sent
+    async with sessions() as session:
+        messages = await deliveries.list_sandbox_messages(session=session, user_id="ada")
+        count = await session.scalar(select(func.count()).select_from(SandboxMessage))
+    assert count == 1
+    assert messages[0].subject == "Ada, still thinking?"
+    assert messages[0].body == "Your Umbrella waits. Code CART10"
+
+
+async def test_render_error_fails_without_retry(activities):
+    result = await ActivityEnvironment().run(
+        activities.deliver, request("broken", "sandbox", "broken")
+    )
+    assert result.status is DeliveryStatus.failed
+    assert "broken.body" in (result.reason or "") and "ZeroDivisionError" in (result.reason or "")
+
+
+async def test_unknown_channel_fails_naming_it(activities):
+    result = await ActivityEnvironment().run(
+        activities.deliver, request("remind", "carrier-pigeon")
+    )
+    assert result.status is DeliveryStatus.failed
+    assert "carrier-pigeon" in (result.reason or "")
+
+
+async def test_load_profile(activities):
+    from core.journey import ProfileRequest
+
+    env = ActivityEnvironment()
+    ada = await env.run(activities.load_profile, ProfileRequest(user_id="ada"))
+    nobody = await env.run(activities.load_profile, ProfileRequest(user_id="nobody"))
+    assert ada.traits == {"first_name": "Ada"}
+    assert nobody.traits == {}

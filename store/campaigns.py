@@ -1,0 +1,227 @@
+"""store: campaigns, their immutable versions, and the status each campaign is in."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.definition import CampaignDefinition, CampaignStatus
+from store.db import dialect_insert
+from store.models import Campaign, CampaignVersion
+
+Status = CampaignStatus
+
+TRANSITIONS: dict[CampaignStatus, frozenset[CampaignStatus]] = {
+    Status.draft: frozenset({Status.active, Status.archived}),
+    Status.active: frozenset({Status.paused, Status.archived}),
+    Status.paused: frozenset({Status.active, Status.archived}),
+    Status.archived: frozenset(),
+}
+"""Where each status may go. Archived is final: a running journey may still read its
+version, so an archived campaign is never revived or rewritten."""
+
+ALLOWED_TRANSITIONS = "draft→active, active→paused, paused→active, draft/active/paused→archived"
+
+
+class CampaignStateError(ValueError):
+    """The campaign's status does not allow what was asked; the message says what does."""
+
+
+class CampaignConflict(CampaignStateError):
+    """Another save wrote the same version number first: roll back and save again."""
+
+
+class CampaignNotFound(LookupError):
+    def __init__(self, campaign_id: str):
+        self.campaign_id = campaign_id
+        super().__init__(f"no campaign {campaign_id!r}")
+
+
+def definition_document(definition: CampaignDefinition) -> dict[str, Any]:
+    """The stored form: JSON types and aliases (`else`), so it re-validates as written."""
+    return definition.model_dump(mode="json", by_alias=True)
+
+
+def definition_hash(definition: CampaignDefinition) -> str:
+    """sha256 of the canonical JSON: equal definitions hash equal, whatever the key order."""
+    canonical = json.dumps(definition_document(definition), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def definition_of(version: CampaignVersion) -> CampaignDefinition:
+    return CampaignDefinition.model_validate(version.definition)
+
+
+async def save_campaign(
+    *, session: AsyncSession, definition: CampaignDefinition
+) -> tuple[Campaign, CampaignVersion, bool]:
+    """Store a definition: a new campaign starts as draft at version 1; a changed one gets
+    the next version and points at it. The bool says whether a version was written.
+
+    Saving an unchanged definition writes nothing, so a deploy script can save every
+    campaign on each run without piling up versions.
+    """
+    digest = definition_hash(definition)
+    if await _insert_campaign(session, definition):
+        first = _new_version(definition, 1, digest)
+        session.add(first)
+        await session.flush()
+        campaign = await _locked(session, definition.id)
+        return campaign, first, True
+
+    campaign = await _locked(session, definition.id)
+    if campaign.status == Status.archived:
+        raise CampaignStateError(
+            f"campaign {campaign.id!r} is archived and takes no new versions; "
+            "save the definition under a new id"
+        )
+    current = await get_version(
+        session=session, campaign_id=campaign.id, version=campaign.current_version
+    )
+    if current is not None and current.definition_hash == digest:
+        return campaign, current, False
+
+    number = await _latest_version(session, campaign.id) + 1
+    version = _new_version(definition, number, digest)
+    session.add(version)
+    campaign.current_version = number
+    campaign.name = definition.name
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        # The session is now unusable until rolled back: name nothing loaded from it.
+        raise CampaignConflict(
+            f"campaign {definition.id!r}: version {number} was written by another "
+            "save at the same time; roll back and save again"
+        ) from exc
+    return campaign, version, True
+
+
+async def _insert_campaign(session: AsyncSession, definition: CampaignDefinition) -> bool:
+    """Insert the campaign row unless it exists; True when this call created it.
+
+    Inserting first (ON CONFLICT DO NOTHING) also takes the write lock on SQLite, so the
+    read-compare-write that follows cannot interleave with a concurrent save.
+    """
+    statement = (
+        dialect_insert(session, Campaign.__table__)
+        .values(
+            id=definition.id,
+            name=definition.name,
+            status=Status.draft.value,
+            current_version=1,
+        )
+        .on_conflict_do_nothing(index_elements=["id"])
+        .returning(Campaign.__table__.c.id)
+    )
+    return (await session.execute(statement)).first() is not None
+
+
+async def _locked(session: AsyncSession, campaign_id: str) -> Campaign:
+    """The campaign, re-read and locked (FOR UPDATE on PostgreSQL) until the caller commits."""
+    campaign = await session.get(
+        Campaign, campaign_id, with_for_update=True, populate_existing=True
+    )
+    if campaign is None:
+        raise CampaignNotFound(campaign_id)
+    return campaign
+
+
+async def _latest_version(session: AsyncSession, campaign_id: str) -> int:
+    statement = select(func.max(CampaignVersion.version)).where(
+        CampaignVersion.campaign_id == campaign_id
+    )
+    return (await session.scalar(statement)) or 0
+
+
+def _new_version(definition: CampaignDefinition, number: int, digest: str) -> CampaignVersion:
+    return CampaignVersion(
+        campaign_id=definition.id,
+        version=number,
+        definition=definition_document(definition),
+        definition_hash=digest,
+    )
+
+
+async def get_campaign(*, session: AsyncSession, campaign_id: str) -> Campaign | None:
+    return await session.get(Campaign, campaign_id)
+
+
+async def get_version(
+    *, session: AsyncSession, campaign_id: str, version: int
+) -> CampaignVersion | None:
+    return await session.get(CampaignVersion, (campaign_id, version))
+
+
+async def list_versions(*, session: AsyncSession, campaign_id: str) -> list[CampaignVersion]:
+    """Oldest first."""
+    statement = (
+        select(CampaignVersion)
+        .where(CampaignVersion.campaign_id == campaign_id)
+        .order_by(CampaignVersion.version)
+    )
+    return list((await session.scalars(statement)).all())
+
+
+async def list_campaigns(
+    *, session: AsyncSession, status: CampaignStatus | None = None
+) -> list[Campaign]:
+    """By id, optionally only those in one status."""
+    statement = select(Campaign).order_by(Campaign.id)
+    if status is not None:
+        statement = statement.where(Campaign.status == CampaignStatus(status).value)
+    return list((await session.scalars(statement)).all())
+
+
+async def set_status(
+    *, session: AsyncSession, campaign_id: str, status: CampaignStatus
+) -> Campaign:
+    """Move a campaign along draft → active ⇄ paused → archived; the same status is a no-op.
+
+    The update is conditional on the status it leaves, so two operators racing (pause
+    against archive) cannot both win from a status that allowed only one of them.
+    """
+    target = CampaignStatus(status)
+    sources = [s.value for s, targets in TRANSITIONS.items() if target in targets]
+    statement = (
+        update(Campaign)
+        .where(Campaign.id == campaign_id, Campaign.status.in_(sources))
+        .values(status=target.value)
+        .execution_options(synchronize_session=False)
+    )
+    moved = (await session.execute(statement)).rowcount > 0  # type: ignore[attr-defined]
+    campaign = await session.get(Campaign, campaign_id, populate_existing=True)
+    if campaign is None:
+        raise CampaignNotFound(campaign_id)
+    if not moved and campaign.status != target.value:
+        raise CampaignStateError(
+            f"campaign {campaign_id!r} is {campaign.status} and cannot become {target.value}; "
+            f"allowed: {ALLOWED_TRANSITIONS}"
+        )
+    return campaign
+
+
+async def active_versions(*, session: AsyncSession) -> list[tuple[Campaign, CampaignVersion]]:
+    """The current version of every active campaign: what the router indexes events by."""
+    statement = (
+        select(Campaign, CampaignVersion)
+        .join(
+            CampaignVersion,
+            (CampaignVersion.campaign_id == Campaign.id)
+            & (CampaignVersion.version == Campaign.current_version),
+        )
+        .where(Campaign.status == Status.active.value)
+        .order_by(Campaign.id)
+    )
+    return [(campaign, version) for campaign, version in (await session.execute(statement)).all()]
+
+
+async def latest_change(*, session: AsyncSession) -> datetime | None:
+    """When any campaign last changed (status, name, version): a cheap 'reload?' check."""
+    return await session.scalar(select(func.max(Campaign.updated_at)))

@@ -1,0 +1,56 @@
+"""store: journey entries — one row per journey started, read by re-entry rules and counts."""
+
+from __future__ import annotations
+
+from sqlalchemy import exists, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from store.db import dialect_insert
+from store.models import JourneyEntry
+
+
+async def record_entry(
+    *,
+    session: AsyncSession,
+    campaign_id: str,
+    campaign_version: int,
+    user_id: str,
+    workflow_id: str,
+    run_id: str,
+    entry_message_id: str,
+) -> bool:
+    """Record that a journey started; True when this call wrote the row.
+
+    False when the run is already recorded (a signal-with-start that joined the running
+    journey returns its run id) or this entry event was already recorded for the campaign
+    (the router retried). ON CONFLICT DO NOTHING covers both unique keys, so racing
+    routers agree instead of failing.
+    """
+    table = JourneyEntry.__table__
+    statement = (
+        dialect_insert(session, table)
+        .values(
+            campaign_id=campaign_id,
+            campaign_version=campaign_version,
+            user_id=user_id,
+            workflow_id=workflow_id,
+            run_id=run_id,
+            entry_message_id=entry_message_id,
+        )
+        .on_conflict_do_nothing()
+        .returning(table.c.id)
+    )
+    return (await session.execute(statement)).first() is not None
+
+
+async def has_entered(*, session: AsyncSession, campaign_id: str, user_id: str) -> bool:
+    """Whether the user ever entered the campaign (re-entry `once`)."""
+    statement = select(
+        exists().where(JourneyEntry.campaign_id == campaign_id, JourneyEntry.user_id == user_id)
+    )
+    return bool(await session.scalar(statement))
+
+
+async def count_entries(*, session: AsyncSession, campaign_id: str) -> int:
+    statement = select(func.count()).where(JourneyEntry.campaign_id == campaign_id)
+    return (await session.scalar(statement)) or 0

@@ -19,7 +19,9 @@ class Environment(StrEnum):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="NUDGE_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="NUDGE_", env_file=".env", extra="ignore", env_ignore_empty=True
+    )
 
     environment: Environment = Environment.dev
     database_url: str = "sqlite+aiosqlite:///.nudge/nudge.db"

@@ -339,10 +339,11 @@ def parse_campaign(data: Any) -> CampaignDefinition:
     """Validate a definition from a dict, or from YAML/JSON text."""
     if isinstance(data, bytes):
         try:
-            data = data.decode("utf-8-sig")
+            data = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise DefinitionError([f"not valid UTF-8 text: {exc}"]) from exc
     if isinstance(data, str):
+        data = data.removeprefix("\ufeff")  # a byte order mark, as some editors save files
         try:
             data = json.loads(data) if data.lstrip().startswith("{") else yaml.safe_load(data)
         except (yaml.YAMLError, json.JSONDecodeError) as exc:

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from temporalio import activity
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.testing import WorkflowEnvironment
 from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from api.temporal import journey_search_attributes
@@ -27,7 +27,6 @@ from core.journey import (
     DeliveryStatus,
     ExitRequest,
     JourneyInput,
-    JourneyResult,
     JourneyState,
     JourneyStatus,
     Profile,

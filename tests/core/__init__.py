@@ -1,0 +1,1 @@
+"""tests.core: the pure domain — definitions, conditions, durations, events."""

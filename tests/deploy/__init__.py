@@ -1,0 +1,1 @@
+"""tests.deploy: the production stack (Dockerfile, docker-compose.yml) checked without Docker."""

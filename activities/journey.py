@@ -16,15 +16,18 @@ from core.definition import CampaignDefinition
 from core.journey import (
     ACTIVITY_DELIVER,
     ACTIVITY_LOAD_PROFILE,
+    ACTIVITY_RECORD_OUTCOME,
     DeliverRequest,
     DeliverResult,
     DeliveryStatus,
+    JourneyOutcome,
     Profile,
     ProfileRequest,
 )
 from core.templates import RenderError, render
 from store import deliveries
 from store.campaigns import get_version
+from store.entries import record_outcome
 
 PROVIDER_UNAVAILABLE = "ProviderUnavailable"
 
@@ -41,6 +44,23 @@ class JourneyActivities:
         async with self._sessions() as session:
             row = await get_profile(session=session, user_id=request.user_id)
         return Profile(user_id=request.user_id, traits=dict(row.traits) if row else {})
+
+    @activity.defn(name=ACTIVITY_RECORD_OUTCOME)
+    async def record_outcome(self, outcome: JourneyOutcome) -> None:
+        """Write how the journey ended, so the campaign's funnel counts it."""
+        async with self._sessions() as session, session.begin():
+            await record_outcome(
+                session=session,
+                campaign_id=outcome.campaign_id,
+                campaign_version=outcome.campaign_version,
+                user_id=outcome.user_id,
+                workflow_id=outcome.workflow_id,
+                run_id=outcome.run_id,
+                entry_message_id=outcome.entry_message_id,
+                status=outcome.status.value,
+                exit_reason=outcome.exit_reason,
+                ended_at=outcome.ended_at,
+            )
 
     @activity.defn(name=ACTIVITY_DELIVER)
     async def deliver(self, request: DeliverRequest) -> DeliverResult:
@@ -158,7 +178,7 @@ class JourneyActivities:
         )
 
     def all(self) -> list[Any]:
-        return [self.deliver, self.load_profile]
+        return [self.deliver, self.load_profile, self.record_outcome]
 
 
 def _render_value(value: Any, context: dict[str, Any], name: str) -> Any:

@@ -130,6 +130,20 @@ class DeliverResult(BaseModel):
     """True when an earlier attempt had already completed this send."""
 
 
+class JourneyOutcome(BaseModel):
+    """How a journey ended, for the campaign's funnel in the store."""
+
+    workflow_id: str
+    run_id: str
+    campaign_id: str
+    campaign_version: int
+    user_id: str
+    entry_message_id: str
+    status: JourneyStatus
+    exit_reason: str | None = None
+    ended_at: datetime
+
+
 class ProfileRequest(BaseModel):
     user_id: str
 
@@ -145,6 +159,7 @@ QUERY_STATE = "state"
 UPDATE_EXIT = "exit"
 ACTIVITY_DELIVER = "deliver"
 ACTIVITY_LOAD_PROFILE = "load_profile"
+ACTIVITY_RECORD_OUTCOME = "record_outcome"
 
 SA_CAMPAIGN = "NudgeCampaign"
 SA_USER = "NudgeUser"

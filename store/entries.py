@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -54,3 +56,51 @@ async def has_entered(*, session: AsyncSession, campaign_id: str, user_id: str) 
 async def count_entries(*, session: AsyncSession, campaign_id: str) -> int:
     statement = select(func.count()).where(JourneyEntry.campaign_id == campaign_id)
     return (await session.scalar(statement)) or 0
+
+
+async def record_outcome(
+    *,
+    session: AsyncSession,
+    campaign_id: str,
+    campaign_version: int,
+    user_id: str,
+    workflow_id: str,
+    run_id: str,
+    entry_message_id: str,
+    status: str,
+    exit_reason: str | None,
+    ended_at: datetime,
+) -> None:
+    """Record how a journey ended (converted, exited, …) for the campaign's funnel.
+
+    An upsert: a journey can end before the router got to write its entry row (a journey
+    that sends at once and ends), and the router's later insert then does nothing.
+    """
+    table = JourneyEntry.__table__
+    insert = dialect_insert(session, table).values(
+        campaign_id=campaign_id,
+        campaign_version=campaign_version,
+        user_id=user_id,
+        workflow_id=workflow_id,
+        run_id=run_id,
+        entry_message_id=entry_message_id,
+        status=status,
+        exit_reason=exit_reason,
+        ended_at=ended_at,
+    )
+    await session.execute(
+        insert.on_conflict_do_update(
+            index_elements=["campaign_id", "entry_message_id"],
+            set_={"status": status, "exit_reason": exit_reason, "ended_at": ended_at},
+        )
+    )
+
+
+async def count_outcomes(*, session: AsyncSession, campaign_id: str) -> dict[str, int]:
+    """Journeys of a campaign by status: running, completed, converted, exited, failed."""
+    statement = (
+        select(JourneyEntry.status, func.count())
+        .where(JourneyEntry.campaign_id == campaign_id)
+        .group_by(JourneyEntry.status)
+    )
+    return {status: int(n) for status, n in (await session.execute(statement)).all()}

@@ -141,6 +141,10 @@ class JourneyEntry(Base):
     """Temporal's run id: a signal-with-start that joined a running journey adds no row."""
     entry_message_id: Mapped[str] = mapped_column(String(512))
     entered_at: Mapped[datetime] = mapped_column(default=now)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    """running, or how the journey ended (core.journey.JourneyStatus)."""
+    exit_reason: Mapped[str | None] = mapped_column(Text)
+    ended_at: Mapped[datetime | None] = mapped_column()
 
 
 class Delivery(Base):

@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from core.journey import (
         ACTIVITY_DELIVER,
         ACTIVITY_LOAD_PROFILE,
+        ACTIVITY_RECORD_OUTCOME,
         MAX_SEEN_EVENT_IDS,
         MAX_STEP_RECORDS,
         MAX_STEPS_PER_RUN,
@@ -39,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         DeliveryStatus,
         ExitRequest,
         JourneyInput,
+        JourneyOutcome,
         JourneyResult,
         JourneyState,
         JourneyStatus,
@@ -59,6 +61,10 @@ DELIVER_RETRY = RetryPolicy(
     backoff_coefficient=2.0,
     maximum_interval=timedelta(minutes=10),
     maximum_attempts=0,
+)
+RECORD_TIMEOUT = timedelta(seconds=30)
+RECORD_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5)
 )
 PROFILE_TIMEOUT = timedelta(seconds=30)
 PROFILE_RETRY = RetryPolicy(
@@ -170,6 +176,7 @@ class JourneyWorkflow:
                 self._end(JourneyStatus.failed, f"stopped after {MAX_STEPS_PER_RUN} steps")
             else:
                 self._advance(next_id)
+        await self._record_outcome()
         await workflow.wait_condition(workflow.all_handlers_finished)
         workflow.set_current_details(f"**{state.status.value}**: {state.exit_reason or ''}")
         return JourneyResult(
@@ -281,6 +288,27 @@ class JourneyWorkflow:
             if evaluate_all(branch.conditions, context):
                 return branch.next, f"branch {i} holds"
         return step.else_, "no branch holds: else"
+
+    async def _record_outcome(self) -> None:
+        state = self.state
+        info = workflow.info()
+        await workflow.execute_activity(
+            ACTIVITY_RECORD_OUTCOME,
+            JourneyOutcome(
+                workflow_id=info.workflow_id,
+                run_id=info.first_execution_run_id,
+                campaign_id=self.input.campaign_id,
+                campaign_version=self.input.campaign_version,
+                user_id=self.input.user_id,
+                entry_message_id=self.input.entry_event.message_id,
+                status=state.status,
+                exit_reason=state.exit_reason,
+                ended_at=state.ended_at or workflow.now(),
+            ),
+            start_to_close_timeout=RECORD_TIMEOUT,
+            retry_policy=RECORD_RETRY,
+            summary=f"record outcome: {state.status.value}",
+        )
 
     # -- helpers -----------------------------------------------------------------------
 

@@ -211,3 +211,38 @@ async def test_load_profile(activities):
     nobody = await env.run(activities.load_profile, ProfileRequest(user_id="nobody"))
     assert ada.traits == {"first_name": "Ada"}
     assert nobody.traits == {}
+
+
+async def test_record_outcome_counts_in_the_funnel_even_before_the_entry_row(activities, sessions):
+    from core.journey import JourneyOutcome, JourneyStatus
+    from store.entries import count_outcomes, record_entry
+
+    outcome = JourneyOutcome(
+        workflow_id="journey/cart/ada",
+        run_id="run-1",
+        campaign_id="cart",
+        campaign_version=1,
+        user_id="ada",
+        entry_message_id="m-1",
+        status=JourneyStatus.converted,
+        exit_reason="goal: Order Completed",
+        ended_at=datetime.now(UTC),
+    )
+    env = ActivityEnvironment()
+    await env.run(activities.record_outcome, outcome)
+    await env.run(activities.record_outcome, outcome)  # a retry changes nothing
+    async with sessions() as session, session.begin():
+        # The router's entry row arrives late: it must not reset the outcome.
+        wrote = await record_entry(
+            session=session,
+            campaign_id="cart",
+            campaign_version=1,
+            user_id="ada",
+            workflow_id="journey/cart/ada",
+            run_id="run-1",
+            entry_message_id="m-1",
+        )
+    async with sessions() as session:
+        counts = await count_outcomes(session=session, campaign_id="cart")
+    assert wrote is False
+    assert counts == {"converted": 1}

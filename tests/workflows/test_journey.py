@@ -19,6 +19,7 @@ from core.events import JourneyEvent
 from core.journey import (
     ACTIVITY_DELIVER,
     ACTIVITY_LOAD_PROFILE,
+    ACTIVITY_RECORD_OUTCOME,
     QUERY_STATE,
     SIGNAL_EVENT,
     UPDATE_EXIT,
@@ -27,6 +28,7 @@ from core.journey import (
     DeliveryStatus,
     ExitRequest,
     JourneyInput,
+    JourneyOutcome,
     JourneyState,
     JourneyStatus,
     Profile,
@@ -56,6 +58,7 @@ class ActivityDoubles:
 
     def __init__(self, *, traits: dict | None = None, fail: str | None = None):
         self.sends: list[tuple[DeliverRequest, datetime]] = []
+        self.outcomes: list[JourneyOutcome] = []
         self.traits = traits or {}
         self.fail = fail
         self.env: WorkflowEnvironment | None = None
@@ -76,6 +79,10 @@ class ActivityDoubles:
             delivery_id=len(self.sends),
             idempotency_key=request.idempotency_key,
         )
+
+    @activity.defn(name=ACTIVITY_RECORD_OUTCOME)
+    async def record_outcome(self, outcome: JourneyOutcome) -> None:
+        self.outcomes.append(outcome)
 
     @activity.defn(name=ACTIVITY_LOAD_PROFILE)
     async def load_profile(self, request: ProfileRequest) -> Profile:
@@ -137,7 +144,7 @@ async def worker(time_skipping_env: WorkflowEnvironment, task_queue: str, double
         time_skipping_env.client,
         task_queue=task_queue,
         workflows=[JourneyWorkflow],
-        activities=[doubles.deliver, doubles.load_profile],
+        activities=[doubles.deliver, doubles.load_profile, doubles.record_outcome],
     ) as w:
         yield w
 
@@ -170,6 +177,9 @@ async def test_order_at_23h59m_ends_journey_as_conversion_without_reminder(
     assert result.status is JourneyStatus.converted
     assert result.exit_reason == "goal: Order Completed"
     assert doubles.sends == []
+    [outcome] = doubles.outcomes  # the conversion is recorded for the funnel
+    assert outcome.status is JourneyStatus.converted
+    assert outcome.workflow_id == handle.id
     # Well past the reminder's time, still nothing went out.
     await time_skipping_env.sleep(timedelta(hours=2))
     assert doubles.sends == []

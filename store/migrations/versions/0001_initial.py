@@ -85,6 +85,9 @@ def upgrade() -> None:
         sa.Column("run_id", sa.String(64), nullable=False),
         sa.Column("entry_message_id", sa.String(512), nullable=False),
         sa.Column("entered_at", UTC_TIME, nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("exit_reason", sa.Text(), nullable=True),
+        sa.Column("ended_at", UTC_TIME, nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_journey_entries"),
         sa.UniqueConstraint(
             "campaign_id",

@@ -7,7 +7,6 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from store.profiles import get_profile
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -28,6 +27,7 @@ from core.templates import RenderError, render
 from store import deliveries
 from store.campaigns import get_version
 from store.entries import record_outcome
+from store.profiles import get_profile
 
 PROVIDER_UNAVAILABLE = "ProviderUnavailable"
 

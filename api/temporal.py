@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from datetime import timedelta
+
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError, RPCStatusCode
 
 from core.journey import SA_CAMPAIGN, SA_CAMPAIGN_VERSION, SA_STEP, SA_USER
+
+log = logging.getLogger("nudge.temporal")
 
 DATA_CONVERTER = pydantic_data_converter
 
@@ -16,6 +24,9 @@ STEP_KEY = SearchAttributeKey.for_keyword(SA_STEP)
 CAMPAIGN_VERSION_KEY = SearchAttributeKey.for_int(SA_CAMPAIGN_VERSION)
 ALL_KEYS = (CAMPAIGN_KEY, USER_KEY, STEP_KEY, CAMPAIGN_VERSION_KEY)
 
+CONNECT_TIMEOUT = 10.0
+RECONNECT_MAX_SECONDS = 5.0
+
 
 async def connect(address: str, namespace: str = "default") -> Client:
     return await Client.connect(address, namespace=namespace, data_converter=DATA_CONVERTER)
@@ -24,7 +35,7 @@ async def connect(address: str, namespace: str = "default") -> Client:
 def journey_search_attributes(
     *, campaign_id: str, user_id: str, campaign_version: int, step_id: str
 ) -> TypedSearchAttributes:
-    """What a journey starts with, so operators can filter by campaign and user in the UI."""
+    """What an operator filters journeys by in the Temporal UI, set when a journey starts."""
     return TypedSearchAttributes(
         [
             SearchAttributePair(CAMPAIGN_KEY, campaign_id),
@@ -33,3 +44,116 @@ def journey_search_attributes(
             SearchAttributePair(STEP_KEY, step_id),
         ]
     )
+
+
+class TemporalUnavailable(Exception):
+    """Temporal cannot be reached right now; whatever needed it should be retried later."""
+
+
+OUTAGE_CODES = frozenset({RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED})
+"""RPC codes that mean the server (not this one call) is out of reach."""
+TRANSIENT_CODES = OUTAGE_CODES | {
+    RPCStatusCode.RESOURCE_EXHAUSTED,
+    RPCStatusCode.ABORTED,
+    RPCStatusCode.CANCELLED,
+}
+"""RPC codes worth retrying for as long as it takes."""
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when the error says Temporal as a whole is out of reach."""
+    if isinstance(exc, RPCError):
+        return exc.status in OUTAGE_CODES
+    if isinstance(exc, TemporalUnavailable | ConnectionError | TimeoutError):
+        return True
+    # The SDK reports a failed (re)connect as a RuntimeError with this text.
+    return isinstance(exc, RuntimeError) and "connect" in str(exc).lower()
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when retrying the same call later can succeed: an outage or back-pressure."""
+    if isinstance(exc, RPCError):
+        return exc.status in TRANSIENT_CODES
+    return is_outage(exc)
+
+
+class TemporalConnection:
+    """The API process's one Temporal client.
+
+    The API must start (and accept events) while Temporal is down, so a failed connect at
+    start-up is not fatal: `start()` tries once, then keeps trying in the background.
+    """
+
+    def __init__(self, address: str, namespace: str = "default"):
+        self.address = address
+        self.namespace = namespace
+        self._client: Client | None = None
+        self.last_error: str | None = None
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def client(self) -> Client | None:
+        return self._client
+
+    def require(self) -> Client:
+        if self._client is None:
+            raise TemporalUnavailable(
+                f"not connected to Temporal at {self.address}"
+                + (f": {self.last_error}" if self.last_error else "")
+            )
+        return self._client
+
+    async def start(self) -> None:
+        if not await self._try_connect():
+            self._task = asyncio.create_task(self._keep_trying(), name="temporal-connect")
+
+    async def wait_connected(self, timeout: float | None = None) -> Client:
+        await asyncio.wait_for(self._connected.wait(), timeout)
+        return self.require()
+
+    async def healthy(self, timeout: float = 2.0) -> str | None:
+        """None when Temporal answers; otherwise what is wrong, for /readyz."""
+        if self._client is None:
+            return f"not connected to {self.address}: {self.last_error or 'connecting'}"
+        try:
+            ok = await self._client.service_client.check_health(timeout=timedelta(seconds=timeout))
+        except Exception as exc:
+            return f"{self.address}: {exc}"
+        return None if ok else f"{self.address}: health check failed"
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        # temporalio has no Client.close(); dropping the last reference before the
+        # process exits is what avoids the exit-time abort (temporalio/sdk-python#300).
+        self._client = None
+        self._connected.clear()
+
+    async def _try_connect(self) -> bool:
+        try:
+            client = await asyncio.wait_for(
+                connect(self.address, self.namespace), timeout=CONNECT_TIMEOUT
+            )
+        except Exception as exc:
+            self.last_error = str(exc) or type(exc).__name__
+            return False
+        self._client = client
+        self.last_error = None
+        self._connected.set()
+        log.info("connected to Temporal at %s", self.address)
+        return True
+
+    async def _keep_trying(self) -> None:
+        log.warning(
+            "Temporal at %s is unreachable (%s); events stay pending until it is back",
+            self.address,
+            self.last_error,
+        )
+        delay = 0.2
+        while not await self._try_connect():
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_SECONDS)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
-from api.app import create_app
 from temporalio.client import Client
 
+from api.app import create_app
 from api.temporal import connect
 from core.config import Settings
 from core.journey import SEARCH_ATTRIBUTES
@@ -150,9 +150,9 @@ Nudge is running (embedded: Temporal dev server + SQLite, sandbox channel).
 Drive the cart-abandonment demo (Segment's HTTP Tracking API):
 
   curl -u {settings.write_key}: {api}/v1/track -H 'content-type: application/json' \\
-    -d '{{"userId": "ada", "event": "Product Added", "properties": {{"name": "Umbrella", "price": 19.5}}}}'
+    -d '{{"userId": "ada", "event": "Product Added", "properties": {{"product_id": "sku-1", "name": "Umbrella", "price": 19.5}}}}'
 
-  nudge events send --user ada --event "Product Added" --properties '{{"name": "Umbrella"}}'
+  nudge events send --user ada --event "Product Added" --properties '{{"product_id": "sku-2", "name": "Raincoat"}}'
   nudge journeys show cart-abandonment ada
 
 Stop with Ctrl-C.

@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from sqlalchemy import func, select
-from store.profiles import merge_traits
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -23,6 +22,7 @@ from core.journey import DeliverRequest, DeliveryStatus, idempotency_key
 from store import deliveries
 from store.campaigns import save_campaign
 from store.models import SandboxMessage
+from store.profiles import merge_traits
 from tests.fixtures.servers import Fault, WebhookReceiver
 
 DEFINITION = parse_campaign(

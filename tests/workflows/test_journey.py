@@ -240,7 +240,9 @@ async def test_wait_for_times_out_to_its_own_next_step(
 async def test_thousands_of_events_continue_as_new_and_keep_state(
     time_skipping_env, task_queue, doubles, worker
 ):
-    handle = await start(time_skipping_env.client, task_queue, WAIT_FOR, history_limit=400)
+    first = await start(time_skipping_env.client, task_queue, WAIT_FOR, history_limit=400)
+    # Address the journey by id, as the router does: signals reach whichever run is current.
+    handle = time_skipping_env.client.get_workflow_handle(first.id)
     total = 2000
     for chunk in range(0, total, 100):
         await asyncio.gather(
@@ -253,29 +255,28 @@ async def test_thousands_of_events_continue_as_new_and_keep_state(
     assert state.events_received == total
     assert state.runs > 1, "the journey should have continued as new"
     assert state.current_step == "await_review"
-    desc = await handle.describe()
-    assert desc.run_id != handle.first_execution_run_id or state.runs > 1
+    assert (await handle.describe()).run_id != first.result_run_id
 
     # The wait keeps its original deadline across runs: 7 days from entry, not from now.
     await handle.signal(SIGNAL_EVENT, event("Review Submitted", stars=5))
-    result = await handle.result()
+    result = await first.result()
     assert result.status is JourneyStatus.completed
     assert [s[0].step_id for s in doubles.sends] == ["thanks"]
     # The send's idempotency key is stable across continue-as-new (same entry, step, visit).
-    request = doubles.sends[0][0]
-    assert request.visit == 1
+    assert doubles.sends[0][0].visit == 1
 
 
 async def test_wait_survives_continue_as_new_with_its_deadline(
     time_skipping_env, task_queue, doubles, worker
 ):
     began = await time_skipping_env.get_current_time()
-    handle = await start(time_skipping_env.client, task_queue, history_limit=60)
+    first = await start(time_skipping_env.client, task_queue, history_limit=60)
+    handle = time_skipping_env.client.get_workflow_handle(first.id)
     for i in range(100):
         await handle.signal(SIGNAL_EVENT, event("Page Viewed", n=i))
     state = await handle.query(QUERY_STATE, result_type=JourneyState)
     assert state.runs > 1
-    await handle.result()
+    await first.result()
     assert len(doubles.sends) == 1
     assert timedelta(hours=24) <= doubles.sends[0][1] - began < timedelta(hours=24, minutes=1)
 

@@ -1,0 +1,100 @@
+"""api: the FastAPI application — built by `create_app(settings)`, its parts made in `lifespan`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic.json_schema import models_json_schema
+
+from api.deps import Services
+from api.routes import api_router, tracking
+from api.routing import EventRouter, Relay
+from api.temporal import TemporalConnection
+from core.config import Settings
+from store.db import create_engine, session_factory
+
+log = logging.getLogger("nudge.api")
+
+DESCRIPTION = """\
+Event-triggered customer journeys on Temporal.
+
+* **Tracking** — Segment's HTTP Tracking API (`/v1/track`, `/v1/identify`, `/v1/page`,
+  `/v1/batch`); the write key is the HTTP Basic username. Accepted events are stored before
+  the answer, then routed to journeys.
+* **Campaigns** and **journeys** — `Authorization: Bearer <admin token>`.
+"""
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """One engine, one Temporal connection, one router and one relay per process.
+
+    The database schema is not migrated here: that is the prestart step's job
+    (`store.db.migrate`), so two API processes starting together do not race on it.
+    """
+    settings: Settings = app.state.settings
+    engine = create_engine(settings.database_url)
+    sessions = session_factory(engine)
+    temporal = TemporalConnection(settings.temporal_address, settings.temporal_namespace)
+    router = EventRouter(sessions=sessions, temporal=temporal, settings=settings)
+    relay = Relay(router=router, sessions=sessions, settings=settings)
+    try:
+        await temporal.start()
+        try:
+            await router.reload()
+        except Exception:
+            log.exception("could not load campaigns; the relay retries before routing")
+        relay.start()
+        app.state.services = Services(
+            settings=settings,
+            engine=engine,
+            sessions=sessions,
+            temporal=temporal,
+            router=router,
+            relay=relay,
+        )
+        yield
+    finally:
+        await relay.stop()
+        await temporal.close()
+        await engine.dispose()
+
+
+def create_app(settings: Settings) -> FastAPI:
+    app = FastAPI(
+        title="Nudge",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+    )
+    app.state.settings = settings
+    app.include_router(api_router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+        )
+        # The tracking routes read their bodies by hand (gzip, limits, Segment's 400s);
+        # their schemas are added here so /docs still shows what to send.
+        _, defs = models_json_schema(
+            [(model, "validation") for model in tracking.SCHEMAS],
+            by_alias=True,
+            ref_template="#/components/schemas/{model}",
+        )
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,171 @@
+"""api: `NudgeClient`, a small async HTTP client of the Nudge API (used by the CLI and `nudge dev`)."""
+
+from __future__ import annotations
+
+import uuid
+from types import TracebackType
+from typing import Any, Literal
+from urllib.parse import quote
+
+import httpx
+
+StatusAction = Literal["activate", "pause", "archive"]
+
+
+class NudgeClientError(Exception):
+    """The API refused a call; the message carries its status and what it said."""
+
+    def __init__(self, status_code: int, detail: Any):
+        self.status_code = status_code
+        self.detail = detail
+        if isinstance(detail, dict) and "problems" in detail:
+            text = "\n  " + "\n  ".join(str(p) for p in detail["problems"])
+        else:
+            text = str(detail)
+        super().__init__(f"{status_code}: {text}")
+
+
+def _segment(value: str) -> str:
+    return quote(value, safe="")
+
+
+class NudgeClient:
+    """`async with NudgeClient(url, admin_token=..., write_key=...) as nudge: ...`"""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        admin_token: str | None = None,
+        write_key: str | None = None,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        self.admin_token = admin_token
+        self.write_key = write_key
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"), timeout=timeout, transport=transport
+        )
+
+    async def __aenter__(self) -> NudgeClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _admin(self) -> dict[str, str]:
+        if not self.admin_token:
+            raise NudgeClientError(0, "this call needs the admin token (NUDGE_ADMIN_TOKEN)")
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise NudgeClientError(0, f"cannot reach {self._http.base_url}: {exc}") from exc
+        if response.is_error:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise NudgeClientError(response.status_code, detail)
+        return response.json()
+
+    # -- campaigns --------------------------------------------------------------------------
+
+    async def apply_campaign(self, definition: str, *, activate: bool = False) -> dict[str, Any]:
+        """Save a definition (YAML or JSON text): a new version when it changed. Returns the
+        campaign, with `new_version` saying whether a version was written."""
+        is_json = definition.lstrip().startswith("{")
+        saved = await self._call(
+            "POST",
+            "/v1/campaigns",
+            content=definition.encode(),
+            headers={
+                **self._admin(),
+                "Content-Type": "application/json" if is_json else "application/yaml",
+            },
+        )
+        campaign: dict[str, Any] = saved["campaign"]
+        if activate:
+            campaign = await self.set_campaign_status(campaign["id"], "activate")
+        return {**campaign, "new_version": saved["new_version"]}
+
+    async def set_campaign_status(self, campaign_id: str, action: StatusAction) -> dict[str, Any]:
+        if action not in ("activate", "pause", "archive"):
+            raise ValueError(f"unknown action {action!r}: activate, pause or archive")
+        result: dict[str, Any] = await self._call(
+            "POST", f"/v1/campaigns/{_segment(campaign_id)}/{action}", headers=self._admin()
+        )
+        return result
+
+    async def activate(self, campaign_id: str) -> dict[str, Any]:
+        return await self.set_campaign_status(campaign_id, "activate")
+
+    async def pause(self, campaign_id: str) -> dict[str, Any]:
+        return await self.set_campaign_status(campaign_id, "pause")
+
+    async def list_campaigns(self, *, status: str | None = None) -> list[dict[str, Any]]:
+        params = {"status": status} if status else None
+        result = await self._call("GET", "/v1/campaigns", params=params, headers=self._admin())
+        data: list[dict[str, Any]] = result["data"]
+        return data
+
+    async def get_campaign(self, campaign_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(
+            "GET", f"/v1/campaigns/{_segment(campaign_id)}", headers=self._admin()
+        )
+        return result
+
+    # -- events -----------------------------------------------------------------------------
+
+    async def track(
+        self,
+        *,
+        user_id: str,
+        event: str,
+        properties: dict[str, Any] | None = None,
+        message_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Send one Segment `track` call; the answer comes once the event is stored."""
+        if not self.write_key:
+            raise NudgeClientError(0, "sending events needs the write key (NUDGE_WRITE_KEY)")
+        body = {
+            "userId": user_id,
+            "event": event,
+            "properties": properties or {},
+            "messageId": message_id or f"cli-{uuid.uuid4()}",
+        }
+        result: dict[str, Any] = await self._call(
+            "POST", "/v1/track", json=body, auth=(self.write_key, "")
+        )
+        return {**result, "messageId": body["messageId"]}
+
+    # -- journeys ---------------------------------------------------------------------------
+
+    async def journey_state(self, campaign_id: str, user_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(
+            "GET",
+            f"/v1/journeys/{_segment(campaign_id)}/{_segment(user_id)}",
+            headers=self._admin(),
+        )
+        return result
+
+    async def exit_journey(self, campaign_id: str, user_id: str, reason: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(
+            "POST",
+            f"/v1/journeys/{_segment(campaign_id)}/{_segment(user_id)}/exit",
+            json={"reason": reason},
+            headers=self._admin(),
+        )
+        return result

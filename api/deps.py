@@ -1,0 +1,90 @@
+"""api: dependencies as Annotated aliases — settings, sessions, Temporal, router, relay, auth."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from temporalio.client import Client
+
+from api.routing import EventRouter, Relay
+from api.temporal import TemporalConnection
+from core.config import Settings
+
+
+@dataclass
+class Services:
+    """What the lifespan builds once per process and every request shares."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    temporal: TemporalConnection
+    router: EventRouter
+    relay: Relay
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_settings(services: ServicesDep) -> Settings:
+    return services.settings
+
+
+async def get_session(services: ServicesDep) -> AsyncIterator[AsyncSession]:
+    async with services.sessions() as session:
+        yield session
+
+
+def get_router(services: ServicesDep) -> EventRouter:
+    return services.router
+
+
+def get_relay(services: ServicesDep) -> Relay:
+    return services.relay
+
+
+def get_temporal(services: ServicesDep) -> Client:
+    client = services.temporal.client
+    if client is None:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"Temporal is unreachable at {services.temporal.address}; try again shortly",
+        )
+    return client
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+RouterDep = Annotated[EventRouter, Depends(get_router)]
+RelayDep = Annotated[Relay, Depends(get_relay)]
+TemporalDep = Annotated[Client, Depends(get_temporal)]
+
+
+def require_admin(request: Request, settings: SettingsDep) -> None:
+    """Campaign management and journey inspection need `Authorization: Bearer <admin_token>`."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "send the admin token as `Authorization: Bearer <token>`",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not secrets.compare_digest(token.strip().encode(), settings.admin_token.encode()):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "wrong admin token",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+
+
+AdminDep = Depends(require_admin)

@@ -1,0 +1,11 @@
+"""api: the routers, one per resource, collected here."""
+
+from fastapi import APIRouter
+
+from api.routes import campaigns, health, journeys, tracking
+
+api_router = APIRouter()
+api_router.include_router(tracking.router)
+api_router.include_router(campaigns.router)
+api_router.include_router(journeys.router)
+api_router.include_router(health.router)

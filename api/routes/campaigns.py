@@ -1,0 +1,232 @@
+"""api: campaigns — save definitions (JSON or YAML) as versions, read them, change status.
+
+Every change here tells this process's router to reload its index before answering, so
+the next event sees it; other API processes notice within `campaign_refresh_seconds`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, Response, status
+
+from api.deps import AdminDep, RouterDep, SessionDep
+from api.schemas import (
+    CampaignDetail,
+    CampaignPublic,
+    CampaignSaved,
+    CampaignsPublic,
+    CampaignVersionPublic,
+    CampaignVersionSummary,
+    Message,
+    ProblemsResponse,
+)
+from core.definition import CampaignDefinition, CampaignStatus, DefinitionError, parse_campaign
+from store import campaigns as store
+from store.campaigns import CampaignNotFound, CampaignStateError
+
+router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"], dependencies=[AdminDep])
+
+MAX_DEFINITION_BYTES = 1024 * 1024
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+
+SAVE_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "A campaign definition, as JSON or as YAML (`Content-Type: application/yaml`).",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "application/yaml": {"schema": {"type": "string"}},
+        },
+    }
+}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Message, "description": "missing or wrong admin token"},
+    404: {"model": Message, "description": "no such campaign"},
+    409: {"model": Message, "description": "the campaign's status does not allow it"},
+}
+SAVE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    400: {"model": Message, "description": "the path's id and the definition's id differ"},
+    422: {"model": ProblemsResponse, "description": "the definition cannot run: each problem"},
+}
+
+
+async def read_definition(request: Request) -> CampaignDefinition:
+    """The body as a definition; 422 `{"detail": {"problems": [...]}}` when it is wrong."""
+    body = await request.body()
+    if len(body) > MAX_DEFINITION_BYTES:
+        raise HTTPException(413, f"a definition is at most {MAX_DEFINITION_BYTES // 1024} KB")
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        if content_type in YAML_TYPES:
+            return parse_campaign(body.decode())
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DefinitionError(
+                [f"not valid JSON: {exc} (send YAML with Content-Type: application/yaml)"]
+            ) from exc
+        return parse_campaign(data)
+    except (DefinitionError, UnicodeDecodeError) as exc:
+        problems = exc.problems if isinstance(exc, DefinitionError) else [str(exc)]
+        raise HTTPException(422, {"problems": problems}) from exc
+
+
+def not_found(exc: CampaignNotFound) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, str(exc))
+
+
+def conflict(exc: CampaignStateError) -> HTTPException:
+    return HTTPException(status.HTTP_409_CONFLICT, str(exc))
+
+
+async def save(
+    *, session: SessionDep, router: RouterDep, definition: CampaignDefinition, response: Response
+) -> CampaignSaved:
+    try:
+        campaign, version, new_version = await store.save_campaign(
+            session=session, definition=definition
+        )
+    except CampaignStateError as exc:
+        raise conflict(exc) from exc
+    await session.commit()
+    if new_version:
+        response.status_code = status.HTTP_201_CREATED
+        # A new version can bring reactions (wait_for, goals, exits) even when not active.
+        await router.campaigns_changed()
+    return CampaignSaved(
+        campaign=CampaignPublic.model_validate(campaign),
+        version=CampaignVersionPublic.model_validate(version),
+        new_version=new_version,
+    )
+
+
+@router.post(
+    "",
+    response_model=CampaignSaved,
+    status_code=status.HTTP_200_OK,
+    responses={201: {"model": CampaignSaved, "description": "a new version"}, **SAVE_ERRORS},
+    openapi_extra=SAVE_DOC,
+    summary="Create a campaign, or add a version when its definition changed",
+)
+async def create_campaign(
+    request: Request, response: Response, session: SessionDep, router: RouterDep
+) -> CampaignSaved:
+    definition = await read_definition(request)
+    return await save(session=session, router=router, definition=definition, response=response)
+
+
+@router.put(
+    "/{campaign_id}",
+    response_model=CampaignSaved,
+    responses={201: {"model": CampaignSaved, "description": "a new version"}, **SAVE_ERRORS},
+    openapi_extra=SAVE_DOC,
+    summary="Save a campaign under its id (same as POST; the ids must agree)",
+)
+async def put_campaign(
+    campaign_id: str, request: Request, response: Response, session: SessionDep, router: RouterDep
+) -> CampaignSaved:
+    definition = await read_definition(request)
+    if definition.id != campaign_id:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            f"the path names campaign {campaign_id!r} but the definition's id is "
+            f"{definition.id!r}; they must be the same",
+        )
+    return await save(session=session, router=router, definition=definition, response=response)
+
+
+@router.get("", response_model=CampaignsPublic, summary="List campaigns")
+async def list_campaigns(
+    session: SessionDep, status: CampaignStatus | None = None
+) -> CampaignsPublic:
+    campaigns = await store.list_campaigns(session=session, status=status)
+    return CampaignsPublic(
+        data=[CampaignPublic.model_validate(c) for c in campaigns], count=len(campaigns)
+    )
+
+
+@router.get(
+    "/{campaign_id}",
+    response_model=CampaignDetail,
+    responses=ERRORS,
+    summary="A campaign: status, current definition, versions",
+)
+async def get_campaign(campaign_id: str, session: SessionDep) -> CampaignDetail:
+    campaign = await store.get_campaign(session=session, campaign_id=campaign_id)
+    if campaign is None:
+        raise not_found(CampaignNotFound(campaign_id))
+    versions = await store.list_versions(session=session, campaign_id=campaign_id)
+    current = next(v for v in versions if v.version == campaign.current_version)
+    return CampaignDetail(
+        **CampaignPublic.model_validate(campaign).model_dump(),
+        definition=current.definition,
+        versions=[CampaignVersionSummary.model_validate(v) for v in versions],
+    )
+
+
+@router.get(
+    "/{campaign_id}/versions/{version}",
+    response_model=CampaignVersionPublic,
+    responses=ERRORS,
+    summary="One version of a campaign, as it was saved",
+)
+async def get_version(campaign_id: str, version: int, session: SessionDep) -> CampaignVersionPublic:
+    found = await store.get_version(session=session, campaign_id=campaign_id, version=version)
+    if found is None:
+        if await store.get_campaign(session=session, campaign_id=campaign_id) is None:
+            raise not_found(CampaignNotFound(campaign_id))
+        raise HTTPException(404, f"campaign {campaign_id!r} has no version {version}")
+    return CampaignVersionPublic.model_validate(found)
+
+
+async def move(
+    *, session: SessionDep, router: RouterDep, campaign_id: str, target: CampaignStatus
+) -> CampaignPublic:
+    try:
+        campaign = await store.set_status(session=session, campaign_id=campaign_id, status=target)
+    except CampaignNotFound as exc:
+        raise not_found(exc) from exc
+    except CampaignStateError as exc:
+        raise conflict(exc) from exc
+    await session.commit()
+    await router.campaigns_changed()
+    return CampaignPublic.model_validate(campaign)
+
+
+@router.post(
+    "/{campaign_id}/activate",
+    response_model=CampaignPublic,
+    responses=ERRORS,
+    summary="Start entering users into journeys on the current version",
+)
+async def activate(campaign_id: str, session: SessionDep, router: RouterDep) -> CampaignPublic:
+    return await move(
+        session=session, router=router, campaign_id=campaign_id, target=CampaignStatus.active
+    )
+
+
+@router.post(
+    "/{campaign_id}/pause",
+    response_model=CampaignPublic,
+    responses=ERRORS,
+    summary="Stop entering users; running journeys go on",
+)
+async def pause(campaign_id: str, session: SessionDep, router: RouterDep) -> CampaignPublic:
+    return await move(
+        session=session, router=router, campaign_id=campaign_id, target=CampaignStatus.paused
+    )
+
+
+@router.post(
+    "/{campaign_id}/archive",
+    response_model=CampaignPublic,
+    responses=ERRORS,
+    summary="Retire a campaign for good; running journeys go on",
+)
+async def archive(campaign_id: str, session: SessionDep, router: RouterDep) -> CampaignPublic:
+    return await move(
+        session=session, router=router, campaign_id=campaign_id, target=CampaignStatus.archived
+    )

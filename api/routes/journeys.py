@@ -1,0 +1,113 @@
+"""api: journeys — read one journey's state (the `state` query), end one (the `exit` update)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, status
+from temporalio.client import (
+    Client,
+    RPCTimeoutOrCancelledError,
+    WorkflowExecutionStatus,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+)
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.deps import AdminDep, TemporalDep
+from api.schemas import Message
+from api.temporal import is_outage
+from core.journey import QUERY_STATE, UPDATE_EXIT, ExitRequest, JourneyState, journey_id
+
+router = APIRouter(prefix="/v1/journeys", tags=["journeys"], dependencies=[AdminDep])
+
+RPC_TIMEOUT = timedelta(seconds=15)
+"""A query or update needs a worker to answer; without one, say so rather than hang."""
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Message, "description": "missing or wrong admin token"},
+    404: {"model": Message, "description": "no journey for this campaign and user"},
+    503: {"model": Message, "description": "Temporal is unreachable"},
+    504: {"model": Message, "description": "no worker answered in time"},
+}
+
+
+def temporal_error(exc: Exception, workflow_id: str) -> HTTPException:
+    if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND:
+        return HTTPException(status.HTTP_404_NOT_FOUND, f"no journey {workflow_id!r}")
+    if isinstance(exc, RPCTimeoutOrCancelledError) or (
+        isinstance(exc, RPCError) and exc.status == RPCStatusCode.DEADLINE_EXCEEDED
+    ):
+        return HTTPException(
+            status.HTTP_504_GATEWAY_TIMEOUT,
+            f"journey {workflow_id!r} did not answer in time: is a worker running?",
+        )
+    if is_outage(exc):
+        return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"Temporal is unreachable: {exc}")
+    return HTTPException(status.HTTP_502_BAD_GATEWAY, f"Temporal: {exc}")
+
+
+@router.get(
+    "/{campaign_id}/{user_id:path}",
+    response_model=JourneyState,
+    responses=ERRORS,
+    summary="A journey's state: current step, what it waits for, history",
+)
+async def get_journey(campaign_id: str, user_id: str, client: TemporalDep) -> JourneyState:
+    workflow_id = journey_id(campaign_id, user_id)
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        state: JourneyState = await handle.query(
+            QUERY_STATE, result_type=JourneyState, rpc_timeout=RPC_TIMEOUT
+        )
+    except WorkflowQueryFailedError as exc:
+        raise HTTPException(status.HTTP_502_BAD_GATEWAY, f"the state query failed: {exc}") from exc
+    except (RPCError, RPCTimeoutOrCancelledError) as exc:
+        raise temporal_error(exc, workflow_id) from exc
+    return state
+
+
+async def _ended(client: Client, workflow_id: str) -> WorkflowExecutionStatus | None:
+    """The status of the journey's latest run when it has ended; None when there is none."""
+    try:
+        description = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    return description.status
+
+
+@router.post(
+    "/{campaign_id}/{user_id:path}/exit",
+    response_model=JourneyState,
+    responses={**ERRORS, 409: {"model": Message, "description": "the journey already ended"}},
+    summary="End a running journey now, with a reason (the `exit` update)",
+)
+async def exit_journey(
+    campaign_id: str, user_id: str, request: ExitRequest, client: TemporalDep
+) -> JourneyState:
+    workflow_id = journey_id(campaign_id, user_id)
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        state: JourneyState = await handle.execute_update(
+            UPDATE_EXIT, request, result_type=JourneyState, rpc_timeout=RPC_TIMEOUT
+        )
+    except WorkflowUpdateFailedError as exc:
+        # The update's validator refuses a journey that is no longer running.
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc.cause)) from exc
+    except (RPCError, RPCTimeoutOrCancelledError) as exc:
+        if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND:
+            # Updates reach only running workflows; a closed one answers NOT_FOUND too.
+            try:
+                ended = await _ended(client, workflow_id)
+            except RPCError as describe_exc:
+                raise temporal_error(describe_exc, workflow_id) from describe_exc
+            if ended is not None and ended is not WorkflowExecutionStatus.RUNNING:
+                raise HTTPException(
+                    status.HTTP_409_CONFLICT,
+                    f"journey {workflow_id!r} already ended ({ended.name.lower()})",
+                ) from exc
+        raise temporal_error(exc, workflow_id) from exc
+    return state

@@ -1,0 +1,143 @@
+"""api: Segment's HTTP Tracking API — identify, track, page and batch, written to the outbox.
+
+Accepted means written: the events are committed to the `events` table before the 200
+answer, and the relay routes them afterwards. A repeated messageId is a no-op.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from api import ingestion
+from api.deps import RelayDep, ServicesDep
+from api.ingestion import Incoming, TrackingError
+from api.schemas import ProblemsResponse, TrackingAccepted
+from core.events import Batch, Identify, Page, Track
+from store.events import record_events
+from store.profiles import merge_traits
+
+router = APIRouter(prefix="/v1", tags=["tracking"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ProblemsResponse, "description": "bad body: which field, which limit"},
+    401: {"model": ProblemsResponse, "description": "missing or wrong write key"},
+}
+
+
+def _body(model: type[Any]) -> dict[str, Any]:
+    """Document the body in OpenAPI; it is read by hand (gzip, size limits, Segment's 400)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+            },
+        }
+    }
+
+
+async def accept(services: ServicesDep, request: Request, kind: str) -> list[Incoming]:
+    """Authenticate and parse one tracking request (not yet stored)."""
+    settings = services.settings
+    received_at = datetime.now(UTC)
+    header_key = ingestion.basic_username(request)
+    if header_key is not None:
+        ingestion.check_write_key(header_key, settings.write_key)
+    try:
+        data = ingestion.parse_json(await ingestion.read_body(request))
+    except TrackingError:
+        if header_key is None:
+            # Without a key, an unreadable body gets no feedback beyond "who are you".
+            raise ingestion.unauthorized(
+                "missing write key: send it as the HTTP Basic username"
+            ) from None
+        raise
+    if header_key is None:
+        ingestion.check_write_key(data.get("writeKey"), settings.write_key)
+    if kind == "batch":
+        return ingestion.parse_batch(data, received_at)
+    return [ingestion.parse_single(kind, data, received_at)]
+
+
+async def store(services: ServicesDep, incoming: list[Incoming]) -> None:
+    """Write the events and merge the traits they carry, in one transaction.
+
+    Traits of a message already stored (a retried request) are not merged again, so a
+    replayed old identify cannot overwrite newer traits.
+    """
+    async with services.sessions() as session:
+        stored = await record_events(session=session, events=[i.event for i in incoming])
+        for item, (event, is_new) in zip(incoming, stored, strict=True):
+            if is_new and item.traits:
+                await merge_traits(session=session, user_id=event.user_id, traits=item.traits)
+        await session.commit()
+
+
+async def handle(services: ServicesDep, relay: RelayDep, request: Request, kind: str) -> Any:
+    try:
+        incoming = await accept(services, request, kind)
+    except TrackingError as exc:
+        return JSONResponse(
+            {"detail": {"problems": exc.problems}},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+    await store(services, incoming)
+    relay.wake()
+    return TrackingAccepted()
+
+
+@router.post(
+    "/track",
+    response_model=TrackingAccepted,
+    responses=ERRORS,
+    openapi_extra=_body(Track),
+    summary="Record what a user did (Segment track)",
+)
+@router.post("/t", include_in_schema=False)
+async def track(services: ServicesDep, relay: RelayDep, request: Request) -> Any:
+    return await handle(services, relay, request, "track")
+
+
+@router.post(
+    "/identify",
+    response_model=TrackingAccepted,
+    responses=ERRORS,
+    openapi_extra=_body(Identify),
+    summary="Set a user's traits (Segment identify)",
+)
+@router.post("/i", include_in_schema=False)
+async def identify(services: ServicesDep, relay: RelayDep, request: Request) -> Any:
+    return await handle(services, relay, request, "identify")
+
+
+@router.post(
+    "/page",
+    response_model=TrackingAccepted,
+    responses=ERRORS,
+    openapi_extra=_body(Page),
+    summary="Record a page view (Segment page; stored, not routed)",
+)
+@router.post("/p", include_in_schema=False)
+async def page(services: ServicesDep, relay: RelayDep, request: Request) -> Any:
+    return await handle(services, relay, request, "page")
+
+
+@router.post(
+    "/batch",
+    response_model=TrackingAccepted,
+    responses=ERRORS,
+    openapi_extra=_body(Batch),
+    summary="Several messages at once (Segment batch; up to 500 KB)",
+)
+@router.post("/b", include_in_schema=False)
+async def batch(services: ServicesDep, relay: RelayDep, request: Request) -> Any:
+    return await handle(services, relay, request, "batch")
+
+
+SCHEMAS = (Track, Identify, Page, Batch)
+"""Models the hand-read bodies refer to; app.py adds them to the OpenAPI components."""

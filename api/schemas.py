@@ -1,0 +1,79 @@
+"""api: request and response schemas, by role (what the API shows, not how the store keeps it)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.definition import CampaignStatus
+
+
+class _Public(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class TrackingAccepted(BaseModel):
+    """Segment's answer: the events are stored (durably) and will be routed."""
+
+    success: bool = True
+
+
+class Problems(BaseModel):
+    problems: list[str] = Field(description="one line per problem, each naming its path")
+
+
+class ProblemsResponse(BaseModel):
+    """400 (tracking) or 422 (campaigns): what is wrong, path by path."""
+
+    detail: Problems
+
+
+class Message(BaseModel):
+    detail: str
+
+
+class CampaignPublic(_Public):
+    id: str
+    name: str
+    status: CampaignStatus
+    current_version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class CampaignsPublic(BaseModel):
+    data: list[CampaignPublic]
+    count: int
+
+
+class CampaignVersionSummary(_Public):
+    version: int
+    definition_hash: str
+    created_at: datetime
+
+
+class CampaignVersionPublic(CampaignVersionSummary):
+    campaign_id: str
+    definition: dict[str, Any]
+
+
+class CampaignDetail(CampaignPublic):
+    """A campaign with its current definition and the versions it has had."""
+
+    definition: dict[str, Any]
+    versions: list[CampaignVersionSummary]
+
+
+class CampaignSaved(BaseModel):
+    """What `POST`/`PUT` a campaign did: a new version (201) or nothing changed (200)."""
+
+    campaign: CampaignPublic
+    version: CampaignVersionPublic
+    new_version: bool
+
+
+class Readiness(BaseModel):
+    database: str
+    temporal: str

@@ -1,0 +1,212 @@
+"""cli: the `nudge` command — thin: starts processes or calls the API through its client."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from core.config import Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValueError as exc:
+        raise SystemExit(f"configuration error: {exc}") from exc
+
+
+def _api_url(args: argparse.Namespace, settings: Settings) -> str:
+    return (
+        args.url
+        or os.environ.get("NUDGE_URL")
+        or (f"http://{settings.api_host}:{settings.api_port}")
+    )
+
+
+def _print(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+# -- processes ---------------------------------------------------------------------------
+
+
+def cmd_dev(args: argparse.Namespace) -> None:
+    from worker.dev import DevOptions, run_dev
+
+    settings = _settings()
+    options = DevOptions(
+        temporal_port=args.temporal_port,
+        ui_port=args.ui_port,
+        examples=None if args.no_examples else DevOptions().examples,
+    )
+    asyncio.run(run_dev(settings, options))
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    from worker.build import run_worker
+
+    asyncio.run(run_worker(_settings()))
+
+
+def cmd_api(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from api.app import create_app
+
+    settings = _settings()
+    uvicorn.run(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level=os.environ.get("NUDGE_LOG_LEVEL", "info").lower(),
+        proxy_headers=True,
+    )
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    from store.db import migrate
+
+    settings = _settings()
+    asyncio.run(migrate(settings.database_url))
+    print("database is at the latest schema")
+
+
+# -- API calls ---------------------------------------------------------------------------
+
+
+def _with_client(args: argparse.Namespace, call: Callable[[Any], Awaitable[Any]]) -> None:
+    from api.client import NudgeClient, NudgeClientError
+
+    settings = _settings()
+
+    async def run() -> Any:
+        async with NudgeClient(
+            _api_url(args, settings),
+            write_key=settings.write_key,
+            admin_token=settings.admin_token,
+        ) as client:
+            return await call(client)
+
+    try:
+        result = asyncio.run(run())
+    except NudgeClientError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    if result is not None:
+        _print(result)
+
+
+def cmd_campaigns_apply(args: argparse.Namespace) -> None:
+    text = Path(args.file).read_text()
+    _with_client(args, lambda c: c.apply_campaign(text, activate=args.activate))
+
+
+def cmd_campaigns_list(args: argparse.Namespace) -> None:
+    _with_client(args, lambda c: c.list_campaigns())
+
+
+def cmd_campaigns_status(args: argparse.Namespace) -> None:
+    _with_client(args, lambda c: c.set_campaign_status(args.campaign_id, args.action))
+
+
+def cmd_events_send(args: argparse.Namespace) -> None:
+    try:
+        properties = json.loads(args.properties) if args.properties else {}
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"--properties is not JSON: {exc}") from exc
+    _with_client(
+        args, lambda c: c.track(user_id=args.user, event=args.event, properties=properties)
+    )
+
+
+def cmd_journeys_show(args: argparse.Namespace) -> None:
+    _with_client(args, lambda c: c.journey_state(args.campaign_id, args.user_id))
+
+
+def cmd_journeys_exit(args: argparse.Namespace) -> None:
+    _with_client(args, lambda c: c.exit_journey(args.campaign_id, args.user_id, args.reason))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nudge", description="Event-triggered journeys on Temporal")
+    p.add_argument("--url", help="the Nudge API (default: NUDGE_URL or NUDGE_API_HOST:PORT)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="run the embedded stack: Temporal dev server, worker, API")
+    dev.add_argument("--temporal-port", type=int, default=7233)
+    dev.add_argument("--ui-port", type=int, default=8233)
+    dev.add_argument("--no-examples", action="store_true", help="don't apply the demo campaigns")
+    dev.set_defaults(func=cmd_dev)
+    sub.add_parser("worker", help="run a Temporal worker").set_defaults(func=cmd_worker)
+    sub.add_parser("api", help="serve the HTTP API").set_defaults(func=cmd_api)
+    sub.add_parser("migrate", help="bring the database to the latest schema").set_defaults(
+        func=cmd_migrate
+    )
+
+    campaigns = sub.add_parser("campaigns", help="manage campaigns").add_subparsers(
+        dest="action", required=True
+    )
+    apply = campaigns.add_parser("apply", help="create or update a campaign from a YAML/JSON file")
+    apply.add_argument("file")
+    apply.add_argument("--activate", action="store_true")
+    apply.set_defaults(func=cmd_campaigns_apply)
+    campaigns.add_parser("list").set_defaults(func=cmd_campaigns_list)
+    for action in ("activate", "pause", "archive"):
+        sp = campaigns.add_parser(action)
+        sp.add_argument("campaign_id")
+        sp.set_defaults(func=cmd_campaigns_status)
+
+    events = sub.add_parser("events", help="send events").add_subparsers(
+        dest="action", required=True
+    )
+    send = events.add_parser("send", help="send a track event (Segment shape)")
+    send.add_argument("--user", required=True)
+    send.add_argument("--event", required=True)
+    send.add_argument("--properties", help="JSON object")
+    send.set_defaults(func=cmd_events_send)
+
+    journeys = sub.add_parser("journeys", help="inspect journeys").add_subparsers(
+        dest="action", required=True
+    )
+    show = journeys.add_parser("show", help="a journey's state")
+    show.add_argument("campaign_id")
+    show.add_argument("user_id")
+    show.set_defaults(func=cmd_journeys_show)
+    ex = journeys.add_parser("exit", help="end a journey")
+    ex.add_argument("campaign_id")
+    ex.add_argument("user_id")
+    ex.add_argument("--reason", required=True)
+    ex.set_defaults(func=cmd_journeys_exit)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(
+        level=os.environ.get("NUDGE_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    args = parser().parse_args(argv)
+    code = 0
+    try:
+        args.func(args)
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            print(exc.code if isinstance(exc.code, str) else "", file=sys.stderr)
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except KeyboardInterrupt:
+        code = 130
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # temporalio/sdk-python#300: leave without interpreter teardown once output is flushed,
+    # so a client closed late can never abort the process at exit.
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,337 @@
+"""tests.api: Segment's HTTP Tracking API — auth, gzip, limits, validation, the outbox, traits."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from tests.api.conftest import WRITE_KEY, RunningApi
+
+
+async def test_track_identify_page_and_batch_are_stored_before_the_answer(
+    api_db: RunningApi,
+) -> None:
+    sent = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    answers = [
+        await api_db.post(
+            "/v1/track",
+            {
+                "userId": "ada",
+                "event": "Product Added",
+                "properties": {"sku": "U-1", "price": 19.5},
+                "messageId": "t-1",
+                "timestamp": sent.isoformat(),
+            },
+        ),
+        await api_db.post(
+            "/v1/identify", {"userId": "ada", "traits": {"plan": "pro"}, "messageId": "i-1"}
+        ),
+        await api_db.post(
+            "/v1/page", {"anonymousId": "a-9", "name": "Pricing", "messageId": "p-1"}
+        ),
+        await api_db.post(
+            "/v1/batch",
+            {
+                "batch": [
+                    {"type": "track", "userId": "bob", "event": "Signed Up", "messageId": "b-1"},
+                    {"type": "identify", "userId": 42, "traits": {"x": 1}, "messageId": "b-2"},
+                ]
+            },
+        ),
+    ]
+    for answer in answers:
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"success": True}
+
+    # Read right after the answers: accepted means committed.
+    events = {e.message_id: e for e in await api_db.events()}
+    assert set(events) == {"t-1", "i-1", "p-1", "b-1", "b-2"}
+    track = events["t-1"]
+    assert (track.type, track.name, track.user_id) == ("track", "Product Added", "ada")
+    assert track.timestamp == sent
+    assert track.payload["properties"] == {"sku": "U-1", "price": 19.5}
+    assert (events["i-1"].type, events["i-1"].name) == ("identify", None)
+    assert (events["p-1"].type, events["p-1"].name, events["p-1"].user_id) == (
+        "page",
+        "Pricing",
+        "anon:a-9",
+    )
+    assert events["b-2"].user_id == "42"  # numeric ids are kept as strings
+    assert events["t-1"].id < events["i-1"].id < events["p-1"].id < events["b-1"].id
+
+
+async def test_segment_short_paths(api: RunningApi) -> None:
+    for path, body in [
+        ("/v1/t", {"userId": "u", "event": "E", "messageId": "s-t"}),
+        ("/v1/i", {"userId": "u", "messageId": "s-i"}),
+        ("/v1/p", {"userId": "u", "messageId": "s-p"}),
+        ("/v1/b", {"batch": [{"type": "track", "userId": "u", "event": "E", "messageId": "s-b"}]}),
+    ]:
+        answer = await api.post(path, body)
+        assert answer.status_code == 200, (path, answer.text)
+    assert {e.message_id for e in await api.events()} == {"s-t", "s-i", "s-p", "s-b"}
+
+
+async def test_missing_message_id_and_timestamp_are_filled_in(api: RunningApi) -> None:
+    before = datetime.now(UTC)
+    answer = await api.post("/v1/track", {"userId": "u", "event": "E"})
+    assert answer.status_code == 200
+    [event] = await api.events()
+    assert event.message_id
+    assert before - timedelta(seconds=1) <= event.timestamp <= datetime.now(UTC)
+    assert event.payload["messageId"] == event.message_id
+
+
+async def test_gzip_body(api: RunningApi) -> None:
+    body = {"batch": [{"type": "track", "userId": "u", "event": "E", "messageId": "gz-1"}]}
+    answer = await api.http.post(
+        "/v1/batch",
+        content=gzip.compress(json.dumps(body).encode()),
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        auth=(WRITE_KEY, ""),
+    )
+    assert answer.status_code == 200, answer.text
+    assert [e.message_id for e in await api.events()] == ["gz-1"]
+
+
+async def test_a_zip_bomb_is_refused_without_inflating_it(api: RunningApi) -> None:
+    # 50 MB of spaces (valid JSON padding) compresses to ~50 KB.
+    bomb = gzip.compress(b'{"userId": "u", "event": "E"' + b" " * 50_000_000 + b"}")
+    assert len(bomb) < 500 * 1024
+    answer = await api.http.post(
+        "/v1/track",
+        content=bomb,
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        auth=(WRITE_KEY, ""),
+    )
+    assert answer.status_code == 400
+    [problem] = answer.json()["detail"]["problems"]
+    assert "500 KB" in problem and "decompressed" in problem
+    assert await api.events() == []
+
+
+async def test_broken_gzip_is_a_400(api: RunningApi) -> None:
+    answer = await api.http.post(
+        "/v1/track",
+        content=b"not gzip at all",
+        headers={"Content-Encoding": "gzip"},
+        auth=(WRITE_KEY, ""),
+    )
+    assert answer.status_code == 400
+    assert "gzip" in answer.json()["detail"]["problems"][0]
+
+
+async def test_write_key_is_required(api: RunningApi) -> None:
+    body = {"userId": "u", "event": "E", "messageId": "k-1"}
+    wrong = await api.http.post("/v1/track", json=body, auth=("not-the-key", ""))
+    missing = await api.http.post("/v1/track", json=body)
+    garbled = await api.http.post(
+        "/v1/track", json=body, headers={"Authorization": "Basic !!!not-base64"}
+    )
+    bearer = await api.http.post(
+        "/v1/track", json=body, headers={"Authorization": f"Bearer {WRITE_KEY}"}
+    )
+    for answer in (wrong, missing, garbled, bearer):
+        assert answer.status_code == 401, answer.text
+        assert answer.headers["www-authenticate"].startswith("Basic")
+    assert "wrong write key" in wrong.json()["detail"]["problems"][0]
+    assert "missing write key" in missing.json()["detail"]["problems"][0]
+    # Without a key, even an unreadable body is only told to authenticate.
+    unreadable = await api.http.post("/v1/track", content=b"{nope")
+    assert unreadable.status_code == 401
+    assert await api.events() == []
+
+
+async def test_write_key_in_the_body_and_never_stored(api: RunningApi) -> None:
+    single = await api.http.post(
+        "/v1/track", json={"writeKey": WRITE_KEY, "userId": "u", "event": "E", "messageId": "w-1"}
+    )
+    batch = await api.http.post(
+        "/v1/batch",
+        json={
+            "writeKey": WRITE_KEY,
+            "batch": [{"type": "track", "userId": "u", "event": "E", "messageId": "w-2"}],
+        },
+    )
+    wrong = await api.http.post(
+        "/v1/track", json={"writeKey": "nope", "userId": "u", "event": "E", "messageId": "w-3"}
+    )
+    assert (single.status_code, batch.status_code, wrong.status_code) == (200, 200, 401)
+    events = await api.events()
+    assert [e.message_id for e in events] == ["w-1", "w-2"]
+    assert all(
+        "writeKey" not in e.payload and WRITE_KEY not in json.dumps(e.payload) for e in events
+    )
+    # Basic auth with an empty password, spelled out by hand as curl -u key: sends it.
+    token = base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
+    by_hand = await api.http.post(
+        "/v1/track",
+        json={"userId": "u", "event": "E", "messageId": "w-4"},
+        headers={"Authorization": f"Basic {token}"},
+    )
+    assert by_hand.status_code == 200
+
+
+async def test_an_event_over_32_kb_is_refused_naming_it(api: RunningApi) -> None:
+    big: dict[str, Any] = {"userId": "u", "event": "E", "properties": {"blob": "x" * 40_000}}
+    single = await api.post("/v1/track", {**big, "messageId": "big-1"})
+    assert single.status_code == 400
+    [problem] = single.json()["detail"]["problems"]
+    assert problem.startswith("event is ") and problem.endswith("the limit is 32 KB per event")
+
+    items: list[dict[str, Any]] = [
+        {"type": "track", "userId": "u", "event": "E", "messageId": f"ok-{i}"} for i in range(3)
+    ]
+    items.append({"type": "track", **big, "messageId": "big-2"})
+    batch = await api.post("/v1/batch", {"batch": items})
+    assert batch.status_code == 400
+    [problem] = batch.json()["detail"]["problems"]
+    size = len(json.dumps(items[3], separators=(",", ":")).encode())
+    assert problem == f"batch[3]: event is {size} bytes; the limit is 32 KB per event"
+    assert await api.events() == []  # all or nothing
+
+
+async def test_a_batch_over_500_kb_is_refused(api: RunningApi) -> None:
+    items: list[dict[str, Any]] = [
+        {"type": "track", "userId": "u", "event": "E", "properties": {"pad": "x" * 20_000}}
+        for _ in range(30)
+    ]
+    answer = await api.post("/v1/batch", {"batch": items})
+    assert answer.status_code == 400
+    assert "500 KB" in answer.json()["detail"]["problems"][0]
+    assert await api.events() == []
+
+
+async def test_a_bad_body_gets_400_naming_the_field(api: RunningApi) -> None:
+    batch = await api.post(
+        "/v1/batch",
+        {
+            "batch": [
+                {"type": "track", "userId": "u", "event": "E"},
+                {"type": "identify", "userId": "u"},
+                {"type": "track", "userId": ["not", "a", "string"], "event": "E"},
+                {"type": "track", "userId": "u"},
+                {"type": "screen", "userId": "u", "name": "Home"},
+                {"type": "track", "event": "E"},
+            ]
+        },
+    )
+    assert batch.status_code == 400
+    problems = batch.json()["detail"]["problems"]
+    assert problems[0].startswith("batch[2].userId: ")
+    assert problems[1] == "batch[3].event: Field required"
+    assert problems[2].startswith("batch[4].type: 'screen' calls are not supported")
+    assert problems[3] == "batch[5]: userId or anonymousId is required"
+
+    single = await api.post("/v1/track", {"userId": "u", "event": ""})
+    assert single.status_code == 400
+    assert single.json()["detail"]["problems"][0].startswith("event: ")
+
+    for content in (b"{not json", b"[1, 2]"):
+        answer = await api.http.post("/v1/track", content=content, auth=(WRITE_KEY, ""))
+        assert answer.status_code == 400
+        assert "JSON" in answer.json()["detail"]["problems"][0]
+
+    empty = await api.post("/v1/batch", {"batch": []})
+    assert empty.status_code == 400
+    assert empty.json()["detail"]["problems"] == ["batch: must be a non-empty list of messages"]
+    assert await api.events() == []
+
+
+async def test_the_same_batch_twice_is_stored_once(api_db: RunningApi) -> None:
+    body = {
+        "batch": [
+            {"type": "identify", "userId": "ada", "traits": {"n": 1}, "messageId": "d-1"},
+            {"type": "track", "userId": "ada", "event": "E", "messageId": "d-2"},
+            {"type": "track", "userId": "ada", "event": "E", "messageId": "d-2"},
+        ]
+    }
+    first = await api_db.post("/v1/batch", body)
+    second = await api_db.post("/v1/batch", body)
+    assert first.status_code == second.status_code == 200
+    assert [e.message_id for e in await api_db.events()] == ["d-1", "d-2"]
+
+
+async def test_identify_merges_traits_and_a_duplicate_does_not(api_db: RunningApi) -> None:
+    async def identify(message_id: str, traits: dict[str, object]) -> None:
+        answer = await api_db.post(
+            "/v1/identify", {"userId": "ada", "traits": traits, "messageId": message_id}
+        )
+        assert answer.status_code == 200, answer.text
+
+    await identify("i-1", {"plan": "free", "email": "ada@example.com"})
+    await identify("i-2", {"plan": "pro"})
+    assert await api_db.traits("ada") == {"plan": "pro", "email": "ada@example.com"}
+
+    # A retried old identify must not undo the newer plan.
+    await identify("i-1", {"plan": "free", "email": "ada@example.com"})
+    assert await api_db.traits("ada") == {"plan": "pro", "email": "ada@example.com"}
+
+    # A track's context.traits merge too.
+    await api_db.track("ada", "E", context={"traits": {"city": "Lyon"}})
+    assert await api_db.traits("ada") == {
+        "plan": "pro",
+        "email": "ada@example.com",
+        "city": "Lyon",
+    }
+
+
+async def test_a_batch_context_applies_to_its_items(api: RunningApi) -> None:
+    answer = await api.post(
+        "/v1/batch",
+        {
+            "context": {"library": {"name": "analytics-python"}, "traits": {"tier": "gold"}},
+            "batch": [
+                {"type": "track", "userId": "cy", "event": "E", "messageId": "c-1"},
+                {
+                    "type": "track",
+                    "userId": "cy",
+                    "event": "E",
+                    "messageId": "c-2",
+                    "context": {"library": {"version": "2.0"}, "ip": "10.0.0.1"},
+                },
+            ],
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    first, second = await api.events()
+    assert first.payload["context"] == {
+        "library": {"name": "analytics-python"},
+        "traits": {"tier": "gold"},
+    }
+    assert second.payload["context"] == {
+        "library": {"name": "analytics-python", "version": "2.0"},
+        "traits": {"tier": "gold"},
+        "ip": "10.0.0.1",
+    }
+    assert await api.traits("cy") == {"tier": "gold"}
+
+
+async def test_docs_and_openapi(api: RunningApi) -> None:
+    docs = await api.http.get("/docs")
+    assert docs.status_code == 200
+    schema = (await api.http.get("/openapi.json")).json()
+    assert "/v1/batch" in schema["paths"]
+    assert "Track" in schema["components"]["schemas"]
+    assert "/v1/t" not in schema["paths"]
+
+
+async def test_healthz_alive_and_readyz_names_what_is_down(api: RunningApi) -> None:
+    assert (await api.http.get("/healthz")).status_code == 200
+    ready = await api.http.get("/readyz")
+    assert ready.status_code == 503
+    body = ready.json()
+    assert body["database"] == "ok"
+    assert body["temporal"].startswith("not connected to 127.0.0.1:")
+
+
+async def test_requests_are_plain_http(api: RunningApi) -> None:
+    # The fixture really serves over TCP: a fresh client with no shared state works too.
+    async with httpx.AsyncClient() as other:
+        answer = await other.get(f"{api.url}/healthz")
+    assert answer.json() == {"status": "ok"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from tests.api.conftest import ADMIN, RunningApi, eventually, running_api
+from tests.fixtures.api import ADMIN, RunningApi, eventually, running_api
 
 CART: dict[str, Any] = {
     "id": "cart",

@@ -14,7 +14,7 @@ from api.temporal import TemporalConnection
 from store.db import create_engine, session_factory
 from store.events import NewEvent, record_events
 from store.models import Event
-from tests.api.conftest import free_port, make_settings
+from tests.fixtures.api import free_port, make_settings
 
 Sessions = async_sessionmaker[AsyncSession]
 

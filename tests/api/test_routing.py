@@ -27,7 +27,8 @@ from api.temporal import (
 )
 from core.events import JourneyEvent
 from core.journey import JourneyInput, journey_id
-from tests.api.conftest import (
+from tests.api.doubles import FINISH_EVENT, RecordingJourney
+from tests.fixtures.api import (
     ADMIN,
     ADMIN_TOKEN,
     WRITE_KEY,
@@ -38,7 +39,6 @@ from tests.api.conftest import (
     make_settings,
     running_api,
 )
-from tests.api.doubles import FINISH_EVENT, RecordingJourney
 from tests.fixtures.temporal import server_binary
 
 CART: dict[str, Any] = {

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from tests.api.conftest import WRITE_KEY, RunningApi
+from tests.fixtures.api import WRITE_KEY, RunningApi
 
 
 async def test_track_identify_page_and_batch_are_stored_before_the_answer(

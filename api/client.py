@@ -127,6 +127,22 @@ class NudgeClient:
         )
         return result
 
+    async def campaign_stats(self, campaign_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(
+            "GET", f"/v1/campaigns/{_segment(campaign_id)}/stats", headers=self._admin()
+        )
+        return result
+
+    async def sandbox_messages(
+        self, *, user_id: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if user_id:
+            params["user_id"] = user_id
+        result = await self._call("GET", "/v1/messages", params=params, headers=self._admin())
+        data: list[dict[str, Any]] = result["data"]
+        return data
+
     # -- events -----------------------------------------------------------------------------
 
     async def track(

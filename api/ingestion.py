@@ -23,9 +23,12 @@ from pydantic import TypeAdapter, ValidationError
 from core.events import (
     MAX_BATCH_BYTES,
     MAX_EVENT_BYTES,
+    Alias,
     BatchItem,
+    Group,
     Identify,
     Page,
+    Screen,
     SegmentMessage,
     Track,
 )
@@ -35,8 +38,15 @@ MAX_PROBLEMS = 20
 """A batch of 2500 bad items gets the first few problems, not a 2500-line answer."""
 
 BATCH_ITEM = TypeAdapter(BatchItem)
-SINGLE: dict[str, type[SegmentMessage]] = {"track": Track, "identify": Identify, "page": Page}
-SEGMENT_TYPES = {"track", "identify", "page", "screen", "group", "alias"}
+SINGLE: dict[str, type[SegmentMessage]] = {
+    "track": Track,
+    "identify": Identify,
+    "page": Page,
+    "screen": Screen,
+    "group": Group,
+    "alias": Alias,
+}
+"""Segment's message types. All are stored; only track is routed to journeys."""
 
 
 class TrackingError(Exception):
@@ -208,7 +218,7 @@ def normalize(message: SegmentMessage, received_at: datetime) -> Incoming:
     name: str | None = None
     if isinstance(message, Track):
         name = message.event
-    elif isinstance(message, Page):
+    elif isinstance(message, Page | Screen):
         name = message.name
     elif isinstance(message, Identify):
         traits.update(message.traits)
@@ -261,12 +271,8 @@ def parse_batch(data: dict[str, Any], received_at: datetime) -> list[Incoming]:
             continue
         kind = item.get("type")
         if kind not in SINGLE:
-            if kind in SEGMENT_TYPES:
-                problems.append(
-                    f"{where}.type: {kind!r} calls are not supported; send track, identify or page"
-                )
-            else:
-                problems.append(f"{where}.type: must be one of 'track', 'identify', 'page'")
+            kinds = ", ".join(repr(k) for k in SINGLE)
+            problems.append(f"{where}.type: must be one of {kinds}")
             continue
         merged = dict(item)
         if shared_context:

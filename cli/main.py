@@ -115,6 +115,14 @@ def cmd_campaigns_status(args: argparse.Namespace) -> None:
     _with_client(args, lambda c: c.set_campaign_status(args.campaign_id, args.action))
 
 
+def cmd_campaigns_stats(args: argparse.Namespace) -> None:
+    _with_client(args, lambda c: c.campaign_stats(args.campaign_id))
+
+
+def cmd_messages(args: argparse.Namespace) -> None:
+    _with_client(args, lambda c: c.sandbox_messages(user_id=args.user, limit=args.limit))
+
+
 def cmd_events_send(args: argparse.Namespace) -> None:
     try:
         properties = json.loads(args.properties) if args.properties else {}
@@ -157,6 +165,9 @@ def parser() -> argparse.ArgumentParser:
     apply.add_argument("--activate", action="store_true")
     apply.set_defaults(func=cmd_campaigns_apply)
     campaigns.add_parser("list").set_defaults(func=cmd_campaigns_list)
+    stats = campaigns.add_parser("stats", help="the funnel: entered, converted, deliveries")
+    stats.add_argument("campaign_id")
+    stats.set_defaults(func=cmd_campaigns_stats)
     for action in ("activate", "pause", "archive"):
         sp = campaigns.add_parser(action)
         sp.add_argument("campaign_id")
@@ -170,6 +181,11 @@ def parser() -> argparse.ArgumentParser:
     send.add_argument("--event", required=True)
     send.add_argument("--properties", help="JSON object")
     send.set_defaults(func=cmd_events_send)
+
+    messages = sub.add_parser("messages", help="what the sandbox channel kept, newest first")
+    messages.add_argument("--user")
+    messages.add_argument("--limit", type=int, default=20)
+    messages.set_defaults(func=cmd_messages)
 
     journeys = sub.add_parser("journeys", help="inspect journeys").add_subparsers(
         dest="action", required=True
@@ -191,6 +207,8 @@ def main(argv: list[str] | None = None) -> None:
         level=os.environ.get("NUDGE_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for noisy in ("httpx", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     args = parser().parse_args(argv)
     code = 0
     try:

@@ -67,7 +67,38 @@ class Page(SegmentMessage):
     properties: dict[str, Any] = Field(default_factory=dict)
 
 
-BatchItem = Annotated[Track | Identify | Page, Field(discriminator="type")]
+class Screen(SegmentMessage):
+    """A mobile screen view: stored, not routed (like page)."""
+
+    type: Literal["screen"] = "screen"
+    name: str | None = Field(default=None, max_length=200)
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+
+class Group(SegmentMessage):
+    """The user joined a group (account, company). Group traits describe the group, not the
+    user, so they are stored with the event and not merged into the profile."""
+
+    type: Literal["group"] = "group"
+    group_id: str = Field(alias="groupId", min_length=1, max_length=512)
+    traits: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _coerce_group_id(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("groupId"), int | float):
+            data = {**data, "groupId": str(data["groupId"])}
+        return data
+
+
+class Alias(SegmentMessage):
+    """Two ids are the same user. Stored for now; profiles are not merged yet."""
+
+    type: Literal["alias"] = "alias"
+    previous_id: str = Field(alias="previousId", min_length=1, max_length=512)
+
+
+BatchItem = Annotated[Track | Identify | Page | Screen | Group | Alias, Field(discriminator="type")]
 
 
 class Batch(BaseModel):

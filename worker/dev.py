@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import shutil
 import signal
 import socket
@@ -202,8 +201,3 @@ async def run_dev(settings: Settings, options: DevOptions | None = None) -> None
                 server.should_exit = True
                 await api
     print("stopped.", flush=True)
-
-
-def main(settings: Settings | None = None) -> None:
-    logging.basicConfig(level=os.environ.get("NUDGE_LOG_LEVEL", "INFO"))
-    asyncio.run(run_dev(settings or Settings()))

@@ -17,6 +17,7 @@ from api.schemas import (
     CampaignPublic,
     CampaignSaved,
     CampaignsPublic,
+    CampaignStats,
     CampaignVersionPublic,
     CampaignVersionSummary,
     Message,
@@ -25,6 +26,8 @@ from api.schemas import (
 from core.definition import CampaignDefinition, CampaignStatus, DefinitionError, parse_campaign
 from store import campaigns as store
 from store.campaigns import CampaignNotFound, CampaignStateError
+from store.deliveries import count_deliveries
+from store.entries import count_entries, count_outcomes
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"], dependencies=[AdminDep])
 
@@ -164,6 +167,26 @@ async def get_campaign(campaign_id: str, session: SessionDep) -> CampaignDetail:
         **CampaignPublic.model_validate(campaign).model_dump(),
         definition=current.definition,
         versions=[CampaignVersionSummary.model_validate(v) for v in versions],
+    )
+
+
+@router.get(
+    "/{campaign_id}/stats",
+    response_model=CampaignStats,
+    responses=ERRORS,
+    summary="A campaign's funnel: entered, how journeys ended, deliveries",
+)
+async def get_stats(campaign_id: str, session: SessionDep) -> CampaignStats:
+    if await store.get_campaign(session=session, campaign_id=campaign_id) is None:
+        raise not_found(CampaignNotFound(campaign_id))
+    entered = await count_entries(session=session, campaign_id=campaign_id)
+    journeys = await count_outcomes(session=session, campaign_id=campaign_id)
+    return CampaignStats(
+        campaign_id=campaign_id,
+        entered=entered,
+        journeys=journeys,
+        deliveries=await count_deliveries(session=session, campaign_id=campaign_id),
+        conversion_rate=journeys.get("converted", 0) / entered if entered else None,
     )
 
 

@@ -16,7 +16,7 @@ from api import ingestion
 from api.deps import RelayDep, ServicesDep
 from api.ingestion import Incoming, TrackingError
 from api.schemas import ProblemsResponse, TrackingAccepted
-from core.events import Batch, Identify, Page, Track
+from core.events import Alias, Batch, Group, Identify, Page, Screen, Track
 from store.events import record_events
 from store.profiles import merge_traits
 
@@ -141,3 +141,39 @@ async def batch(services: ServicesDep, relay: RelayDep, request: Request) -> Any
 
 SCHEMAS = (Track, Identify, Page, Batch)
 """Models the hand-read bodies refer to; app.py adds them to the OpenAPI components."""
+
+
+@router.post(
+    "/screen",
+    response_model=TrackingAccepted,
+    responses=ERRORS,
+    openapi_extra=_body(Screen),
+    summary="Record a mobile screen view (Segment screen; stored, not routed)",
+)
+@router.post("/s", include_in_schema=False)
+async def screen(services: ServicesDep, relay: RelayDep, request: Request) -> Any:
+    return await handle(services, relay, request, "screen")
+
+
+@router.post(
+    "/group",
+    response_model=TrackingAccepted,
+    responses=ERRORS,
+    openapi_extra=_body(Group),
+    summary="Associate a user with a group (Segment group; stored, not routed)",
+)
+@router.post("/g", include_in_schema=False)
+async def group(services: ServicesDep, relay: RelayDep, request: Request) -> Any:
+    return await handle(services, relay, request, "group")
+
+
+@router.post(
+    "/alias",
+    response_model=TrackingAccepted,
+    responses=ERRORS,
+    openapi_extra=_body(Alias),
+    summary="Link two ids of one user (Segment alias; stored, not routed yet)",
+)
+@router.post("/a", include_in_schema=False)
+async def alias(services: ServicesDep, relay: RelayDep, request: Request) -> Any:
+    return await handle(services, relay, request, "alias")

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from tests.fixtures.api import WRITE_KEY, RunningApi
+from tests.fixtures.api import ADMIN, WRITE_KEY, RunningApi, eventually
 
 
 async def test_track_identify_page_and_batch_are_stored_before_the_answer(
@@ -216,7 +216,7 @@ async def test_a_bad_body_gets_400_naming_the_field(api: RunningApi) -> None:
                 {"type": "identify", "userId": "u"},
                 {"type": "track", "userId": ["not", "a", "string"], "event": "E"},
                 {"type": "track", "userId": "u"},
-                {"type": "screen", "userId": "u", "name": "Home"},
+                {"type": "alias", "userId": "u"},
                 {"type": "track", "event": "E"},
             ]
         },
@@ -225,7 +225,7 @@ async def test_a_bad_body_gets_400_naming_the_field(api: RunningApi) -> None:
     problems = batch.json()["detail"]["problems"]
     assert problems[0].startswith("batch[2].userId: ")
     assert problems[1] == "batch[3].event: Field required"
-    assert problems[2].startswith("batch[4].type: 'screen' calls are not supported")
+    assert problems[2] == "batch[4].previousId: Field required"
     assert problems[3] == "batch[5]: userId or anonymousId is required"
 
     single = await api.post("/v1/track", {"userId": "u", "event": ""})
@@ -335,3 +335,49 @@ async def test_requests_are_plain_http(api: RunningApi) -> None:
     async with httpx.AsyncClient() as other:
         answer = await other.get(f"{api.url}/healthz")
     assert answer.json() == {"status": "ok"}
+
+
+async def test_screen_group_and_alias_are_stored_not_routed_and_never_merge_traits(
+    api: RunningApi,
+) -> None:
+    singles = [
+        ("/v1/screen", {"userId": "ada", "name": "Home", "messageId": "s-1"}),
+        (
+            "/v1/group",
+            {"userId": "ada", "groupId": 7, "traits": {"plan": "team"}, "messageId": "g-1"},
+        ),
+        ("/v1/alias", {"userId": "ada", "previousId": "anon-1", "messageId": "a-1"}),
+    ]
+    for path, body in singles:
+        answer = await api.post(path, body)
+        assert answer.status_code == 200, answer.text
+    batch = await api.post(
+        "/v1/batch",
+        {"batch": [{"type": "screen", "anonymousId": "x", "name": "Cart", "messageId": "s-2"}]},
+    )
+    assert batch.status_code == 200, batch.text
+    events = {e.message_id: e for e in await api.events()}
+    assert {k: (e.type, e.name) for k, e in events.items()} == {
+        "s-1": ("screen", "Home"),
+        "g-1": ("group", None),
+        "a-1": ("alias", None),
+        "s-2": ("screen", "Cart"),
+    }
+    assert events["g-1"].payload["groupId"] == "7"
+    assert await api.traits("ada") is None  # group traits describe the group, not the user
+
+    async def settled() -> bool:
+        assert {e.status for e in await api.events()} == {"ignored"}
+        return True
+
+    await eventually(settled)
+
+    bad = await api.post("/v1/group", {"userId": "ada"})
+    assert bad.status_code == 400
+    assert bad.json()["detail"]["problems"] == ["groupId: Field required"]
+
+
+async def test_sandbox_messages_need_the_admin_token(api: RunningApi) -> None:
+    assert (await api.http.get("/v1/messages")).status_code == 401
+    answer = await api.http.get("/v1/messages", headers=ADMIN)
+    assert answer.status_code == 200 and answer.json() == {"data": [], "count": 0}

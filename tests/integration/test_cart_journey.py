@@ -3,13 +3,19 @@ HTTP, SQLite or PostgreSQL, and a webhook provider double on 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+import yaml
 from temporalio.testing import WorkflowEnvironment
 
 from activities.channels.webhook import verify
@@ -147,6 +153,9 @@ async def test_batch_starts_journey_and_webhook_gets_one_signed_request(stack: S
 
     await eventually(counted)
     assert len(receiver.received) == 1
+    stats = (await api.http.get("/v1/campaigns/cart-e2e/stats", headers=ADMIN)).json()
+    assert stats["entered"] == 1 and stats["journeys"] == {"converted": 1}
+    assert stats["deliveries"] == {"sent": 1} and stats["conversion_rate"] == 1.0
 
 
 async def test_bad_write_key_and_oversized_event_are_refused(stack: Stack):
@@ -164,3 +173,70 @@ async def test_bad_write_key_and_oversized_event_are_refused(stack: Stack):
 async def _received(receiver: WebhookReceiver, n: int) -> bool:
     assert len(receiver.received) >= n
     return True
+
+
+SANDBOX = {
+    "id": "welcome-e2e",
+    "name": "Welcome (end to end)",
+    "entry": {"event": "Signed Up"},
+    "steps": [{"id": "hello", "type": "send", "channel": "sandbox", "template": "hello"}],
+    "templates": {"hello": {"subject": "Welcome {{ traits.first_name }}", "body": "Hi!"}},
+}
+
+
+def nudge(api: RunningApi, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real `nudge` command against the running API, as a user types it."""
+    env = {
+        **os.environ,
+        "NUDGE_URL": api.url,
+        "NUDGE_WRITE_KEY": WRITE_KEY,
+        "NUDGE_ADMIN_TOKEN": ADMIN["Authorization"].split()[1],
+        "NUDGE_LOG_LEVEL": "WARNING",
+    }
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "nudge"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_cli_drives_a_sandbox_journey(stack: Stack, tmp_path: Path):
+    api = stack.api
+    user = f"grace-{uuid.uuid4().hex[:6]}"
+    path = tmp_path / "welcome.yaml"
+    path.write_text(yaml.safe_dump(SANDBOX))
+    applied = await asyncio.to_thread(nudge, api, "campaigns", "apply", str(path), "--activate")
+    assert applied.returncode == 0, applied.stderr
+    assert json.loads(applied.stdout)["status"] == "active"
+
+    r = await api.post("/v1/identify", {"userId": user, "traits": {"first_name": "Grace"}})
+    assert r.status_code == 200
+    sent = await asyncio.to_thread(
+        nudge, api, "events", "send", "--user", user, "--event", "Signed Up"
+    )
+    assert sent.returncode == 0, sent.stderr
+
+    async def kept() -> list[dict]:
+        shown = await asyncio.to_thread(nudge, api, "messages", "--user", user)
+        assert shown.returncode == 0, shown.stderr
+        messages = json.loads(shown.stdout)
+        assert len(messages) == 1
+        return messages
+
+    [message] = await eventually(kept, timeout=30)
+    assert message["subject"] == "Welcome Grace" and message["body"] == "Hi!"
+
+    async def done() -> dict:
+        stats = await asyncio.to_thread(nudge, api, "campaigns", "stats", "welcome-e2e")
+        assert stats.returncode == 0, stats.stderr
+        figures = json.loads(stats.stdout)
+        assert figures["journeys"] == {"completed": 1}
+        return figures
+
+    figures = await eventually(done, timeout=30)
+    assert figures["entered"] == 1 and figures["deliveries"] == {"sent": 1}
+
+    missing = await asyncio.to_thread(nudge, api, "journeys", "show", "welcome-e2e", "nobody")
+    assert missing.returncode != 0 and "404" in missing.stderr

@@ -91,89 +91,37 @@ async def handle(services: ServicesDep, relay: RelayDep, request: Request, kind:
     return TrackingAccepted()
 
 
-@router.post(
-    "/track",
-    response_model=TrackingAccepted,
-    responses=ERRORS,
-    openapi_extra=_body(Track),
-    summary="Record what a user did (Segment track)",
+ENDPOINTS: tuple[tuple[str, str, type[Any], str], ...] = (
+    ("track", "t", Track, "Record what a user did (Segment track)"),
+    ("identify", "i", Identify, "Set a user's traits (Segment identify)"),
+    ("page", "p", Page, "Record a page view (Segment page; stored, not routed)"),
+    ("screen", "s", Screen, "Record a mobile screen view (Segment screen; stored, not routed)"),
+    ("group", "g", Group, "Associate a user with a group (Segment group; stored, not routed)"),
+    ("alias", "a", Alias, "Link two ids of one user (Segment alias; stored, not routed yet)"),
+    ("batch", "b", Batch, "Several messages at once (Segment batch; up to 500 KB)"),
 )
-@router.post("/t", include_in_schema=False)
-async def track(services: ServicesDep, relay: RelayDep, request: Request) -> Any:
-    return await handle(services, relay, request, "track")
+"""Each Segment call: its path, Segment's one-letter short path, body model, summary."""
 
 
-@router.post(
-    "/identify",
-    response_model=TrackingAccepted,
-    responses=ERRORS,
-    openapi_extra=_body(Identify),
-    summary="Set a user's traits (Segment identify)",
-)
-@router.post("/i", include_in_schema=False)
-async def identify(services: ServicesDep, relay: RelayDep, request: Request) -> Any:
-    return await handle(services, relay, request, "identify")
+def _endpoint(kind: str) -> Any:
+    async def endpoint(services: ServicesDep, relay: RelayDep, request: Request) -> Any:
+        return await handle(services, relay, request, kind)
+
+    endpoint.__name__ = kind
+    return endpoint
 
 
-@router.post(
-    "/page",
-    response_model=TrackingAccepted,
-    responses=ERRORS,
-    openapi_extra=_body(Page),
-    summary="Record a page view (Segment page; stored, not routed)",
-)
-@router.post("/p", include_in_schema=False)
-async def page(services: ServicesDep, relay: RelayDep, request: Request) -> Any:
-    return await handle(services, relay, request, "page")
+for _kind, _short, _model, _summary in ENDPOINTS:
+    _handler = _endpoint(_kind)
+    router.post(
+        f"/{_kind}",
+        response_model=TrackingAccepted,
+        responses=ERRORS,
+        openapi_extra=_body(_model),
+        summary=_summary,
+    )(_handler)
+    router.post(f"/{_short}", include_in_schema=False, name=f"{_kind}_short")(_handler)
 
 
-@router.post(
-    "/batch",
-    response_model=TrackingAccepted,
-    responses=ERRORS,
-    openapi_extra=_body(Batch),
-    summary="Several messages at once (Segment batch; up to 500 KB)",
-)
-@router.post("/b", include_in_schema=False)
-async def batch(services: ServicesDep, relay: RelayDep, request: Request) -> Any:
-    return await handle(services, relay, request, "batch")
-
-
-SCHEMAS = (Track, Identify, Page, Batch)
+SCHEMAS = tuple(model for _, _, model, _ in ENDPOINTS)
 """Models the hand-read bodies refer to; app.py adds them to the OpenAPI components."""
-
-
-@router.post(
-    "/screen",
-    response_model=TrackingAccepted,
-    responses=ERRORS,
-    openapi_extra=_body(Screen),
-    summary="Record a mobile screen view (Segment screen; stored, not routed)",
-)
-@router.post("/s", include_in_schema=False)
-async def screen(services: ServicesDep, relay: RelayDep, request: Request) -> Any:
-    return await handle(services, relay, request, "screen")
-
-
-@router.post(
-    "/group",
-    response_model=TrackingAccepted,
-    responses=ERRORS,
-    openapi_extra=_body(Group),
-    summary="Associate a user with a group (Segment group; stored, not routed)",
-)
-@router.post("/g", include_in_schema=False)
-async def group(services: ServicesDep, relay: RelayDep, request: Request) -> Any:
-    return await handle(services, relay, request, "group")
-
-
-@router.post(
-    "/alias",
-    response_model=TrackingAccepted,
-    responses=ERRORS,
-    openapi_extra=_body(Alias),
-    summary="Link two ids of one user (Segment alias; stored, not routed yet)",
-)
-@router.post("/a", include_in_schema=False)
-async def alias(services: ServicesDep, relay: RelayDep, request: Request) -> Any:
-    return await handle(services, relay, request, "alias")

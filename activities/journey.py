@@ -14,10 +14,12 @@ from activities.channels.base import Channel, OutgoingMessage, ProviderError
 from core.definition import CampaignDefinition
 from core.journey import (
     ACTIVITY_DELIVER,
+    ACTIVITY_FAIL_DELIVERY,
     ACTIVITY_LOAD_PROFILE,
     ACTIVITY_RECORD_OUTCOME,
     DeliverRequest,
     DeliverResult,
+    DeliveryFailure,
     DeliveryStatus,
     JourneyOutcome,
     Profile,
@@ -61,6 +63,22 @@ class JourneyActivities:
                 exit_reason=outcome.exit_reason,
                 ended_at=outcome.ended_at,
             )
+
+    @activity.defn(name=ACTIVITY_FAIL_DELIVERY)
+    async def fail_delivery(self, failure: DeliveryFailure) -> None:
+        """Close a send whose retries ran out, so it does not stay `pending` forever. A
+        send that succeeded in the meantime stays sent (only pending rows change)."""
+        async with self._sessions() as session, session.begin():
+            row = await deliveries.get_delivery(
+                session=session, idempotency_key=failure.idempotency_key
+            )
+            if row is not None:
+                await deliveries.complete_delivery(
+                    session=session,
+                    delivery_id=row.id,
+                    status=DeliveryStatus.failed,
+                    error=failure.reason,
+                )
 
     @activity.defn(name=ACTIVITY_DELIVER)
     async def deliver(self, request: DeliverRequest) -> DeliverResult:
@@ -178,7 +196,7 @@ class JourneyActivities:
         )
 
     def all(self) -> list[Any]:
-        return [self.deliver, self.load_profile, self.record_outcome]
+        return [self.deliver, self.fail_delivery, self.load_profile, self.record_outcome]
 
 
 def _render_value(value: Any, context: dict[str, Any], name: str) -> Any:

@@ -143,14 +143,35 @@ async def read_body(request: Request, *, limit: int = MAX_BATCH_BYTES) -> bytes:
     return bytes(out)
 
 
+MAX_JSON_DEPTH = 64
+"""Nesting deeper than this is refused: no event needs it, and a recursive parser would."""
+
+
 def parse_json(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TrackingError(400, [f"the body is not valid JSON: {exc}"]) from exc
+    except RecursionError as exc:
+        raise TrackingError(400, [f"the body nests deeper than {MAX_JSON_DEPTH} levels"]) from exc
     if not isinstance(data, dict):
         raise TrackingError(400, ["the body must be a JSON object"])
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise TrackingError(400, [f"the body nests deeper than {MAX_JSON_DEPTH} levels"])
     return data
+
+
+def _depth(value: Any) -> int:
+    """How deeply containers nest, found without recursion."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        node, level = todo.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, level)
+            if level <= MAX_JSON_DEPTH:
+                children = node.values() if isinstance(node, dict) else node
+                todo.extend((child, level + 1) for child in children)
+    return deepest
 
 
 # -- validation and normalizing -------------------------------------------------------------
@@ -191,6 +212,14 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
         else:
             out[key] = value
     return out
+
+
+def _merge_shared(shared: Mapping[str, Any], own: Any) -> Any:
+    """The batch's shared object under the item's own; a non-object is left for validation
+    to name."""
+    if own is None:
+        return dict(shared)
+    return deep_merge(shared, own) if isinstance(own, Mapping) else own
 
 
 @dataclass(frozen=True)
@@ -276,9 +305,9 @@ def parse_batch(data: dict[str, Any], received_at: datetime) -> list[Incoming]:
             continue
         merged = dict(item)
         if shared_context:
-            merged["context"] = deep_merge(shared_context, item.get("context") or {})
+            merged["context"] = _merge_shared(shared_context, item.get("context"))
         if shared_integrations:
-            merged["integrations"] = deep_merge(shared_integrations, item.get("integrations") or {})
+            merged["integrations"] = _merge_shared(shared_integrations, item.get("integrations"))
         try:
             message = BATCH_ITEM.validate_python(merged)
         except ValidationError as exc:

@@ -47,7 +47,7 @@ from core.definition import CampaignDefinition, JourneyPlan, ReEntry
 from core.events import JourneyEvent
 from core.journey import SIGNAL_EVENT, WORKFLOW_NAME, JourneyInput, journey_id
 from store import campaigns as campaign_store
-from store.entries import has_entered, record_entry
+from store.entries import entry_recorded, has_entered, record_entry
 from store.events import mark_events, pending_events, record_attempt_failure
 from store.models import Event
 from store.profiles import get_profile
@@ -57,7 +57,7 @@ log = logging.getLogger("nudge.routing")
 MAX_ATTEMPTS = 5
 """Routing errors that retrying cannot be expected to fix (a bug, a payload Temporal
 refuses) are retried this many times, one relay pass apart, then the event is given up:
-marked `ignored` with the error kept in `last_error`, and logged at ERROR. Outages
+marked `failed` with the error kept in `last_error`, and logged at ERROR. Outages
 (Temporal or the database unreachable, back-pressure) never count: those events wait for
 as long as it takes."""
 GAVE_UP = "gave up after {n} attempts: "
@@ -252,6 +252,18 @@ class EventRouter:
     async def _enter(self, campaign: ActiveCampaign, event: Event, jevent: JourneyEvent) -> None:
         client = self.temporal.require()
         workflow_id = journey_id(campaign.campaign_id, event.user_id)
+        async with self.sessions() as session:
+            routed_before = await entry_recorded(
+                session=session,
+                campaign_id=campaign.campaign_id,
+                entry_message_id=event.message_id,
+            )
+        if routed_before:
+            # This event already started a journey (the relay is routing it again after a
+            # crash or a failed pass). Starting again could re-run a journey that has ended,
+            # so only tell the journey, if it still runs.
+            await self._signal(campaign.campaign_id, event.user_id, jevent)
+            return
         # Signal-with-start: starts the journey, or — when one is running — only signals it
         # (USE_EXISTING); ALLOW_DUPLICATE lets a user whose journey ended enter again.
         handle = await client.start_workflow(
@@ -433,9 +445,8 @@ class Relay:
         await asyncio.gather(*(one_user(q) for q in by_user.values()))
         async with self.sessions() as session:
             await mark_events(session=session, event_ids=result.routed, status="routed")
-            await mark_events(
-                session=session, event_ids=result.ignored + result.gave_up, status="ignored"
-            )
+            await mark_events(session=session, event_ids=result.ignored, status="ignored")
+            await mark_events(session=session, event_ids=result.gave_up, status="failed")
             for event_id, error in result.failures:
                 await record_attempt_failure(session=session, event_id=event_id, error=error)
             await session.commit()
@@ -487,7 +498,7 @@ class Relay:
                 return False
             log.error(
                 "GAVE UP routing event %s (id %d, user %r, %r) after %d attempts; it is "
-                "marked ignored and the user's later events go on: %s",
+                "marked failed and the user's later events go on: %s",
                 event.message_id,
                 event.id,
                 event.user_id,

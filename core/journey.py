@@ -17,8 +17,11 @@ MAX_STEP_RECORDS = 200
 """Step records kept in state; older ones are dropped (the history has them all)."""
 MAX_SEEN_EVENT_IDS = 1000
 """Event ids remembered for deduplication; the store's unique messageId catches older ones."""
-MAX_STEPS_PER_RUN = 10_000
-"""The interpreter's bound: a journey that executes more steps than this ends as failed."""
+MAX_STEPS_PER_JOURNEY = 10_000
+"""The interpreter's bound: a journey that executes more steps than this (across all its
+runs) ends as failed."""
+MAX_RECENT_EVENTS = 50
+"""Events kept for a `wait_for` that has not started yet (see `JourneyState.recent_events`)."""
 
 
 def journey_id(campaign_id: str, user_id: str) -> str:
@@ -68,6 +71,11 @@ class JourneyState(BaseModel):
     seen_event_ids: list[str] = Field(default_factory=list)
     last_event: JourneyEvent | None = None
     matched_event: JourneyEvent | None = None
+    recent_events: list[JourneyEvent] = Field(default_factory=list)
+    """Events a `wait_for` reacts to that arrived since the journey last finished waiting
+    (e.g. during a send): the next `wait_for` matches them first, so an event sent in the
+    same batch as the entry event is not missed."""
+    sends: int = 0
     events_received: int = 0
     steps_executed: int = 0
     runs: int = 1
@@ -130,6 +138,13 @@ class DeliverResult(BaseModel):
     """True when an earlier attempt had already completed this send."""
 
 
+class DeliveryFailure(BaseModel):
+    """A send the journey gave up on (retries ran out): its row is closed as failed."""
+
+    idempotency_key: str
+    reason: str
+
+
 class JourneyOutcome(BaseModel):
     """How a journey ended, for the campaign's funnel in the store."""
 
@@ -160,6 +175,7 @@ UPDATE_EXIT = "exit"
 ACTIVITY_DELIVER = "deliver"
 ACTIVITY_LOAD_PROFILE = "load_profile"
 ACTIVITY_RECORD_OUTCOME = "record_outcome"
+ACTIVITY_FAIL_DELIVERY = "fail_delivery"
 
 SA_CAMPAIGN = "NudgeCampaign"
 SA_USER = "NudgeUser"

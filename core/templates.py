@@ -5,11 +5,30 @@ from __future__ import annotations
 from typing import Any
 
 from jinja2 import ChainableUndefined, TemplateError, TemplateSyntaxError
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
 MAX_OUTPUT_CHARS = 500_000
 
-_env = SandboxedEnvironment(
+
+class _BoundedEnvironment(SandboxedEnvironment):
+    """The sandbox, with `*` and `**` unable to build huge values ('x' * 10**9)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**":
+            if isinstance(right, int | float) and abs(right) > 64:
+                raise SecurityError(f"exponent {right} is too large for a template")
+            return left**right
+        for seq, times in ((left, right), (right, left)):
+            if isinstance(seq, str | list | tuple) and isinstance(times, int):
+                if len(seq) * times > MAX_OUTPUT_CHARS:
+                    raise SecurityError("a repeated value would exceed the output limit")
+        return left * right
+
+
+_env = _BoundedEnvironment(
     autoescape=False, undefined=ChainableUndefined, keep_trailing_newline=True
 )
 

@@ -45,6 +45,17 @@ async def record_entry(
     return (await session.execute(statement)).first() is not None
 
 
+async def entry_recorded(*, session: AsyncSession, campaign_id: str, entry_message_id: str) -> bool:
+    """Whether this event already started a journey of the campaign (routed before)."""
+    statement = select(
+        exists().where(
+            JourneyEntry.campaign_id == campaign_id,
+            JourneyEntry.entry_message_id == entry_message_id,
+        )
+    )
+    return bool(await session.scalar(statement))
+
+
 async def has_entered(*, session: AsyncSession, campaign_id: str, user_id: str) -> bool:
     """Whether the user ever entered the campaign (re-entry `once`)."""
     statement = select(

@@ -26,6 +26,9 @@ class EventStatus(StrEnum):
     routed = "routed"
     ignored = "ignored"
     """No active campaign cares about it."""
+    failed = "failed"
+    """Routing kept failing with an error that retrying did not fix; `last_error` says why.
+    Set back to `pending` to retry it."""
 
 
 @dataclass
@@ -113,10 +116,13 @@ async def pending_events(*, session: AsyncSession, limit: int = 500) -> list[Eve
 
 
 async def mark_events(*, session: AsyncSession, event_ids: list[int], status: str) -> None:
-    """Take events out of the outbox: `routed` to Temporal, or `ignored` by every campaign."""
+    """Take events out of the outbox: `routed` to Temporal, `ignored` by every campaign, or
+    `failed` (given up)."""
     final = EventStatus(status)
     if final is EventStatus.pending:
-        raise ValueError("mark_events takes 'routed' or 'ignored'; events start as pending")
+        raise ValueError(
+            "mark_events takes 'routed', 'ignored' or 'failed'; events start as pending"
+        )
     if not event_ids:
         return
     await session.execute(

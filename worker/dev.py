@@ -84,6 +84,10 @@ async def temporal_dev_server(options: DevOptions) -> AsyncIterator[subprocess.P
         str(options.state_dir / "temporal.db"),
         "--log-level",
         "error",
+        # One shard polls its transfer queue 20 times a second by default: every new journey
+        # would wait ~40 ms for its first task. A dev machine can afford more.
+        "--dynamic-config-value",
+        "history.transferProcessorMaxPollRPS=1000",
     ]
     for name, kind in SEARCH_ATTRIBUTES.items():
         cmd += ["--search-attribute", f"{name}={kind}"]
@@ -133,8 +137,20 @@ async def apply_examples(settings: Settings, examples: Path) -> list[str]:
     return applied
 
 
+def nudge_command() -> str:
+    """How to call `nudge` from here: bare when it is on PATH, else the venv's script."""
+    beside = Path(sys.executable).parent / "nudge"
+    if shutil.which("nudge") == str(beside) or not beside.exists():
+        return "nudge"
+    try:
+        return str(beside.relative_to(Path.cwd()))
+    except ValueError:
+        return str(beside)
+
+
 def banner(settings: Settings, options: DevOptions, applied: list[str]) -> str:
     api = f"http://{settings.api_host}:{settings.api_port}"
+    nudge = nudge_command()
     ui = f"http://127.0.0.1:{options.ui_port}"
     query = "NudgeCampaign%3D%27cart-abandonment%27"
     return f"""
@@ -151,8 +167,9 @@ Drive the cart-abandonment demo (Segment's HTTP Tracking API):
   curl -u {settings.write_key}: {api}/v1/track -H 'content-type: application/json' \\
     -d '{{"userId": "ada", "event": "Product Added", "properties": {{"product_id": "sku-1", "name": "Umbrella", "price": 19.5}}}}'
 
-  nudge events send --user ada --event "Product Added" --properties '{{"product_id": "sku-2", "name": "Raincoat"}}'
-  nudge journeys show cart-abandonment ada
+  {nudge} events send --user ada --event "Product Added" --properties '{{"product_id": "sku-2", "name": "Raincoat"}}'
+  {nudge} journeys show cart-abandonment ada
+  {nudge} messages --user ada          (what the sandbox channel "sent")
 
 Stop with Ctrl-C.
 """
@@ -168,6 +185,10 @@ async def run_dev(settings: Settings, options: DevOptions | None = None) -> None
     if not port_is_free(settings.api_port, settings.api_host):
         raise SystemExit(f"port {settings.api_port} (API) is in use: stop what runs there first")
 
+    # The launcher owns the dev server, so the stack talks to the port it started it on.
+    settings = settings.model_copy(
+        update={"temporal_address": f"127.0.0.1:{options.temporal_port}"}
+    )
     await migrate(settings.database_url)
     async with temporal_dev_server(options) as proc:
         client = await wait_for_temporal(settings.temporal_address, proc)

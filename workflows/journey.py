@@ -25,11 +25,13 @@ with workflow.unsafe.imports_passed_through():
     from core.events import JourneyEvent
     from core.journey import (
         ACTIVITY_DELIVER,
+        ACTIVITY_FAIL_DELIVERY,
         ACTIVITY_LOAD_PROFILE,
         ACTIVITY_RECORD_OUTCOME,
+        MAX_RECENT_EVENTS,
         MAX_SEEN_EVENT_IDS,
         MAX_STEP_RECORDS,
-        MAX_STEPS_PER_RUN,
+        MAX_STEPS_PER_JOURNEY,
         QUERY_STATE,
         SA_STEP,
         SIGNAL_EVENT,
@@ -37,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         WORKFLOW_NAME,
         DeliverRequest,
         DeliverResult,
+        DeliveryFailure,
         DeliveryStatus,
         ExitRequest,
         JourneyInput,
@@ -91,7 +94,7 @@ class JourneyWorkflow:
     def __init__(self, input: JourneyInput) -> None:
         self.input = input
         self.plan: JourneyPlan = input.plan
-        self.sends = 0
+        self._waited_for = {s.event for s in self.plan.steps if isinstance(s, WaitForStep)}
         if input.state is not None:
             self.state = input.state
         else:
@@ -127,13 +130,12 @@ class JourneyWorkflow:
                 self._end(JourneyStatus.exited, f"exit event: {event.name}", event)
                 return
         step = self._current()
-        if (
-            isinstance(step, WaitForStep)
-            and state.matched_event is None
-            and step.event == event.name
-            and evaluate_all(step.conditions, context)
-        ):
-            state.matched_event = event
+        if isinstance(step, WaitForStep):
+            if state.matched_event is None and _matches(step, event):
+                state.matched_event = event
+        elif event.name in self._waited_for:
+            state.recent_events.append(event)
+            del state.recent_events[:-MAX_RECENT_EVENTS]
 
     @workflow.query(name=QUERY_STATE)
     def query_state(self) -> JourneyState:
@@ -172,8 +174,8 @@ class JourneyWorkflow:
             self._note(note)
             if next_id is None:
                 self._end(JourneyStatus.completed, "reached the end of the journey")
-            elif state.steps_executed >= MAX_STEPS_PER_RUN:
-                self._end(JourneyStatus.failed, f"stopped after {MAX_STEPS_PER_RUN} steps")
+            elif state.steps_executed >= MAX_STEPS_PER_JOURNEY:
+                self._end(JourneyStatus.failed, f"stopped after {MAX_STEPS_PER_JOURNEY} steps")
             else:
                 self._advance(next_id)
         await self._record_outcome()
@@ -183,7 +185,7 @@ class JourneyWorkflow:
             status=state.status,
             exit_reason=state.exit_reason,
             steps_executed=state.steps_executed,
-            sends=self.sends,
+            sends=state.sends,
         )
 
     async def _run_step(self, step: Step) -> tuple[str | None, str] | _Stay:
@@ -231,9 +233,16 @@ class JourneyWorkflow:
         except ActivityError as err:
             cause = err.cause or err
             failure = f"{step.channel} failed: {cause}"
+            await workflow.execute_activity(
+                ACTIVITY_FAIL_DELIVERY,
+                DeliveryFailure(idempotency_key=request.idempotency_key, reason=failure),
+                start_to_close_timeout=RECORD_TIMEOUT,
+                retry_policy=RECORD_RETRY,
+                summary=f"{step.channel}: {step.template} failed",
+            )
         else:
             if result.status is DeliveryStatus.sent:
-                self.sends += 1
+                state.sends += 1
                 return step.next, f"sent via {step.channel} (delivery {result.delivery_id})"
             failure = f"{step.channel} failed: {result.reason}"
         if step.on_failure is FailureRule.exit:
@@ -250,11 +259,14 @@ class JourneyWorkflow:
                 timeout_summary=f"wait {format_duration(step.duration)}",
             )
         except TimeoutError:
+            self.state.recent_events.clear()
             return step.next, f"waited {format_duration(step.duration)}"
         return STAY
 
     async def _wait_for(self, step: WaitForStep) -> tuple[str | None, str] | _Stay:
         state = self.state
+        if state.matched_event is None:
+            state.matched_event = next((e for e in state.recent_events if _matches(step, e)), None)
         remaining = self._remaining(step.timeout)
         try:
             await workflow.wait_condition(
@@ -263,10 +275,12 @@ class JourneyWorkflow:
                 timeout_summary=f"up to {format_duration(step.timeout)} for {step.event}",
             )
         except TimeoutError:
+            state.recent_events.clear()
             return step.on_timeout, f"timed out after {format_duration(step.timeout)}"
         if state.matched_event is not None:
             event = state.matched_event
             state.last_event = event
+            state.recent_events.clear()
             return step.on_event, f"{event.name} arrived ({event.message_id})"
         return STAY
 
@@ -376,6 +390,12 @@ class JourneyWorkflow:
         state.waiting_for = None
         if event is not None:
             state.last_event = event
+
+
+def _matches(step: WaitForStep, event: JourneyEvent) -> bool:
+    return step.event == event.name and evaluate_all(
+        step.conditions, {"event": event.as_context(), "traits": {}}
+    )
 
 
 def _describe(step: Step, started: datetime) -> str:

@@ -246,3 +246,29 @@ async def test_record_outcome_counts_in_the_funnel_even_before_the_entry_row(act
         counts = await count_outcomes(session=session, campaign_id="cart")
     assert wrote is False
     assert counts == {"converted": 1}
+
+
+async def test_fail_delivery_closes_a_pending_send_but_never_a_sent_one(
+    activities, webhook_receiver, sessions
+):
+    from core.journey import DeliveryFailure
+
+    env = ActivityEnvironment()
+    webhook_receiver.faults.append(Fault(503))
+    stuck = request("remind", "webhook")
+    with pytest.raises(ApplicationError):
+        await env.run(activities.deliver, stuck)
+    done = request("remind", "webhook")
+    await env.run(activities.deliver, done)
+    for req in (stuck, done):
+        await env.run(
+            activities.fail_delivery,
+            DeliveryFailure(idempotency_key=req.idempotency_key, reason="gave up after a day"),
+        )
+    async with sessions() as session:
+        closed = await deliveries.get_delivery(
+            session=session, idempotency_key=stuck.idempotency_key
+        )
+        kept = await deliveries.get_delivery(session=session, idempotency_key=done.idempotency_key)
+    assert closed is not None and (closed.status, closed.error) == ("failed", "gave up after a day")
+    assert kept is not None and kept.status == "sent"

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import httpx
 import pytest
-from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from api.app import create_app
 from tests.api.doubles import RecordingJourney
-from tests.fixtures.api import RunningApi, free_port, make_settings, running_api, serve
+from tests.fixtures.api import RoutingApi, RunningApi, free_port, make_settings, running_api, serve
 
 
 @pytest.fixture
@@ -30,17 +28,6 @@ async def api_db(database_url: str) -> AsyncIterator[RunningApi]:
     settings = make_settings(database_url, f"127.0.0.1:{free_port()}")
     async with running_api(settings) as running:
         yield running
-
-
-@dataclass
-class RoutingApi(RunningApi):
-    """The API connected to a dev server where `RecordingJourney` runs as `journey`."""
-
-    client: Client | None = None
-
-    def temporal(self) -> Client:
-        assert self.client is not None
-        return self.client
 
 
 def target(env: WorkflowEnvironment) -> str:

@@ -75,7 +75,7 @@ async def test_a_routing_bug_holds_the_user_then_gives_up(
     with caplog.at_level(logging.ERROR, logger="nudge.routing"):
         [result] = await relay.drain()
     events = await outbox(sessions)
-    assert (events["a-1"].status, events["a-1"].attempts) == ("ignored", 3)
+    assert (events["a-1"].status, events["a-1"].attempts) == ("failed", 3)
     assert events["a-1"].last_error == GAVE_UP.format(n=3) + "ValueError: a bug in routing"
     assert events["a-2"].status == "ignored"
     assert any("GAVE UP" in r.getMessage() and "a-1" in r.getMessage() for r in caplog.records)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import uuid
 from typing import Any
 
+from sqlalchemy import update
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
@@ -27,6 +29,7 @@ from api.temporal import (
 )
 from core.events import JourneyEvent
 from core.journey import JourneyInput, journey_id
+from store.models import Event
 from tests.api.doubles import FINISH_EVENT, RecordingJourney
 from tests.fixtures.api import (
     ADMIN,
@@ -157,6 +160,34 @@ async def test_entry_starts_a_journey_then_events_signal_it(routing_api: Routing
     assert second.run_id != description.run_id
     assert second.status == WorkflowExecutionStatus.RUNNING
     assert [e.entry_message_id for e in await api.entries()] == ["e-1", "e-5"]
+
+
+async def test_an_entry_event_routed_again_never_restarts_an_ended_journey(
+    routing_api: RoutingApi,
+) -> None:
+    api, client = routing_api, routing_api.temporal()
+    user = f"ada-{uuid.uuid4().hex[:8]}"  # the dev server is shared: a journey of our own
+    await api.campaign(CART)
+    await api.track(user, "Product Added", messageId="r-1", properties={"price": 10})
+    await settled(api, "r-1")
+    handle = client.get_workflow_handle(journey_id("cart", user))
+    first = await handle.describe()
+    await api.track(user, FINISH_EVENT, messageId="r-2")
+    await settled(api, "r-2")
+    await asyncio.wait_for(handle.result(), timeout=30)
+
+    # The relay meets the entry event again (a crash before it was marked, a failed pass).
+    async with api.services.sessions() as session:
+        await session.execute(
+            update(Event).where(Event.message_id == "r-1").values(status="pending")
+        )
+        await session.commit()
+    api.services.relay.wake()
+    await settled(api, "r-1")
+    latest = await client.get_workflow_handle(journey_id("cart", user)).describe()
+    assert latest.run_id == first.run_id  # no second journey from the same entry event
+    assert latest.status == WorkflowExecutionStatus.COMPLETED
+    assert [e.entry_message_id for e in await api.entries()] == ["r-1"]
 
 
 async def test_entry_conditions_decide(routing_api: RoutingApi) -> None:

@@ -381,3 +381,22 @@ async def test_sandbox_messages_need_the_admin_token(api: RunningApi) -> None:
     assert (await api.http.get("/v1/messages")).status_code == 401
     answer = await api.http.get("/v1/messages", headers=ADMIN)
     assert answer.status_code == 200 and answer.json() == {"data": [], "count": 0}
+
+
+async def test_hostile_shapes_get_a_400_not_a_500(api: RunningApi) -> None:
+    deep = b'{"userId": "u", "event": "E", "properties": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    answer = await api.http.post("/v1/track", content=deep, auth=(WRITE_KEY, ""))
+    assert answer.status_code == 400
+    assert "nests deeper" in answer.json()["detail"]["problems"][0]
+    shared = await api.post(
+        "/v1/batch",
+        {
+            "context": {"library": {"name": "x"}},
+            "batch": [
+                {"type": "track", "userId": "u", "event": "E", "context": ["not", "a", "map"]}
+            ],
+        },
+    )
+    assert shared.status_code == 400
+    assert shared.json()["detail"]["problems"][0].startswith("batch[0].context: ")
+    assert await api.events() == []

@@ -139,7 +139,12 @@ async def test_mark_events(sessions: Sessions) -> None:
         await session.commit()
     async with sessions() as session:
         events = {e.id: e for e in await session.scalars(select(Event))}
-        assert await count_events(session=session) == {"pending": 1, "routed": 1, "ignored": 1}
+        assert await count_events(session=session) == {
+            "pending": 1,
+            "routed": 1,
+            "ignored": 1,
+            "failed": 0,
+        }
     assert [events[i].status for i in ids] == ["routed", "ignored", "pending"]
     for event_id in ids[:2]:
         routed_at = events[event_id].routed_at
@@ -150,7 +155,7 @@ async def test_mark_events(sessions: Sessions) -> None:
 
 async def test_mark_events_refuses_pending_and_unknown_statuses(sessions: Sessions) -> None:
     async with sessions() as session:
-        with pytest.raises(ValueError, match="'routed' or 'ignored'"):
+        with pytest.raises(ValueError, match="'routed', 'ignored' or 'failed'"):
             await mark_events(session=session, event_ids=[1], status="pending")
         with pytest.raises(ValueError):
             await mark_events(session=session, event_ids=[1], status="sent")
@@ -174,4 +179,6 @@ async def test_a_failed_attempt_is_counted_and_stays_pending(sessions: Sessions)
 
 async def test_count_events_on_an_empty_outbox(sessions: Sessions) -> None:
     async with sessions() as session:
-        assert await count_events(session=session) == {"pending": 0, "routed": 0, "ignored": 0}
+        assert await count_events(session=session) == dict.fromkeys(
+            ("pending", "routed", "ignored", "failed"), 0
+        )

@@ -39,7 +39,12 @@ async def main() -> None:
             env.client,
             task_queue=queue,
             workflows=[JourneyWorkflow],
-            activities=[doubles.deliver, doubles.load_profile, doubles.record_outcome],
+            activities=[
+                doubles.deliver,
+                doubles.fail_delivery,
+                doubles.load_profile,
+                doubles.record_outcome,
+            ],
         ):
             runs = {}
             # Cart abandoned: 24 h wait, then the reminder.

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from temporalio import activity
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -18,6 +20,7 @@ from core.definition import parse_campaign
 from core.events import JourneyEvent
 from core.journey import (
     ACTIVITY_DELIVER,
+    ACTIVITY_FAIL_DELIVERY,
     ACTIVITY_LOAD_PROFILE,
     ACTIVITY_RECORD_OUTCOME,
     QUERY_STATE,
@@ -25,6 +28,7 @@ from core.journey import (
     UPDATE_EXIT,
     DeliverRequest,
     DeliverResult,
+    DeliveryFailure,
     DeliveryStatus,
     ExitRequest,
     JourneyInput,
@@ -62,11 +66,22 @@ class ActivityDoubles:
         self.traits = traits or {}
         self.fail = fail
         self.env: WorkflowEnvironment | None = None
+        self.gate: asyncio.Event | None = None
+        self.sending = asyncio.Event()
+        self.crash: str | None = None
+        """When set, each send raises a non-retryable error, as if retries had run out."""
+        self.closed: list[DeliveryFailure] = []
+        """When set, each send waits for it: lets a test act while a send is in flight."""
 
     @activity.defn(name=ACTIVITY_DELIVER)
     async def deliver(self, request: DeliverRequest) -> DeliverResult:
         assert self.env is not None
         self.sends.append((request, await self.env.get_current_time()))
+        self.sending.set()
+        if self.crash:
+            raise ApplicationError(self.crash, non_retryable=True)
+        if self.gate is not None:
+            await self.gate.wait()
         if self.fail:
             return DeliverResult(
                 status=DeliveryStatus.failed,
@@ -80,6 +95,10 @@ class ActivityDoubles:
             idempotency_key=request.idempotency_key,
         )
 
+    @activity.defn(name=ACTIVITY_FAIL_DELIVERY)
+    async def fail_delivery(self, failure: DeliveryFailure) -> None:
+        self.closed.append(failure)
+
     @activity.defn(name=ACTIVITY_RECORD_OUTCOME)
     async def record_outcome(self, outcome: JourneyOutcome) -> None:
         self.outcomes.append(outcome)
@@ -89,7 +108,7 @@ class ActivityDoubles:
         return Profile(user_id=request.user_id, traits=self.traits)
 
 
-def event(name: str, **properties: object) -> JourneyEvent:
+def event(name: str, /, **properties: object) -> JourneyEvent:
     return JourneyEvent(
         message_id=str(uuid.uuid4()),
         name=name,
@@ -144,7 +163,12 @@ async def worker(time_skipping_env: WorkflowEnvironment, task_queue: str, double
         time_skipping_env.client,
         task_queue=task_queue,
         workflows=[JourneyWorkflow],
-        activities=[doubles.deliver, doubles.load_profile, doubles.record_outcome],
+        activities=[
+            doubles.deliver,
+            doubles.fail_delivery,
+            doubles.load_profile,
+            doubles.record_outcome,
+        ],
     ) as w:
         yield w
 
@@ -373,3 +397,71 @@ async def test_exit_event_ends_a_waiting_journey(time_skipping_env, task_queue, 
     result = await handle.result()
     assert result.status is JourneyStatus.exited
     assert result.exit_reason == "exit event: Unsubscribed"
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "campaigns"
+
+
+def example(name: str):
+    return parse_campaign((EXAMPLES / f"{name}.yaml").read_text())
+
+
+async def test_shipped_cart_example_reminds_once_at_24h_then_closes_after_attribution(
+    time_skipping_env, task_queue, doubles, worker
+):
+    cart = example("cart-abandonment")
+    began = await time_skipping_env.get_current_time()
+    entry = event("Product Added", product_id="p-1", name="Umbrella", price=19.5)
+    handle = await start(time_skipping_env.client, task_queue, cart, entry=entry)
+    result = await handle.result()
+    assert result.status is JourneyStatus.completed
+    [(request, sent_at)] = doubles.sends
+    assert (request.step_id, request.template) == ("remind", "cart_reminder")
+    assert timedelta(hours=24) <= sent_at - began < timedelta(hours=24, minutes=1)
+
+
+async def test_shipped_cart_example_order_after_reminder_still_converts(
+    time_skipping_env, task_queue, doubles, worker
+):
+    cart = example("cart-abandonment")
+    entry = event("Product Added", product_id="p-1")
+    handle = await start(time_skipping_env.client, task_queue, cart, entry=entry)
+    await time_skipping_env.sleep(timedelta(days=2))
+    assert len(doubles.sends) == 1
+    await handle.signal(SIGNAL_EVENT, event("Order Completed"))
+    assert (await handle.result()).status is JourneyStatus.converted
+
+
+@pytest.mark.parametrize(("active", "sent"), [(True, ["welcome"]), (False, ["welcome", "tips"])])
+async def test_shipped_welcome_example_sends_tips_only_to_inactive_users(
+    time_skipping_env, task_queue, doubles, worker, active, sent
+):
+    welcome = example("welcome-series")
+    # The view arrives while the welcome message is being sent, as it does when a Segment
+    # batch carries both events: the wait_for that follows must still see it.
+    doubles.gate = asyncio.Event()
+    handle = await start(time_skipping_env.client, task_queue, welcome)
+    try:
+        await asyncio.wait_for(doubles.sending.wait(), timeout=30)
+        if active:
+            await handle.signal(SIGNAL_EVENT, event("Product Viewed", product_id="p-9"))
+            state = await handle.query(QUERY_STATE, result_type=JourneyState)
+            assert state.current_step == "welcome" and len(state.recent_events) == 1
+    finally:
+        doubles.gate.set()  # never leave the worker's shutdown waiting on a held send
+    result = await handle.result()
+    assert result.status is JourneyStatus.completed
+    assert [r.step_id for r, _ in doubles.sends] == sent
+
+
+async def test_a_send_whose_retries_run_out_is_closed_and_the_journey_goes_on(
+    time_skipping_env, task_queue, doubles, worker
+):
+    doubles.crash = "provider unreachable for a day"
+    handle = await start(time_skipping_env.client, task_queue, WAIT_FOR)
+    await handle.signal(SIGNAL_EVENT, event("Review Submitted", stars=5))
+    result = await handle.result()
+    assert result.status is JourneyStatus.completed  # on_failure: continue
+    [closed] = doubles.closed
+    assert closed.idempotency_key == doubles.sends[0][0].idempotency_key
+    assert "provider unreachable for a day" in closed.reason

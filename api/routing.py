@@ -106,10 +106,18 @@ class CampaignIndex:
         versions are immutable, so each is validated once per process."""
         cache = parsed if parsed is not None else {}
 
-        def definition(version: Any) -> CampaignDefinition:
+        def definition(version: Any) -> CampaignDefinition | None:
             key = (version.campaign_id, version.version)
             if key not in cache:
-                cache[key] = campaign_store.definition_of(version)
+                try:
+                    cache[key] = campaign_store.definition_of(version)
+                except ValueError as exc:  # pydantic's ValidationError is a ValueError
+                    # A stored version today's rules refuse must not stop every campaign:
+                    # skip it (its journeys get no events routed) and say so.
+                    if key not in _REFUSED:
+                        _REFUSED.add(key)
+                        log.error("campaign %s v%s no longer validates: %s", *key, exc)
+                    return None
             return cache[key]
 
         # Read the mark first: a change committed while loading triggers another reload.
@@ -117,19 +125,27 @@ class CampaignIndex:
         entries: dict[str, list[ActiveCampaign]] = defaultdict(list)
         for campaign, version in await campaign_store.active_versions(session=session):
             d = definition(version)
-            entries[d.entry.event].append(ActiveCampaign(campaign.id, version.version, d, d.plan()))
+            if d is not None:
+                entries[d.entry.event].append(
+                    ActiveCampaign(campaign.id, version.version, d, d.plan())
+                )
         reactions: dict[str, set[str]] = defaultdict(set)
         for campaign in await campaign_store.list_campaigns(session=session):
             for version in await campaign_store.list_versions(
                 session=session, campaign_id=campaign.id
             ):
-                for name in definition(version).event_names():
+                d = definition(version)
+                for name in d.event_names() if d is not None else ():
                     reactions[name].add(campaign.id)
         return cls(
             entries=dict(entries),
             reactions={name: frozenset(ids) for name, ids in reactions.items()},
             changed_at=changed_at,
         )
+
+
+_REFUSED: set[tuple[str, int]] = set()
+"""Stored versions that failed validation, so each is logged once per process."""
 
 
 # -- the router ---------------------------------------------------------------------------

@@ -175,13 +175,22 @@ Stop with Ctrl-C.
 """
 
 
-async def run_dev(settings: Settings, options: DevOptions | None = None) -> None:
+async def run_dev(
+    settings: Settings,
+    options: DevOptions | None = None,
+    *,
+    stop: asyncio.Event | None = None,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Run the embedded stack until Ctrl-C (or `stop` is set); `ready` is set once the demo
+    campaigns are applied and the banner printed."""
     options = options or DevOptions()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
     if not port_is_free(settings.api_port, settings.api_host):
         raise SystemExit(f"port {settings.api_port} (API) is in use: stop what runs there first")
 
@@ -214,6 +223,8 @@ async def run_dev(settings: Settings, options: DevOptions | None = None) -> None
                     await apply_examples(settings, options.examples) if options.examples else []
                 )
                 print(banner(settings, options, applied), flush=True)
+                if ready is not None:
+                    ready.set()
                 # uvicorn catches Ctrl-C itself while serving: either way ends the stack.
                 stopper = asyncio.create_task(stop.wait())
                 await asyncio.wait({stopper, api}, return_when=asyncio.FIRST_COMPLETED)

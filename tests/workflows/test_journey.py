@@ -40,6 +40,7 @@ from core.journey import (
     idempotency_key,
     journey_id,
 )
+from tests.fixtures.temporal import SUGGEST_CONTINUE_AS_NEW_AT
 from workflows.journey import JourneyWorkflow
 
 CART = parse_campaign(
@@ -465,3 +466,34 @@ async def test_a_send_whose_retries_run_out_is_closed_and_the_journey_goes_on(
     [closed] = doubles.closed
     assert closed.idempotency_key == doubles.sends[0][0].idempotency_key
     assert "provider unreachable for a day" in closed.reason
+
+
+async def test_journey_follows_the_servers_continue_as_new_suggestion(dev_env, task_queue):
+    """On the real dev server (which suggests continue-as-new early, see the fixture), with
+    no limit of our own: the journey continues as new when Temporal says so."""
+    doubles = ActivityDoubles()
+    async with Worker(
+        dev_env.client,
+        task_queue=task_queue,
+        workflows=[JourneyWorkflow],
+        activities=[
+            doubles.deliver,
+            doubles.fail_delivery,
+            doubles.load_profile,
+            doubles.record_outcome,
+        ],
+    ):
+        first = await start(dev_env.client, task_queue, WAIT_FOR)
+        handle = dev_env.client.get_workflow_handle(first.id)
+        total = SUGGEST_CONTINUE_AS_NEW_AT * 2
+        for chunk in range(0, total, 50):
+            await asyncio.gather(
+                *(
+                    handle.signal(SIGNAL_EVENT, event("Review Submitted", stars=1, n=i))
+                    for i in range(chunk, chunk + 50)
+                )
+            )
+        state = await handle.query(QUERY_STATE, result_type=JourneyState)
+        assert state.events_received == total and state.runs > 1
+        await handle.execute_update(UPDATE_EXIT, ExitRequest(reason="test over"))
+        assert (await first.result()).status is JourneyStatus.exited

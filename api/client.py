@@ -109,12 +109,6 @@ class NudgeClient:
         )
         return result
 
-    async def activate(self, campaign_id: str) -> dict[str, Any]:
-        return await self.set_campaign_status(campaign_id, "activate")
-
-    async def pause(self, campaign_id: str) -> dict[str, Any]:
-        return await self.set_campaign_status(campaign_id, "pause")
-
     async def list_campaigns(self, *, status: str | None = None) -> list[dict[str, Any]]:
         params = {"status": status} if status else None
         result = await self._call("GET", "/v1/campaigns", params=params, headers=self._admin())

@@ -89,7 +89,6 @@ class TemporalConnection:
         self.namespace = namespace
         self._client: Client | None = None
         self.last_error: str | None = None
-        self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -107,10 +106,6 @@ class TemporalConnection:
     async def start(self) -> None:
         if not await self._try_connect():
             self._task = asyncio.create_task(self._keep_trying(), name="temporal-connect")
-
-    async def wait_connected(self, timeout: float | None = None) -> Client:
-        await asyncio.wait_for(self._connected.wait(), timeout)
-        return self.require()
 
     async def healthy(self, timeout: float = 2.0) -> str | None:
         """None when Temporal answers; otherwise what is wrong, for /readyz."""
@@ -131,7 +126,6 @@ class TemporalConnection:
         # temporalio has no Client.close(); dropping the last reference before the
         # process exits is what avoids the exit-time abort (temporalio/sdk-python#300).
         self._client = None
-        self._connected.clear()
 
     async def _try_connect(self) -> bool:
         try:
@@ -143,7 +137,6 @@ class TemporalConnection:
             return False
         self._client = client
         self.last_error = None
-        self._connected.set()
         log.info("connected to Temporal at %s", self.address)
         return True
 

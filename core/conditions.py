@@ -188,5 +188,3 @@ def evaluate_all(conditions: list[Condition], context: Mapping[str, Any]) -> boo
     """A list of conditions holds when every one of them does (empty list: true)."""
     return all(evaluate(c, context) for c in conditions)
 
-
-ConditionList = list[Condition]

@@ -340,7 +340,7 @@ async def test_the_client_drives_a_journey(routing_api: RoutingApi) -> None:
             "/v1/journeys/cart/nobody/exit", json={"reason": "x"}, headers=ADMIN
         )
         assert nobody.status_code == 404
-        await nudge.pause("cart")
+        await nudge.set_campaign_status("cart", "pause")
         assert (await nudge.get_campaign("cart"))["status"] == "paused"
 
 

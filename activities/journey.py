@@ -193,6 +193,8 @@ class JourneyActivities:
             data={
                 k: _render_value(v, context, f"{name}.data.{k}") for k, v in template.data.items()
             },
+            html=render(template.html, context, name=f"{name}.html") if template.html else None,
+            traits=context["traits"],
         )
 
     def all(self) -> list[Any]:

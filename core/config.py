@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +43,34 @@ class Settings(BaseSettings):
     webhook_secret: str = DEV_WEBHOOK_SECRET
     """Standard Webhooks signing secret (`whsec_` + base64). Several, comma-separated, to rotate."""
     provider_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    # -- providers: which one serves a channel is configuration ----------------------
+    email_provider: Literal["smtp", "sendgrid"] | None = None
+    """Serves the `email` channel; unset: sends on `email` fail naming this setting."""
+    email_from: str = "Nudge <nudge@localhost>"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_ca_file: str | None = None
+    """A CA bundle to trust for the SMTP server's certificate (default: the system's)."""
+    sendgrid_url: str = "https://api.sendgrid.com/v3/mail/send"
+    sendgrid_api_key: str | None = None
+
+    sms_provider: Literal["twilio"] | None = None
+    """Serves the `sms` channel (Twilio's Messages API, or one compatible with it)."""
+    sms_from: str | None = None
+    twilio_url: str = "https://api.twilio.com"
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = None
+
+    push_provider: Literal["fcm"] | None = None
+    """Serves the `push` channel (FCM HTTP v1, or one compatible with it)."""
+    fcm_url: str = "https://fcm.googleapis.com"
+    fcm_project_id: str | None = None
+    fcm_access_token: str | None = None
+    """An OAuth 2 bearer token for FCM HTTP v1."""
 
     relay_interval_seconds: float = Field(default=2.0, gt=0)
     """How often accepted events still pending (Temporal was unreachable) are retried."""

@@ -177,12 +177,18 @@ class Template(_Model):
     """Message content. Rendered with Jinja2 (sandboxed) by the `deliver` activity."""
 
     subject: str | None = Field(default=None, max_length=2000)
+    """An email's subject, a push notification's title."""
     body: str = Field(max_length=200_000)
+    """The text: an email's plain-text part, an SMS, a push notification's body."""
+    html: str | None = Field(default=None, max_length=500_000)
+    """An email's HTML part (autoescaped is up to the author: values render as they are)."""
     data: dict[str, Any] = Field(default_factory=dict)
+    """Extra fields: a push notification's data, a webhook's payload."""
 
     @model_validator(mode="after")
     def _check_syntax(self) -> Template:
-        for field, source in (("subject", self.subject), ("body", self.body)):
+        sources = (("subject", self.subject), ("body", self.body), ("html", self.html))
+        for field, source in sources:
             problem = syntax_problem(source) if source else None
             if problem:
                 raise ValueError(f"{field}: {problem}")

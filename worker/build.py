@@ -13,9 +13,7 @@ import httpx
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.channels.base import Channel
-from activities.channels.sandbox import SandboxChannel
-from activities.channels.webhook import WebhookChannel
+from activities.channels.registry import build_channels
 from activities.journey import JourneyActivities
 from api.temporal import connect
 from core.config import Settings
@@ -31,10 +29,7 @@ async def journey_activities(settings: Settings) -> AsyncIterator[JourneyActivit
     engine = create_engine(settings.database_url)
     http = httpx.AsyncClient(timeout=httpx.Timeout(settings.provider_timeout_seconds))
     sessions = session_factory(engine)
-    channels: dict[str, Channel] = {
-        "sandbox": SandboxChannel(sessions),
-        "webhook": WebhookChannel(http, settings.webhook_url, settings.webhook_secrets),
-    }
+    channels = build_channels(settings, http=http, sessions=sessions)
     try:
         yield JourneyActivities(sessions=sessions, channels=channels)
     finally:

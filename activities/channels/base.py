@@ -25,7 +25,24 @@ class OutgoingMessage:
     channel: str
     subject: str | None
     body: str
+    """The text: an email's plain-text part, an SMS, a push notification's body."""
     data: dict[str, Any] = field(default_factory=dict)
+    html: str | None = None
+    """An email's HTML part, when the template has one."""
+    traits: dict[str, Any] = field(default_factory=dict)
+    """The recipient's profile: each channel finds its address there (`email`, `phone`,
+    `push_tokens`). Addresses come from the store at send time, never from a history."""
+
+
+def address(message: OutgoingMessage, trait: str, channel: str) -> str:
+    """The recipient's address from a profile trait, or a final error naming the trait."""
+    value = message.traits.get(trait)
+    if not isinstance(value, str) or not value.strip():
+        raise ProviderError(
+            f"user {message.user_id!r} has no {trait!r} trait: nothing to send {channel} to",
+            retryable=False,
+        )
+    return value.strip()
 
 
 @dataclass(frozen=True)

@@ -57,10 +57,20 @@ class FailureRule(StrEnum):
     exit = "exit"
 
 
+class Channel(StrEnum):
+    """How a message goes out. Which provider serves a channel is configuration."""
+
+    sandbox = "sandbox"
+    webhook = "webhook"
+    email = "email"
+    sms = "sms"
+    push = "push"
+
+
 class SendStep(_Model):
     id: str = Field(pattern=STEP_ID)
     type: Literal["send"]
-    channel: str = Field(min_length=1, max_length=50)
+    channel: Channel
     template: str = Field(min_length=1, max_length=100)
     next: str | None = None
     on_failure: FailureRule = FailureRule.continue_

@@ -38,3 +38,29 @@ async def merge_traits(*, session: AsyncSession, user_id: str, traits: dict[str,
 
 async def get_profile(*, session: AsyncSession, user_id: str) -> Profile | None:
     return await session.get(Profile, user_id)
+
+
+async def remove_push_token(*, session: AsyncSession, user_id: str, token: str) -> bool:
+    """Forget one device token the push provider called unregistered; True if it was there.
+
+    Takes it out of `push_tokens` (a list) and drops `push_token` (a single string) when it
+    is that token; every other trait stays. The row is read locked, as `merge_traits`
+    does, so an `identify` writing traits at the same moment is not lost (on SQLite the
+    writer lock serialises the two).
+    """
+    profile = await session.get(Profile, user_id, with_for_update=True, populate_existing=True)
+    if profile is None:
+        return False
+    traits = dict(profile.traits)
+    removed = False
+    tokens = traits.get("push_tokens")
+    if isinstance(tokens, list) and token in tokens:
+        traits["push_tokens"] = [t for t in tokens if t != token]
+        removed = True
+    if traits.get("push_token") == token:
+        del traits["push_token"]
+        removed = True
+    if removed:
+        profile.traits = traits  # a new dict: the JSON column only sees reassignment
+        await session.flush()
+    return removed

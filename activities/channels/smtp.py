@@ -1,0 +1,247 @@
+"""activities.channels: `email` over SMTP (aiosmtplib), plus what every email provider
+shares — the sender, the Message-ID, the subject rule and the extra-headers hook."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import re
+import socket
+import ssl
+from collections.abc import Callable, Mapping
+from email.message import EmailMessage
+from typing import Literal
+
+import aiosmtplib
+
+from activities.channels.base import Channel, OutgoingMessage, ProviderError, Receipt, address
+from core.config import Settings
+
+HeaderHook = Callable[[OutgoingMessage], Mapping[str, str]]
+"""Extra headers for one message, e.g. `List-Unsubscribe` and `List-Unsubscribe-Post`
+(RFC 8058), which name the recipient and so cannot be fixed per channel."""
+
+RESERVED_HEADERS = frozenset(
+    {
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "reply-to",
+        "subject",
+        "date",
+        "message-id",
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+    }
+)
+"""Headers the channel writes itself (or SendGrid refuses in `headers`): a hook may not."""
+
+_HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext: printable ASCII but ':'
+_NOT_ATEXT = re.compile(r"[^A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.]")
+
+
+def parse_sender(value: str) -> tuple[str, str]:
+    """`NUDGE_EMAIL_FROM` ("Name <addr@domain>" or "addr@domain") → (name, address)."""
+    name, addr = email.utils.parseaddr(value)
+    if "@" not in addr or "\n" in value or "\r" in value or not addr.rpartition("@")[2]:
+        raise ValueError(
+            f"NUDGE_EMAIL_FROM must be an address such as 'Nudge <nudge@example.com>', "
+            f"got {value!r}"
+        )
+    return name, addr
+
+
+def message_id(idempotency_key: str, sender_address: str) -> str:
+    """`<key@sender-domain>`: the same on every retry of one send, so a resend after a crash
+    (accepted, but we never heard) reaches the inbox as the same message."""
+    domain = sender_address.rpartition("@")[2]
+    return f"<{_NOT_ATEXT.sub('-', idempotency_key)}@{domain}>"
+
+
+def recipient(message: OutgoingMessage) -> str:
+    """The `email` trait as a bare address, or a final error naming the trait."""
+    value = address(message, "email", "email")
+    _, addr = email.utils.parseaddr(value)
+    if "@" not in addr or "\n" in value or "\r" in value:
+        raise ProviderError(
+            f"user {message.user_id!r} has an invalid 'email' trait {value!r}: "
+            "expected an address such as ada@example.com",
+            retryable=False,
+        )
+    return addr
+
+
+def subject(message: OutgoingMessage) -> str:
+    if not message.subject or not message.subject.strip():
+        raise ProviderError(
+            f"step {message.step_id!r} sends an email without a subject: "
+            "give its template a `subject`",
+            retryable=False,
+        )
+    return message.subject
+
+
+def extra_headers(hook: HeaderHook | None, message: OutgoingMessage) -> dict[str, str]:
+    """What the hook adds, refused (final) if it would overwrite a header we own or smuggle
+    a line break into one."""
+    if hook is None:
+        return {}
+    headers = dict(hook(message))
+    for name, value in headers.items():
+        if name.lower() in RESERVED_HEADERS or not _HEADER_NAME.match(name):
+            raise ProviderError(f"extra header {name!r} is not allowed", retryable=False)
+        if "\r" in value or "\n" in value:
+            raise ProviderError(f"extra header {name!r} contains a line break", retryable=False)
+    return headers
+
+
+class SmtpChannel(Channel):
+    """Sends each email over its own SMTP connection.
+
+    One connection per send on purpose: journeys send one message at a time per activity,
+    a fresh connection never meets a server that silently dropped an idle one, and a
+    failure is always about this message. A relay that must see fewer connections is the
+    case for a small pool later; the error classification would not change.
+
+    Exactly-once as far as SMTP allows: the `deliveries` row stops a second send after a
+    recorded success; a retry after a lost DATA reply carries the same Message-ID, so a
+    receiving system that deduplicates by it shows one message.
+    """
+
+    name = "email"
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        security: Literal["starttls", "tls", "none"],
+        sender: str,
+        username: str | None = None,
+        password: str | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        timeout: float = 10.0,
+        extra_headers: HeaderHook | None = None,
+    ):
+        self._sender_name, self._sender_address = parse_sender(sender)
+        self._host = host
+        self._port = port
+        self._security = security
+        self._username = username
+        self._password = password
+        self._tls_context = tls_context
+        self._timeout = timeout
+        self.extra_headers = extra_headers
+        """The hook for per-message headers (List-Unsubscribe); None adds nothing."""
+        self._local_hostname: str | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, extra_headers: HeaderHook | None = None
+    ) -> SmtpChannel:
+        if not settings.smtp_host.strip():
+            raise ValueError("NUDGE_SMTP_HOST is required when NUDGE_EMAIL_PROVIDER=smtp")
+        if bool(settings.smtp_username) != bool(settings.smtp_password):
+            raise ValueError(
+                "NUDGE_SMTP_USERNAME and NUDGE_SMTP_PASSWORD go together: set both or neither"
+            )
+        if settings.smtp_username and settings.smtp_security == "none":
+            raise ValueError(
+                "NUDGE_SMTP_USERNAME with NUDGE_SMTP_SECURITY=none would send the password "
+                "unencrypted: use starttls or tls"
+            )
+        tls_context = None
+        if settings.smtp_security != "none":
+            try:
+                tls_context = ssl.create_default_context(cafile=settings.smtp_ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(
+                    f"NUDGE_SMTP_CA_FILE={settings.smtp_ca_file!r} is not a readable CA "
+                    f"bundle: {exc}"
+                ) from exc
+        return cls(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            security=settings.smtp_security,
+            sender=settings.email_from,
+            username=settings.smtp_username,
+            password=settings.smtp_password,
+            tls_context=tls_context,
+            timeout=settings.provider_timeout_seconds,
+            extra_headers=extra_headers,
+        )
+
+    def build(self, message: OutgoingMessage) -> EmailMessage:
+        """The MIME message: text, plus an HTML alternative when the template has one."""
+        mime = EmailMessage()
+        mime["From"] = email.utils.formataddr((self._sender_name, self._sender_address))
+        mime["To"] = recipient(message)
+        mime["Subject"] = subject(message)
+        mime["Date"] = email.utils.formatdate(usegmt=True)
+        mime["Message-ID"] = message_id(message.idempotency_key, self._sender_address)
+        for name, value in extra_headers(self.extra_headers, message).items():
+            mime[name] = value
+        mime.set_content(message.body)
+        if message.html:
+            mime.add_alternative(message.html, subtype="html")
+        return mime
+
+    async def send(self, message: OutgoingMessage) -> Receipt:
+        mime = self.build(message)
+        to = mime["To"]
+        if self._local_hostname is None:
+            self._local_hostname = await asyncio.to_thread(socket.getfqdn)
+        smtp = aiosmtplib.SMTP(
+            hostname=self._host,
+            port=self._port,
+            use_tls=self._security == "tls",
+            start_tls=self._security == "starttls",
+            tls_context=self._tls_context,
+            username=self._username,
+            password=self._password,
+            timeout=self._timeout,
+            local_hostname=self._local_hostname,
+        )
+        try:
+            await smtp.connect()
+            _, reply = await smtp.send_message(mime, sender=self._sender_address, recipients=[to])
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            smtp.close()
+            raise classify(exc, to) from exc
+        # DATA was accepted: the message is sent, whatever QUIT meets.
+        try:
+            await smtp.quit()
+        except (aiosmtplib.SMTPException, OSError):
+            smtp.close()
+        return Receipt(
+            provider_message_id=mime["Message-ID"],
+            response={"reply": reply, "recipient": to},
+        )
+
+
+def classify(exc: BaseException, to: str) -> ProviderError:
+    """The shared rule in SMTP's terms: connection failures, timeouts and 4xx replies
+    (421, 450, 451, 452, …) are temporary; 5xx replies (550, 553, …) are the server's
+    final no, as is a server lacking what the settings require (STARTTLS, AUTH)."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        refused = exc.recipients[0] if exc.recipients else None
+        if refused is None:
+            return ProviderError(f"SMTP refused {to}", retryable=False)
+        return _reply_error(f"SMTP refused recipient {to}", refused.code, refused.message)
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return _reply_error(f"SMTP {type(exc).__name__}", exc.code, exc.message)
+    if isinstance(exc, ssl.SSLError):
+        # Retryable like any failed connection (as httpx's are for the HTTP providers): a
+        # certificate being rotated heals; a wrong NUDGE_SMTP_CA_FILE shows in the error.
+        return ProviderError(f"SMTP TLS handshake failed: {exc}", retryable=True)
+    if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
+        return ProviderError(f"SMTP timed out: {exc}", retryable=True)
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected | aiosmtplib.SMTPConnectError | OSError):
+        return ProviderError(f"SMTP server unreachable: {exc}", retryable=True)
+    return ProviderError(f"SMTP: {exc}", retryable=False)
+
+
+def _reply_error(what: str, code: int, text: str) -> ProviderError:
+    return ProviderError(f"{what}: {code} {text}".strip(), retryable=400 <= code < 500, status=code)

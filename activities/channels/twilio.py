@@ -1,0 +1,179 @@
+"""activities.channels: `sms` through Twilio's Messages API (or one compatible with it)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from activities.channels.base import (
+    Channel,
+    OutgoingMessage,
+    ProviderError,
+    Receipt,
+    address,
+    post_to_provider,
+)
+from core.config import Settings
+
+PROVIDER = "twilio"
+
+GSM7_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+"""The GSM 03.38 default alphabet: one septet each."""
+GSM7_EXTENSION = frozenset("\f^{}\\[~]|€")
+"""Reached through an escape: two septets each, and a segment never splits the pair."""
+
+
+@dataclass(frozen=True)
+class SmsSegments:
+    encoding: str
+    """`GSM-7`, or `UCS-2` as soon as one character is outside the GSM alphabet."""
+    segments: int
+
+
+def count_segments(body: str) -> SmsSegments:
+    """How many SMS segments carriers bill for `body`.
+
+    One GSM-7 message holds 160 septets, a concatenated one 153 per part (the rest is the
+    user data header); UCS-2 holds 70 UTF-16 units, 67 per part. A part never ends in the
+    middle of an escape pair or a surrogate pair, so those are counted unit by unit.
+    """
+    if all(c in GSM7_BASIC or c in GSM7_EXTENSION for c in body):
+        units = [2 if c in GSM7_EXTENSION else 1 for c in body]
+        return SmsSegments("GSM-7", _parts(units, single=160, multi=153))
+    units = [2 if ord(c) > 0xFFFF else 1 for c in body]
+    return SmsSegments("UCS-2", _parts(units, single=70, multi=67))
+
+
+def _parts(units: list[int], *, single: int, multi: int) -> int:
+    if sum(units) <= single:
+        return 1 if units else 0
+    parts, used = 1, 0
+    for size in units:
+        if used + size > multi:
+            parts, used = parts + 1, 0
+        used += size
+    return parts
+
+
+class TwilioChannel(Channel):
+    """Sends an SMS with `POST /2010-04-01/Accounts/{sid}/Messages.json`, form-encoded,
+    HTTP Basic with the account SID and auth token; the number is the profile's `phone`.
+
+    Our idempotency key goes out as `Idempotency-Key`, which compatible gateways (and our
+    test doubles) honour. Twilio itself takes no idempotency key for creating a message:
+    if Twilio accepts a message and the answer is lost (timeout, dropped connection, worker
+    killed before `deliver` records it), the retry sends a second SMS. That window is
+    documented, not closed; the `deliveries` row closes it for every other case.
+    """
+
+    name = "sms"
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        base_url: str,
+        account_sid: str,
+        auth_token: str,
+        sender: str,
+    ):
+        self._client = client
+        self._url = (
+            f"{base_url.rstrip('/')}/2010-04-01/Accounts/{quote(account_sid, safe='')}"
+            "/Messages.json"
+        )
+        self._auth = httpx.BasicAuth(account_sid, auth_token)
+        # A Messaging Service SID (MG…) lets Twilio pick the sender from its pool.
+        self._sender_field = "MessagingServiceSid" if sender.startswith("MG") else "From"
+        self._sender = sender
+
+    @classmethod
+    def from_settings(cls, settings: Settings, http: httpx.AsyncClient) -> TwilioChannel:
+        required = {
+            "NUDGE_TWILIO_ACCOUNT_SID": settings.twilio_account_sid,
+            "NUDGE_TWILIO_AUTH_TOKEN": settings.twilio_auth_token,
+            "NUDGE_SMS_FROM": settings.sms_from,
+        }
+        missing = [name for name, value in required.items() if not (value or "").strip()]
+        if missing:
+            raise ValueError(
+                f"NUDGE_SMS_PROVIDER=twilio needs {', '.join(missing)} "
+                "(the account SID and auth token from the Twilio console, and the sending "
+                "number in E.164 or a Messaging Service SID)"
+            )
+        assert settings.twilio_account_sid and settings.twilio_auth_token and settings.sms_from
+        return cls(
+            http,
+            base_url=settings.twilio_url,
+            account_sid=settings.twilio_account_sid.strip(),
+            auth_token=settings.twilio_auth_token.strip(),
+            sender=settings.sms_from.strip(),
+        )
+
+    async def send(self, message: OutgoingMessage) -> Receipt:
+        to = address(message, "phone", "sms")
+        try:
+            response = await post_to_provider(
+                self._client,
+                PROVIDER,
+                self._url,
+                data={"To": to, self._sender_field: self._sender, "Body": message.body},
+                auth=self._auth,
+                headers={"idempotency-key": message.idempotency_key},
+            )
+        except ProviderError as exc:
+            raise _explained(exc) from exc
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = {}
+        if not isinstance(answer, dict):
+            answer = {}
+        counted = count_segments(message.body)
+        sid = answer.get("sid")
+        # Twilio's answer echoes the number and the text; the receipt keeps only what an
+        # operator needs to find the message in Twilio's console and what it costs.
+        return Receipt(
+            provider_message_id=str(sid) if sid else None,
+            response={
+                "http_status": response.status_code,
+                "status": answer.get("status"),
+                "segments": counted.segments,
+                "encoding": counted.encoding,
+            },
+        )
+
+
+def _error_body(exc: ProviderError, provider: str) -> Any:
+    """The JSON a provider answered with, read back from a classified error (None if the
+    error was not an HTTP answer or the answer was not JSON)."""
+    prefix = f"{provider} answered {exc.status}: "
+    text = str(exc)
+    if exc.status is None or not text.startswith(prefix):
+        return None
+    try:
+        return json.loads(text[len(prefix) :])
+    except ValueError:
+        return None
+
+
+def _explained(exc: ProviderError) -> ProviderError:
+    """The same classification, with Twilio's error code and message up front."""
+    body = _error_body(exc, PROVIDER)
+    if not isinstance(body, dict) or "code" not in body:
+        return exc
+    reason = f"twilio refused the message (HTTP {exc.status}, Twilio error {body['code']})"
+    if body.get("message"):
+        reason += f": {body['message']}"
+    if body.get("more_info"):
+        reason += f" — {body['more_info']}"
+    return ProviderError(
+        reason, retryable=exc.retryable, retry_after=exc.retry_after, status=exc.status
+    )

@@ -272,3 +272,19 @@ async def test_fail_delivery_closes_a_pending_send_but_never_a_sent_one(
         kept = await deliveries.get_delivery(session=session, idempotency_key=done.idempotency_key)
     assert closed is not None and (closed.status, closed.error) == ("failed", "gave up after a day")
     assert kept is not None and kept.status == "sent"
+
+
+async def test_webhook_secret_rotation_signs_with_every_secret(sessions, webhook_receiver):
+    old, new = DEV_WEBHOOK_SECRET, "whsec_" + "bmV3LXNlY3JldC1mb3Itcm90YXRpb24tdGVzdHM="
+    async with sessions() as session, session.begin():
+        await save_campaign(session=session, definition=DEFINITION)
+    async with httpx.AsyncClient(timeout=5) as http:
+        acts = JourneyActivities(
+            sessions=sessions,
+            channels={"webhook": WebhookChannel(http, webhook_receiver.url, [new, old])},
+        )
+        await ActivityEnvironment().run(acts.deliver, request("remind", "webhook"))
+    [hit] = webhook_receiver.received
+    assert len(hit.headers["webhook-signature"].split()) == 2
+    # A receiver still on the old secret and one already on the new both accept it.
+    assert verify(old, hit.headers, hit.body) and verify(new, hit.headers, hit.body)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -89,6 +92,10 @@ class JourneyActivities:
         without calling the provider again. A retryable provider error raises (Temporal
         retries with backoff, `Retry-After` honoured); a final one returns `failed`.
         """
+        async with _heartbeating():
+            return await self._deliver(request)
+
+    async def _deliver(self, request: DeliverRequest) -> DeliverResult:
         async with self._sessions() as session, session.begin():
             row = await deliveries.claim_delivery(session=session, request=request)
         if row.status != DeliveryStatus.pending.value:
@@ -199,6 +206,29 @@ class JourneyActivities:
 
     def all(self) -> list[Any]:
         return [self.deliver, self.fail_delivery, self.load_profile, self.record_outcome]
+
+
+@contextlib.asynccontextmanager
+async def _heartbeating() -> AsyncIterator[None]:
+    """Heartbeat while the body runs (a provider may take seconds to answer), so Temporal
+    notices a worker that died mid-send after the heartbeat timeout and retries elsewhere."""
+    timeout = activity.info().heartbeat_timeout
+    if not timeout:
+        yield
+        return
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(timeout.total_seconds() / 3)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _render_value(value: Any, context: dict[str, Any], name: str) -> Any:

@@ -187,4 +187,3 @@ def evaluate(condition: Condition, context: Mapping[str, Any]) -> bool:
 def evaluate_all(conditions: list[Condition], context: Mapping[str, Any]) -> bool:
     """A list of conditions holds when every one of them does (empty list: true)."""
     return all(evaluate(c, context) for c in conditions)
-

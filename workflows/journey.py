@@ -56,6 +56,9 @@ with workflow.unsafe.imports_passed_through():
 STEP_KEY = SearchAttributeKey.for_keyword(SA_STEP)
 
 DELIVER_TIMEOUT = timedelta(seconds=60)
+DELIVER_HEARTBEAT = timedelta(seconds=5)
+"""`deliver` heartbeats while it works: a worker killed mid-send is noticed after this, not
+after the start-to-close timeout, and the send is retried on another worker."""
 DELIVER_GIVE_UP = timedelta(days=1)
 """A send still failing with retryable errors after a day is recorded as failed: a
 reminder that arrives days late does more harm than good."""
@@ -226,6 +229,7 @@ class JourneyWorkflow:
                 request,
                 result_type=DeliverResult,
                 start_to_close_timeout=DELIVER_TIMEOUT,
+                heartbeat_timeout=DELIVER_HEARTBEAT,
                 schedule_to_close_timeout=DELIVER_GIVE_UP,
                 retry_policy=DELIVER_RETRY,
                 summary=f"{step.channel}: {step.template}",

@@ -1,0 +1,1 @@
+"""Fault tests: workers killed, providers down — nothing lost, nothing sent twice."""

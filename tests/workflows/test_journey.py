@@ -497,3 +497,42 @@ async def test_journey_follows_the_servers_continue_as_new_suggestion(dev_env, t
         assert state.events_received == total and state.runs > 1
         await handle.execute_update(UPDATE_EXIT, ExitRequest(reason="test over"))
         assert (await first.result()).status is JourneyStatus.exited
+
+
+LOOP = parse_campaign(
+    {
+        "id": "daily-nudge",
+        "name": "Nudge daily until they act",
+        "entry": {"event": "Trial Started"},
+        "goals": [{"event": "Subscribed"}],
+        "steps": [
+            {"id": "nudge", "type": "send", "channel": "sandbox", "template": "t", "next": "day"},
+            {"id": "day", "type": "wait", "duration": "1d", "next": "again"},
+            {
+                "id": "again",
+                "type": "branch",
+                "branches": [
+                    {
+                        "conditions": [
+                            {"path": "event.name", "op": "eq", "value": "Trial Started"}
+                        ],
+                        "next": "nudge",
+                    }
+                ],
+            },
+        ],
+        "templates": {"t": {"body": "x"}},
+    }
+)
+
+
+async def test_a_deliberate_second_send_gets_its_own_key(
+    time_skipping_env, task_queue, doubles, worker
+):
+    handle = await start(time_skipping_env.client, task_queue, LOOP)
+    await time_skipping_env.sleep(timedelta(days=2, hours=12))
+    await handle.signal(SIGNAL_EVENT, event("Subscribed"))
+    assert (await handle.result()).status is JourneyStatus.converted
+    requests = [r for r, _ in doubles.sends]
+    assert [r.visit for r in requests] == [1, 2, 3]
+    assert len({r.idempotency_key for r in requests}) == 3  # one key per visit

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -14,21 +14,30 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.channels.base import Channel, OutgoingMessage, ProviderError
-from core.definition import CampaignDefinition
+from activities.policy import check_send_policy
+from core.config import Settings
+from core.definition import CampaignDefinition, Priority, signed_duration
 from core.journey import (
+    ACTIVITY_CHECK_POLICY,
     ACTIVITY_DELIVER,
     ACTIVITY_FAIL_DELIVERY,
     ACTIVITY_LOAD_PROFILE,
     ACTIVITY_RECORD_OUTCOME,
+    ACTIVITY_RESOLVE_WAIT,
     DeliverRequest,
     DeliverResult,
     DeliveryFailure,
     DeliveryStatus,
     JourneyOutcome,
+    PolicyDecision,
+    PolicyRequest,
     Profile,
     ProfileRequest,
+    WaitRequest,
+    WaitResolution,
 )
-from core.templates import RenderError, render
+from core.schedule import next_local_time, parse_clock, relative_to_date, trait_date, zone
+from core.templates import RenderError, message_context, render_message
 from store import deliveries
 from store.campaigns import get_version
 from store.entries import record_outcome
@@ -40,9 +49,53 @@ PROVIDER_UNAVAILABLE = "ProviderUnavailable"
 class JourneyActivities:
     """Holds the clients activities need, built once by the worker."""
 
-    def __init__(self, *, sessions: async_sessionmaker[AsyncSession], channels: dict[str, Channel]):
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        channels: dict[str, Channel],
+        settings: Settings | None = None,
+    ):
         self._sessions = sessions
         self._channels = channels
+        self._settings = settings or Settings(_env_file=None)
+
+    @activity.defn(name=ACTIVITY_RESOLVE_WAIT)
+    async def resolve_wait(self, request: WaitRequest) -> WaitResolution:
+        """A `wait until` as an instant, from the user's zone (`timezone` trait, else the
+        default) and, for "3 days before renewal_date", the date trait."""
+        async with self._sessions() as session:
+            row = await get_profile(session=session, user_id=request.user_id)
+        traits = dict(row.traits) if row else {}
+        tz = zone(traits.get("timezone"), self._settings.default_timezone)
+        clock = parse_clock(request.time)
+        if request.trait is None:
+            until = next_local_time(request.now, clock, tz)
+            return WaitResolution(until=until, note=f"{request.time} {tz.key}")
+        try:
+            day = trait_date(traits.get(request.trait))
+        except ValueError:
+            # No date to count from: waiting for it would wait forever; move on, say why.
+            return WaitResolution(
+                until=request.now, note=f"no usable {request.trait!r} trait: not waiting"
+            )
+        offset = signed_duration(request.offset) if request.offset else timedelta(0)
+        until = relative_to_date(day, offset, clock, tz)
+        where = f"{request.offset} from " if request.offset else ""
+        return WaitResolution(
+            until=until, note=f"{request.time} {tz.key}, {where}{request.trait} {day.isoformat()}"
+        )
+
+    @activity.defn(name=ACTIVITY_CHECK_POLICY)
+    async def check_policy(self, request: PolicyRequest) -> PolicyDecision:
+        """May this send go now? Hard bounces, consent, quiet hours and frequency caps, in
+        that order (activities/policy.py); a suppression is recorded as a delivery."""
+        return await check_send_policy(
+            sessions=self._sessions,
+            settings=self._settings,
+            request=request,
+            now=datetime.now(UTC),
+        )
 
     @activity.defn(name=ACTIVITY_LOAD_PROFILE)
     async def load_profile(self, request: ProfileRequest) -> Profile:
@@ -173,18 +226,22 @@ class JourneyActivities:
         template = definition.templates.get(request.template)
         if template is None:
             raise RenderError(f"template {request.template!r} not found")
-        context: dict[str, Any] = {
-            "user_id": request.user_id,
-            "traits": dict(profile.traits) if profile else {},
-            "event": request.entry_event.as_context(),
-            "last_event": (request.last_event or request.entry_event).as_context(),
-            "campaign": {
+        context = message_context(
+            user_id=request.user_id,
+            traits=dict(profile.traits) if profile else {},
+            event=request.entry_event.as_context(),
+            last_event=(request.last_event or request.entry_event).as_context(),
+            campaign={
                 "id": definition.id,
                 "name": definition.name,
                 "version": request.campaign_version,
             },
-        }
-        name = request.template
+            default_timezone=self._settings.default_timezone,
+        )
+        # A render may take up to RENDER_SECONDS of CPU: off the event loop, so heartbeats
+        # and other activities keep going meanwhile.
+        rendered = await asyncio.to_thread(render_message, template, context, name=request.template)
+        transactional = definition.priority is Priority.transactional
         return OutgoingMessage(
             idempotency_key=request.idempotency_key,
             delivery_id=delivery_id,
@@ -193,19 +250,24 @@ class JourneyActivities:
             campaign_version=request.campaign_version,
             step_id=request.step_id,
             channel=request.channel,
-            subject=render(template.subject, context, name=f"{name}.subject")
-            if template.subject
-            else None,
-            body=render(template.body, context, name=f"{name}.body"),
-            data={
-                k: _render_value(v, context, f"{name}.data.{k}") for k, v in template.data.items()
-            },
-            html=render(template.html, context, name=f"{name}.html") if template.html else None,
+            subject=rendered.subject,
+            body=rendered.body,
+            data=rendered.data,
+            html=rendered.html,
             traits=context["traits"],
+            subscription_group=None if transactional else definition.subscription_group,
+            priority=definition.priority.value,
         )
 
     def all(self) -> list[Any]:
-        return [self.deliver, self.fail_delivery, self.load_profile, self.record_outcome]
+        return [
+            self.deliver,
+            self.fail_delivery,
+            self.load_profile,
+            self.record_outcome,
+            self.resolve_wait,
+            self.check_policy,
+        ]
 
 
 @contextlib.asynccontextmanager
@@ -229,16 +291,6 @@ async def _heartbeating() -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-def _render_value(value: Any, context: dict[str, Any], name: str) -> Any:
-    if isinstance(value, str):
-        return render(value, context, name=name)
-    if isinstance(value, dict):
-        return {k: _render_value(v, context, f"{name}.{k}") for k, v in value.items()}
-    if isinstance(value, list):
-        return [_render_value(v, context, f"{name}[{i}]") for i, v in enumerate(value)]
-    return value
 
 
 def _result(row: Any, *, duplicate: bool) -> DeliverResult:

@@ -106,3 +106,48 @@ class SandboxMessagePublic(_Public):
 class SandboxMessages(BaseModel):
     data: list[SandboxMessagePublic]
     count: int
+
+
+class PreviewEvent(BaseModel):
+    """An event as a template sees it (`event`, `last_event`) in a preview."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    properties: dict[str, Any] = Field(default_factory=dict)
+    timestamp: datetime | None = Field(default=None, description="default: now")
+
+
+class PreviewRequest(BaseModel):
+    """Render one send step for a user, real or made up, without sending anything."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step_id: str = Field(min_length=1, max_length=100)
+    version: int | None = Field(default=None, ge=1, description="default: the current version")
+    user_id: str | None = Field(
+        default=None, max_length=512, description="load this user's stored traits"
+    )
+    traits: dict[str, Any] = Field(
+        default_factory=dict, description="override (or stand in for) the stored traits"
+    )
+    event: PreviewEvent | None = Field(
+        default=None, description="the entry event; default: the campaign's entry event, empty"
+    )
+    last_event: PreviewEvent | None = Field(default=None, description="default: `event`")
+
+
+class PreviewPublic(BaseModel):
+    """A send step's message as the user would get it; `segments` and `encoding` for SMS."""
+
+    campaign_id: str
+    version: int
+    step_id: str
+    channel: str
+    template: str
+    subject: str | None
+    body: str
+    html: str | None
+    data: dict[str, Any]
+    segments: int | None = None
+    encoding: str | None = None

@@ -141,6 +141,9 @@ async def running_stack(
             relay_interval_seconds=2.0,
             campaign_refresh_seconds=5.0,
             provider_timeout_seconds=10.0,
+            # The send policy runs as in production (consent, caps: each journey is a new
+            # user), but no quiet hours: a bench at 22:00 UTC must not wait until morning.
+            quiet_hours_start=None,
         )
         await migrate(settings.database_url)
 

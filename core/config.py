@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.durations import Duration
+from core.schedule import parse_clock, zone
 
 DEV_WRITE_KEY = "dev-write-key"
 DEV_ADMIN_TOKEN = "dev-admin-token"
+DEV_LINK_SECRET = "dev-link-secret-change-me"
 DEV_WEBHOOK_SECRET = "whsec_ZGV2LXdlYmhvb2stc2VjcmV0LWNoYW5nZS1tZQ=="
 
 
@@ -17,6 +22,18 @@ class Environment(StrEnum):
     dev = "dev"
     test = "test"
     production = "production"
+
+
+class CapRule(BaseModel):
+    """At most `limit` sends per user within `window`, counting sends of `group` (a
+    subscription group) or on `channel`, or every non-transactional send when neither."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(ge=1)
+    window: Duration
+    group: str | None = None
+    channel: str | None = None
 
 
 class Settings(BaseSettings):
@@ -72,6 +89,27 @@ class Settings(BaseSettings):
     fcm_access_token: str | None = None
     """An OAuth 2 bearer token for FCM HTTP v1."""
 
+    # -- user protection --------------------------------------------------------------
+    default_timezone: str = "UTC"
+    """For users whose profile has no `timezone` trait (an IANA name)."""
+    quiet_hours_start: str | None = "21:00"
+    quiet_hours_end: str | None = "08:00"
+    """Marketing sends inside [start, end) in the user's zone wait for the end. Unset or
+    equal: no quiet hours."""
+    caps: list[CapRule] = Field(
+        default_factory=lambda: [
+            CapRule(group="marketing", limit=3, window=timedelta(hours=24)),
+            CapRule(channel="sms", limit=1, window=timedelta(hours=24)),
+        ]
+    )
+    """Frequency caps across campaigns, as JSON: each {limit, window} with an optional
+    `group` (subscription group) or `channel`. Transactional campaigns are not capped."""
+    public_url: str = "http://127.0.0.1:8000"
+    """Where users reach the API (unsubscribe links)."""
+    link_secret: str = DEV_LINK_SECRET
+    """Signs unsubscribe links."""
+    unsubscribe_link_days: int = Field(default=60, ge=1)
+
     relay_interval_seconds: float = Field(default=2.0, gt=0)
     """How often accepted events still pending (Temporal was unreachable) are retried."""
     campaign_refresh_seconds: float = Field(default=5.0, gt=0)
@@ -87,6 +125,13 @@ class Settings(BaseSettings):
                 raise ValueError("NUDGE_ADMIN_TOKEN must be set to a secret in production")
             if not self.webhook_secrets or DEV_WEBHOOK_SECRET in self.webhook_secrets:
                 raise ValueError("NUDGE_WEBHOOK_SECRET must be set to a secret in production")
+            if self.link_secret.strip() in ("", DEV_LINK_SECRET):
+                raise ValueError("NUDGE_LINK_SECRET must be set to a secret in production")
+        for name in ("quiet_hours_start", "quiet_hours_end"):
+            value = getattr(self, name)
+            if value:
+                parse_clock(value)
+        zone(self.default_timezone)
         return self
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -10,7 +11,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from core.conditions import Condition, needs_traits
-from core.durations import Duration
+from core.durations import Duration, parse_duration
+from core.schedule import parse_clock
 from core.templates import syntax_problem
 
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -79,11 +81,46 @@ class SendStep(_Model):
         return {"next": self.next}
 
 
+class WaitUntil(_Model):
+    """A wall-clock time in the user's zone: the next `time`, or `time` on the day of a
+    date trait shifted by `offset` ("3 days before renewal_date at 09:00")."""
+
+    time: str = Field(description="HH:MM in the user's zone (the `timezone` trait)")
+    trait: str | None = Field(default=None, description="a date trait, e.g. renewal_date")
+    offset: str | None = Field(default=None, description="e.g. -3d or 2d; with `trait`")
+
+    @model_validator(mode="after")
+    def _check(self) -> WaitUntil:
+        parse_clock(self.time)
+        if self.offset is not None:
+            if self.trait is None:
+                raise ValueError("offset needs a trait to count from")
+            signed_duration(self.offset)
+        return self
+
+
+def signed_duration(text: str) -> timedelta:
+    """'-3d' → minus three days; '2d12h' → plus; as in durations, but with a sign."""
+    text = text.strip()
+    if text.startswith("-"):
+        return -parse_duration(text[1:])
+    return parse_duration(text.removeprefix("+"))
+
+
 class WaitStep(_Model):
+    """Wait a `duration`, or `until` a local time: exactly one of the two."""
+
     id: str = Field(pattern=STEP_ID)
     type: Literal["wait"]
-    duration: Duration
+    duration: Duration | None = None
+    until: WaitUntil | None = None
     next: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> WaitStep:
+        if (self.duration is None) == (self.until is None):
+            raise ValueError("a wait needs exactly one of duration or until")
+        return self
 
     def targets(self) -> dict[str, str | None]:
         return {"next": self.next}
@@ -205,11 +242,32 @@ class Template(_Model):
         return self
 
 
+class Priority(StrEnum):
+    """Transactional messages (receipts, password resets) skip marketing opt-outs, caps and
+    quiet hours; under a cap, higher priorities are sent first."""
+
+    transactional = "transactional"
+    high = "high"
+    normal = "normal"
+    low = "low"
+
+
+class Cap(_Model):
+    """At most `limit` sends of this campaign to one user within `window`."""
+
+    limit: int = Field(ge=1, le=10_000)
+    window: Duration
+
+
 class CampaignDefinition(JourneyPlan):
     """A campaign as its author writes it. Each change is stored as a new version."""
 
     name: str = Field(min_length=1, max_length=200)
     description: str | None = Field(default=None, max_length=5000)
+    priority: Priority = Priority.normal
+    subscription_group: str = Field(default="marketing", pattern=SLUG)
+    """What a user unsubscribes from to stop this campaign (not for transactional ones)."""
+    caps: list[Cap] = Field(default_factory=list)
     templates: dict[str, Template] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -76,6 +76,10 @@ class JourneyState(BaseModel):
     (e.g. during a send): the next `wait_for` matches them first, so an event sent in the
     same batch as the entry event is not missed."""
     sends: int = 0
+    wait_until: datetime | None = None
+    """A `wait until` step's resolved instant (kept across continue-as-new)."""
+    deferred_until: datetime | None = None
+    """When a send held back by the send policy (quiet hours) will be asked about again."""
     events_received: int = 0
     steps_executed: int = 0
     runs: int = 1
@@ -101,6 +105,10 @@ class JourneyResult(BaseModel):
     exit_reason: str | None = None
     steps_executed: int = 0
     sends: int = 0
+    wait_until: datetime | None = None
+    """A `wait until` step's resolved instant (kept across continue-as-new)."""
+    deferred_until: datetime | None = None
+    """When a send held back by the send policy (quiet hours) will be asked about again."""
 
 
 class ExitRequest(BaseModel):
@@ -126,6 +134,8 @@ class DeliveryStatus(StrEnum):
     """Row written, provider not (yet) known to have accepted."""
     sent = "sent"
     failed = "failed"
+    suppressed = "suppressed"
+    """The send policy said no (unsubscribed, capped, bounced): recorded with its reason."""
 
 
 class DeliverResult(BaseModel):
@@ -159,6 +169,51 @@ class JourneyOutcome(BaseModel):
     ended_at: datetime
 
 
+class PolicyRequest(BaseModel):
+    """Before a send: may this message go to this user now?"""
+
+    idempotency_key: str
+    workflow_id: str
+    campaign_id: str
+    campaign_version: int
+    step_id: str
+    visit: int
+    channel: str
+    user_id: str
+
+
+class PolicyAction(StrEnum):
+    allow = "allow"
+    suppress = "suppress"
+    """Not sent, and never will be for this visit (unsubscribed, capped, bounced)."""
+    defer = "defer"
+    """Not now (quiet hours): ask again at `defer_until`."""
+
+
+class PolicyDecision(BaseModel):
+    action: PolicyAction
+    reason: str | None = None
+    defer_until: datetime | None = None
+
+
+class WaitRequest(BaseModel):
+    """Resolve a `wait until` to an instant, from the user's profile (zone, date traits)."""
+
+    user_id: str
+    step_id: str
+    time: str
+    trait: str | None = None
+    offset: str | None = None
+    now: datetime
+
+
+class WaitResolution(BaseModel):
+    until: datetime
+    """UTC; in the past when the moment has gone (the journey moves on at once)."""
+    note: str
+    """How it was resolved, for operators: "10:00 Europe/Paris"."""
+
+
 class ProfileRequest(BaseModel):
     user_id: str
 
@@ -176,6 +231,8 @@ ACTIVITY_DELIVER = "deliver"
 ACTIVITY_LOAD_PROFILE = "load_profile"
 ACTIVITY_RECORD_OUTCOME = "record_outcome"
 ACTIVITY_FAIL_DELIVERY = "fail_delivery"
+ACTIVITY_CHECK_POLICY = "check_policy"
+ACTIVITY_RESOLVE_WAIT = "resolve_wait"
 
 SA_CAMPAIGN = "NudgeCampaign"
 SA_USER = "NudgeUser"

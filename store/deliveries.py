@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.journey import DeliverRequest, DeliveryStatus
+from core.journey import DeliverRequest, DeliveryStatus, PolicyRequest
 from store.db import dialect_insert
 from store.models import Delivery, SandboxMessage, now
 
@@ -47,6 +47,36 @@ async def claim_delivery(*, session: AsyncSession, request: DeliverRequest) -> D
             Delivery.status == DeliveryStatus.pending.value,
         )
         .values(attempts=Delivery.attempts + 1, updated_at=now())
+    )
+    row = await get_delivery(session=session, idempotency_key=request.idempotency_key)
+    assert row is not None
+    return row
+
+
+async def record_suppressed(
+    *, session: AsyncSession, request: PolicyRequest, reason: str
+) -> Delivery:
+    """Record a send the policy stopped: a `suppressed` row with its reason, keyed by the
+    send's idempotency key, so stats and operators see it and `deliver` never sends it.
+    A row that exists already (a retried check) is left as it is."""
+    await session.execute(
+        dialect_insert(session, Delivery)
+        .values(
+            idempotency_key=request.idempotency_key,
+            workflow_id=request.workflow_id,
+            campaign_id=request.campaign_id,
+            campaign_version=request.campaign_version,
+            step_id=request.step_id,
+            visit=request.visit,
+            channel=request.channel,
+            user_id=request.user_id,
+            status=DeliveryStatus.suppressed.value,
+            attempts=0,
+            error=reason[:MAX_ERROR_CHARS],
+            created_at=now(),
+            updated_at=now(),
+        )
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
     )
     row = await get_delivery(session=session, idempotency_key=request.idempotency_key)
     assert row is not None

@@ -169,7 +169,7 @@ class Delivery(Base):
     channel: Mapped[str] = mapped_column(String(50))
     user_id: Mapped[str] = mapped_column(String(520), index=True)
     status: Mapped[str] = mapped_column(String(16), default="pending")
-    """pending, sent or failed (core.journey.DeliveryStatus)."""
+    """pending, sent, failed or suppressed (core.journey.DeliveryStatus); `error` holds why."""
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     provider_message_id: Mapped[str | None] = mapped_column(String(512))
     provider_response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
@@ -193,3 +193,50 @@ class SandboxMessage(Base):
     body: Mapped[str] = mapped_column(Text)
     data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+class Subscription(Base):
+    """A user's choice for one channel and subscription group; no row means subscribed.
+
+    The group `*` stands for every group on the channel (an SMS STOP opts out of them all).
+    """
+
+    __tablename__ = "subscriptions"
+
+    user_id: Mapped[str] = mapped_column(String(520), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(50), primary_key=True)
+    subscription_group: Mapped[str] = mapped_column(String(63), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    """subscribed or unsubscribed (store.subscriptions.SubscriptionStatus)."""
+    source: Mapped[str] = mapped_column(String(16))
+    """Who changed it last: link, sms_stop, sms_start or api."""
+    updated_at: Mapped[datetime] = mapped_column(default=now)
+
+
+class Suppression(Base):
+    """A user's address on a channel that must never be sent to again (a hard bounce):
+    stronger than an unsubscribe, it stops transactional messages too."""
+
+    __tablename__ = "suppressions"
+
+    user_id: Mapped[str] = mapped_column(String(520), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(50), primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+class SendReservation(Base):
+    """The send ledger: one row per non-transactional send the policy let through, counted
+    by frequency caps. Written before the send, keyed by the send's idempotency key."""
+
+    __tablename__ = "send_ledger"
+    __table_args__ = (Index("ix_send_ledger_user_at", "user_id", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[str] = mapped_column(String(520))
+    channel: Mapped[str] = mapped_column(String(50))
+    campaign_id: Mapped[str] = mapped_column(String(63))
+    subscription_group: Mapped[str] = mapped_column(String(63))
+    priority: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column()

@@ -31,7 +31,7 @@ async def journey_activities(settings: Settings) -> AsyncIterator[JourneyActivit
     sessions = session_factory(engine)
     channels = build_channels(settings, http=http, sessions=sessions)
     try:
-        yield JourneyActivities(sessions=sessions, channels=channels)
+        yield JourneyActivities(sessions=sessions, channels=channels, settings=settings)
     finally:
         for channel in channels.values():
             await channel.aclose()

@@ -24,10 +24,12 @@ with workflow.unsafe.imports_passed_through():
     from core.durations import format_duration
     from core.events import JourneyEvent
     from core.journey import (
+        ACTIVITY_CHECK_POLICY,
         ACTIVITY_DELIVER,
         ACTIVITY_FAIL_DELIVERY,
         ACTIVITY_LOAD_PROFILE,
         ACTIVITY_RECORD_OUTCOME,
+        ACTIVITY_RESOLVE_WAIT,
         MAX_RECENT_EVENTS,
         MAX_SEEN_EVENT_IDS,
         MAX_STEP_RECORDS,
@@ -47,9 +49,14 @@ with workflow.unsafe.imports_passed_through():
         JourneyResult,
         JourneyState,
         JourneyStatus,
+        PolicyAction,
+        PolicyDecision,
+        PolicyRequest,
         Profile,
         ProfileRequest,
         StepRecord,
+        WaitRequest,
+        WaitResolution,
         idempotency_key,
     )
 
@@ -73,6 +80,11 @@ RECORD_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5)
 )
 PROFILE_TIMEOUT = timedelta(seconds=30)
+POLICY_TIMEOUT = timedelta(seconds=30)
+MAX_DEFERRALS = 30
+"""A send deferred this many times in a row (quiet hours, each ending in a new one) is
+given up as suppressed: the loop stays bounded whatever the policy answers."""
+PATCH_SEND_POLICY = "send-policy-v1"
 PROFILE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1)
 )
@@ -204,14 +216,18 @@ class JourneyWorkflow:
         self._end(JourneyStatus.completed, f"exit step {step.id!r}")
         return None, "exit"
 
-    async def _send(self, step: SendStep) -> tuple[str | None, str]:
+    async def _send(self, step: SendStep) -> tuple[str | None, str] | _Stay:
         state = self.state
         visit = state.visits.get(step.id, 1)
         info = workflow.info()
+        key = idempotency_key(info.workflow_id, self.input.entry_event.message_id, step.id, visit)
+        # Journeys started before the send policy existed replay without it.
+        if workflow.patched(PATCH_SEND_POLICY):
+            verdict = await self._check_policy(step, key, visit)
+            if verdict is not None:
+                return verdict
         request = DeliverRequest(
-            idempotency_key=idempotency_key(
-                info.workflow_id, self.input.entry_event.message_id, step.id, visit
-            ),
+            idempotency_key=key,
             workflow_id=info.workflow_id,
             campaign_id=self.input.campaign_id,
             campaign_version=self.input.campaign_version,
@@ -254,17 +270,95 @@ class JourneyWorkflow:
             return None, failure
         return step.next, failure
 
+    async def _check_policy(
+        self, step: SendStep, key: str, visit: int
+    ) -> tuple[str | None, str] | _Stay | None:
+        """Consent, caps and quiet hours, asked before every send: None means send now.
+        A deferral waits on a durable timer (goals, exits and operators still end the
+        journey meanwhile), then asks again."""
+        state = self.state
+        info = workflow.info()
+        request = PolicyRequest(
+            idempotency_key=key,
+            workflow_id=info.workflow_id,
+            campaign_id=self.input.campaign_id,
+            campaign_version=self.input.campaign_version,
+            step_id=step.id,
+            visit=visit,
+            channel=step.channel,
+            user_id=self.input.user_id,
+        )
+        for _ in range(MAX_DEFERRALS):
+            decision: PolicyDecision = await workflow.execute_activity(
+                ACTIVITY_CHECK_POLICY,
+                request,
+                result_type=PolicyDecision,
+                start_to_close_timeout=POLICY_TIMEOUT,
+                retry_policy=PROFILE_RETRY,
+                summary=f"policy: {step.channel} {step.template}",
+            )
+            if decision.action is PolicyAction.allow:
+                state.deferred_until = None
+                return None
+            if decision.action is PolicyAction.suppress:
+                state.deferred_until = None
+                return step.next, f"suppressed: {decision.reason}"
+            until = decision.defer_until or workflow.now()
+            state.deferred_until = until
+            note = f"deferred until {until:%Y-%m-%d %H:%M} UTC: {decision.reason}"
+            self._note(note)
+            state.waiting_for = note
+            workflow.set_current_details(f"step **{step.id}** (send): {note}")
+            try:
+                await workflow.wait_condition(
+                    lambda: self._interrupted(),
+                    timeout=max(until - workflow.now(), timedelta(milliseconds=1)),
+                    timeout_summary=f"deferred: {decision.reason}",
+                )
+            except TimeoutError:
+                continue
+            return STAY
+        return step.next, f"suppressed: still deferred after {MAX_DEFERRALS} tries"
+
     async def _wait(self, step: WaitStep) -> tuple[str | None, str] | _Stay:
-        remaining = self._remaining(step.duration)
+        state = self.state
+        if step.duration is not None:
+            total = step.duration
+            label = format_duration(step.duration)
+        else:
+            assert step.until is not None
+            if state.wait_until is None:
+                resolution: WaitResolution = await workflow.execute_activity(
+                    ACTIVITY_RESOLVE_WAIT,
+                    WaitRequest(
+                        user_id=self.input.user_id,
+                        step_id=step.id,
+                        time=step.until.time,
+                        trait=step.until.trait,
+                        offset=step.until.offset,
+                        now=workflow.now(),
+                    ),
+                    result_type=WaitResolution,
+                    start_to_close_timeout=PROFILE_TIMEOUT,
+                    retry_policy=PROFILE_RETRY,
+                    summary=f"resolve wait {step.id}",
+                )
+                state.wait_until = resolution.until
+                state.waiting_for = f"waiting until {resolution.note}"
+                workflow.set_current_details(f"step **{step.id}** (wait): {state.waiting_for}")
+            started = state.step_started_at or workflow.now()
+            total = max(state.wait_until - started, timedelta(0))
+            label = state.waiting_for or "until"
+        remaining = self._remaining(total)
         try:
             await workflow.wait_condition(
                 lambda: self._interrupted(),
                 timeout=remaining,
-                timeout_summary=f"wait {format_duration(step.duration)}",
+                timeout_summary=f"wait {label}",
             )
         except TimeoutError:
             self.state.recent_events.clear()
-            return step.next, f"waited {format_duration(step.duration)}"
+            return step.next, f"waited {label}"
         return STAY
 
     async def _wait_for(self, step: WaitForStep) -> tuple[str | None, str] | _Stay:
@@ -357,6 +451,8 @@ class JourneyWorkflow:
         state.visits[step_id] = state.visits.get(step_id, 0) + 1
         state.steps_executed += 1
         state.matched_event = None
+        state.wait_until = None
+        state.deferred_until = None
         self._record(step_id, "entered")
 
     def _record(self, step_id: str, outcome: str) -> None:
@@ -404,6 +500,8 @@ def _matches(step: WaitForStep, event: JourneyEvent) -> bool:
 
 def _describe(step: Step, started: datetime) -> str:
     if isinstance(step, WaitStep):
+        if step.duration is None:
+            return "resolving the local time to wait for"
         until = (started + step.duration).strftime("%Y-%m-%d %H:%M UTC")
         return f"waiting {format_duration(step.duration)} (until {until})"
     if isinstance(step, WaitForStep):

@@ -32,6 +32,11 @@ class OutgoingMessage:
     traits: dict[str, Any] = field(default_factory=dict)
     """The recipient's profile: each channel finds its address there (`email`, `phone`,
     `push_tokens`). Addresses come from the store at send time, never from a history."""
+    subscription_group: str | None = None
+    """What the recipient unsubscribes from to stop this campaign; None for transactional
+    messages (no List-Unsubscribe)."""
+    priority: str | None = None
+    """The campaign's priority (core.definition.Priority), when known."""
 
 
 def address(message: OutgoingMessage, trait: str, channel: str) -> str:

@@ -4,13 +4,15 @@ shares — the sender, the Message-ID, the subject rule and the extra-headers ho
 from __future__ import annotations
 
 import asyncio
+import email.policy
 import email.utils
 import re
 import socket
 import ssl
 from collections.abc import Callable, Mapping
+from email.headerregistry import HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
-from typing import Literal
+from typing import Any, Literal
 
 import aiosmtplib
 
@@ -37,6 +39,28 @@ RESERVED_HEADERS = frozenset(
     }
 )
 """Headers the channel writes itself (or SendGrid refuses in `headers`): a hook may not."""
+
+
+class _UrlListHeader(UnstructuredHeader):
+    """`List-Unsubscribe: <https://…/u/token>` on one line, as written.
+
+    The default folding splits a word longer than a line (a signed URL is) into RFC 2047
+    encoded words, which no mail client reads back as a URL; RFC 2369 asks for the URL as
+    is (lines may reach RFC 5322's 998 characters)."""
+
+    def fold(self, *, policy: Any) -> str:
+        name: str = self.name  # type: ignore[attr-defined]  # the registry mixes BaseHeader in
+        return f"{name}: {self}{policy.linesep}"
+
+
+def _message_policy() -> email.policy.EmailPolicy[EmailMessage]:
+    registry = HeaderRegistry()  # our own: the default policy's registry is shared
+    for name in ("list-unsubscribe", "list-unsubscribe-post"):
+        registry.map_to_type(name, _UrlListHeader)  # type: ignore[arg-type]  # a mixin, as above
+    return email.policy.default.clone(header_factory=registry)
+
+
+MESSAGE_POLICY = _message_policy()
 
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext: printable ASCII but ':'
 _NOT_ATEXT = re.compile(r"[^A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.]")
@@ -175,7 +199,7 @@ class SmtpChannel(Channel):
 
     def build(self, message: OutgoingMessage) -> EmailMessage:
         """The MIME message: text, plus an HTML alternative when the template has one."""
-        mime = EmailMessage()
+        mime = EmailMessage(policy=MESSAGE_POLICY)
         mime["From"] = email.utils.formataddr((self._sender_name, self._sender_address))
         mime["To"] = recipient(message)
         mime["Subject"] = subject(message)

@@ -2,11 +2,13 @@
 
 from fastapi import APIRouter
 
-from api.routes import campaigns, health, journeys, messages, tracking
+from api.routes import campaigns, health, journeys, messages, preview, subscriptions, tracking
 
 api_router = APIRouter()
 api_router.include_router(tracking.router)
 api_router.include_router(campaigns.router)
+api_router.include_router(preview.router)
 api_router.include_router(journeys.router)
 api_router.include_router(messages.router)
+api_router.include_router(subscriptions.router)
 api_router.include_router(health.router)

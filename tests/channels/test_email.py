@@ -501,6 +501,10 @@ async def test_sendgrid_posts_v3_mail_send_once(sendgrid, sessions):
     assert hit.headers["content-type"] == "application/json"
     body = hit.json()
     delivery_id = (await row(sessions, req.idempotency_key)).id
+    # A marketing campaign: one-click unsubscribe (tests/policy covers the link itself).
+    unsubscribe = body["headers"].pop("List-Unsubscribe")
+    assert unsubscribe.startswith("<http://127.0.0.1:8000/u/") and unsubscribe.endswith(">")
+    assert body["headers"].pop("List-Unsubscribe-Post") == "List-Unsubscribe=One-Click"
     assert body == {
         "personalizations": [
             {

@@ -390,7 +390,7 @@ def test_a_long_chain_of_steps_does_not_exhaust_the_stack() -> None:
     [
         ({"id": "s", "type": "send", "template": "t"}, "steps[1].channel: Field required"),
         ({"id": "s", "type": "send", "channel": "sandbox"}, "steps[1].template: Field required"),
-        ({"id": "s", "type": "wait"}, "steps[1].duration: Field required"),
+        ({"id": "s", "type": "wait"}, "steps[1]: a wait needs exactly one of duration or until"),
         ({"id": "s", "type": "wait_for", "timeout": "1h"}, "steps[1].event: Field required"),
         ({"id": "s", "type": "wait_for", "event": "E"}, "steps[1].timeout: Field required"),
         ({"id": "s", "type": "branch"}, "steps[1].branches: Field required"),

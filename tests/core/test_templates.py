@@ -1,10 +1,16 @@
-"""core.templates: sandboxed rendering, bounded output, errors that name the template."""
+"""core.templates: sandboxed rendering, bounded in size and time, locale- and zone-aware
+filters, errors that name the template and line."""
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
+
 import pytest
 
-from core.templates import RenderError, render, syntax_problem
+import core.templates as templates
+from core.definition import Template
+from core.templates import RenderError, message_context, render, render_message, syntax_problem
 
 
 def test_renders_context_and_missing_values_render_empty():
@@ -46,3 +52,161 @@ def test_runtime_error_names_the_template():
 def test_syntax_problem_names_the_line():
     assert syntax_problem("ok {{ x }}") is None
     assert (syntax_problem("line one\n{{ x ") or "").startswith("line 2: ")
+
+
+# -- personalisation and the shared message renderer ----------------------------------------
+
+
+NOW = datetime(2025, 3, 5, 20, 0, tzinfo=UTC)
+
+
+def context(**traits):
+    return message_context(
+        user_id="ada",
+        traits=traits,
+        event={
+            "name": "Product Added",
+            "timestamp": "2025-03-05T20:00:00+00:00",
+            "properties": {"sku": "U-1", "total": 1234.5},
+        },
+        last_event={"name": "Checkout Started", "properties": {"step": 2}},
+        campaign={"id": "cart", "name": "Cart", "version": 3},
+        now=NOW,
+    )
+
+
+def test_render_message_personalises_every_part():
+    template = Template(
+        subject="{{ traits.first_name | default('Hi there') }}",
+        body="{{ event.properties.sku }} then {{ last_event.name }} ({{ last_event.properties.step }})",
+        html="<b>{{ campaign.name }} v{{ campaign.version }} {{ user_id }}</b>",
+        data={"deep": {"list": ["{{ traits.plan }}", 7]}},
+    )
+    message = render_message(template, context(first_name="Ada", plan="pro"), name="t")
+    assert message.subject == "Ada"
+    assert message.body == "U-1 then Checkout Started (2)"
+    assert message.html == "<b>Cart v3 ada</b>"
+    assert message.data == {"deep": {"list": ["pro", 7]}}
+    missing = render_message(template, context(), name="t")
+    assert missing.subject == "Hi there" and missing.data == {"deep": {"list": ["", 7]}}
+
+
+def test_last_event_defaults_to_the_entry_event():
+    ctx = message_context(
+        user_id="u", traits=None, event={"name": "Signed Up"}, campaign={"id": "c"}
+    )
+    assert render("{{ last_event.name }}", ctx) == "Signed Up"
+
+
+@pytest.mark.parametrize(
+    ("traits", "source", "expected"),
+    [
+        ({}, "{{ event.properties.total | money }}", "$1,234.50"),
+        ({"locale": "en_US"}, "{{ 19.5 | money }}", "$19.50"),
+        ({"locale": "de_DE"}, "{{ 19.5 | money('EUR') }}", "19,50\xa0€"),
+        ({"locale": "de-DE"}, "{{ 1234.5 | money('eur') }}", "1.234,50\xa0€"),
+        ({"locale": "fr_FR"}, "{{ '1234.5' | money('EUR') }}", "1\u202f234,50\xa0€"),
+        ({"locale": "not a locale"}, "{{ 19.5 | money }}", "$19.50"),
+        ({}, "{{ traits.missing | money }}", ""),
+        # 20:00 UTC on 5 March: still the 5th in New York, already the 6th in Kolkata.
+        ({"timezone": "America/New_York"}, "{{ event.timestamp | date }}", "Mar 5, 2025"),
+        ({"timezone": "Asia/Kolkata"}, "{{ event.timestamp | date }}", "Mar 6, 2025"),
+        (
+            {"timezone": "America/New_York"},
+            "{{ event.timestamp | datetime('short') }}",
+            "3/5/25, 3:00\u202fPM",
+        ),
+        (
+            {"timezone": "Europe/Paris", "locale": "fr_FR"},
+            "{{ event.timestamp | datetime }}",
+            "5 mars 2025, 21:00:00",
+        ),
+        (
+            {"timezone": "Asia/Kolkata", "locale": "de_DE"},
+            "{{ event.timestamp | datetime('long') }}",
+            "6. März 2025, 01:30:00 +0530",
+        ),
+        ({"timezone": "Europe/Paris"}, "{{ 1741204800 | datetime('HH:mm') }}", "21:00"),
+        ({"timezone": "Europe/Paris"}, "{{ 1741204800000 | date('yyyy-MM-dd') }}", "2025-03-05"),
+        # A birthday is a day: it does not move to the day before west of Greenwich.
+        ({"timezone": "America/New_York"}, "{{ '1990-05-01' | date }}", "May 1, 1990"),
+        ({"timezone": "Nowhere/Special"}, "{{ event.timestamp | datetime('HH:mm') }}", "20:00"),
+        ({"timezone": "Asia/Kolkata"}, "{{ '2025-03-10' | days_until }}", "4"),
+        ({"timezone": "America/New_York"}, "{{ '2025-03-10' | days_until }}", "5"),
+    ],
+)
+def test_money_and_dates_follow_the_users_locale_and_zone(traits, source, expected):
+    assert render(source, context(**traits)) == expected
+
+
+def test_a_bad_value_for_a_filter_names_the_template():
+    with pytest.raises(RenderError, match=r"'t'.*'lots' is not an amount"):
+        render("{{ 'lots' | money }}", context(), name="t")
+    with pytest.raises(RenderError, match=r"'t' line 2.*not an ISO 8601"):
+        render("\n{{ 'soon' | date }}", context(), name="t")
+
+
+# -- hostile templates: refused, and quickly ------------------------------------------------
+
+HOSTILE = [
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ ''.__class__.__base__.__subclasses__() }}",
+    "{{ ''|attr('__class__')|attr('__mro__') }}",
+    "{{ ''|attr('format')('{0.__class__.__mro__}', cycler) }}",
+    "{{ '{0.__class__.__init__.__globals__}'.format(cycler) }}",
+    "{{ cycler.__init__.__globals__.os.popen('id').read() }}",
+    "{{ 'x' * 10**9 }}",
+    "{{ ['x' * 400000] * 400000 }}",
+    "{{ 2 ** 100000 }}",
+    "{% for i in range(10**9) %}x{% endfor %}",
+    "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}",
+    "{% for i in range(10000) %}{{ 'x' * 1000 }}{% endfor %}",
+    "{% macro m() %}{% for i in range(10000) %}{{ 'x' * 400000 }}{% endfor %}{% endmacro %}{{ m() }}",
+    "{% set ns = namespace(s='xx') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+    "{{ 'x' | center(10**9) }}",
+    "{{ 'x'.ljust(10**9) }}",
+    "{{ '%0999999999d' % 1 }}",
+    "{{ '{:>999999999}'.format(1) }}",
+    "{{ ('x' * 400000) | replace('x', 'yy') }}",
+    "{{ range(10000) | join('x' * 400000) }}",
+    "{{ range(10000) | map('string') | map('center', 400000) | join }}",
+    "{{ ('x\n' * 200000) | indent(400000) }}",
+    "{% for x in [1] recursive %}{{ loop([1]) }}{% endfor %}",
+    "{{ lipsum(10**6) }}",
+    "{% set l = [] %}{{ l.append(1) }}",
+]
+
+
+@pytest.mark.parametrize("source", HOSTILE)
+def test_hostile_corpus_is_refused_or_harmless_and_never_hangs(source):
+    started = time.monotonic()
+    try:
+        out = render(source, {"cycler": object(), "traits": {}}, name="evil.body")
+    except RenderError as exc:
+        assert "evil.body" in str(exc)
+    else:
+        # What the sandbox lets through prints nothing of the interpreter.
+        assert out.strip() in ("", "<function str.format>") or "object at" in out, out
+        assert "class" not in out and "globals" not in out
+    assert time.monotonic() - started < 2  # a guard against hangs, not a speed test
+
+
+def test_render_time_is_capped(monkeypatch):
+    monkeypatch.setattr(templates, "RENDER_SECONDS", 0.0)
+    with pytest.raises(RenderError, match=r"'slow' line 1: rendering took longer"):
+        render("{% for i in range(10) %}{{ i }}{% endfor %}", {}, name="slow")
+
+
+def test_output_is_capped_while_streaming():
+    with pytest.raises(RenderError, match="output over 500000 characters"):
+        render("{% for i in range(5000) %}{{ 'x' * 200 }}{% endfor %}", {}, name="big")
+
+
+def test_ordinary_templates_still_work():
+    source = (
+        "{% for item in items %}{{ loop.index }}/{{ loop.length }} {{ item.name ~ '!' }}"
+        "{% if not loop.last %}, {% endif %}{% endfor %} {{ items | map(attribute='name') | join(', ') }}"
+        " {{ 'a%sb' % 1 }} {{ '{}-{}'.format(1, 2) }} {{ 'ab' + 'cd' }} {{ 'x' | center(5) }}|"
+    )
+    items = [{"name": "a"}, {"name": "b"}]
+    assert render(source, {"items": items}) == "1/2 a!, 2/2 b! a, b a1b 1-2 abcd   x  |"

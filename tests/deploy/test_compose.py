@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 
 from core.config import (
     DEV_ADMIN_TOKEN,
+    DEV_LINK_SECRET,
     DEV_WEBHOOK_SECRET,
     DEV_WRITE_KEY,
     Environment,
@@ -44,6 +45,7 @@ SECRETS = {
     "NUDGE_WRITE_KEY": "wk-test-3f9a",
     "NUDGE_ADMIN_TOKEN": "at-test-77c1",
     "NUDGE_WEBHOOK_SECRET": "whsec_dGVzdC1zZWNyZXQtZm9yLWNvbXBvc2U=",
+    "NUDGE_LINK_SECRET": "ls-test-5d2e",
 }
 APP_SERVICES = ("migrate", "api", "worker")
 COMMANDS = {("nudge", "migrate"), ("nudge", "api"), ("nudge", "worker")}
@@ -486,6 +488,7 @@ PRODUCTION = {
     "write_key": "wk-real",
     "admin_token": "at-real",
     "webhook_secret": "whsec_cmVhbC1zZWNyZXQ=",
+    "link_secret": "real-link-secret",
 }
 
 
@@ -499,6 +502,8 @@ PRODUCTION = {
         ("admin_token", "  "),
         ("webhook_secret", " , "),
         ("webhook_secret", f"whsec_cmVhbC1zZWNyZXQ=,{DEV_WEBHOOK_SECRET}"),
+        ("link_secret", DEV_LINK_SECRET),
+        ("link_secret", ""),
     ],
 )
 def test_production_refuses_placeholder_secrets(field: str, placeholder: str) -> None:

@@ -17,9 +17,17 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from api.temporal import DATA_CONVERTER
-from core.journey import SIGNAL_EVENT, UPDATE_EXIT, ExitRequest
+from core.journey import SIGNAL_EVENT, UPDATE_EXIT, ExitRequest, PolicyAction, PolicyDecision
 from tests.fixtures.temporal import register_search_attributes, server_binary
-from tests.workflows.test_journey import BRANCHY, CART, WAIT_FOR, ActivityDoubles, event, start
+from tests.workflows.test_journey import (
+    BRANCHY,
+    CART,
+    RENEWAL,
+    WAIT_FOR,
+    ActivityDoubles,
+    event,
+    start,
+)
 from workflows.journey import JourneyWorkflow
 
 HISTORIES = Path(__file__).parent.parent / "histories"
@@ -39,12 +47,7 @@ async def main() -> None:
             env.client,
             task_queue=queue,
             workflows=[JourneyWorkflow],
-            activities=[
-                doubles.deliver,
-                doubles.fail_delivery,
-                doubles.load_profile,
-                doubles.record_outcome,
-            ],
+            activities=doubles.all(),
         ):
             runs = {}
             # Cart abandoned: 24 h wait, then the reminder.
@@ -74,9 +77,31 @@ async def main() -> None:
             await h2.result()
             runs["branch_pro"] = h
             runs["operator_exit"] = h2
+            # The send policy (patch send-policy-v1): one deferral, then the send.
+            began = await env.get_current_time()
+            doubles.policy = [
+                PolicyDecision(
+                    action=PolicyAction.defer,
+                    reason="quiet hours",
+                    defer_until=began + timedelta(hours=9),
+                )
+            ]
+            h = await start(env.client, queue, CART, user="replay-policy-deferred")
+            await h.result()
+            runs["policy_deferred"] = h
+            # wait until a local time, from a date trait.
+            doubles.traits = {"timezone": "Europe/Paris", "renewal_date": "2027-03-31"}
+            h = await start(env.client, queue, RENEWAL, user="replay-wait-until")
+            await h.result()
+            runs["wait_until"] = h
             for name, handle in runs.items():
+                path = HISTORIES / f"{name}.json"
+                if path.exists():
+                    # A history guards what older code did: never overwrite one.
+                    print("kept", name)
+                    continue
                 history = await handle.fetch_history()
-                (HISTORIES / f"{name}.json").write_text(history.to_json())
+                path.write_text(history.to_json())
                 print("recorded", name, len(history.events), "events")
     finally:
         await env.shutdown()

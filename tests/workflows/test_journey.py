@@ -15,14 +15,16 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from api.temporal import journey_search_attributes
-from core.definition import parse_campaign
+from api.temporal import DATA_CONVERTER, journey_search_attributes
+from core.definition import parse_campaign, signed_duration
 from core.events import JourneyEvent
 from core.journey import (
+    ACTIVITY_CHECK_POLICY,
     ACTIVITY_DELIVER,
     ACTIVITY_FAIL_DELIVERY,
     ACTIVITY_LOAD_PROFILE,
     ACTIVITY_RECORD_OUTCOME,
+    ACTIVITY_RESOLVE_WAIT,
     QUERY_STATE,
     SIGNAL_EVENT,
     UPDATE_EXIT,
@@ -35,12 +37,22 @@ from core.journey import (
     JourneyOutcome,
     JourneyState,
     JourneyStatus,
+    PolicyAction,
+    PolicyDecision,
+    PolicyRequest,
     Profile,
     ProfileRequest,
+    WaitRequest,
+    WaitResolution,
     idempotency_key,
     journey_id,
 )
-from tests.fixtures.temporal import SUGGEST_CONTINUE_AS_NEW_AT
+from core.schedule import next_local_time, parse_clock, relative_to_date, trait_date, zone
+from tests.fixtures.temporal import (
+    SUGGEST_CONTINUE_AS_NEW_AT,
+    register_search_attributes,
+    server_binary,
+)
 from workflows.journey import JourneyWorkflow
 
 CART = parse_campaign(
@@ -72,6 +84,19 @@ class ActivityDoubles:
         self.crash: str | None = None
         """When set, each send raises a non-retryable error, as if retries had run out."""
         self.closed: list[DeliveryFailure] = []
+        self.policy: list[PolicyDecision] = []
+        """Answers the send policy gives, in order; then `allow`."""
+        self.policy_checks: list[PolicyRequest] = []
+
+    def all(self) -> list:
+        return [
+            self.deliver,
+            self.fail_delivery,
+            self.load_profile,
+            self.record_outcome,
+            self.check_policy,
+            self.resolve_wait,
+        ]
         """When set, each send waits for it: lets a test act while a send is in flight."""
 
     @activity.defn(name=ACTIVITY_DELIVER)
@@ -95,6 +120,24 @@ class ActivityDoubles:
             delivery_id=len(self.sends),
             idempotency_key=request.idempotency_key,
         )
+
+    @activity.defn(name=ACTIVITY_CHECK_POLICY)
+    async def check_policy(self, request: PolicyRequest) -> PolicyDecision:
+        self.policy_checks.append(request)
+        if self.policy:
+            return self.policy.pop(0)
+        return PolicyDecision(action=PolicyAction.allow)
+
+    @activity.defn(name=ACTIVITY_RESOLVE_WAIT)
+    async def resolve_wait(self, request: WaitRequest) -> WaitResolution:
+        """The real resolution rules (core.schedule) on this double's traits."""
+        tz = zone(self.traits.get("timezone"))
+        clock = parse_clock(request.time)
+        if request.trait is None:
+            return WaitResolution(until=next_local_time(request.now, clock, tz), note=request.time)
+        day = trait_date(self.traits[request.trait])
+        offset = signed_duration(request.offset) if request.offset else timedelta(0)
+        return WaitResolution(until=relative_to_date(day, offset, clock, tz), note=request.time)
 
     @activity.defn(name=ACTIVITY_FAIL_DELIVERY)
     async def fail_delivery(self, failure: DeliveryFailure) -> None:
@@ -164,12 +207,7 @@ async def worker(time_skipping_env: WorkflowEnvironment, task_queue: str, double
         time_skipping_env.client,
         task_queue=task_queue,
         workflows=[JourneyWorkflow],
-        activities=[
-            doubles.deliver,
-            doubles.fail_delivery,
-            doubles.load_profile,
-            doubles.record_outcome,
-        ],
+        activities=doubles.all(),
     ) as w:
         yield w
 
@@ -476,12 +514,7 @@ async def test_journey_follows_the_servers_continue_as_new_suggestion(dev_env, t
         dev_env.client,
         task_queue=task_queue,
         workflows=[JourneyWorkflow],
-        activities=[
-            doubles.deliver,
-            doubles.fail_delivery,
-            doubles.load_profile,
-            doubles.record_outcome,
-        ],
+        activities=doubles.all(),
     ):
         first = await start(dev_env.client, task_queue, WAIT_FOR)
         handle = dev_env.client.get_workflow_handle(first.id)
@@ -536,3 +569,100 @@ async def test_a_deliberate_second_send_gets_its_own_key(
     requests = [r for r, _ in doubles.sends]
     assert [r.visit for r in requests] == [1, 2, 3]
     assert len({r.idempotency_key for r in requests}) == 3  # one key per visit
+
+
+async def test_quiet_hours_defer_a_send_on_a_durable_timer(
+    time_skipping_env, task_queue, doubles, worker
+):
+    began = await time_skipping_env.get_current_time()
+    resume = began + timedelta(hours=33)
+    doubles.policy = [
+        PolicyDecision(action=PolicyAction.defer, reason="quiet hours", defer_until=resume)
+    ]
+    handle = await start(time_skipping_env.client, task_queue, BRANCHY)
+    await time_skipping_env.sleep(timedelta(hours=5))
+    state = await handle.query(QUERY_STATE, result_type=JourneyState)
+    assert state.current_step == "basic" and state.deferred_until == resume
+    assert state.waiting_for and "quiet hours" in state.waiting_for
+    assert doubles.sends == []
+    await handle.result()
+    [(request, sent_at)] = doubles.sends
+    assert sent_at >= resume  # deferred, not dropped
+    assert len(doubles.policy_checks) == 2  # asked again when the window ended
+    assert {c.idempotency_key for c in doubles.policy_checks} == {request.idempotency_key}
+
+
+async def test_a_suppressed_send_is_recorded_and_the_journey_goes_on(
+    time_skipping_env, task_queue, doubles, worker
+):
+    doubles.policy = [
+        PolicyDecision(action=PolicyAction.suppress, reason="unsubscribed from marketing")
+    ]
+    handle = await start(time_skipping_env.client, task_queue, BRANCHY)
+    result = await handle.result()
+    state = await handle.query(QUERY_STATE, result_type=JourneyState)
+    assert result.status is JourneyStatus.completed and doubles.sends == []
+    basic = next(r for r in state.history if r.step_id == "basic")
+    assert basic.outcome == "suppressed: unsubscribed from marketing"
+
+
+RENEWAL = parse_campaign(
+    {
+        "id": "renewal",
+        "name": "Renewal reminder",
+        "entry": {"event": "Subscription Started"},
+        "steps": [
+            {
+                "id": "before",
+                "type": "wait",
+                "until": {"trait": "renewal_date", "offset": "-3d", "time": "09:00"},
+                "next": "remind",
+            },
+            {
+                "id": "remind",
+                "type": "send",
+                "channel": "email",
+                "template": "t",
+                "next": "morning",
+            },
+            {"id": "morning", "type": "wait", "until": {"time": "10:00"}, "next": "again"},
+            {"id": "again", "type": "send", "channel": "email", "template": "t"},
+        ],
+        "templates": {"t": {"subject": "s", "body": "x"}},
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("tz", "renewal", "first_utc", "second_utc"),
+    [
+        # Europe/Paris: 2027-03-28 is the spring-forward day; 09:00 is already CEST (+2).
+        ("Europe/Paris", "2027-03-31", "2027-03-28T07:00", "2027-03-28T08:00"),
+        # America/New_York springs forward on 2027-03-14: 09:00 EDT (-4), then the next 10:00, the same day.
+        ("America/New_York", "2027-03-17", "2027-03-14T13:00", "2027-03-14T14:00"),
+        # Asia/Kolkata has no DST: +5:30 all year.
+        ("Asia/Kolkata", "2027-03-17", "2027-03-14T03:30", "2027-03-14T04:30"),
+    ],
+)
+async def test_wait_until_local_times_across_days_and_dst(
+    task_queue, tz, renewal, first_utc, second_utc
+):
+    # A server of its own: the shared one's clock has run far ahead by now, and these
+    # dates must lie in this server's future.
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=server_binary("temporal-test-server"),
+        data_converter=DATA_CONVERTER,
+    )
+    try:
+        await register_search_attributes(env.client)
+        doubles = ActivityDoubles(traits={"timezone": tz, "renewal_date": renewal})
+        doubles.env = env
+        async with Worker(
+            env.client, task_queue=task_queue, workflows=[JourneyWorkflow], activities=doubles.all()
+        ):
+            handle = await start(env.client, task_queue, RENEWAL)
+            await handle.result()
+    finally:
+        await env.shutdown()
+    sent = [at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M") for _, at in doubles.sends]
+    assert sent == [first_utc, second_utc]

@@ -94,7 +94,7 @@ class JourneyActivities:
             sessions=self._sessions,
             settings=self._settings,
             request=request,
-            now=datetime.now(UTC),
+            now=max(request.now or datetime.now(UTC), datetime.now(UTC)),
         )
 
     @activity.defn(name=ACTIVITY_LOAD_PROFILE)

@@ -180,6 +180,9 @@ class PolicyRequest(BaseModel):
     visit: int
     channel: str
     user_id: str
+    now: datetime | None = None
+    """The journey's time when it asked. The policy decides at the later of this and the
+    clock, so a time-skipping test server's days count, and a late retry is never early."""
 
 
 class PolicyAction(StrEnum):

@@ -289,6 +289,7 @@ class JourneyWorkflow:
             user_id=self.input.user_id,
         )
         for _ in range(MAX_DEFERRALS):
+            request.now = workflow.now()
             decision: PolicyDecision = await workflow.execute_activity(
                 ACTIVITY_CHECK_POLICY,
                 request,

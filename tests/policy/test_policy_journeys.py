@@ -1,0 +1,166 @@
+"""The send policy inside real journeys: the real activities on SQLite/PostgreSQL, on a
+time-skipping server of the test's own, so days — and a DST change — pass in milliseconds."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from sqlalchemy import select
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.channels.registry import build_channels
+from activities.journey import JourneyActivities
+from api.temporal import DATA_CONVERTER
+from core.config import CapRule, Settings
+from core.definition import parse_campaign
+from core.journey import QUERY_STATE, JourneyState, JourneyStatus
+from store.campaigns import save_campaign
+from store.models import Delivery, SandboxMessage
+from store.profiles import merge_traits
+from tests.fixtures.temporal import register_search_attributes, server_binary
+from tests.workflows.test_journey import event, start
+from workflows.journey import JourneyWorkflow
+
+DAILY = parse_campaign(
+    {
+        "id": "daily-deals",
+        "name": "Daily deals",
+        "entry": {"event": "Signed Up"},
+        "steps": [
+            {"id": "first", "type": "send", "channel": "sandbox", "template": "t", "next": "w1"},
+            {"id": "w1", "type": "wait", "duration": "12h", "next": "second"},
+            {"id": "second", "type": "send", "channel": "sandbox", "template": "t", "next": "w2"},
+            {"id": "w2", "type": "wait", "duration": "1d", "next": "third"},
+            {"id": "third", "type": "send", "channel": "sandbox", "template": "t"},
+        ],
+        "templates": {"t": {"subject": "Deal", "body": "Today's deal"}},
+    }
+)
+
+EVENING = parse_campaign(
+    {
+        "id": "evening",
+        "name": "Evening reminder",
+        "entry": {"event": "Trial Started"},
+        "steps": [
+            {
+                "id": "late",
+                "type": "wait",
+                "until": {"trait": "trial_end", "offset": "-1d", "time": "22:00"},
+                "next": "remind",
+            },
+            {"id": "remind", "type": "send", "channel": "sandbox", "template": "t"},
+        ],
+        "templates": {"t": {"body": "Your trial ends tomorrow"}},
+    }
+)
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=server_binary("temporal-test-server"),
+        data_converter=DATA_CONVERTER,
+    )
+    try:
+        await register_search_attributes(env.client)
+        yield env
+    finally:
+        await env.shutdown()
+
+
+async def run_journey(env, sessions, settings: Settings, definition, traits, entry):
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    async with sessions() as session, session.begin():
+        await save_campaign(session=session, definition=definition)
+        await merge_traits(session=session, user_id=user, traits=traits)
+    queue = f"tq-{uuid.uuid4()}"
+    async with httpx.AsyncClient() as http:
+        activities = JourneyActivities(
+            sessions=sessions,
+            channels=build_channels(settings, http=http, sessions=sessions),
+            settings=settings,
+        )
+        async with Worker(
+            env.client, task_queue=queue, workflows=[JourneyWorkflow], activities=activities.all()
+        ):
+            handle = await start(env.client, queue, definition, user=user, entry=entry)
+            result = await handle.result()
+            state = await handle.query(QUERY_STATE, result_type=JourneyState)
+            history = await handle.fetch_history()
+    # The journey's clock: when each activity was scheduled, by activity name.
+    scheduled: dict[str, list[datetime]] = {}
+    for e in history.events:
+        if e.HasField("activity_task_scheduled_event_attributes"):
+            name = e.activity_task_scheduled_event_attributes.activity_type.name
+            scheduled.setdefault(name, []).append(e.event_time.ToDatetime(tzinfo=UTC))
+    async with sessions() as session:
+        rows = (await session.scalars(select(Delivery).where(Delivery.user_id == user))).all()
+        kept = (
+            await session.scalars(select(SandboxMessage).where(SandboxMessage.user_id == user))
+        ).all()
+    return result, state, {r.step_id: r for r in rows}, kept, scheduled
+
+
+async def test_a_daily_cap_suppresses_the_second_send_and_allows_the_next_day(env, sessions):
+    settings = Settings(
+        _env_file=None,
+        quiet_hours_start=None,
+        caps=[CapRule(group="marketing", limit=1, window=timedelta(hours=24))],
+    )
+    result, state, rows, kept, _ = await run_journey(
+        env, sessions, settings, DAILY, {"timezone": "Europe/Paris"}, event("Signed Up")
+    )
+    assert result.status is JourneyStatus.completed
+    assert {step: row.status for step, row in rows.items()} == {
+        "first": "sent",
+        "second": "suppressed",  # 12 h after the first: over 1 per 24 h
+        "third": "sent",  # 36 h after the first: a new day's slot
+    }
+    assert "cap" in (rows["second"].error or "")
+    outcomes = {r.step_id: r.outcome for r in state.history}
+    assert outcomes["second"].startswith("suppressed: ")
+    assert len(kept) == 2  # nothing reached the channel for the suppressed one
+
+
+async def test_quiet_hours_defer_to_the_morning_across_a_dst_change(env, sessions):
+    # New York springs forward in the night of 2027-03-13 to 14. The reminder falls at
+    # 22:00 EST on the 13th, inside quiet hours (21:00-08:00), and goes out at 08:00 EDT.
+    now = await env.get_current_time()
+    await env.sleep(datetime(2027, 3, 1, tzinfo=UTC) - now)
+    settings = Settings(_env_file=None, caps=[])
+    result, state, rows, kept, scheduled = await run_journey(
+        env,
+        sessions,
+        settings,
+        EVENING,
+        {"timezone": "America/New_York", "trial_end": "2027-03-14"},
+        event("Trial Started"),
+    )
+    assert result.status is JourneyStatus.completed
+    assert rows["remind"].status == "sent"
+    sent_at = rows["remind"].sent_at
+    assert sent_at is not None
+    [message] = kept
+    # Deferred, not dropped: recorded in the history, sent when the window ended.
+    deferred = next(r for r in state.history if r.step_id == "remind")
+    assert deferred.outcome.startswith("sent via sandbox")
+    assert state.deferred_until is None
+    assert any(r.step_id == "late" for r in state.history)
+    assert message.body == "Your trial ends tomorrow"
+    # The journey's clock: 2027-03-14 08:00 EDT is 12:00 UTC.
+    [reached] = [r for r in state.history if r.step_id == "remind"]
+    at_22_est = datetime(2027, 3, 14, 3, 0, tzinfo=UTC)
+    assert at_22_est <= reached.at < at_22_est + timedelta(seconds=1)
+    # Asked at 22:00 EST (deferred), asked again at 08:00 EDT = 12:00 UTC, then sent.
+    morning_edt = datetime(2027, 3, 14, 12, 0, tzinfo=UTC)
+    first_check, second_check = scheduled["check_policy"]
+    assert at_22_est <= first_check < at_22_est + timedelta(seconds=1)
+    assert morning_edt <= second_check < morning_edt + timedelta(seconds=1)
+    [deliver_at] = scheduled["deliver"]
+    assert morning_edt <= deliver_at < morning_edt + timedelta(seconds=1)

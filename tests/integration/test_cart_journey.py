@@ -12,6 +12,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.channels.webhook import verify
 from core.config import DEV_WEBHOOK_SECRET
 from core.journey import JourneyState, JourneyStatus, journey_id
+from core.links import make_token
 from store.entries import count_outcomes
 from tests.fixtures.api import (
     ADMIN,
@@ -240,3 +242,42 @@ async def test_cli_drives_a_sandbox_journey(stack: Stack, tmp_path: Path):
 
     missing = await asyncio.to_thread(nudge, api, "journeys", "show", "welcome-e2e", "nobody")
     assert missing.returncode != 0 and "404" in missing.stderr
+
+
+async def test_an_unsubscribed_user_gets_nothing_and_the_suppression_is_recorded(stack: Stack):
+    api, receiver = stack.api, stack.receiver
+    user = f"lin-{uuid.uuid4().hex[:6]}"
+    token = make_token(
+        secret=api.settings.link_secret,
+        user_id=user,
+        channel="webhook",
+        group="marketing",
+        expires_at=datetime.now(UTC) + timedelta(days=1),
+    )
+    # What a mail client's one-click button does (RFC 8058): a POST, no cookies, no auth.
+    page = await api.http.get(f"/u/{token}")
+    assert page.status_code == 200 and "<form" in page.text
+    clicked = await api.http.post(
+        f"/u/{token}",
+        content=b"List-Unsubscribe=One-Click",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert clicked.status_code == 200
+    tampered = await api.http.post(f"/u/{token[:-2]}xx", content=b"List-Unsubscribe=One-Click")
+    assert tampered.status_code == 400
+
+    r = await api.post("/v1/batch", batch(user))
+    assert r.status_code == 200, r.text
+
+    async def suppressed() -> JourneyState:
+        got = await api.http.get(f"/v1/journeys/cart-e2e/{user}", headers=ADMIN)
+        assert got.status_code == 200, got.text
+        state = JourneyState.model_validate(got.json())
+        ack = next(h for h in state.history if h.step_id == "ack")
+        assert ack.outcome == "suppressed: unsubscribed from marketing on webhook"
+        return state
+
+    await eventually(suppressed, timeout=30)
+    stats = (await api.http.get("/v1/campaigns/cart-e2e/stats", headers=ADMIN)).json()
+    assert stats["deliveries"] == {"suppressed": 1}
+    assert receiver.received == []  # nothing reached the provider

@@ -42,6 +42,7 @@ from store import deliveries
 from store.campaigns import get_version
 from store.entries import record_outcome
 from store.profiles import get_profile
+from store.subscriptions import add_suppression
 
 PROVIDER_UNAVAILABLE = "ProviderUnavailable"
 
@@ -178,6 +179,13 @@ class JourneyActivities:
                         status=DeliveryStatus.failed,
                         error=str(exc),
                     )
+                    if isinstance(exc, ProviderError) and exc.bounce:
+                        await add_suppression(
+                            session=session,
+                            user_id=request.user_id,
+                            channel=request.channel,
+                            reason=f"hard bounce: {exc}",
+                        )
             if retryable:
                 assert isinstance(exc, ProviderError)
                 delay = timedelta(seconds=exc.retry_after) if exc.retry_after else None

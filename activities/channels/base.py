@@ -68,11 +68,15 @@ class ProviderError(Exception):
         retryable: bool,
         retry_after: float | None = None,
         status: int | None = None,
+        bounce: bool = False,
     ):
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
         self.status = status
+        self.bounce = bounce
+        """A hard bounce: the address itself is refused for good. `deliver` suppresses the
+        channel for this user, so no later send — transactional included — tries it again."""
 
 
 class Channel(ABC):

@@ -245,6 +245,9 @@ class SmtpChannel(Channel):
         )
 
 
+HARD_BOUNCE_CODES = frozenset({550, 551, 553})
+
+
 def classify(exc: BaseException, to: str) -> ProviderError:
     """The shared rule in SMTP's terms: connection failures, timeouts and 4xx replies
     (421, 450, 451, 452, …) are temporary; 5xx replies (550, 553, …) are the server's
@@ -253,7 +256,11 @@ def classify(exc: BaseException, to: str) -> ProviderError:
         refused = exc.recipients[0] if exc.recipients else None
         if refused is None:
             return ProviderError(f"SMTP refused {to}", retryable=False)
-        return _reply_error(f"SMTP refused recipient {to}", refused.code, refused.message)
+        error = _reply_error(f"SMTP refused recipient {to}", refused.code, refused.message)
+        # 550 mailbox unavailable, 551 user not local, 553 mailbox name not allowed: the
+        # address is bad, not the message. (552, 554 and the rest may be about the message.)
+        error.bounce = refused.code in HARD_BOUNCE_CODES
+        return error
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         return _reply_error(f"SMTP {type(exc).__name__}", exc.code, exc.message)
     if isinstance(exc, ssl.SSLError):

@@ -30,10 +30,17 @@ from activities.journey import PROVIDER_UNAVAILABLE, JourneyActivities
 from core.config import Settings
 from core.definition import parse_campaign
 from core.events import JourneyEvent
-from core.journey import DeliverRequest, DeliveryStatus, idempotency_key
+from core.journey import (
+    DeliverRequest,
+    DeliveryStatus,
+    PolicyAction,
+    PolicyRequest,
+    idempotency_key,
+)
 from store import deliveries
 from store.campaigns import save_campaign
 from store.profiles import merge_traits
+from store.subscriptions import get_suppression
 from tests.fixtures.servers import Fault, ProviderDouble, Received
 
 SENDER = "Nudge Shop <hello@shop.example>"
@@ -437,6 +444,25 @@ async def test_deliver_550_is_failed_and_tried_once(smtp_activities, sessions):
     assert again.status is DeliveryStatus.failed and again.duplicate
     assert mailbox.rcpt_attempts == 1 and mailbox.delivered == []
     assert (await row(sessions, req.idempotency_key)).status == "failed"
+    # A refused mailbox is a hard bounce: email to this user is suppressed from now on,
+    # and the send policy says so for every later send, transactional included.
+    async with sessions() as session:
+        bounce = await get_suppression(session=session, user_id="ada", channel="email")
+    assert bounce is not None and "550" in bounce.reason
+    decision = await env.run(
+        activities.check_policy,
+        PolicyRequest(
+            idempotency_key="later-send",
+            workflow_id=req.workflow_id,
+            campaign_id="welcome",
+            campaign_version=1,
+            step_id="hello",
+            visit=2,
+            channel="email",
+            user_id="ada",
+        ),
+    )
+    assert decision.action is PolicyAction.suppress
 
 
 async def test_deliver_451_retries_then_sends_once(smtp_activities, sessions):

@@ -21,25 +21,7 @@ async def claim_delivery(*, session: AsyncSession, request: DeliverRequest) -> D
     each other see one row. The caller commits before calling the provider: the row is the
     record that a send was tried, whatever happens next.
     """
-    stmt = (
-        dialect_insert(session, Delivery)
-        .values(
-            idempotency_key=request.idempotency_key,
-            workflow_id=request.workflow_id,
-            campaign_id=request.campaign_id,
-            campaign_version=request.campaign_version,
-            step_id=request.step_id,
-            visit=request.visit,
-            channel=request.channel,
-            user_id=request.user_id,
-            status=DeliveryStatus.pending.value,
-            attempts=0,
-            created_at=now(),
-            updated_at=now(),
-        )
-        .on_conflict_do_nothing(index_elements=["idempotency_key"])
-    )
-    await session.execute(stmt)
+    await _insert_once(session, request, DeliveryStatus.pending)
     await session.execute(
         update(Delivery)
         .where(
@@ -59,6 +41,20 @@ async def record_suppressed(
     """Record a send the policy stopped: a `suppressed` row with its reason, keyed by the
     send's idempotency key, so stats and operators see it and `deliver` never sends it.
     A row that exists already (a retried check) is left as it is."""
+    await _insert_once(session, request, DeliveryStatus.suppressed, error=reason)
+    row = await get_delivery(session=session, idempotency_key=request.idempotency_key)
+    assert row is not None
+    return row
+
+
+async def _insert_once(
+    session: AsyncSession,
+    request: DeliverRequest | PolicyRequest,
+    status: DeliveryStatus,
+    *,
+    error: str | None = None,
+) -> None:
+    """The row for this send, unless one exists under its key (ON CONFLICT DO NOTHING)."""
     await session.execute(
         dialect_insert(session, Delivery)
         .values(
@@ -70,17 +66,14 @@ async def record_suppressed(
             visit=request.visit,
             channel=request.channel,
             user_id=request.user_id,
-            status=DeliveryStatus.suppressed.value,
+            status=status.value,
             attempts=0,
-            error=reason[:MAX_ERROR_CHARS],
+            error=error[:MAX_ERROR_CHARS] if error else None,
             created_at=now(),
             updated_at=now(),
         )
         .on_conflict_do_nothing(index_elements=["idempotency_key"])
     )
-    row = await get_delivery(session=session, idempotency_key=request.idempotency_key)
-    assert row is not None
-    return row
 
 
 async def get_delivery(*, session: AsyncSession, idempotency_key: str) -> Delivery | None:

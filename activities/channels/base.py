@@ -69,11 +69,14 @@ class ProviderError(Exception):
         retry_after: float | None = None,
         status: int | None = None,
         bounce: bool = False,
+        body: Any = None,
     ):
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
         self.status = status
+        self.body = body
+        """The provider's answer, parsed when it was JSON (error codes live there)."""
         self.bounce = bounce
         """A hard bounce: the address itself is refused for good. `deliver` suppresses the
         channel for this user, so no later send — transactional included — tries it again."""
@@ -118,14 +121,19 @@ def raise_for_provider_status(response: httpx.Response, provider: str) -> None:
         return
     reason = response.text[:500].strip() or response.reason_phrase
     message = f"{provider} answered {status}: {reason}"
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
     if status in RETRYABLE_STATUS or status >= 500:
         raise ProviderError(
             message,
             retryable=True,
             retry_after=parse_retry_after(response.headers.get("retry-after")),
             status=status,
+            body=body,
         )
-    raise ProviderError(message, retryable=False, status=status)
+    raise ProviderError(message, retryable=False, status=status, body=body)
 
 
 async def post_to_provider(

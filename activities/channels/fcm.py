@@ -55,25 +55,13 @@ def data_strings(data: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def _error_body(exc: ProviderError) -> Any:
-    # `post_to_provider` keeps the answer only in its message; read the JSON back.
-    prefix = f"{PROVIDER} answered {exc.status}: "
-    text = str(exc)
-    if exc.status is None or not text.startswith(prefix):
-        return None
-    try:
-        return json.loads(text[len(prefix) :])
-    except ValueError:
-        return None
-
-
 def is_unregistered(exc: ProviderError) -> bool:
     """FCM's answer for a token that is no longer valid (app uninstalled, token expired):
     HTTP 404, `UNREGISTERED` in the error details (or, from older servers, status
     `NOT_FOUND`)."""
     if exc.status != 404:
         return False
-    body = _error_body(exc)
+    body = exc.body
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
         return "UNREGISTERED" in str(exc)
@@ -83,7 +71,7 @@ def is_unregistered(exc: ProviderError) -> bool:
 
 
 def _reason(exc: ProviderError) -> str:
-    body = _error_body(exc)
+    body = exc.body
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
         return str(exc)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -111,22 +109,9 @@ class TwilioChannel(Channel):
         )
 
 
-def _error_body(exc: ProviderError, provider: str) -> Any:
-    """The JSON a provider answered with, read back from a classified error (None if the
-    error was not an HTTP answer or the answer was not JSON)."""
-    prefix = f"{provider} answered {exc.status}: "
-    text = str(exc)
-    if exc.status is None or not text.startswith(prefix):
-        return None
-    try:
-        return json.loads(text[len(prefix) :])
-    except ValueError:
-        return None
-
-
 def _explained(exc: ProviderError) -> ProviderError:
     """The same classification, with Twilio's error code and message up front."""
-    body = _error_body(exc, PROVIDER)
+    body = exc.body
     if not isinstance(body, dict) or "code" not in body:
         return exc
     reason = f"twilio refused the message (HTTP {exc.status}, Twilio error {body['code']})"
@@ -135,5 +120,10 @@ def _explained(exc: ProviderError) -> ProviderError:
     if body.get("more_info"):
         reason += f" — {body['more_info']}"
     return ProviderError(
-        reason, retryable=exc.retryable, retry_after=exc.retry_after, status=exc.status
+        reason,
+        retryable=exc.retryable,
+        retry_after=exc.retry_after,
+        status=exc.status,
+        body=body,
+        bounce=exc.bounce,
     )

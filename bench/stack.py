@@ -8,10 +8,8 @@ in reverse order, when the context exits.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import socket
 import sys
 import tempfile
 import uuid
@@ -21,14 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
-from fastapi import FastAPI
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from api.app import create_app
 from api.client import NudgeClient
+from api.server import serve_in_loop
 from api.temporal import ALL_KEYS, DATA_CONVERTER
 from bench.floor import FloorActivities, FloorWorkflow
 from bench.recorder import WebhookRecorder
@@ -89,32 +86,6 @@ async def start_dev_server(dynamic_config: tuple[str, ...] = ()) -> WorkflowEnvi
 
 
 @contextlib.asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[str]:
-    """Run `app` under uvicorn in this event loop on an ephemeral 127.0.0.1 port."""
-    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP.
-    # Without it, Nagle holds the response body behind the headers until the client's
-    # delayed ACK (~40 ms) whenever requests follow each other closely.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                await task
-                raise RuntimeError("uvicorn exited during start-up")
-            await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        try:
-            await asyncio.wait_for(task, timeout=30)
-        finally:
-            sock.close()
-
-
-@contextlib.asynccontextmanager
 async def running_stack(
     env: WorkflowEnvironment | None = None, *, dynamic_config: tuple[str, ...] = UNTHROTTLED
 ) -> AsyncIterator[Stack]:
@@ -163,7 +134,7 @@ async def running_stack(
             )
         )
 
-        url = await stack.enter_async_context(serve(create_app(settings)))
+        url = (await stack.enter_async_context(serve_in_loop(create_app(settings)))).url
         nudge = await stack.enter_async_context(
             NudgeClient(url, admin_token=ADMIN_TOKEN, write_key=WRITE_KEY)
         )

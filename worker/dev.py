@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import uvicorn
 from temporalio.client import Client
 
 from api.app import create_app
+from api.server import serve_in_loop
 from api.temporal import connect
 from core.config import Settings
 from core.journey import SEARCH_ATTRIBUTES
@@ -204,32 +204,19 @@ async def run_dev(
         async with journey_activities(settings) as activities:
             worker = create_worker(client, activities, task_queue=settings.task_queue)
             async with worker:
-                server = uvicorn.Server(
-                    uvicorn.Config(
-                        create_app(settings),
-                        host=settings.api_host,
-                        port=settings.api_port,
-                        log_level="warning",
-                        lifespan="on",
+                app = create_app(settings)
+                async with serve_in_loop(
+                    app, host=settings.api_host, port=settings.api_port
+                ) as served:
+                    applied = (
+                        await apply_examples(settings, options.examples) if options.examples else []
                     )
-                )
-                api = asyncio.create_task(server.serve())
-                while not server.started:
-                    if api.done():
-                        await api
-                        raise SystemExit("the API did not start")
-                    await asyncio.sleep(0.05)
-                applied = (
-                    await apply_examples(settings, options.examples) if options.examples else []
-                )
-                print(banner(settings, options, applied), flush=True)
-                if ready is not None:
-                    ready.set()
-                # uvicorn catches Ctrl-C itself while serving: either way ends the stack.
-                stopper = asyncio.create_task(stop.wait())
-                await asyncio.wait({stopper, api}, return_when=asyncio.FIRST_COMPLETED)
-                stopper.cancel()
-                print("\nstopping…", flush=True)
-                server.should_exit = True
-                await api
+                    print(banner(settings, options, applied), flush=True)
+                    if ready is not None:
+                        ready.set()
+                    # uvicorn catches Ctrl-C itself while serving: either way ends the stack.
+                    stopper = asyncio.create_task(stop.wait())
+                    await asyncio.wait({stopper, served.task}, return_when=asyncio.FIRST_COMPLETED)
+                    stopper.cancel()
+                    print("\nstopping…", flush=True)
     print("stopped.", flush=True)

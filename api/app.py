@@ -14,9 +14,9 @@ from pydantic.json_schema import models_json_schema
 from api.deps import Services
 from api.routes import api_router, tracking
 from api.routing import EventRouter, Relay
-from api.temporal import TemporalConnection
 from core.config import Settings
 from store.db import create_engine, session_factory
+from temporal.client import TemporalConnection
 
 log = logging.getLogger("nudge.api")
 

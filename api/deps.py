@@ -12,8 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
 from api.routing import EventRouter, Relay
-from api.temporal import TemporalConnection
 from core.config import Settings
+from temporal.client import TemporalConnection
 
 
 @dataclass

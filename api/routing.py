@@ -35,12 +35,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.temporal import (
-    TemporalConnection,
-    is_outage,
-    is_transient,
-    journey_search_attributes,
-)
 from core.conditions import evaluate_all, needs_traits
 from core.config import Settings
 from core.definition import CampaignDefinition, JourneyPlan, ReEntry
@@ -51,6 +45,8 @@ from store.entries import entry_recorded, has_entered, record_entry
 from store.events import mark_events, pending_events, record_attempt_failure
 from store.models import Event
 from store.profiles import get_profile
+from temporal.client import TemporalConnection, is_outage, is_transient
+from temporal.search_attributes import journey_search_attributes
 
 log = logging.getLogger("nudge.routing")
 

@@ -21,7 +21,6 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.testing import WorkflowEnvironment
 
 from activities.channels.webhook import verify
 from bench.floor import SIGNAL_NAME, FloorWorkflow, Ping
@@ -36,6 +35,7 @@ from bench.stack import (
     running_stack,
 )
 from core.journey import idempotency_key, journey_id
+from temporal.servers import DevServer
 
 NUDGE, BASELINE = "nudge", "baseline"
 SEQUENTIAL, CONCURRENT = "sequential", "concurrent"
@@ -264,12 +264,12 @@ def check_delivery(recorder: WebhookRecorder, samples: list[Sample], secret: str
     )
 
 
-async def measure(config: Config, *, env: WorkflowEnvironment | None = None) -> Figures:
-    """Start everything (reusing `env` when given), measure both systems, shut down."""
+async def measure(config: Config, *, server: DevServer | None = None) -> Figures:
+    """Start everything (reusing `server` when given), measure both systems, shut down."""
     begin = time.monotonic()
     tag = uuid.uuid4().hex[:8]
     dynamic_config = () if config.stock_dev_server else UNTHROTTLED
-    async with running_stack(env, dynamic_config=dynamic_config) as stack:
+    async with running_stack(server, dynamic_config=dynamic_config) as stack:
         drivers: dict[str, Driver] = {
             NUDGE: NudgeDriver(stack, config.journey_timeout),
             BASELINE: BaselineDriver(stack, config.journey_timeout),
@@ -307,7 +307,7 @@ async def measure(config: Config, *, env: WorkflowEnvironment | None = None) -> 
         delivery = check_delivery(stack.recorder, all_samples, stack.settings.webhook_secret)
     return Figures(
         machine=machine(),
-        config=_config_dict(config, env, dynamic_config),
+        config=_config_dict(config, server, dynamic_config),
         phases=figures,
         delivery=delivery,
         duration_s=time.monotonic() - begin,
@@ -315,9 +315,9 @@ async def measure(config: Config, *, env: WorkflowEnvironment | None = None) -> 
 
 
 def _config_dict(
-    config: Config, env: WorkflowEnvironment | None, dynamic_config: tuple[str, ...]
+    config: Config, server: DevServer | None, dynamic_config: tuple[str, ...]
 ) -> dict[str, Any]:
-    if env is not None:
+    if server is not None:
         dev_server = "provided by the caller"
     else:
         dev_server = "in-memory, " + (", ".join(dynamic_config) or "stock configuration")

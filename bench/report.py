@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.stack import TEMPORAL_BIN
+from temporal.servers import DEV_SERVER_BINARY, ServerError, binary
 
 STAGE_LABELS = {
     "to_workflow_start": "call → workflow started",
@@ -140,9 +140,9 @@ def latency_figures(
 def machine() -> dict[str, Any]:
     try:
         cli = subprocess.run(
-            [str(TEMPORAL_BIN), "--version"], capture_output=True, text=True, timeout=10
+            [binary(DEV_SERVER_BINARY), "--version"], capture_output=True, text=True, timeout=10
         ).stdout.strip()
-    except (OSError, subprocess.SubprocessError) as exc:
+    except (OSError, subprocess.SubprocessError, ServerError) as exc:
         cli = f"unknown ({exc})"
     return {
         "cores": os.cpu_count(),

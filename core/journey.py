@@ -236,15 +236,3 @@ ACTIVITY_RECORD_OUTCOME = "record_outcome"
 ACTIVITY_FAIL_DELIVERY = "fail_delivery"
 ACTIVITY_CHECK_POLICY = "check_policy"
 ACTIVITY_RESOLVE_WAIT = "resolve_wait"
-
-SA_CAMPAIGN = "NudgeCampaign"
-SA_USER = "NudgeUser"
-SA_STEP = "NudgeStep"
-SA_CAMPAIGN_VERSION = "NudgeCampaignVersion"
-SEARCH_ATTRIBUTES = {
-    SA_CAMPAIGN: "Keyword",
-    SA_USER: "Keyword",
-    SA_STEP: "Keyword",
-    SA_CAMPAIGN_VERSION: "Int",
-}
-"""Custom search attributes a Temporal namespace needs for Nudge, by name and type."""

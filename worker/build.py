@@ -15,9 +15,9 @@ from temporalio.worker import Worker
 
 from activities.channels.registry import build_channels
 from activities.journey import JourneyActivities
-from api.temporal import connect
 from core.config import Settings
 from store.db import create_engine, session_factory
+from temporal.client import connect
 from workflows.journey import JourneyWorkflow
 
 log = logging.getLogger("nudge.worker")

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
@@ -35,7 +35,6 @@ with workflow.unsafe.imports_passed_through():
         MAX_STEP_RECORDS,
         MAX_STEPS_PER_JOURNEY,
         QUERY_STATE,
-        SA_STEP,
         SIGNAL_EVENT,
         UPDATE_EXIT,
         WORKFLOW_NAME,
@@ -59,8 +58,7 @@ with workflow.unsafe.imports_passed_through():
         WaitResolution,
         idempotency_key,
     )
-
-STEP_KEY = SearchAttributeKey.for_keyword(SA_STEP)
+    from temporal import search_attributes
 
 DELIVER_TIMEOUT = timedelta(seconds=60)
 DELIVER_HEARTBEAT = timedelta(seconds=5)
@@ -478,7 +476,7 @@ class JourneyWorkflow:
         state = self.state
         waiting = _describe(step, state.step_started_at or workflow.now())
         state.waiting_for = waiting
-        workflow.upsert_search_attributes([STEP_KEY.value_set(step.id)])
+        workflow.upsert_search_attributes([search_attributes.STEP.value_set(step.id)])
         workflow.set_current_details(f"step **{step.id}** ({step.type}): {waiting}")
 
     def _end(self, status: JourneyStatus, reason: str, event: JourneyEvent | None = None) -> None:

@@ -17,8 +17,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import AdminDep, TemporalDep
 from api.schemas import Message
-from api.temporal import is_outage
 from core.journey import QUERY_STATE, UPDATE_EXIT, ExitRequest, JourneyState, journey_id
+from temporal.client import is_outage
 
 router = APIRouter(prefix="/v1/journeys", tags=["journeys"], dependencies=[AdminDep])
 

@@ -6,12 +6,12 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from api.app import create_app
+from temporal.servers import DevServer, free_port
 from tests.api.doubles import RecordingJourney
-from tests.fixtures.api import RoutingApi, RunningApi, free_port, make_settings, running_api, serve
+from tests.fixtures.api import RoutingApi, RunningApi, make_settings, running_api, serve
 
 
 @pytest.fixture
@@ -30,14 +30,14 @@ async def api_db(database_url: str) -> AsyncIterator[RunningApi]:
         yield running
 
 
-def target(env: WorkflowEnvironment) -> str:
-    return env.client.service_client.config.target_host
-
-
 @pytest.fixture
-async def routing_api(sqlite_url: str, dev_env: WorkflowEnvironment) -> AsyncIterator[RoutingApi]:
-    settings = make_settings(sqlite_url, target(dev_env))
-    async with Worker(dev_env.client, task_queue=settings.task_queue, workflows=[RecordingJourney]):
+async def routing_api(sqlite_url: str, dev_server: DevServer) -> AsyncIterator[RoutingApi]:
+    settings = make_settings(sqlite_url, dev_server.address)
+    async with Worker(
+        dev_server.client, task_queue=settings.task_queue, workflows=[RecordingJourney]
+    ):
         app = create_app(settings)
         async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
-            yield RoutingApi(url=url, app=app, settings=settings, http=http, client=dev_env.client)
+            yield RoutingApi(
+                url=url, app=app, settings=settings, http=http, client=dev_server.client
+            )

@@ -10,11 +10,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.routing import GAVE_UP, EventRouter, Outcome, Relay
-from api.temporal import TemporalConnection
 from store.db import create_engine, session_factory
 from store.events import NewEvent, record_events
 from store.models import Event
-from tests.fixtures.api import free_port, make_settings
+from temporal.client import TemporalConnection
+from temporal.servers import free_port
+from tests.fixtures.api import make_settings
 
 Sessions = async_sessionmaker[AsyncSession]
 

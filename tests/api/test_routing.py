@@ -7,6 +7,7 @@ see exactly what the router sent and in which order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import uuid
@@ -15,21 +16,14 @@ from typing import Any
 from sqlalchemy import update
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from api.client import NudgeClient, NudgeClientError
-from api.temporal import (
-    ALL_KEYS,
-    CAMPAIGN_KEY,
-    CAMPAIGN_VERSION_KEY,
-    DATA_CONVERTER,
-    STEP_KEY,
-    USER_KEY,
-)
 from core.events import JourneyEvent
 from core.journey import JourneyInput, journey_id
 from store.models import Event
+from temporal import search_attributes
+from temporal.servers import DevServerOptions, dev_server, free_port
 from tests.api.doubles import FINISH_EVENT, RecordingJourney
 from tests.fixtures.api import (
     ADMIN,
@@ -38,11 +32,9 @@ from tests.fixtures.api import (
     RoutingApi,
     RunningApi,
     eventually,
-    free_port,
     make_settings,
     running_api,
 )
-from tests.fixtures.temporal import server_binary
 
 CART: dict[str, Any] = {
     "id": "cart",
@@ -110,10 +102,10 @@ async def test_entry_starts_a_journey_then_events_signal_it(routing_api: Routing
     handle = client.get_workflow_handle(journey_id("cart", "ada"))
     description = await handle.describe()
     attributes = description.typed_search_attributes
-    assert attributes.get(CAMPAIGN_KEY) == "cart"
-    assert attributes.get(USER_KEY) == "ada"
-    assert attributes.get(CAMPAIGN_VERSION_KEY) == 1
-    assert attributes.get(STEP_KEY) == "await-order"
+    assert attributes.get(search_attributes.CAMPAIGN) == "cart"
+    assert attributes.get(search_attributes.USER) == "ada"
+    assert attributes.get(search_attributes.CAMPAIGN_VERSION) == 1
+    assert attributes.get(search_attributes.STEP) == "await-order"
     assert await description.static_summary() == "Cart abandonment for ada"
     journey_input = await handle.query("input", result_type=JourneyInput)
     assert (journey_input.campaign_id, journey_input.campaign_version) == ("cart", 1)
@@ -275,31 +267,22 @@ async def test_temporal_down_then_back(sqlite_url: str) -> None:
         assert "not connected to Temporal" in (events["a-1"].last_error or "")
         assert events["a-2"].attempts == 0  # waiting behind a-1, not tried
 
-        env = await WorkflowEnvironment.start_local(
-            port=port,
-            dev_server_existing_path=server_binary("temporal"),
-            search_attributes=ALL_KEYS,
-            data_converter=DATA_CONVERTER,
-            dev_server_log_level="error",
-        )
-        try:
-            async with Worker(
-                env.client, task_queue=settings.task_queue, workflows=[RecordingJourney]
-            ):
-                ids = [m for _, _, m, _ in sent]
-                assert await settled(api, *ids) == {
-                    **dict.fromkeys(ids, "routed"),
-                    "b-2": "ignored",
-                    "c-1": "ignored",
-                }
-                ada = [e.message_id for e in await received(env.client, "cart", "ada")]
-                bob = [e.message_id for e in await received(env.client, "cart", "bob")]
-                assert ada == ["a-1", "a-2", "a-3"]
-                assert bob == ["b-1", "b-3"]
-                assert (await api.http.get("/readyz")).status_code == 200
-                assert len(await api.entries()) == 2
-        finally:
-            await env.shutdown()
+        async with (
+            dev_server(DevServerOptions(port=port)) as server,
+            Worker(server.client, task_queue=settings.task_queue, workflows=[RecordingJourney]),
+        ):
+            ids = [m for _, _, m, _ in sent]
+            assert await settled(api, *ids) == {
+                **dict.fromkeys(ids, "routed"),
+                "b-2": "ignored",
+                "c-1": "ignored",
+            }
+            ada = [e.message_id for e in await received(server.client, "cart", "ada")]
+            bob = [e.message_id for e in await received(server.client, "cart", "bob")]
+            assert ada == ["a-1", "a-2", "a-3"]
+            assert bob == ["b-1", "b-3"]
+            assert (await api.http.get("/readyz")).status_code == 200
+            assert len(await api.entries()) == 2
 
 
 async def _attempted(api: RunningApi, *message_ids: str) -> bool:
@@ -348,38 +331,28 @@ async def test_temporal_lost_after_connecting(sqlite_url: str) -> None:
     """A server that goes away under a connected client: RPCs fail UNAVAILABLE, events wait;
     a server back at the same address gets them (the client reconnects by itself)."""
     port = free_port()
-
-    async def dev_server() -> WorkflowEnvironment:
-        return await WorkflowEnvironment.start_local(
-            port=port,
-            dev_server_existing_path=server_binary("temporal"),
-            search_attributes=ALL_KEYS,
-            data_converter=DATA_CONVERTER,
-            dev_server_log_level="error",
-        )
-
     settings = make_settings(sqlite_url, f"127.0.0.1:{port}")
-    env = await dev_server()
-    try:
-        async with running_api(settings) as api:
-            assert (await api.http.get("/readyz")).status_code == 200
-            await api.campaign(CART)
-            await env.shutdown()
+    async with contextlib.AsyncExitStack() as stack:
+        first = contextlib.AsyncExitStack()
+        stack.push_async_callback(first.aclose)
+        await first.enter_async_context(dev_server(DevServerOptions(port=port)))
+        api = await stack.enter_async_context(running_api(settings))
+        assert (await api.http.get("/readyz")).status_code == 200
+        await api.campaign(CART)
+        await first.aclose()  # the server goes away under the connected client
 
-            await api.track("fay", "Product Added", messageId="f-1", properties={"price": 1})
-            await api.track("fay", "Order Completed", messageId="f-2")
-            assert (await api.http.get("/readyz")).status_code == 503
-            await eventually(lambda: _attempted(api, "f-1"), timeout=60)
-            event = await api.event("f-1")
-            assert event.status == "pending"
-            assert (event.last_error or "").startswith("RPCError UNAVAILABLE")
+        await api.track("fay", "Product Added", messageId="f-1", properties={"price": 1})
+        await api.track("fay", "Order Completed", messageId="f-2")
+        assert (await api.http.get("/readyz")).status_code == 503
+        await eventually(lambda: _attempted(api, "f-1"), timeout=60)
+        event = await api.event("f-1")
+        assert event.status == "pending"
+        assert (event.last_error or "").startswith("RPCError UNAVAILABLE")
 
-            env = await dev_server()
-            async with Worker(
-                env.client, task_queue=settings.task_queue, workflows=[RecordingJourney]
-            ):
-                assert await settled(api, "f-1", "f-2") == {"f-1": "routed", "f-2": "routed"}
-                fay = [e.message_id for e in await received(env.client, "cart", "fay")]
-                assert fay == ["f-1", "f-2"]
-    finally:
-        await env.shutdown()
+        async with (
+            dev_server(DevServerOptions(port=port)) as server,
+            Worker(server.client, task_queue=settings.task_queue, workflows=[RecordingJourney]),
+        ):
+            assert await settled(api, "f-1", "f-2") == {"f-1": "routed", "f-2": "routed"}
+            fay = [e.message_id for e in await received(server.client, "cart", "fay")]
+            assert fay == ["f-1", "f-2"]

@@ -6,14 +6,13 @@ and the baseline produced figures and that each journey's message arrived exactl
 
 from __future__ import annotations
 
-from temporalio.testing import WorkflowEnvironment
-
 from bench.event_to_send import BASELINE, CONCURRENT, NUDGE, SEQUENTIAL, Config, measure
 from bench.report import render
+from temporal.servers import DevServer
 
 
-async def test_bench_produces_figures_for_nudge_and_baseline(dev_env: WorkflowEnvironment):
-    figures = await measure(Config(journeys=3, concurrency=2, warmup=1), env=dev_env)
+async def test_bench_produces_figures_for_nudge_and_baseline(dev_server: DevServer):
+    figures = await measure(Config(journeys=3, concurrency=2, warmup=1), server=dev_server)
 
     assert {(p.system, p.phase) for p in figures.phases} == {
         (system, phase) for system in (NUDGE, BASELINE) for phase in (SEQUENTIAL, CONCURRENT)

@@ -33,7 +33,7 @@ from core.config import (
     Environment,
     Settings,
 )
-from core.journey import SEARCH_ATTRIBUTES
+from temporal import search_attributes
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -351,7 +351,7 @@ def test_temporal_setup_registers_the_journey_search_attributes(
     setup = services["temporal-setup"]
     env = environment(setup)
     registered = dict(pair.split("=", 1) for pair in env["SEARCH_ATTRIBUTES"].split())
-    assert registered == SEARCH_ATTRIBUTES
+    assert registered == search_attributes.by_name()
     assert env["TEMPORAL_NAMESPACE"] == api_settings.temporal_namespace
     assert environment(services["temporal"])["DEFAULT_NAMESPACE"] == api_settings.temporal_namespace
     script = "\n".join(command(setup.get("entrypoint")) + command(setup.get("command")))

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
-from temporalio.testing import WorkflowEnvironment
 
 from core.journey import DeliveryStatus, JourneyState, JourneyStatus, idempotency_key, journey_id
 from store.models import Delivery
+from temporal.servers import DevServer
 from tests.fixtures.api import ADMIN, WRITE_KEY, RunningApi, eventually, make_settings, running_api
 from tests.fixtures.servers import ProviderDouble, Received, ok_json
 from worker.build import create_worker, journey_activities
@@ -68,15 +68,13 @@ class Stack:
 
 
 @pytest.fixture
-async def stack(database_url: str, dev_env: WorkflowEnvironment) -> AsyncIterator[Stack]:
+async def stack(database_url: str, dev_server: DevServer) -> AsyncIterator[Stack]:
     provider = FlakyProvider()
     double = ProviderDouble(provider, key_header="webhook-id").start()
-    settings = make_settings(
-        database_url, dev_env.client.service_client.config.target_host, webhook_url=double.url
-    )
+    settings = make_settings(database_url, dev_server.address, webhook_url=double.url)
     try:
         async with journey_activities(settings) as activities:
-            worker = create_worker(dev_env.client, activities, task_queue=settings.task_queue)
+            worker = create_worker(dev_server.client, activities, task_queue=settings.task_queue)
             async with worker, running_api(settings) as api:
                 await api.campaign(CAMPAIGN)
                 yield Stack(api, double, provider)

@@ -19,10 +19,10 @@ from typing import Any
 
 from sqlalchemy import select
 from temporalio.client import WorkflowExecutionStatus
-from temporalio.testing import WorkflowEnvironment
 
 from core.journey import DeliveryStatus, JourneyState, JourneyStatus, idempotency_key, journey_id
 from store.models import Delivery
+from temporal.servers import DevServer
 from tests.fixtures.api import ADMIN, WRITE_KEY, RunningApi, eventually, make_settings, running_api
 from tests.fixtures.processes import WorkerProcess
 from tests.fixtures.servers import Fault, ProviderDouble, Received, ok_json
@@ -108,7 +108,7 @@ async def delivery_rows(api: RunningApi) -> list[Delivery]:
 
 async def test_worker_killed_mid_send_every_message_arrives_once(
     database_url: str,
-    dev_env: WorkflowEnvironment,
+    dev_server: DevServer,
     worker_process: type[WorkerProcess],
     tmp_path: Path,
     record_property: Any,
@@ -121,7 +121,7 @@ async def test_worker_killed_mid_send_every_message_arrives_once(
     double.server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
     settings = make_settings(
         database_url,
-        dev_env.client.service_client.config.target_host,
+        dev_server.address,
         webhook_url=double.url,
     )
     users = [f"user-{i:03d}" for i in range(USERS)]
@@ -166,7 +166,7 @@ async def test_worker_killed_mid_send_every_message_arrives_once(
                 await send_batch(api, rest)
 
             # The last worker lives: every journey must finish.
-            client = dev_env.client
+            client = dev_server.client
             ids = [journey_id(CAMPAIGN_ID, u) for u in users]
 
             async def all_completed() -> bool:

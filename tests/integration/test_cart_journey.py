@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from temporalio.testing import WorkflowEnvironment
 
 from activities.channels.webhook import verify
 from core.config import DEV_WEBHOOK_SECRET
 from core.journey import JourneyState, JourneyStatus, journey_id
 from core.links import make_token
 from store.entries import count_outcomes
+from temporal.servers import DevServer
 from tests.fixtures.api import (
     ADMIN,
     WRITE_KEY,
@@ -57,24 +57,24 @@ CAMPAIGN = {
 @dataclass
 class Stack:
     api: RunningApi
-    env: WorkflowEnvironment
+    temporal: DevServer
     receiver: WebhookReceiver
 
 
 @pytest.fixture
 async def stack(
-    database_url: str, dev_env: WorkflowEnvironment, webhook_receiver: WebhookReceiver
+    database_url: str, dev_server: DevServer, webhook_receiver: WebhookReceiver
 ) -> AsyncIterator[Stack]:
     settings = make_settings(
         database_url,
-        dev_env.client.service_client.config.target_host,
+        dev_server.address,
         webhook_url=webhook_receiver.url,
     )
     async with journey_activities(settings) as activities:
-        worker = create_worker(dev_env.client, activities, task_queue=settings.task_queue)
+        worker = create_worker(dev_server.client, activities, task_queue=settings.task_queue)
         async with worker, running_api(settings) as api:
             await api.campaign(CAMPAIGN)
-            yield Stack(api, dev_env, webhook_receiver)
+            yield Stack(api, dev_server, webhook_receiver)
 
 
 def batch(user: str) -> dict:
@@ -134,7 +134,7 @@ async def test_batch_starts_journey_and_webhook_gets_one_signed_request(stack: S
     # Operators find it in the Temporal UI by campaign and user (visibility is eventual).
     async def listed() -> list[str]:
         query = f"NudgeCampaign = 'cart-e2e' AND NudgeUser = '{user}'"
-        return [w.id async for w in stack.env.client.list_workflows(query)]
+        return [w.id async for w in stack.temporal.client.list_workflows(query)]
 
     assert await eventually(listed) == [journey_id("cart-e2e", user)]
 

@@ -27,8 +27,9 @@ from core.links import read_token
 from store.campaigns import save_campaign
 from store.db import create_engine, session_factory
 from store.profiles import merge_traits
+from temporal.servers import free_port
 from tests.channels.test_email import EphemeralController, Mailbox
-from tests.fixtures.api import free_port, make_settings, running_api
+from tests.fixtures.api import make_settings, running_api
 
 LINK_SECRET = "test-link-secret"
 PUBLIC_URL = "https://nudge.example"

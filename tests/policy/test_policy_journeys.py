@@ -4,7 +4,6 @@ time-skipping server of the test's own, so days — and a DST change — pass in
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -15,14 +14,12 @@ from temporalio.worker import Worker
 
 from activities.channels.registry import build_channels
 from activities.journey import JourneyActivities
-from api.temporal import DATA_CONVERTER
 from core.config import CapRule, Settings
 from core.definition import parse_campaign
 from core.journey import QUERY_STATE, JourneyState, JourneyStatus
 from store.campaigns import save_campaign
 from store.models import Delivery, SandboxMessage
 from store.profiles import merge_traits
-from tests.fixtures.temporal import register_search_attributes, server_binary
 from tests.workflows.test_journey import event, start
 from workflows.journey import JourneyWorkflow
 
@@ -62,16 +59,9 @@ EVENING = parse_campaign(
 
 
 @pytest.fixture
-async def env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=server_binary("temporal-test-server"),
-        data_converter=DATA_CONVERTER,
-    )
-    try:
-        await register_search_attributes(env.client)
-        yield env
-    finally:
-        await env.shutdown()
+def env(own_time_skipping_env: WorkflowEnvironment) -> WorkflowEnvironment:
+    """A server whose clock starts now: these tests move it to dates of their own."""
+    return own_time_skipping_env
 
 
 async def run_journey(env, sessions, settings: Settings, definition, traits, entry):

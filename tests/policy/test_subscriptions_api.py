@@ -13,7 +13,8 @@ from api.routes.subscriptions import EMPTY_TWIML, twilio_signature
 from core.links import make_token
 from store.profiles import merge_traits
 from store.subscriptions import list_subscriptions, unsubscribed_from
-from tests.fixtures.api import ADMIN, RunningApi, free_port, make_settings, running_api
+from temporal.servers import free_port
+from tests.fixtures.api import ADMIN, RunningApi, make_settings, running_api
 
 LINK_SECRET = "test-link-secret"
 TWILIO_TOKEN = "test-twilio-auth-token"

@@ -13,11 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.temporal import connect
 from core.config import Settings
 from core.journey import JourneyState, JourneyStatus
-from tests.fixtures.api import eventually, free_port
-from worker.dev import DevOptions, port_is_free, run_dev
+from temporal.client import connect
+from temporal.servers import free_port, port_is_free
+from tests.fixtures.api import eventually
+from worker.dev import DevOptions, run_dev
 
 
 async def test_dev_stack_runs_the_shipped_cart_example_and_stops_cleanly(tmp_path: Path):

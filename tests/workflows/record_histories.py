@@ -13,12 +13,10 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from api.temporal import DATA_CONVERTER
 from core.journey import SIGNAL_EVENT, UPDATE_EXIT, ExitRequest, PolicyAction, PolicyDecision
-from tests.fixtures.temporal import register_search_attributes, server_binary
+from temporal.servers import time_skipping_server
 from tests.workflows.test_journey import (
     BRANCHY,
     CART,
@@ -34,12 +32,7 @@ HISTORIES = Path(__file__).parent.parent / "histories"
 
 
 async def main() -> None:
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=server_binary("temporal-test-server"),
-        data_converter=DATA_CONVERTER,
-    )
-    try:
-        await register_search_attributes(env.client)
+    async with time_skipping_server() as env:
         doubles = ActivityDoubles(traits={"plan": "pro"})
         doubles.env = env
         queue = f"record-{uuid.uuid4()}"
@@ -103,8 +96,6 @@ async def main() -> None:
                 history = await handle.fetch_history()
                 path.write_text(history.to_json())
                 print("recorded", name, len(history.events), "events")
-    finally:
-        await env.shutdown()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from api.temporal import DATA_CONVERTER, journey_search_attributes
 from core.definition import parse_campaign, signed_duration
 from core.events import JourneyEvent
 from core.journey import (
@@ -48,11 +47,8 @@ from core.journey import (
     journey_id,
 )
 from core.schedule import next_local_time, parse_clock, relative_to_date, trait_date, zone
-from tests.fixtures.temporal import (
-    SUGGEST_CONTINUE_AS_NEW_AT,
-    register_search_attributes,
-    server_binary,
-)
+from temporal.search_attributes import journey_search_attributes
+from tests.fixtures.temporal import SUGGEST_CONTINUE_AS_NEW_AT
 from workflows.journey import JourneyWorkflow
 
 CART = parse_campaign(
@@ -506,18 +502,18 @@ async def test_a_send_whose_retries_run_out_is_closed_and_the_journey_goes_on(
     assert "provider unreachable for a day" in closed.reason
 
 
-async def test_journey_follows_the_servers_continue_as_new_suggestion(dev_env, task_queue):
+async def test_journey_follows_the_servers_continue_as_new_suggestion(dev_server, task_queue):
     """On the real dev server (which suggests continue-as-new early, see the fixture), with
     no limit of our own: the journey continues as new when Temporal says so."""
     doubles = ActivityDoubles()
     async with Worker(
-        dev_env.client,
+        dev_server.client,
         task_queue=task_queue,
         workflows=[JourneyWorkflow],
         activities=doubles.all(),
     ):
-        first = await start(dev_env.client, task_queue, WAIT_FOR)
-        handle = dev_env.client.get_workflow_handle(first.id)
+        first = await start(dev_server.client, task_queue, WAIT_FOR)
+        handle = dev_server.client.get_workflow_handle(first.id)
         total = SUGGEST_CONTINUE_AS_NEW_AT * 2
         for chunk in range(0, total, 50):
             await asyncio.gather(
@@ -645,24 +641,17 @@ RENEWAL = parse_campaign(
     ],
 )
 async def test_wait_until_local_times_across_days_and_dst(
-    task_queue, tz, renewal, first_utc, second_utc
+    own_time_skipping_env, task_queue, tz, renewal, first_utc, second_utc
 ):
     # A server of its own: the shared one's clock has run far ahead by now, and these
     # dates must lie in this server's future.
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=server_binary("temporal-test-server"),
-        data_converter=DATA_CONVERTER,
-    )
-    try:
-        await register_search_attributes(env.client)
-        doubles = ActivityDoubles(traits={"timezone": tz, "renewal_date": renewal})
-        doubles.env = env
-        async with Worker(
-            env.client, task_queue=task_queue, workflows=[JourneyWorkflow], activities=doubles.all()
-        ):
-            handle = await start(env.client, task_queue, RENEWAL)
-            await handle.result()
-    finally:
-        await env.shutdown()
+    env = own_time_skipping_env
+    doubles = ActivityDoubles(traits={"timezone": tz, "renewal_date": renewal})
+    doubles.env = env
+    async with Worker(
+        env.client, task_queue=task_queue, workflows=[JourneyWorkflow], activities=doubles.all()
+    ):
+        handle = await start(env.client, task_queue, RENEWAL)
+        await handle.result()
     sent = [at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M") for _, at in doubles.sends]
     assert sent == [first_utc, second_utc]

@@ -8,7 +8,7 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
-from api.temporal import DATA_CONVERTER
+from temporal.client import DATA_CONVERTER
 from workflows.journey import JourneyWorkflow
 
 HISTORIES = sorted((Path(__file__).parent.parent / "histories").glob("*.json"))

@@ -1,4 +1,5 @@
-"""api: the one way Nudge connects to Temporal (pydantic data converter), shared by all."""
+"""temporal: the one way Nudge connects to Temporal — the data converter, the client, and
+which RPC errors mean Temporal is out of reach (wait) rather than a bug (give up)."""
 
 from __future__ import annotations
 
@@ -8,21 +9,12 @@ import logging
 from datetime import timedelta
 
 from temporalio.client import Client
-from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
-
-from core.journey import SA_CAMPAIGN, SA_CAMPAIGN_VERSION, SA_STEP, SA_USER
 
 log = logging.getLogger("nudge.temporal")
 
 DATA_CONVERTER = pydantic_data_converter
-
-CAMPAIGN_KEY = SearchAttributeKey.for_keyword(SA_CAMPAIGN)
-USER_KEY = SearchAttributeKey.for_keyword(SA_USER)
-STEP_KEY = SearchAttributeKey.for_keyword(SA_STEP)
-CAMPAIGN_VERSION_KEY = SearchAttributeKey.for_int(SA_CAMPAIGN_VERSION)
-ALL_KEYS = (CAMPAIGN_KEY, USER_KEY, STEP_KEY, CAMPAIGN_VERSION_KEY)
 
 CONNECT_TIMEOUT = 10.0
 RECONNECT_MAX_SECONDS = 5.0
@@ -30,20 +22,6 @@ RECONNECT_MAX_SECONDS = 5.0
 
 async def connect(address: str, namespace: str = "default") -> Client:
     return await Client.connect(address, namespace=namespace, data_converter=DATA_CONVERTER)
-
-
-def journey_search_attributes(
-    *, campaign_id: str, user_id: str, campaign_version: int, step_id: str
-) -> TypedSearchAttributes:
-    """What an operator filters journeys by in the Temporal UI, set when a journey starts."""
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(CAMPAIGN_KEY, campaign_id),
-            SearchAttributePair(USER_KEY, user_id),
-            SearchAttributePair(CAMPAIGN_VERSION_KEY, campaign_version),
-            SearchAttributePair(STEP_KEY, step_id),
-        ]
-    )
 
 
 class TemporalUnavailable(Exception):

@@ -16,7 +16,7 @@ from temporalio.exceptions import ApplicationError
 from activities.channels.base import Channel, OutgoingMessage, ProviderError
 from activities.policy import check_send_policy
 from core.config import Settings
-from core.definition import CampaignDefinition, Priority, signed_duration
+from core.definition import CampaignDefinition, Priority
 from core.journey import (
     ACTIVITY_CHECK_POLICY,
     ACTIVITY_DELIVER,
@@ -36,8 +36,8 @@ from core.journey import (
     WaitRequest,
     WaitResolution,
 )
-from core.schedule import next_local_time, parse_clock, relative_to_date, trait_date, zone
-from core.templates import RenderError, message_context, render_message
+from core.schedule import resolve_local_wait
+from core.templates.render import RenderError, message_context, render_message
 from store import deliveries
 from store.campaigns import get_version
 from store.entries import record_outcome
@@ -67,25 +67,15 @@ class JourneyActivities:
         default) and, for "3 days before renewal_date", the date trait."""
         async with self._sessions() as session:
             row = await get_profile(session=session, user_id=request.user_id)
-        traits = dict(row.traits) if row else {}
-        tz = zone(traits.get("timezone"), self._settings.default_timezone)
-        clock = parse_clock(request.time)
-        if request.trait is None:
-            until = next_local_time(request.now, clock, tz)
-            return WaitResolution(until=until, note=f"{request.time} {tz.key}")
-        try:
-            day = trait_date(traits.get(request.trait))
-        except ValueError:
-            # No date to count from: waiting for it would wait forever; move on, say why.
-            return WaitResolution(
-                until=request.now, note=f"no usable {request.trait!r} trait: not waiting"
-            )
-        offset = signed_duration(request.offset) if request.offset else timedelta(0)
-        until = relative_to_date(day, offset, clock, tz)
-        where = f"{request.offset} from " if request.offset else ""
-        return WaitResolution(
-            until=until, note=f"{request.time} {tz.key}, {where}{request.trait} {day.isoformat()}"
+        until, note = resolve_local_wait(
+            now=request.now,
+            clock=request.time,
+            trait=request.trait,
+            offset=request.offset,
+            traits=dict(row.traits) if row else {},
+            default_timezone=self._settings.default_timezone,
         )
+        return WaitResolution(until=until, note=note)
 
     @activity.defn(name=ACTIVITY_CHECK_POLICY)
     async def check_policy(self, request: PolicyRequest) -> PolicyDecision:

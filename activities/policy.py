@@ -29,7 +29,7 @@ from core.definition import CampaignDefinition, Priority
 from core.durations import format_duration
 from core.journey import DeliveryStatus, PolicyAction, PolicyDecision, PolicyRequest
 from core.links import make_token, unsubscribe_url
-from core.schedule import parse_clock, quiet_hours_end, zone
+from core.schedule import parse_clock, quiet_hours_end, user_zone
 from store import deliveries
 from store.campaigns import get_version
 from store.caps import CapCheck, reserve_send
@@ -100,7 +100,7 @@ def quiet_hours_decision(
     (`timezone` as the trait holds it: an IANA name, else the default zone); else None."""
     if not settings.quiet_hours_start or not settings.quiet_hours_end:
         return None
-    tz = zone(timezone if isinstance(timezone, str) else None, settings.default_timezone)
+    tz = user_zone(timezone, settings.default_timezone)
     start = parse_clock(settings.quiet_hours_start)
     end = parse_clock(settings.quiet_hours_end)
     until = quiet_hours_end(now, start, end, tz)

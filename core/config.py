@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.durations import Duration
-from core.schedule import parse_clock, zone
+from core.schedule import parse_clock, zone_named
 
 DEV_WRITE_KEY = "dev-write-key"
 DEV_ADMIN_TOKEN = "dev-admin-token"
@@ -131,7 +131,7 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if value:
                 parse_clock(value)
-        zone(self.default_timezone)
+        zone_named(self.default_timezone)
         return self
 
     @property

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -11,9 +10,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from core.conditions import Condition, needs_traits
-from core.durations import Duration, parse_duration
+from core.durations import Duration, signed_duration
 from core.schedule import parse_clock
-from core.templates import syntax_problem
+from core.templates.render import syntax_problem
 
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 STEP_ID = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
@@ -97,14 +96,6 @@ class WaitUntil(_Model):
                 raise ValueError("offset needs a trait to count from")
             signed_duration(self.offset)
         return self
-
-
-def signed_duration(text: str) -> timedelta:
-    """'-3d' → minus three days; '2d12h' → plus; as in durations, but with a sign."""
-    text = text.strip()
-    if text.startswith("-"):
-        return -parse_duration(text[1:])
-    return parse_duration(text.removeprefix("+"))
 
 
 class WaitStep(_Model):

@@ -29,6 +29,14 @@ def parse_duration(text: str) -> timedelta:
     return _checked(seconds, text)
 
 
+def signed_duration(text: str) -> timedelta:
+    """'-3d' → minus three days; '2d12h' → plus; as `parse_duration`, with a sign."""
+    text = text.strip()
+    if text.startswith("-"):
+        return -parse_duration(text[1:])
+    return parse_duration(text.removeprefix("+"))
+
+
 def _checked(seconds: float, shown: Any) -> timedelta:
     """A positive whole number of seconds as a timedelta, else a DurationError naming `shown`."""
     if not seconds > 0:  # also refuses NaN

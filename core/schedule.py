@@ -1,24 +1,42 @@
-"""core: local times in a user's zone — quiet hours and "next 10:00" — DST-safe, pure."""
+"""core: local times in a user's zone — the zone itself, quiet hours, "next 10:00", "3 days
+before renewal_date at 09:00" — DST-safe, pure."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
+from typing import NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from core.durations import signed_duration
+
+DEFAULT_TIMEZONE = "UTC"
 
 
 class ZoneError(ValueError):
     """An unknown IANA time zone name."""
 
 
-def zone(name: str | None, default: str = "UTC") -> ZoneInfo:
-    """The user's zone (an IANA name such as `Europe/Paris`), else `default`."""
-    for candidate in (name, default):
-        if candidate:
+def zone_named(name: str) -> ZoneInfo:
+    """The zone an IANA name (`Europe/Paris`) stands for, or a `ZoneError` naming it."""
+    try:
+        return ZoneInfo(name.strip())
+    except (ZoneInfoNotFoundError, ValueError, AttributeError) as exc:
+        raise ZoneError(
+            f"unknown time zone {name!r}: use an IANA name such as Europe/Paris"
+        ) from exc
+
+
+def user_zone(timezone: object, default: str = DEFAULT_TIMEZONE) -> ZoneInfo:
+    """A user's zone, the one rule every local time in Nudge follows: their `timezone` trait
+    (an IANA name), else `default` (the setting), else UTC — never an error, since a
+    profile's trait is whatever a client sent."""
+    for candidate in (timezone, default):
+        if isinstance(candidate, str) and candidate.strip():
             try:
-                return ZoneInfo(candidate)
-            except (ZoneInfoNotFoundError, ValueError):
+                return zone_named(candidate)
+            except ZoneError:
                 continue
-    raise ZoneError(f"unknown time zone {name!r} and default {default!r}")
+    return ZoneInfo(DEFAULT_TIMEZONE)
 
 
 def parse_clock(text: str) -> time:
@@ -88,3 +106,37 @@ def relative_to_date(day: date, offset: timedelta, clock: time, tz: ZoneInfo) ->
     `clock` in `tz`, as UTC: "3 days before renewal_date at 09:00"."""
     shifted = day + timedelta(days=offset.days)
     return _at(shifted, clock, tz) + (offset - timedelta(days=offset.days))
+
+
+class LocalWait(NamedTuple):
+    until: datetime
+    """UTC; `now` when there is nothing to wait for."""
+    note: str
+    """How it was resolved, for operators: "10:00 Europe/Paris"."""
+
+
+def resolve_local_wait(
+    *,
+    now: datetime,
+    clock: str,
+    trait: str | None,
+    offset: str | None,
+    traits: dict[str, object],
+    default_timezone: str,
+) -> LocalWait:
+    """A `wait until` as an instant: the next `clock` in the user's zone, or — with a date
+    `trait` — `clock` on that date shifted by `offset`. A missing or unreadable date moves
+    on at once (waiting for it would wait forever), saying why."""
+    tz = user_zone(traits.get("timezone"), default_timezone)
+    at = parse_clock(clock)
+    if trait is None:
+        return LocalWait(next_local_time(now, at, tz), f"{clock} {tz.key}")
+    try:
+        day = trait_date(traits.get(trait))
+    except ValueError:
+        return LocalWait(now, f"no usable {trait!r} trait: not waiting")
+    shift = signed_duration(offset) if offset else timedelta(0)
+    where = f"{offset} from " if offset else ""
+    return LocalWait(
+        relative_to_date(day, shift, at, tz), f"{clock} {tz.key}, {where}{trait} {day.isoformat()}"
+    )

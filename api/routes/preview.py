@@ -14,7 +14,7 @@ from api.schemas import Message, PreviewEvent, PreviewPublic, PreviewRequest
 from core.definition import CampaignDefinition, Channel, SendStep
 from core.events import utcnow
 from core.sms import count_segments
-from core.templates import RenderError, message_context, render_message
+from core.templates.render import RenderError, message_context, render_message
 from store import campaigns as store
 from store.profiles import get_profile
 

@@ -27,7 +27,7 @@ from core.definition import (
     WaitStep,
     parse_campaign,
 )
-from core.templates import render
+from core.templates.render import render
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "campaigns"
 

@@ -15,8 +15,10 @@ from core.schedule import (
     parse_clock,
     quiet_hours_end,
     relative_to_date,
+    resolve_local_wait,
     trait_date,
-    zone,
+    user_zone,
+    zone_named,
 )
 
 ZONES = ["America/New_York", "Europe/Paris", "Asia/Kolkata", "UTC"]
@@ -42,7 +44,7 @@ def utc(text: str) -> datetime:
     ],
 )
 def test_next_local_time(tz, now, clock, expected):
-    assert next_local_time(utc(now), parse_clock(clock), zone(tz)) == utc(expected)
+    assert next_local_time(utc(now), parse_clock(clock), zone_named(tz)) == utc(expected)
 
 
 @given(
@@ -53,9 +55,9 @@ def test_next_local_time(tz, now, clock, expected):
 )
 def test_next_local_time_is_soon_and_shows_that_time(now, hour, minute, tz):
     now = now.replace(tzinfo=UTC)
-    at = next_local_time(now, time(hour, minute), zone(tz))
+    at = next_local_time(now, time(hour, minute), zone_named(tz))
     assert now <= at < now + timedelta(days=2)
-    local = at.astimezone(zone(tz))
+    local = at.astimezone(zone_named(tz))
     # Either the wall clock shows the time, or that time did not exist (a DST gap).
     assert (local.hour, local.minute) == (hour, minute) or local.utcoffset() != (
         local - timedelta(hours=3)
@@ -74,16 +76,16 @@ def test_next_local_time_is_soon_and_shows_that_time(now, hour, minute, tz):
 )
 def test_quiet_hours_across_midnight_and_dst(tz, now, quiet, ends):
     start, end = parse_clock("21:00"), parse_clock("08:00")
-    assert in_quiet_hours(utc(now), start, end, zone(tz)) is quiet
-    assert quiet_hours_end(utc(now), start, end, zone(tz)) == (utc(ends) if ends else None)
+    assert in_quiet_hours(utc(now), start, end, zone_named(tz)) is quiet
+    assert quiet_hours_end(utc(now), start, end, zone_named(tz)) == (utc(ends) if ends else None)
 
 
 def test_equal_start_and_end_means_no_quiet_hours():
-    assert not in_quiet_hours(utc("2026-01-01T00:00"), time(8), time(8), zone("UTC"))
+    assert not in_quiet_hours(utc("2026-01-01T00:00"), time(8), time(8), zone_named("UTC"))
 
 
 def test_relative_to_a_date_trait_keeps_the_wall_clock_across_dst():
-    paris = zone("Europe/Paris")
+    paris = zone_named("Europe/Paris")
     at = relative_to_date(trait_date("2027-03-31"), -timedelta(days=3), time(9), paris)
     assert at == utc("2027-03-28T07:00")  # the spring-forward day: 09:00 CEST
     assert trait_date("2026-12-24T18:00:00Z") == date(2026, 12, 24)
@@ -94,6 +96,50 @@ def test_relative_to_a_date_trait_keeps_the_wall_clock_across_dst():
 def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="HH:MM"):
         parse_clock("10am")
-    assert zone("Not/AZone", "Europe/Paris").key == "Europe/Paris"
-    with pytest.raises(ZoneError):
-        zone("Not/AZone", "Nor/This")
+    with pytest.raises(ZoneError, match="Not/AZone"):
+        zone_named("Not/AZone")
+
+
+@pytest.mark.parametrize(
+    ("trait", "default", "expected"),
+    [
+        ("Asia/Tokyo", "Europe/Paris", "Asia/Tokyo"),
+        ("  Asia/Tokyo ", "Europe/Paris", "Asia/Tokyo"),
+        ("Not/AZone", "Europe/Paris", "Europe/Paris"),
+        (None, "Europe/Paris", "Europe/Paris"),
+        (42, "Europe/Paris", "Europe/Paris"),
+        ("", "Europe/Paris", "Europe/Paris"),
+        ("Not/AZone", "Nor/This", "UTC"),
+    ],
+)
+def test_one_rule_finds_a_users_zone(trait, default, expected):
+    # Quiet hours, `wait until` and the template filters all follow it.
+    assert user_zone(trait, default).key == expected
+
+
+def test_a_local_wait_from_a_date_trait_or_without_one():
+    now = utc("2027-03-20T12:00")
+    traits = {"timezone": "Europe/Paris", "renewal_date": "2027-03-31"}
+    wait = resolve_local_wait(
+        now=now,
+        clock="09:00",
+        trait="renewal_date",
+        offset="-3d",
+        traits=traits,
+        default_timezone="UTC",
+    )
+    assert wait.until == utc("2027-03-28T07:00")
+    assert wait.note == "09:00 Europe/Paris, -3d from renewal_date 2027-03-31"
+    nothing = resolve_local_wait(
+        now=now,
+        clock="09:00",
+        trait="birthday",
+        offset=None,
+        traits=traits,
+        default_timezone="UTC",
+    )
+    assert nothing.until == now and "no usable 'birthday' trait" in nothing.note
+    next_ten = resolve_local_wait(
+        now=now, clock="10:00", trait=None, offset=None, traits={}, default_timezone="Asia/Tokyo"
+    )
+    assert next_ten == (utc("2027-03-21T01:00"), "10:00 Asia/Tokyo")

@@ -8,9 +8,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-import core.templates as templates
 from core.definition import Template
-from core.templates import RenderError, message_context, render, render_message, syntax_problem
+from core.templates import sandbox
+from core.templates.render import (
+    RenderError,
+    message_context,
+    render,
+    render_message,
+    syntax_problem,
+)
 
 
 def test_renders_context_and_missing_values_render_empty():
@@ -192,7 +198,7 @@ def test_hostile_corpus_is_refused_or_harmless_and_never_hangs(source):
 
 
 def test_render_time_is_capped(monkeypatch):
-    monkeypatch.setattr(templates, "RENDER_SECONDS", 0.0)
+    monkeypatch.setattr(sandbox, "RENDER_SECONDS", 0.0)
     with pytest.raises(RenderError, match=r"'slow' line 1: rendering took longer"):
         render("{% for i in range(10) %}{{ i }}{% endfor %}", {}, name="slow")
 

@@ -15,7 +15,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from core.definition import parse_campaign, signed_duration
+from core.definition import parse_campaign
 from core.events import JourneyEvent
 from core.journey import (
     ACTIVITY_CHECK_POLICY,
@@ -46,7 +46,7 @@ from core.journey import (
     idempotency_key,
     journey_id,
 )
-from core.schedule import next_local_time, parse_clock, relative_to_date, trait_date, zone
+from core.schedule import resolve_local_wait
 from temporal.search_attributes import journey_search_attributes
 from tests.fixtures.temporal import SUGGEST_CONTINUE_AS_NEW_AT
 from workflows.journey import JourneyWorkflow
@@ -126,14 +126,16 @@ class ActivityDoubles:
 
     @activity.defn(name=ACTIVITY_RESOLVE_WAIT)
     async def resolve_wait(self, request: WaitRequest) -> WaitResolution:
-        """The real resolution rules (core.schedule) on this double's traits."""
-        tz = zone(self.traits.get("timezone"))
-        clock = parse_clock(request.time)
-        if request.trait is None:
-            return WaitResolution(until=next_local_time(request.now, clock, tz), note=request.time)
-        day = trait_date(self.traits[request.trait])
-        offset = signed_duration(request.offset) if request.offset else timedelta(0)
-        return WaitResolution(until=relative_to_date(day, offset, clock, tz), note=request.time)
+        """The real resolution rule (core.schedule) on this double's traits."""
+        until, note = resolve_local_wait(
+            now=request.now,
+            clock=request.time,
+            trait=request.trait,
+            offset=request.offset,
+            traits=self.traits,
+            default_timezone="UTC",
+        )
+        return WaitResolution(until=until, note=note)
 
     @activity.defn(name=ACTIVITY_FAIL_DELIVERY)
     async def fail_delivery(self, failure: DeliveryFailure) -> None:

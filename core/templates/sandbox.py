@@ -1,34 +1,25 @@
-"""core: rendering message templates in a sandbox (Jinja2's SandboxedEnvironment), bounded in
-size and time, with locale- and zone-aware filters (Babel)."""
+"""core.templates: the sandbox — Jinja2's immutable sandbox, with every way a template can
+build a big value or spin for long counted against one render's budget (size and time)."""
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import re
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
-from decimal import Decimal, InvalidOperation
-from functools import lru_cache, wraps
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import wraps
+from typing import Any
 
-from babel import Locale, UnknownLocaleError
-from babel.dates import format_date, format_datetime
-from babel.numbers import format_currency
-from jinja2 import ChainableUndefined, TemplateError, TemplateSyntaxError, nodes, pass_context
-from jinja2 import Template as JinjaTemplate
+from jinja2 import nodes
 from jinja2.exceptions import SecurityError
 from jinja2.nodes import EvalContext
 from jinja2.runtime import Context, markup_join
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import is_undefined
 from jinja2.visitor import NodeTransformer
-
-if TYPE_CHECKING:
-    from core.definition import Template
 
 MAX_OUTPUT_CHARS = 500_000
 """What one rendered field may be; also the largest value a template may build."""
@@ -40,15 +31,8 @@ MAX_ITERATIONS = 100_000
 """Loop iterations in one render, over every loop together (nested loops multiply)."""
 RENDER_SECONDS = 0.2
 """Wall time one field may take to render."""
-DEFAULT_TIMEZONE = "UTC"
-DEFAULT_LOCALE = "en"
-
-_TEMPLATE_FILE = "<template>"
-
-
-class RenderError(ValueError):
-    """A template that cannot be rendered; retrying will not help."""
-
+TEMPLATE_FILE = "<template>"
+"""The file name Jinja gives a template compiled from a string: its frames name the line."""
 
 # -- the budget of one render ---------------------------------------------------------------
 
@@ -78,6 +62,17 @@ class _Budget:
 _budget: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar(
     "nudge_render_budget", default=None
 )
+
+
+@contextlib.contextmanager
+def budget() -> Iterator[_Budget]:
+    """One render's budget: every check inside the block counts against it."""
+    current = _Budget(deadline=time.monotonic() + RENDER_SECONDS)
+    token = _budget.set(current)
+    try:
+        yield current
+    finally:
+        _budget.reset(token)
 
 
 def _tick() -> _Budget | None:
@@ -216,20 +211,18 @@ def _finalize(value: Any) -> Any:
     return value
 
 
-class _BoundedEnvironment(ImmutableSandboxedEnvironment):
+class BoundedEnvironment(ImmutableSandboxedEnvironment):
     """The sandbox (immutable: templates cannot grow lists), with every way of building a
     big value or spinning for long checked against one render's budget: `*`, `**`, `+`,
-    `%`, `~`, loops, method calls and filters."""
+    `%`, `~`, loops, method calls and filters — Jinja's own and the `filters` given."""
 
     intercepted_binops = frozenset({"*", "**", "+", "%"})
 
-    def __init__(self, **options: Any):
+    def __init__(self, *, filters: Mapping[str, Callable[..., Any]] | None = None, **options: Any):
         super().__init__(finalize=_finalize, **options)
         self.globals["range"] = _bounded_range
         self.globals.pop("lipsum", None)  # lipsum(n=10**6): a lot of text for no message
-        self.filters.update(
-            money=money, date=date_filter, datetime=datetime_filter, days_until=days_until
-        )
+        self.filters.update(filters or {})
         self.filters = {name: _guarded(name, f) for name, f in self.filters.items()}
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
@@ -335,257 +328,3 @@ def _guarded(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
         return out
 
     return guarded
-
-
-# -- locale- and zone-aware filters ---------------------------------------------------------
-
-
-@lru_cache(maxsize=256)
-def _parse_locale(name: str) -> Locale:
-    return Locale.parse(name.replace("-", "_"))
-
-
-def user_locale(context: Mapping[str, Any] | Context) -> Locale:
-    """The `locale` trait ('de_DE', 'fr-FR', 'en'), else the context's default, else 'en'."""
-    traits = context.get("traits")
-    wanted = traits.get("locale") if isinstance(traits, Mapping) else None
-    for candidate in (wanted, context.get("_locale"), DEFAULT_LOCALE):
-        if isinstance(candidate, str) and candidate.strip():
-            try:
-                return _parse_locale(candidate.strip())
-            except (ValueError, TypeError, UnknownLocaleError):
-                continue
-    return _parse_locale(DEFAULT_LOCALE)
-
-
-def user_zone(context: Mapping[str, Any] | Context) -> ZoneInfo:
-    """The `timezone` trait (an IANA name), else the context's default, else UTC."""
-    traits = context.get("traits")
-    wanted = traits.get("timezone") if isinstance(traits, Mapping) else None
-    for candidate in (wanted, context.get("_zone"), DEFAULT_TIMEZONE):
-        if isinstance(candidate, str) and candidate.strip():
-            try:
-                return ZoneInfo(candidate.strip())
-            except (ZoneInfoNotFoundError, ValueError):
-                continue
-    return ZoneInfo(DEFAULT_TIMEZONE)
-
-
-def _missing(value: Any) -> bool:
-    return value is None or is_undefined(value) or value == ""
-
-
-@pass_context
-def money(context: Context, amount: Any, currency: str = "USD") -> str:
-    """`{{ 19.5 | money }}` → '$19.50' (en), `{{ 19.5 | money('EUR') }}` → '19,50 €' (de)."""
-    if _missing(amount):
-        return ""
-    try:
-        value = Decimal(str(amount)) if not isinstance(amount, bool) else Decimal("nan")
-    except InvalidOperation:
-        value = Decimal("nan")
-    if not value.is_finite() or abs(value) >= Decimal(10) ** 15:
-        raise ValueError(f"money: {amount!r} is not an amount of money")
-    return format_currency(value, str(currency).upper(), locale=user_locale(context))
-
-
-def _instant(value: Any, what: str) -> datetime | date:
-    """An aware datetime (UTC when none is given), or a plain date for 'YYYY-MM-DD' (a
-    birthday is a day, not an instant: it must not move to the day before in New York)."""
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, date):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = value / 1000 if abs(value) > 100_000_000_000 else value  # epoch ms
-        try:
-            return datetime.fromtimestamp(seconds, UTC)
-        except (OverflowError, OSError, ValueError) as exc:
-            raise ValueError(f"{what}: {value!r} is not a time") from exc
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            if len(text) == 10:
-                return date.fromisoformat(text)
-            parsed = datetime.fromisoformat(text)
-        except ValueError as exc:
-            raise ValueError(f"{what}: {value!r} is not an ISO 8601 date or time") from exc
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    raise ValueError(f"{what}: {value!r} is not a date or time")
-
-
-def _pattern(format: Any, what: str) -> str:
-    if not isinstance(format, str) or not 0 < len(format) <= 100:
-        raise ValueError(f"{what}: format must be short, medium, long, full or a short pattern")
-    return format
-
-
-@pass_context
-def date_filter(context: Context, value: Any, format: str = "medium") -> str:
-    """`{{ event.timestamp | date }}` → 'Mar 5, 2025', the day in the user's zone."""
-    if _missing(value):
-        return ""
-    instant = _instant(value, "date")
-    day = (
-        instant.astimezone(user_zone(context)).date() if isinstance(instant, datetime) else instant
-    )
-    return format_date(day, format=_pattern(format, "date"), locale=user_locale(context))
-
-
-@pass_context
-def datetime_filter(context: Context, value: Any, format: str = "medium") -> str:
-    """`{{ event.timestamp | datetime('short') }}` → '3/5/25, 9:30 AM' in the user's zone."""
-    if _missing(value):
-        return ""
-    zone = user_zone(context)
-    instant = _instant(value, "datetime")
-    if not isinstance(instant, datetime):
-        instant = datetime(instant.year, instant.month, instant.day, tzinfo=zone)
-    return format_datetime(
-        instant, format=_pattern(format, "datetime"), tzinfo=zone, locale=user_locale(context)
-    )
-
-
-def _now(context: Mapping[str, Any] | Context) -> datetime:
-    now = context.get("now")
-    return now if isinstance(now, datetime) else datetime.now(UTC)
-
-
-@pass_context
-def days_until(context: Context, value: Any) -> int | str:
-    """Whole days from today to the value's day, both in the user's zone (negative: past)."""
-    if _missing(value):
-        return ""
-    zone = user_zone(context)
-    instant = _instant(value, "days_until")
-    day = instant.astimezone(zone).date() if isinstance(instant, datetime) else instant
-    return (day - _now(context).astimezone(zone).date()).days
-
-
-_env = _BoundedEnvironment(
-    autoescape=False, undefined=ChainableUndefined, keep_trailing_newline=True
-)
-
-
-# -- rendering ------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=512)
-def _compile(source: str) -> JinjaTemplate:
-    return _env.from_string(source)
-
-
-def _template_line(tb: TracebackType | None) -> int | None:
-    """The template line an error happened on (Jinja rewrites its frames to show it)."""
-    line = None
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == _TEMPLATE_FILE:
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    return line
-
-
-def render(source: str, context: Mapping[str, Any], *, name: str = "template") -> str:
-    """Render `source` with `context`; unknown variables render empty.
-
-    Streams the output and stops as soon as it passes `MAX_OUTPUT_CHARS` or the render
-    passes `RENDER_SECONDS`; anything that fails is a `RenderError` naming `name` and the
-    template line.
-    """
-    try:
-        template = _compile(source)
-    except TemplateSyntaxError as exc:
-        raise RenderError(f"template {name!r} line {exc.lineno}: {exc.message}") from exc
-    budget = _Budget(deadline=time.monotonic() + RENDER_SECONDS)
-    token = _budget.set(budget)
-    chunks = cast(Generator[str, None, None], template.generate(dict(context)))
-    parts: list[str] = []
-    size = 0
-    try:
-        for chunk in chunks:
-            size += len(chunk)
-            if size > MAX_OUTPUT_CHARS:
-                raise RenderError(f"template {name!r}: output over {MAX_OUTPUT_CHARS} characters")
-            budget.tick()
-            parts.append(chunk)
-    except RenderError:
-        raise
-    except Exception as exc:
-        line = _template_line(exc.__traceback__)
-        where = f" line {line}" if line else ""
-        detail = str(exc) if isinstance(exc, TemplateError) else f"{type(exc).__name__}: {exc}"
-        raise RenderError(f"template {name!r}{where}: {detail}") from exc
-    finally:
-        chunks.close()
-        _budget.reset(token)
-    return "".join(parts)
-
-
-def syntax_problem(source: str) -> str | None:
-    """Why `source` is not a valid template (with its line), or None."""
-    try:
-        _env.parse(source)
-    except TemplateSyntaxError as exc:
-        return f"line {exc.lineno}: {exc.message}"
-    return None
-
-
-def message_context(
-    *,
-    user_id: str,
-    traits: Mapping[str, Any] | None,
-    event: Mapping[str, Any] | None,
-    last_event: Mapping[str, Any] | None = None,
-    campaign: Mapping[str, Any],
-    now: datetime | None = None,
-    default_timezone: str = DEFAULT_TIMEZONE,
-    default_locale: str = DEFAULT_LOCALE,
-) -> dict[str, Any]:
-    """What a message template sees: `user_id`, `traits`, `event` (the one that started the
-    journey), `last_event` (the latest one; the entry event until another arrives),
-    `campaign` and `now`. Filters read the user's `locale` and `timezone` traits and fall
-    back to the defaults given here."""
-    entry = dict(event or {})
-    return {
-        "user_id": user_id,
-        "traits": dict(traits or {}),
-        "event": entry,
-        "last_event": dict(last_event) if last_event is not None else entry,
-        "campaign": dict(campaign),
-        "now": now or datetime.now(UTC),
-        "_zone": default_timezone,
-        "_locale": default_locale,
-    }
-
-
-@dataclass(frozen=True)
-class RenderedMessage:
-    """A template rendered for one user: what a channel sends (or a preview shows)."""
-
-    body: str
-    subject: str | None = None
-    html: str | None = None
-    data: dict[str, Any] = field(default_factory=dict)
-
-
-def render_message(template: Template, context: Mapping[str, Any], *, name: str) -> RenderedMessage:
-    """Render each part of `template` (subject, body, html, every string in data); the
-    one function `deliver` and the preview share. Raises `RenderError`."""
-    return RenderedMessage(
-        subject=render(template.subject, context, name=f"{name}.subject")
-        if template.subject
-        else None,
-        body=render(template.body, context, name=f"{name}.body"),
-        html=render(template.html, context, name=f"{name}.html") if template.html else None,
-        data={k: _render_value(v, context, f"{name}.data.{k}") for k, v in template.data.items()},
-    )
-
-
-def _render_value(value: Any, context: Mapping[str, Any], name: str) -> Any:
-    if isinstance(value, str):
-        return render(value, context, name=name)
-    if isinstance(value, dict):
-        return {k: _render_value(v, context, f"{name}.{k}") for k, v in value.items()}
-    if isinstance(value, list):
-        return [_render_value(v, context, f"{name}[{i}]") for i, v in enumerate(value)]
-    return value

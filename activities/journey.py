@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar, cast
 
-from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.channels.base import Channel, OutgoingMessage, ProviderError
+from activities.channels.base import OutgoingMessage, Provider, ProviderError
 from activities.policy import check_send_policy
 from core.config import Settings
-from core.definition import CampaignDefinition, Priority
+from core.definition import Priority
 from core.journey import (
     ACTIVITY_CHECK_POLICY,
     ACTIVITY_DELIVER,
@@ -39,12 +39,29 @@ from core.journey import (
 from core.schedule import resolve_local_wait
 from core.templates.render import RenderError, message_context, render_message
 from store import deliveries
-from store.campaigns import get_version
+from store.campaigns import VersionUnavailable, load_definition
 from store.entries import record_outcome
 from store.profiles import get_profile
 from store.subscriptions import add_suppression
 
 PROVIDER_UNAVAILABLE = "ProviderUnavailable"
+VERSION_UNAVAILABLE = "CampaignVersionUnavailable"
+
+Activity = TypeVar("Activity", bound=Callable[..., Awaitable[Any]])
+
+
+def final_errors(method: Activity) -> Activity:
+    """The activity layer's one mapping of errors no retry can fix to Temporal's final
+    failure: the journey's campaign version is missing or no longer validates."""
+
+    @functools.wraps(method)
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(*args, **kwargs)
+        except VersionUnavailable as exc:
+            raise ApplicationError(str(exc), type=VERSION_UNAVAILABLE, non_retryable=True) from exc
+
+    return cast(Activity, run)
 
 
 class JourneyActivities:
@@ -54,11 +71,11 @@ class JourneyActivities:
         self,
         *,
         sessions: async_sessionmaker[AsyncSession],
-        channels: dict[str, Channel],
+        providers: dict[str, Provider],
         settings: Settings | None = None,
     ):
         self._sessions = sessions
-        self._channels = channels
+        self._providers = providers
         self._settings = settings or Settings(_env_file=None)
 
     @activity.defn(name=ACTIVITY_RESOLVE_WAIT)
@@ -78,6 +95,7 @@ class JourneyActivities:
         return WaitResolution(until=until, note=note)
 
     @activity.defn(name=ACTIVITY_CHECK_POLICY)
+    @final_errors
     async def check_policy(self, request: PolicyRequest) -> PolicyDecision:
         """May this send go now? Hard bounces, consent, quiet hours and frequency caps, in
         that order (activities/policy.py); a suppression is recorded as a delivery."""
@@ -128,6 +146,7 @@ class JourneyActivities:
                 )
 
     @activity.defn(name=ACTIVITY_DELIVER)
+    @final_errors
     async def deliver(self, request: DeliverRequest) -> DeliverResult:
         """Send one message at most once.
 
@@ -147,14 +166,14 @@ class JourneyActivities:
 
         try:
             message = await self._render(request, row.id)
-            channel = self._channels.get(request.channel)
-            if channel is None:
-                known = ", ".join(sorted(self._channels)) or "none"
+            provider = self._providers.get(request.channel)
+            if provider is None:
+                known = ", ".join(sorted(self._providers)) or "none"
                 raise ProviderError(
                     f"no provider configured for channel {request.channel!r} (configured: {known})",
                     retryable=False,
                 )
-            receipt = await channel.send(message)
+            receipt = await provider.send(message)
         except (RenderError, ProviderError) as exc:
             retryable = isinstance(exc, ProviderError) and exc.retryable
             async with self._sessions() as session, session.begin():
@@ -207,20 +226,12 @@ class JourneyActivities:
 
     async def _render(self, request: DeliverRequest, delivery_id: int) -> OutgoingMessage:
         async with self._sessions() as session:
-            version = await get_version(
+            definition = await load_definition(
                 session=session,
                 campaign_id=request.campaign_id,
                 version=request.campaign_version,
             )
             profile = await get_profile(session=session, user_id=request.user_id)
-        if version is None:
-            raise RenderError(
-                f"campaign {request.campaign_id!r} version {request.campaign_version} not found"
-            )
-        try:
-            definition = CampaignDefinition.model_validate(version.definition)
-        except ValidationError as exc:
-            raise RenderError(f"stored definition does not validate: {exc}") from exc
         template = definition.templates.get(request.template)
         if template is None:
             raise RenderError(f"template {request.template!r} not found")

@@ -7,11 +7,12 @@ import json
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.definition import CampaignDefinition, CampaignStatus
+from core.definition import CampaignDefinition, CampaignStatus, format_validation_error
 from store.db import dialect_insert
 from store.models import Campaign, CampaignVersion
 
@@ -43,6 +44,20 @@ class CampaignNotFound(LookupError):
         super().__init__(f"no campaign {campaign_id!r}")
 
 
+class VersionUnavailable(LookupError):
+    """A campaign version cannot be used: it is not in the store (`missing`), or it was
+    stored in a form today's rules refuse. The one error for this cause; each room maps it
+    once (the API to 404 or 409, activities to a final failure, the routing index to a
+    campaign it skips)."""
+
+    def __init__(self, campaign_id: str, version: int, problem: str, *, missing: bool = False):
+        self.campaign_id = campaign_id
+        self.version = version
+        self.problem = problem
+        self.missing = missing
+        super().__init__(f"campaign {campaign_id!r} version {version} {problem}")
+
+
 def definition_document(definition: CampaignDefinition) -> dict[str, Any]:
     """The stored form: JSON types and aliases (`else`), so it re-validates as written."""
     return definition.model_dump(mode="json", by_alias=True)
@@ -55,7 +70,27 @@ def definition_hash(definition: CampaignDefinition) -> str:
 
 
 def definition_of(version: CampaignVersion) -> CampaignDefinition:
-    return CampaignDefinition.model_validate(version.definition)
+    """A stored version as a definition, or `VersionUnavailable` saying why not."""
+    try:
+        return CampaignDefinition.model_validate(version.definition)
+    except ValidationError as exc:
+        problems = "; ".join(format_validation_error(exc))
+        raise VersionUnavailable(
+            version.campaign_id,
+            version.version,
+            f"no longer validates ({problems}): save the campaign again as a new version",
+        ) from exc
+
+
+async def load_definition(
+    *, session: AsyncSession, campaign_id: str, version: int
+) -> CampaignDefinition:
+    """The one way to read a version a journey runs on; `VersionUnavailable` when it is
+    missing or no longer validates."""
+    row = await get_version(session=session, campaign_id=campaign_id, version=version)
+    if row is None:
+        raise VersionUnavailable(campaign_id, version, "is not in the store", missing=True)
+    return definition_of(row)
 
 
 async def save_campaign(

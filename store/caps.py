@@ -4,30 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.policy import CapCheck
 from store.db import dialect_insert
 from store.models import SendReservation
 
 CAP_LOCK_NAMESPACE = 0x4E43  # "NC": the first key of pg_advisory_xact_lock(int, int)
 """Two-key advisory locks live apart from the one-key lock the migrations take."""
-
-
-@dataclass(frozen=True)
-class CapCheck:
-    """What one cap counts in the user's ledger: rows within `window`, narrowed to a
-    subscription group, a channel and/or a campaign when given. `label` is the reason a
-    suppressed send records ("cap: 3 marketing messages per 24h")."""
-
-    limit: int
-    window: timedelta
-    label: str
-    group: str | None = None
-    channel: str | None = None
-    campaign_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import httpx
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.channels.registry import build_channels
+from activities.channels.registry import build_providers
 from activities.journey import JourneyActivities
 from core.config import Settings
 from store.db import create_engine, session_factory
@@ -29,12 +29,12 @@ async def journey_activities(settings: Settings) -> AsyncIterator[JourneyActivit
     engine = create_engine(settings.database_url)
     http = httpx.AsyncClient(timeout=httpx.Timeout(settings.provider_timeout_seconds))
     sessions = session_factory(engine)
-    channels = build_channels(settings, http=http, sessions=sessions)
+    providers = build_providers(settings, http=http, sessions=sessions)
     try:
-        yield JourneyActivities(sessions=sessions, channels=channels, settings=settings)
+        yield JourneyActivities(sessions=sessions, providers=providers, settings=settings)
     finally:
-        for channel in channels.values():
-            await channel.aclose()
+        for provider in providers.values():
+            await provider.aclose()
         await http.aclose()
         await engine.dispose()
 

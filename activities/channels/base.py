@@ -1,5 +1,8 @@
-"""activities.channels: what every provider client shares — the message, the receipt, and
-one classification of provider errors (retry or give up)."""
+"""activities.channels: what every provider shares — the base class, the message, the
+receipt, and one classification of provider errors (retry or give up).
+
+A channel (`email`, `sms`, …) is how a message goes out, named in a campaign; a provider
+(SMTP, SendGrid, Twilio, …) is who carries it, chosen by configuration."""
 
 from __future__ import annotations
 
@@ -82,16 +85,18 @@ class ProviderError(Exception):
         channel for this user, so no later send — transactional included — tries it again."""
 
 
-class Channel(ABC):
-    """One provider behind one channel name (`sandbox`, `webhook`, …)."""
+class Provider(ABC):
+    """Who carries the messages of one channel: SMTP or SendGrid for `email`, Twilio for
+    `sms`, FCM for `push`, a signed POST for `webhook`, the database for `sandbox`."""
 
-    name: str
+    channel: str
+    """The channel it serves."""
 
     @abstractmethod
     async def send(self, message: OutgoingMessage) -> Receipt: ...
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
-        """Release what the channel holds; most hold nothing of their own."""
+        """Release what the provider holds; most hold nothing of their own."""
 
 
 RETRYABLE_STATUS = {408, 425, 429}

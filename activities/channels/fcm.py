@@ -12,8 +12,8 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from activities.channels.base import (
-    Channel,
     OutgoingMessage,
+    Provider,
     ProviderError,
     Receipt,
     post_to_provider,
@@ -81,7 +81,7 @@ def _reason(exc: ProviderError) -> str:
     return f"fcm answered {exc.status} {code}: {error.get('message', '')}".rstrip(": ")
 
 
-class FcmChannel(Channel):
+class FcmProvider(Provider):
     """Sends a notification to each of the user's devices; sent when at least one accepts.
 
     Tokens go one request each, in order. FCM's errors per token:
@@ -102,7 +102,7 @@ class FcmChannel(Channel):
     needs a place in the `deliveries` row that the activity owns.
     """
 
-    name = "push"
+    channel = "push"
 
     def __init__(
         self,
@@ -124,7 +124,7 @@ class FcmChannel(Channel):
         settings: Settings,
         http: httpx.AsyncClient,
         sessions: async_sessionmaker[AsyncSession],
-    ) -> FcmChannel:
+    ) -> FcmProvider:
         required = {
             "NUDGE_FCM_PROJECT_ID": settings.fcm_project_id,
             "NUDGE_FCM_ACCESS_TOKEN": settings.fcm_access_token,

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from activities.channels.base import Channel, OutgoingMessage, Receipt
+from activities.channels.base import OutgoingMessage, Provider, Receipt
 from store.deliveries import store_sandbox_message
 
 
-class SandboxChannel(Channel):
+class SandboxProvider(Provider):
     """The default for `nudge dev`: nothing leaves the machine, the dashboard shows it.
 
     Storing is idempotent per delivery, so a retried send keeps one message.
     """
 
-    name = "sandbox"
+    channel = "sandbox"
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]):
         self._sessions = sessions

@@ -6,8 +6,8 @@ from typing import Any
 
 import httpx
 
-from activities.channels.base import Channel, OutgoingMessage, Receipt, post_to_provider
-from activities.channels.smtp import (
+from activities.channels.base import OutgoingMessage, Provider, Receipt, post_to_provider
+from activities.channels.email import (
     HeaderHook,
     extra_headers,
     message_id,
@@ -18,7 +18,7 @@ from activities.channels.smtp import (
 from core.config import Settings
 
 
-class SendGridChannel(Channel):
+class SendGridProvider(Provider):
     """POSTs one `mail/send` request per message; 202 means SendGrid queued it.
 
     The idempotency key travels three ways: as `Idempotency-Key` (ignored where the API does
@@ -26,7 +26,7 @@ class SendGridChannel(Channel):
     the Message-ID, derived as the SMTP channel derives it.
     """
 
-    name = "email"
+    channel = "email"
 
     def __init__(
         self,
@@ -51,7 +51,7 @@ class SendGridChannel(Channel):
         http: httpx.AsyncClient,
         *,
         extra_headers: HeaderHook | None = None,
-    ) -> SendGridChannel:
+    ) -> SendGridProvider:
         if not settings.sendgrid_api_key or not settings.sendgrid_api_key.strip():
             raise ValueError(
                 "NUDGE_SENDGRID_API_KEY is required when NUDGE_EMAIL_PROVIDER=sendgrid"

@@ -1,44 +1,28 @@
-"""activities.channels: `email` over SMTP (aiosmtplib), plus what every email provider
-shares — the sender, the Message-ID, the subject rule and the extra-headers hook."""
+"""activities.channels: `email` over SMTP (aiosmtplib)."""
 
 from __future__ import annotations
 
 import asyncio
 import email.policy
 import email.utils
-import re
 import socket
 import ssl
-from collections.abc import Callable, Mapping
 from email.headerregistry import HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
 from typing import Any, Literal
 
 import aiosmtplib
 
-from activities.channels.base import Channel, OutgoingMessage, ProviderError, Receipt, address
-from core.config import Settings
-
-HeaderHook = Callable[[OutgoingMessage], Mapping[str, str]]
-"""Extra headers for one message, e.g. `List-Unsubscribe` and `List-Unsubscribe-Post`
-(RFC 8058), which name the recipient and so cannot be fixed per channel."""
-
-RESERVED_HEADERS = frozenset(
-    {
-        "from",
-        "to",
-        "cc",
-        "bcc",
-        "reply-to",
-        "subject",
-        "date",
-        "message-id",
-        "mime-version",
-        "content-type",
-        "content-transfer-encoding",
-    }
+from activities.channels.base import OutgoingMessage, Provider, ProviderError, Receipt
+from activities.channels.email import (
+    HeaderHook,
+    extra_headers,
+    message_id,
+    parse_sender,
+    recipient,
+    subject,
 )
-"""Headers the channel writes itself (or SendGrid refuses in `headers`): a hook may not."""
+from core.config import Settings
 
 
 class _UrlListHeader(UnstructuredHeader):
@@ -62,66 +46,8 @@ def _message_policy() -> email.policy.EmailPolicy[EmailMessage]:
 
 MESSAGE_POLICY = _message_policy()
 
-_HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext: printable ASCII but ':'
-_NOT_ATEXT = re.compile(r"[^A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.]")
 
-
-def parse_sender(value: str) -> tuple[str, str]:
-    """`NUDGE_EMAIL_FROM` ("Name <addr@domain>" or "addr@domain") → (name, address)."""
-    name, addr = email.utils.parseaddr(value)
-    if "@" not in addr or "\n" in value or "\r" in value or not addr.rpartition("@")[2]:
-        raise ValueError(
-            f"NUDGE_EMAIL_FROM must be an address such as 'Nudge <nudge@example.com>', "
-            f"got {value!r}"
-        )
-    return name, addr
-
-
-def message_id(idempotency_key: str, sender_address: str) -> str:
-    """`<key@sender-domain>`: the same on every retry of one send, so a resend after a crash
-    (accepted, but we never heard) reaches the inbox as the same message."""
-    domain = sender_address.rpartition("@")[2]
-    return f"<{_NOT_ATEXT.sub('-', idempotency_key)}@{domain}>"
-
-
-def recipient(message: OutgoingMessage) -> str:
-    """The `email` trait as a bare address, or a final error naming the trait."""
-    value = address(message, "email", "email")
-    _, addr = email.utils.parseaddr(value)
-    if "@" not in addr or "\n" in value or "\r" in value:
-        raise ProviderError(
-            f"user {message.user_id!r} has an invalid 'email' trait {value!r}: "
-            "expected an address such as ada@example.com",
-            retryable=False,
-        )
-    return addr
-
-
-def subject(message: OutgoingMessage) -> str:
-    if not message.subject or not message.subject.strip():
-        raise ProviderError(
-            f"step {message.step_id!r} sends an email without a subject: "
-            "give its template a `subject`",
-            retryable=False,
-        )
-    return message.subject
-
-
-def extra_headers(hook: HeaderHook | None, message: OutgoingMessage) -> dict[str, str]:
-    """What the hook adds, refused (final) if it would overwrite a header we own or smuggle
-    a line break into one."""
-    if hook is None:
-        return {}
-    headers = dict(hook(message))
-    for name, value in headers.items():
-        if name.lower() in RESERVED_HEADERS or not _HEADER_NAME.match(name):
-            raise ProviderError(f"extra header {name!r} is not allowed", retryable=False)
-        if "\r" in value or "\n" in value:
-            raise ProviderError(f"extra header {name!r} contains a line break", retryable=False)
-    return headers
-
-
-class SmtpChannel(Channel):
+class SmtpProvider(Provider):
     """Sends each email over its own SMTP connection.
 
     One connection per send on purpose: journeys send one message at a time per activity,
@@ -134,7 +60,7 @@ class SmtpChannel(Channel):
     receiving system that deduplicates by it shows one message.
     """
 
-    name = "email"
+    channel = "email"
 
     def __init__(
         self,
@@ -164,7 +90,7 @@ class SmtpChannel(Channel):
     @classmethod
     def from_settings(
         cls, settings: Settings, *, extra_headers: HeaderHook | None = None
-    ) -> SmtpChannel:
+    ) -> SmtpProvider:
         if not settings.smtp_host.strip():
             raise ValueError("NUDGE_SMTP_HOST is required when NUDGE_EMAIL_PROVIDER=smtp")
         if bool(settings.smtp_username) != bool(settings.smtp_password):

@@ -7,8 +7,8 @@ from urllib.parse import quote
 import httpx
 
 from activities.channels.base import (
-    Channel,
     OutgoingMessage,
+    Provider,
     ProviderError,
     Receipt,
     address,
@@ -20,7 +20,7 @@ from core.sms import count_segments
 PROVIDER = "twilio"
 
 
-class TwilioChannel(Channel):
+class TwilioProvider(Provider):
     """Sends an SMS with `POST /2010-04-01/Accounts/{sid}/Messages.json`, form-encoded,
     HTTP Basic with the account SID and auth token; the number is the profile's `phone`.
 
@@ -31,7 +31,7 @@ class TwilioChannel(Channel):
     documented, not closed; the `deliveries` row closes it for every other case.
     """
 
-    name = "sms"
+    channel = "sms"
 
     def __init__(
         self,
@@ -53,7 +53,7 @@ class TwilioChannel(Channel):
         self._sender = sender
 
     @classmethod
-    def from_settings(cls, settings: Settings, http: httpx.AsyncClient) -> TwilioChannel:
+    def from_settings(cls, settings: Settings, http: httpx.AsyncClient) -> TwilioProvider:
         required = {
             "NUDGE_TWILIO_ACCOUNT_SID": settings.twilio_account_sid,
             "NUDGE_TWILIO_AUTH_TOKEN": settings.twilio_auth_token,

@@ -11,8 +11,8 @@ import time
 import httpx
 
 from activities.channels.base import (
-    Channel,
     OutgoingMessage,
+    Provider,
     ProviderError,
     Receipt,
     post_to_provider,
@@ -54,11 +54,11 @@ def verify(secret: str, headers: dict[str, str], body: bytes, *, tolerance: int 
     )
 
 
-class WebhookChannel(Channel):
+class WebhookProvider(Provider):
     """POSTs each message to one URL. The idempotency key is the `webhook-id`, so a receiver
     that remembers ids sees a retried delivery as the same message."""
 
-    name = "webhook"
+    channel = "webhook"
 
     def __init__(self, client: httpx.AsyncClient, url: str | None, secrets: list[str]):
         self._client = client

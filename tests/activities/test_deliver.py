@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.channels.sandbox import SandboxChannel
-from activities.channels.webhook import WebhookChannel, verify
+from activities.channels.sandbox import SandboxProvider
+from activities.channels.webhook import WebhookProvider, verify
 from activities.journey import PROVIDER_UNAVAILABLE, JourneyActivities
 from core.config import DEV_WEBHOOK_SECRET
 from core.definition import parse_campaign
@@ -69,9 +69,9 @@ async def activities(
     async with httpx.AsyncClient(timeout=5) as http:
         yield JourneyActivities(
             sessions=sessions,
-            channels={
-                "sandbox": SandboxChannel(sessions),
-                "webhook": WebhookChannel(http, webhook_receiver.url, [DEV_WEBHOOK_SECRET]),
+            providers={
+                "sandbox": SandboxProvider(sessions),
+                "webhook": WebhookProvider(http, webhook_receiver.url, [DEV_WEBHOOK_SECRET]),
             },
         )
 
@@ -166,7 +166,9 @@ async def test_connection_refused_is_retryable(sessions):
     async with httpx.AsyncClient(timeout=2) as http:
         acts = JourneyActivities(
             sessions=sessions,
-            channels={"webhook": WebhookChannel(http, "http://127.0.0.1:9/", [DEV_WEBHOOK_SECRET])},
+            providers={
+                "webhook": WebhookProvider(http, "http://127.0.0.1:9/", [DEV_WEBHOOK_SECRET])
+            },
         )
         with pytest.raises(ApplicationError) as err:
             await ActivityEnvironment().run(acts.deliver, request("remind", "webhook"))
@@ -281,7 +283,7 @@ async def test_webhook_secret_rotation_signs_with_every_secret(sessions, webhook
     async with httpx.AsyncClient(timeout=5) as http:
         acts = JourneyActivities(
             sessions=sessions,
-            channels={"webhook": WebhookChannel(http, webhook_receiver.url, [new, old])},
+            providers={"webhook": WebhookProvider(http, webhook_receiver.url, [new, old])},
         )
         await ActivityEnvironment().run(acts.deliver, request("remind", "webhook"))
     [hit] = webhook_receiver.received

@@ -23,9 +23,9 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.channels.base import OutgoingMessage, ProviderError
-from activities.channels.registry import build_channels
-from activities.channels.sendgrid import SendGridChannel
-from activities.channels.smtp import SmtpChannel
+from activities.channels.registry import build_providers
+from activities.channels.sendgrid import SendGridProvider
+from activities.channels.smtp import SmtpProvider
 from activities.journey import PROVIDER_UNAVAILABLE, JourneyActivities
 from core.config import Settings
 from core.definition import parse_campaign
@@ -203,7 +203,7 @@ def parts(mime: EmailMessage) -> dict[str, str]:
 @pytest.mark.parametrize("security", ["starttls", "tls", "none"])
 async def test_smtp_sends_a_proper_mime_email(smtp_server, tls, security):
     mailbox, port = smtp_server(security)
-    channel = SmtpChannel.from_settings(smtp_settings(port, security, tls))
+    channel = SmtpProvider.from_settings(smtp_settings(port, security, tls))
     message = outgoing()
 
     receipt = await channel.send(message)
@@ -228,7 +228,7 @@ async def test_smtp_sends_a_proper_mime_email(smtp_server, tls, security):
 async def test_smtp_text_only_unicode_and_auth(smtp_server, tls):
     mailbox, port = smtp_server("starttls", auth=True)
     settings = smtp_settings(port, "starttls", tls, smtp_username=USER, smtp_password=PASSWORD)
-    await SmtpChannel.from_settings(settings).send(
+    await SmtpProvider.from_settings(settings).send(
         outgoing(html=None, subject="Grüße, Ada ✨", body="Ein Schirm wartet. ☂")
     )
     [got] = mailbox.delivered
@@ -242,13 +242,13 @@ async def test_smtp_wrong_password_is_final(smtp_server, tls):
     _, port = smtp_server("starttls", auth=True)
     settings = smtp_settings(port, "starttls", tls, smtp_username=USER, smtp_password="nope")
     with pytest.raises(ProviderError) as err:
-        await SmtpChannel.from_settings(settings).send(outgoing())
+        await SmtpProvider.from_settings(settings).send(outgoing())
     assert not err.value.retryable and err.value.status == 535
 
 
 async def test_smtp_untrusted_certificate_never_sends(smtp_server):
     mailbox, port = smtp_server("starttls")
-    channel = SmtpChannel.from_settings(smtp_settings(port, "starttls", tls=None))
+    channel = SmtpProvider.from_settings(smtp_settings(port, "starttls", tls=None))
     with pytest.raises(ProviderError) as err:
         await channel.send(outgoing())
     assert err.value.retryable and "CERTIFICATE_VERIFY_FAILED" in str(err.value)
@@ -258,7 +258,7 @@ async def test_smtp_untrusted_certificate_never_sends(smtp_server):
 async def test_smtp_starttls_required_but_not_offered_is_final(smtp_server, tls):
     mailbox, port = smtp_server("none")
     with pytest.raises(ProviderError) as err:
-        await SmtpChannel.from_settings(smtp_settings(port, "starttls", tls)).send(outgoing())
+        await SmtpProvider.from_settings(smtp_settings(port, "starttls", tls)).send(outgoing())
     assert not err.value.retryable and "STARTTLS" in str(err.value)
     assert mailbox.delivered == []
 
@@ -272,7 +272,7 @@ async def test_smtp_extra_headers_hook_adds_list_unsubscribe(smtp_server, tls):
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
         }
 
-    channel = SmtpChannel.from_settings(
+    channel = SmtpProvider.from_settings(
         smtp_settings(port, "starttls", tls), extra_headers=unsubscribe
     )
     await channel.send(outgoing())
@@ -303,14 +303,14 @@ async def test_smtp_rcpt_replies_are_classified(smtp_server, tls, reply, retryab
     mailbox, port = smtp_server("starttls")
     mailbox.rcpt_replies.append(reply)
     with pytest.raises(ProviderError) as err:
-        await SmtpChannel.from_settings(smtp_settings(port, "starttls", tls)).send(outgoing())
+        await SmtpProvider.from_settings(smtp_settings(port, "starttls", tls)).send(outgoing())
     assert err.value.retryable is retryable
     assert err.value.status == int(reply[:3]) and reply in str(err.value)
     assert mailbox.delivered == []
 
 
 async def test_smtp_server_down_is_retryable():
-    channel = SmtpChannel.from_settings(smtp_settings(closed_port(), "none"))
+    channel = SmtpProvider.from_settings(smtp_settings(closed_port(), "none"))
     with pytest.raises(ProviderError) as err:
         await channel.send(outgoing())
     assert err.value.retryable and "unreachable" in str(err.value)
@@ -319,7 +319,7 @@ async def test_smtp_server_down_is_retryable():
 async def test_settings_are_checked_when_the_channel_is_built(tmp_path):
     def build(**kw: Any) -> None:
         settings = Settings(_env_file=None, **kw)
-        build_channels(settings, http=http, sessions=None)  # type: ignore[arg-type]
+        build_providers(settings, http=http, sessions=None)  # type: ignore[arg-type]
 
     http = httpx.AsyncClient()
     await http.aclose()
@@ -394,8 +394,8 @@ async def smtp_activities(
 ) -> AsyncIterator[tuple[JourneyActivities, Mailbox]]:
     mailbox, port = smtp_server("starttls")
     async with httpx.AsyncClient(timeout=5) as http:
-        channels = build_channels(smtp_settings(port, "starttls", tls), http=http, sessions=seeded)
-        yield JourneyActivities(sessions=seeded, channels=channels), mailbox
+        channels = build_providers(smtp_settings(port, "starttls", tls), http=http, sessions=seeded)
+        yield JourneyActivities(sessions=seeded, providers=channels), mailbox
 
 
 async def row(sessions, key: str):
@@ -483,8 +483,8 @@ async def test_deliver_451_retries_then_sends_once(smtp_activities, sessions):
 
 async def test_deliver_with_smtp_server_down_is_retryable(seeded):
     async with httpx.AsyncClient() as http:
-        channels = build_channels(smtp_settings(closed_port(), "none"), http=http, sessions=seeded)
-        activities = JourneyActivities(sessions=seeded, channels=channels)
+        channels = build_providers(smtp_settings(closed_port(), "none"), http=http, sessions=seeded)
+        activities = JourneyActivities(sessions=seeded, providers=channels)
         with pytest.raises(ApplicationError) as err:
             await ActivityEnvironment().run(activities.deliver, deliver_request())
     assert not err.value.non_retryable and "unreachable" in str(err.value)
@@ -508,8 +508,8 @@ async def sendgrid(seeded, provider_double: ProviderDouble):
         sendgrid_api_key="SG.test-key",
     )
     async with httpx.AsyncClient(timeout=0.5) as http:
-        channels = build_channels(settings, http=http, sessions=seeded)
-        yield JourneyActivities(sessions=seeded, channels=channels), provider_double
+        channels = build_providers(settings, http=http, sessions=seeded)
+        yield JourneyActivities(sessions=seeded, providers=channels), provider_double
 
 
 async def test_sendgrid_posts_v3_mail_send_once(sendgrid, sessions):
@@ -554,7 +554,7 @@ async def test_sendgrid_posts_v3_mail_send_once(sendgrid, sessions):
 async def test_sendgrid_extra_headers_hook(provider_double):
     provider_double.respond = accepted
     async with httpx.AsyncClient(timeout=5) as http:
-        channel = SendGridChannel(
+        channel = SendGridProvider(
             http,
             url=provider_double.url,
             api_key="SG.k",

@@ -20,9 +20,9 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.channels.base import OutgoingMessage, ProviderError
-from activities.channels.fcm import FcmChannel, data_strings, fingerprint
-from activities.channels.registry import build_channels
-from activities.channels.twilio import TwilioChannel, count_segments
+from activities.channels.fcm import FcmProvider, data_strings, fingerprint
+from activities.channels.registry import build_providers
+from activities.channels.twilio import TwilioProvider, count_segments
 from activities.journey import PROVIDER_UNAVAILABLE, JourneyActivities
 from core.config import Settings
 from core.definition import parse_campaign
@@ -157,8 +157,8 @@ async def activities(sessions, twilio, fcm) -> AsyncIterator[JourneyActivities]:
             traits={"first_name": "Ada", "phone": "+4915112345678", "push_tokens": ["tok-a"]},
         )
     async with httpx.AsyncClient(timeout=5) as http:
-        channels = build_channels(settings_for(twilio, fcm), http=http, sessions=sessions)
-        yield JourneyActivities(sessions=sessions, channels=channels)
+        channels = build_providers(settings_for(twilio, fcm), http=http, sessions=sessions)
+        yield JourneyActivities(sessions=sessions, providers=channels)
 
 
 def request(step_id: str, channel: str, template: str, user_id: str = "ada") -> DeliverRequest:
@@ -331,7 +331,7 @@ def message(**overrides: Any) -> OutgoingMessage:
 async def test_sms_provider_hanging_past_the_timeout_is_retryable(twilio):
     twilio.faults.append(Fault(hang=1.5))
     async with httpx.AsyncClient(timeout=0.3) as http:
-        channel = TwilioChannel(
+        channel = TwilioProvider(
             http, base_url=twilio.base_url, account_sid=ACCOUNT_SID, auth_token="t", sender=SENDER
         )
         with pytest.raises(ProviderError) as err:
@@ -341,7 +341,7 @@ async def test_sms_provider_hanging_past_the_timeout_is_retryable(twilio):
 
 async def test_sms_messaging_service_sid_is_sent_as_such(twilio):
     async with httpx.AsyncClient(timeout=5) as http:
-        channel = TwilioChannel(
+        channel = TwilioProvider(
             http, base_url=twilio.base_url, account_sid=ACCOUNT_SID, auth_token="t", sender="MG1"
         )
         await channel.send(message())
@@ -521,13 +521,13 @@ async def test_channels_refuse_to_build_without_their_settings(twilio, fcm):
     sessions = async_sessionmaker()  # never used: building fails first
     async with httpx.AsyncClient() as http:
         with pytest.raises(ValueError, match="NUDGE_TWILIO_AUTH_TOKEN"):
-            build_channels(
+            build_providers(
                 settings_for(twilio, fcm, twilio_auth_token=None), http=http, sessions=sessions
             )
         with pytest.raises(ValueError, match="NUDGE_SMS_FROM"):
-            TwilioChannel.from_settings(settings_for(twilio, fcm, sms_from=" "), http)
+            TwilioProvider.from_settings(settings_for(twilio, fcm, sms_from=" "), http)
         with pytest.raises(ValueError, match="NUDGE_FCM_PROJECT_ID, NUDGE_FCM_ACCESS_TOKEN"):
-            FcmChannel.from_settings(
+            FcmProvider.from_settings(
                 settings_for(twilio, fcm, fcm_project_id=None, fcm_access_token=None),
                 http,
                 sessions,

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.channels.sandbox import SandboxChannel
+from activities.channels.sandbox import SandboxProvider
 from activities.journey import JourneyActivities
 from core.config import Settings
 from core.definition import parse_campaign
@@ -77,7 +77,7 @@ async def seeded(sessions):
 def activities(sessions, **overrides: Any) -> JourneyActivities:
     return JourneyActivities(
         sessions=sessions,
-        channels={"sandbox": SandboxChannel(sessions)},
+        providers={"sandbox": SandboxProvider(sessions)},
         settings=settings(**overrides),
     )
 

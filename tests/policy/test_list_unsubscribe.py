@@ -15,9 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.testing import ActivityEnvironment
 
 from activities.channels.base import OutgoingMessage
-from activities.channels.registry import build_channels
+from activities.channels.email import list_unsubscribe_hook
+from activities.channels.registry import build_providers
 from activities.journey import JourneyActivities
-from activities.policy import list_unsubscribe_hook
 from core.config import Settings
 from core.definition import parse_campaign
 from core.events import JourneyEvent
@@ -127,8 +127,8 @@ async def test_marketing_mail_carries_one_click_unsubscribe_and_it_works(
         quiet_hours_start=None,
     )
     async with httpx.AsyncClient() as http:
-        channels = build_channels(settings, http=http, sessions=sessions)
-        acts = JourneyActivities(sessions=sessions, channels=channels, settings=settings)
+        channels = build_providers(settings, http=http, sessions=sessions)
+        acts = JourneyActivities(sessions=sessions, providers=channels, settings=settings)
         for campaign_id in ("promo", "receipt", "digest"):
             result = await ActivityEnvironment().run(acts.deliver, deliver_request(campaign_id))
             assert result.status is DeliveryStatus.sent, result
@@ -160,7 +160,7 @@ async def test_marketing_mail_carries_one_click_unsubscribe_and_it_works(
         )
         assert answer.status_code == 200, answer.text
 
-    acts = JourneyActivities(sessions=sessions, channels={}, settings=settings)
+    acts = JourneyActivities(sessions=sessions, providers={}, settings=settings)
     req = deliver_request("promo")
     decision = await ActivityEnvironment().run(
         acts.check_policy,

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.channels.registry import build_channels
+from activities.channels.registry import build_providers
 from activities.journey import JourneyActivities
 from core.config import CapRule, Settings
 from core.definition import parse_campaign
@@ -73,7 +73,7 @@ async def run_journey(env, sessions, settings: Settings, definition, traits, ent
     async with httpx.AsyncClient() as http:
         activities = JourneyActivities(
             sessions=sessions,
-            channels=build_channels(settings, http=http, sessions=sessions),
+            providers=build_providers(settings, http=http, sessions=sessions),
             settings=settings,
         )
         async with Worker(

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from activities.policy import cap_checks, describe_rule, quiet_hours_decision
 from core.config import CapRule, Settings
 from core.definition import parse_campaign
 from core.journey import PolicyAction
+from core.policy import cap_checks, describe_rule, quiet_hours_decision
 
 
 def settings(**overrides: Any) -> Settings:

@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
-from store.caps import CapCheck, Reservation, count_sends, release_send, reserve_send
+from core.policy import CapCheck
+from store.caps import Reservation, count_sends, release_send, reserve_send
 from store.models import Profile, SendReservation
 from store.profiles import merge_traits
 from store.subscriptions import (

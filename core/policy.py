@@ -1,0 +1,157 @@
+"""core: the send policy — may this message go to this user now? A pure decision over facts
+the `check_policy` activity gathers from the store.
+
+Order of the checks, the first that answers wins:
+1. a hard-bounce suppression on the channel: suppress, whatever the priority;
+2. transactional campaigns: allow (no opt-outs, quiet hours or caps apply to them);
+3. unsubscribed from the campaign's group on the channel (or from `*`): suppress;
+4. quiet hours in the user's zone (`timezone` trait, else the default): defer to their end;
+5. frequency caps (settings and the campaign's own): the store reserves the send against
+   each cap atomically — suppress naming the cap it would exceed, else allow.
+
+Caps apply equally to high, normal and low priority: the ledger is first come, first
+served, and only transactional messages bypass it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from core.config import CapRule, Settings
+from core.definition import CampaignDefinition, Priority
+from core.durations import format_duration
+from core.journey import PolicyAction, PolicyDecision
+from core.schedule import parse_clock, quiet_hours_end, user_zone
+
+ALLOW = PolicyDecision(action=PolicyAction.allow)
+
+
+def suppress(reason: str) -> PolicyDecision:
+    return PolicyDecision(action=PolicyAction.suppress, reason=reason)
+
+
+@dataclass(frozen=True)
+class CapCheck:
+    """What one cap counts in the user's ledger: rows within `window`, narrowed to a
+    subscription group, a channel and/or a campaign when given. `label` is the reason a
+    suppressed send records ("cap: 3 marketing messages per 24h")."""
+
+    limit: int
+    window: timedelta
+    label: str
+    group: str | None = None
+    channel: str | None = None
+    campaign_id: str | None = None
+
+
+@dataclass(frozen=True)
+class SendFacts:
+    """What the decision looks at, read from the store just before a send."""
+
+    definition: CampaignDefinition
+    """The campaign version the journey runs on."""
+    channel: str
+    timezone: object
+    """The user's `timezone` trait, as the profile holds it (anything a client sent)."""
+    bounced: str | None = None
+    """Why the user's address on this channel is suppressed for good (a hard bounce)."""
+    unsubscribed: bool = False
+    """Opted out of the campaign's subscription group (or of every group) on the channel."""
+
+
+@dataclass(frozen=True)
+class Reserve:
+    """Allowed if the send fits under every cap; the store reserves it atomically."""
+
+    caps: tuple[CapCheck, ...]
+
+
+def decide_send(facts: SendFacts, *, now: datetime, settings: Settings) -> PolicyDecision | Reserve:
+    """The policy's answer for one send at `now`, in the module's order."""
+    if facts.bounced is not None:
+        return suppress(f"suppressed on {facts.channel}: {facts.bounced}")
+    definition = facts.definition
+    if definition.priority is Priority.transactional:
+        return ALLOW
+    if facts.unsubscribed:
+        return suppress(f"unsubscribed from {definition.subscription_group} on {facts.channel}")
+    deferred = quiet_hours_decision(now=now, settings=settings, timezone=facts.timezone)
+    if deferred is not None:
+        return deferred
+    return Reserve(
+        tuple(cap_checks(rules=settings.caps, definition=definition, channel=facts.channel))
+    )
+
+
+def format_window(window: timedelta) -> str:
+    """'24h' for a day or two (how caps are usually said), '7d', '1h30m' otherwise."""
+    seconds = int(window.total_seconds())
+    if seconds % 3600 == 0 and seconds <= 48 * 3600:
+        return f"{seconds // 3600}h"
+    return format_duration(window)
+
+
+def describe_rule(rule: CapRule) -> str:
+    """'cap: 3 marketing messages per 24h', 'cap: 1 sms message per 24h'."""
+    what = " ".join(part for part in (rule.group, rule.channel) if part)
+    noun = "message" if rule.limit == 1 else "messages"
+    words = f"{rule.limit} {what} {noun}" if what else f"{rule.limit} {noun}"
+    return f"cap: {words} per {format_window(rule.window)}"
+
+
+def cap_checks(
+    *, rules: Sequence[CapRule], definition: CampaignDefinition, channel: str
+) -> list[CapCheck]:
+    """The caps one send counts against: each settings rule whose group and channel (when
+    set) match the send — a rule with neither counts every non-transactional send — then
+    the campaign's own caps. None for a transactional campaign."""
+    if definition.priority is Priority.transactional:
+        return []
+    group = definition.subscription_group
+    checks = [
+        CapCheck(
+            limit=rule.limit,
+            window=rule.window,
+            label=describe_rule(rule),
+            group=rule.group,
+            channel=rule.channel,
+        )
+        for rule in rules
+        if rule.group in (None, group) and rule.channel in (None, channel)
+    ]
+    for cap in definition.caps:
+        noun = "message" if cap.limit == 1 else "messages"
+        checks.append(
+            CapCheck(
+                limit=cap.limit,
+                window=cap.window,
+                label=(
+                    f"cap: {cap.limit} {noun} of campaign {definition.id} "
+                    f"per {format_window(cap.window)}"
+                ),
+                campaign_id=definition.id,
+            )
+        )
+    return checks
+
+
+def quiet_hours_decision(
+    *, now: datetime, settings: Settings, timezone: object
+) -> PolicyDecision | None:
+    """`defer` until the quiet window ends when `now` is inside it in the user's zone
+    (`timezone` as the trait holds it: an IANA name, else the default zone); else None."""
+    if not settings.quiet_hours_start or not settings.quiet_hours_end:
+        return None
+    tz = user_zone(timezone, settings.default_timezone)
+    start = parse_clock(settings.quiet_hours_start)
+    end = parse_clock(settings.quiet_hours_end)
+    until = quiet_hours_end(now, start, end, tz)
+    if until is None:
+        return None
+    return PolicyDecision(
+        action=PolicyAction.defer,
+        reason=f"quiet hours {settings.quiet_hours_start}-{settings.quiet_hours_end} in {tz.key}",
+        defer_until=until,
+    )

@@ -11,9 +11,11 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
+from api.campaign_index import CampaignIndexLoader
 from api.deps import Services
+from api.relay import Relay
+from api.router import EventRouter
 from api.routes import api_router, tracking
-from api.routing import EventRouter, Relay
 from core.config import Settings
 from store.db import create_engine, session_factory
 from temporal.client import TemporalConnection
@@ -41,12 +43,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     engine = create_engine(settings.database_url)
     sessions = session_factory(engine)
     temporal = TemporalConnection(settings.temporal_address, settings.temporal_namespace)
-    router = EventRouter(sessions=sessions, temporal=temporal, settings=settings)
+    campaigns = CampaignIndexLoader(sessions=sessions, settings=settings)
+    router = EventRouter(
+        sessions=sessions, temporal=temporal, campaigns=campaigns, settings=settings
+    )
     relay = Relay(router=router, sessions=sessions, settings=settings)
     try:
         await temporal.start()
         try:
-            await router.reload()
+            await campaigns.reload()
         except Exception:
             log.exception("could not load campaigns; the relay retries before routing")
         relay.start()
@@ -55,6 +60,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             engine=engine,
             sessions=sessions,
             temporal=temporal,
+            campaigns=campaigns,
             router=router,
             relay=relay,
         )

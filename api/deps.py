@@ -1,4 +1,5 @@
-"""api: dependencies as Annotated aliases — settings, sessions, Temporal, router, relay, auth."""
+"""api: dependencies as Annotated aliases — settings, sessions, Temporal, the campaign index,
+the relay, auth."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
-from api.routing import EventRouter, Relay
+from api.campaign_index import CampaignIndexLoader
+from api.relay import Relay
+from api.router import EventRouter
 from core.config import Settings
 from temporal.client import TemporalConnection
 
@@ -24,6 +27,7 @@ class Services:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     temporal: TemporalConnection
+    campaigns: CampaignIndexLoader
     router: EventRouter
     relay: Relay
 
@@ -45,8 +49,8 @@ async def get_session(services: ServicesDep) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def get_router(services: ServicesDep) -> EventRouter:
-    return services.router
+def get_campaign_index(services: ServicesDep) -> CampaignIndexLoader:
+    return services.campaigns
 
 
 def get_relay(services: ServicesDep) -> Relay:
@@ -65,7 +69,7 @@ def get_temporal(services: ServicesDep) -> Client:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
-RouterDep = Annotated[EventRouter, Depends(get_router)]
+CampaignIndexDep = Annotated[CampaignIndexLoader, Depends(get_campaign_index)]
 RelayDep = Annotated[Relay, Depends(get_relay)]
 TemporalDep = Annotated[Client, Depends(get_temporal)]
 

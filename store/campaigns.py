@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -242,19 +244,52 @@ async def set_status(
     return campaign
 
 
-async def active_versions(*, session: AsyncSession) -> list[tuple[Campaign, CampaignVersion]]:
-    """The current version of every active campaign: what the router indexes events by."""
-    statement = (
-        select(Campaign, CampaignVersion)
-        .join(
-            CampaignVersion,
-            (CampaignVersion.campaign_id == Campaign.id)
-            & (CampaignVersion.version == Campaign.current_version),
-        )
-        .where(Campaign.status == Status.active.value)
-        .order_by(Campaign.id)
+@dataclass(frozen=True)
+class VersionKey:
+    campaign_id: str
+    version: int
+    live: bool
+    """The current version of an active campaign: new journeys enter it."""
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.campaign_id, self.version)
+
+
+async def version_keys(*, session: AsyncSession) -> list[VersionKey]:
+    """Every stored version, without its definition, by campaign and number: one query,
+    so the routing index reads definitions only for versions it has not parsed yet
+    (versions never change)."""
+    live = and_(
+        Campaign.status == Status.active.value, Campaign.current_version == CampaignVersion.version
     )
-    return [(campaign, version) for campaign, version in (await session.execute(statement)).all()]
+    statement = (
+        select(CampaignVersion.campaign_id, CampaignVersion.version, live)
+        .join(Campaign, Campaign.id == CampaignVersion.campaign_id)
+        .order_by(CampaignVersion.campaign_id, CampaignVersion.version)
+    )
+    return [
+        VersionKey(campaign_id, version, bool(is_live))
+        for campaign_id, version, is_live in (await session.execute(statement)).all()
+    ]
+
+
+async def get_versions(
+    *, session: AsyncSession, keys: Sequence[tuple[str, int]]
+) -> list[CampaignVersion]:
+    """The versions named by (campaign id, number), in as few queries as the keys allow."""
+    found: list[CampaignVersion] = []
+    for start in range(0, len(keys), _KEYS_PER_QUERY):
+        chunk = list(keys[start : start + _KEYS_PER_QUERY])
+        statement = select(CampaignVersion).where(
+            tuple_(CampaignVersion.campaign_id, CampaignVersion.version).in_(chunk)
+        )
+        found.extend(await session.scalars(statement))
+    return found
+
+
+_KEYS_PER_QUERY = 400
+"""Two bound parameters a key: well under SQLite's and asyncpg's limits."""
 
 
 async def latest_change(*, session: AsyncSession) -> datetime | None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from store.db import dialect_insert
@@ -45,23 +46,31 @@ async def record_entry(
     return (await session.execute(statement)).first() is not None
 
 
-async def entry_recorded(*, session: AsyncSession, campaign_id: str, entry_message_id: str) -> bool:
-    """Whether this event already started a journey of the campaign (routed before)."""
-    statement = select(
-        exists().where(
-            JourneyEntry.campaign_id == campaign_id,
-            JourneyEntry.entry_message_id == entry_message_id,
-        )
+async def started_by(
+    *, session: AsyncSession, entry_message_id: str, campaign_ids: Sequence[str]
+) -> frozenset[str]:
+    """Those of `campaign_ids` whose journey this event already started (routed before)."""
+    if not campaign_ids:
+        return frozenset()
+    statement = select(JourneyEntry.campaign_id).where(
+        JourneyEntry.entry_message_id == entry_message_id,
+        JourneyEntry.campaign_id.in_(campaign_ids),
     )
-    return bool(await session.scalar(statement))
+    return frozenset(await session.scalars(statement))
 
 
-async def has_entered(*, session: AsyncSession, campaign_id: str, user_id: str) -> bool:
-    """Whether the user ever entered the campaign (re-entry `once`)."""
-    statement = select(
-        exists().where(JourneyEntry.campaign_id == campaign_id, JourneyEntry.user_id == user_id)
+async def entered(
+    *, session: AsyncSession, user_id: str, campaign_ids: Sequence[str]
+) -> frozenset[str]:
+    """Those of `campaign_ids` the user ever entered (re-entry `once`)."""
+    if not campaign_ids:
+        return frozenset()
+    statement = (
+        select(JourneyEntry.campaign_id)
+        .where(JourneyEntry.user_id == user_id, JourneyEntry.campaign_id.in_(campaign_ids))
+        .distinct()
     )
-    return bool(await session.scalar(statement))
+    return frozenset(await session.scalars(statement))
 
 
 async def count_entries(*, session: AsyncSession, campaign_id: str) -> int:

@@ -1,6 +1,6 @@
 """api: campaigns — save definitions (JSON or YAML) as versions, read them, change status.
 
-Every change here tells this process's router to reload its index before answering, so
+Every change here tells this process's routing index to reload before answering, so
 the next event sees it; other API processes notice within `campaign_refresh_seconds`.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
-from api.deps import AdminDep, RouterDep, SessionDep
+from api.deps import AdminDep, CampaignIndexDep, SessionDep
 from api.schemas import (
     CampaignDetail,
     CampaignPublic,
@@ -86,7 +86,11 @@ def conflict(exc: CampaignStateError) -> HTTPException:
 
 
 async def save(
-    *, session: SessionDep, router: RouterDep, definition: CampaignDefinition, response: Response
+    *,
+    session: SessionDep,
+    index: CampaignIndexDep,
+    definition: CampaignDefinition,
+    response: Response,
 ) -> CampaignSaved:
     try:
         campaign, version, new_version = await store.save_campaign(
@@ -98,7 +102,7 @@ async def save(
     if new_version:
         response.status_code = status.HTTP_201_CREATED
         # A new version can bring reactions (wait_for, goals, exits) even when not active.
-        await router.campaigns_changed()
+        await index.changed()
     return CampaignSaved(
         campaign=CampaignPublic.model_validate(campaign),
         version=CampaignVersionPublic.model_validate(version),
@@ -115,10 +119,10 @@ async def save(
     summary="Create a campaign, or add a version when its definition changed",
 )
 async def create_campaign(
-    request: Request, response: Response, session: SessionDep, router: RouterDep
+    request: Request, response: Response, session: SessionDep, index: CampaignIndexDep
 ) -> CampaignSaved:
     definition = await read_definition(request)
-    return await save(session=session, router=router, definition=definition, response=response)
+    return await save(session=session, index=index, definition=definition, response=response)
 
 
 @router.put(
@@ -129,7 +133,11 @@ async def create_campaign(
     summary="Save a campaign under its id (same as POST; the ids must agree)",
 )
 async def put_campaign(
-    campaign_id: str, request: Request, response: Response, session: SessionDep, router: RouterDep
+    campaign_id: str,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    index: CampaignIndexDep,
 ) -> CampaignSaved:
     definition = await read_definition(request)
     if definition.id != campaign_id:
@@ -138,7 +146,7 @@ async def put_campaign(
             f"the path names campaign {campaign_id!r} but the definition's id is "
             f"{definition.id!r}; they must be the same",
         )
-    return await save(session=session, router=router, definition=definition, response=response)
+    return await save(session=session, index=index, definition=definition, response=response)
 
 
 @router.get("", response_model=CampaignsPublic, summary="List campaigns")
@@ -206,7 +214,7 @@ async def get_version(campaign_id: str, version: int, session: SessionDep) -> Ca
 
 
 async def move(
-    *, session: SessionDep, router: RouterDep, campaign_id: str, target: CampaignStatus
+    *, session: SessionDep, index: CampaignIndexDep, campaign_id: str, target: CampaignStatus
 ) -> CampaignPublic:
     try:
         campaign = await store.set_status(session=session, campaign_id=campaign_id, status=target)
@@ -215,7 +223,7 @@ async def move(
     except CampaignStateError as exc:
         raise conflict(exc) from exc
     await session.commit()
-    await router.campaigns_changed()
+    await index.changed()
     return CampaignPublic.model_validate(campaign)
 
 
@@ -225,9 +233,11 @@ async def move(
     responses=ERRORS,
     summary="Start entering users into journeys on the current version",
 )
-async def activate(campaign_id: str, session: SessionDep, router: RouterDep) -> CampaignPublic:
+async def activate(
+    campaign_id: str, session: SessionDep, index: CampaignIndexDep
+) -> CampaignPublic:
     return await move(
-        session=session, router=router, campaign_id=campaign_id, target=CampaignStatus.active
+        session=session, index=index, campaign_id=campaign_id, target=CampaignStatus.active
     )
 
 
@@ -237,9 +247,9 @@ async def activate(campaign_id: str, session: SessionDep, router: RouterDep) -> 
     responses=ERRORS,
     summary="Stop entering users; running journeys go on",
 )
-async def pause(campaign_id: str, session: SessionDep, router: RouterDep) -> CampaignPublic:
+async def pause(campaign_id: str, session: SessionDep, index: CampaignIndexDep) -> CampaignPublic:
     return await move(
-        session=session, router=router, campaign_id=campaign_id, target=CampaignStatus.paused
+        session=session, index=index, campaign_id=campaign_id, target=CampaignStatus.paused
     )
 
 
@@ -249,7 +259,7 @@ async def pause(campaign_id: str, session: SessionDep, router: RouterDep) -> Cam
     responses=ERRORS,
     summary="Retire a campaign for good; running journeys go on",
 )
-async def archive(campaign_id: str, session: SessionDep, router: RouterDep) -> CampaignPublic:
+async def archive(campaign_id: str, session: SessionDep, index: CampaignIndexDep) -> CampaignPublic:
     return await move(
-        session=session, router=router, campaign_id=campaign_id, target=CampaignStatus.archived
+        session=session, index=index, campaign_id=campaign_id, target=CampaignStatus.archived
     )

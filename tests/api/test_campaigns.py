@@ -200,31 +200,29 @@ async def test_status_transitions(api_db: RunningApi) -> None:
     assert "archived" in edited.json()["detail"]
 
 
-async def test_activating_reloads_the_router_at_once(api: RunningApi) -> None:
-    router = api.services.router
+async def test_activating_reloads_the_routing_index_at_once(api: RunningApi) -> None:
+    campaigns = api.services.campaigns
     await api.http.post("/v1/campaigns", json=CART, headers=ADMIN)
-    assert router.index is not None
-    assert "Product Added" not in router.index.entries
+    assert "Product Added" not in campaigns.index.entries
     # Reactions (goals, exits, wait_for) count from the first saved version.
-    assert router.index.reactions["Order Completed"] == {"cart"}
+    assert campaigns.index.reactions["Order Completed"] == {"cart"}
     await api.http.post("/v1/campaigns/cart/activate", headers=ADMIN)
-    [entry] = router.index.entries["Product Added"]
+    [entry] = campaigns.index.entries["Product Added"]
     assert (entry.campaign_id, entry.version) == ("cart", 1)
     await api.http.post("/v1/campaigns/cart/pause", headers=ADMIN)
-    assert "Product Added" not in router.index.entries
-    assert "Order Completed" in router.index.reactions
+    assert "Product Added" not in campaigns.index.entries
+    assert "Order Completed" in campaigns.index.reactions
 
 
 async def test_another_api_process_sees_campaign_changes(api: RunningApi) -> None:
     """Two API processes on one database: a change made through one reaches the other's
-    router within `campaign_refresh_seconds`, without a restart."""
+    routing index within `campaign_refresh_seconds`, without a restart."""
     async with running_api(api.settings) as other:
         await api.http.post("/v1/campaigns", json=CART, headers=ADMIN)
         await api.http.post("/v1/campaigns/cart/activate", headers=ADMIN)
 
         async def other_sees(active: bool) -> bool:
-            index = other.services.router.index
-            assert index is not None
+            index = other.services.campaigns.index
             assert ("Product Added" in index.entries) is active
             return True
 

@@ -9,7 +9,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from api.routing import GAVE_UP, EventRouter, Outcome, Relay
+from api.campaign_index import CampaignIndexLoader
+from api.relay import GAVE_UP, Relay
+from api.router import EventRouter, Outcome
 from store.db import create_engine, session_factory
 from store.events import NewEvent, record_events
 from store.models import Event
@@ -50,7 +52,12 @@ async def test_a_routing_bug_holds_the_user_then_gives_up(
 ) -> None:
     settings = make_settings(database_url, f"127.0.0.1:{free_port()}")
     temporal = TemporalConnection(settings.temporal_address)  # never started: no Temporal
-    router = BuggyRouter(sessions=sessions, temporal=temporal, settings=settings)
+    router = BuggyRouter(
+        sessions=sessions,
+        temporal=temporal,
+        campaigns=CampaignIndexLoader(sessions=sessions, settings=settings),
+        settings=settings,
+    )
     relay = Relay(router=router, sessions=sessions, settings=settings, max_attempts=3)
     async with sessions() as session:
         await record_events(
@@ -73,7 +80,7 @@ async def test_a_routing_bug_holds_the_user_then_gives_up(
         assert events["a-2"].status == "pending"  # ada's next event waits behind a-1
         assert events["b-1"].status == "ignored"  # bob is not held up
 
-    with caplog.at_level(logging.ERROR, logger="nudge.routing"):
+    with caplog.at_level(logging.ERROR, logger="nudge.relay"):
         [result] = await relay.drain()
     events = await outbox(sessions)
     assert (events["a-1"].status, events["a-1"].attempts) == ("failed", 3)
@@ -93,6 +100,7 @@ async def test_events_of_users_without_campaigns_are_ignored_in_one_pass(
         router = EventRouter(
             sessions=sessions,
             temporal=TemporalConnection(settings.temporal_address),
+            campaigns=CampaignIndexLoader(sessions=sessions, settings=settings),
             settings=settings,
         )
         relay = Relay(router=router, sessions=sessions, settings=settings, batch_size=50)

@@ -15,16 +15,17 @@ from store.campaigns import (
     CampaignConflict,
     CampaignNotFound,
     CampaignStateError,
-    active_versions,
     definition_hash,
     definition_of,
     get_campaign,
     get_version,
+    get_versions,
     latest_change,
     list_campaigns,
     list_versions,
     save_campaign,
     set_status,
+    version_keys,
 )
 from store.models import CampaignVersion
 
@@ -214,7 +215,7 @@ async def test_list_campaigns_by_status(sessions: Sessions) -> None:
         assert await list_campaigns(session=session, status=S.archived) == []
 
 
-async def test_active_versions_are_the_current_versions_of_active_campaigns(
+async def test_version_keys_mark_the_current_versions_of_active_campaigns(
     sessions: Sessions,
 ) -> None:
     for campaign_id in ("draft", "live", "paused"):
@@ -225,9 +226,17 @@ async def test_active_versions_are_the_current_versions_of_active_campaigns(
     await save(sessions, cart("live", body="v2"))
 
     async with sessions() as session:
-        index = await active_versions(session=session)
-    assert [(c.id, v.version) for c, v in index] == [("live", 2)]
-    assert definition_of(index[0][1]).templates["reminder"].body == "v2"
+        keys = await version_keys(session=session)
+        assert [(k.campaign_id, k.version, k.live) for k in keys] == [
+            ("draft", 1, False),
+            ("live", 1, False),
+            ("live", 2, True),
+            ("paused", 1, False),
+        ]
+        [v2] = await get_versions(session=session, keys=[("live", 2)])
+        assert definition_of(v2).templates["reminder"].body == "v2"
+        both = await get_versions(session=session, keys=[("live", 1), ("paused", 1), ("x", 1)])
+        assert sorted((v.campaign_id, v.version) for v in both) == [("live", 1), ("paused", 1)]
 
 
 async def test_latest_change_moves_with_every_change(sessions: Sessions) -> None:

@@ -7,7 +7,7 @@ import asyncio
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from store.entries import count_entries, has_entered, record_entry
+from store.entries import count_entries, entered, record_entry, started_by
 from store.models import JourneyEntry
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -36,14 +36,19 @@ async def enter(
 
 
 async def test_a_new_journey_is_recorded(sessions: Sessions) -> None:
+    both = ["cart", "other"]
     async with sessions() as session:
-        assert await has_entered(session=session, campaign_id="cart", user_id="u1") is False
+        assert await entered(session=session, user_id="u1", campaign_ids=both) == set()
         assert await count_entries(session=session, campaign_id="cart") == 0
     assert await enter(sessions) is True
     async with sessions() as session:
-        assert await has_entered(session=session, campaign_id="cart", user_id="u1") is True
-        assert await has_entered(session=session, campaign_id="cart", user_id="u2") is False
-        assert await has_entered(session=session, campaign_id="other", user_id="u1") is False
+        assert await entered(session=session, user_id="u1", campaign_ids=both) == {"cart"}
+        assert await entered(session=session, user_id="u2", campaign_ids=both) == set()
+        assert await entered(session=session, user_id="u1", campaign_ids=[]) == set()
+        assert await started_by(session=session, entry_message_id="m1", campaign_ids=both) == {
+            "cart"
+        }
+        assert await started_by(session=session, entry_message_id="m2", campaign_ids=both) == set()
         assert await count_entries(session=session, campaign_id="cart") == 1
         entry = await session.scalar(select(JourneyEntry))
     assert entry is not None

@@ -1,0 +1,158 @@
+"""api: the router's effects — for one stored event, gather what `core.routing.decide` needs,
+then start and signal the journeys it names.
+
+Signals may arrive twice — two API processes draining the same outbox, a retry after a
+timeout whose first try did land, a crash between signalling and marking the event routed.
+That is harmless: `JourneyWorkflow` drops an event whose message id it has already seen.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.campaign_index import CampaignIndexLoader
+from core import routing
+from core.config import Settings
+from core.events import JourneyEvent
+from core.journey import SIGNAL_EVENT, WORKFLOW_NAME, JourneyInput, journey_id
+from core.routing import ActiveCampaign, Needs, Signal, Start, UserFacts
+from store.entries import entered, record_entry, started_by
+from store.models import Event
+from store.profiles import get_profile
+from temporal.client import TemporalConnection
+from temporal.search_attributes import journey_search_attributes
+
+
+class Outcome(StrEnum):
+    routed = "routed"
+    """At least one journey was started or signalled."""
+    ignored = "ignored"
+    """No campaign cared, or none whose conditions held: Temporal was not called."""
+
+
+def journey_event(event: Event) -> JourneyEvent:
+    """What a journey learns of a stored `track` event."""
+    properties = event.payload.get("properties")
+    return JourneyEvent(
+        message_id=event.message_id,
+        name=event.name or "",
+        timestamp=event.timestamp,
+        properties=properties if isinstance(properties, dict) else {},
+    )
+
+
+class EventRouter:
+    """Routes one event at a time: reads, decides (core.routing), tells Temporal."""
+
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        temporal: TemporalConnection,
+        campaigns: CampaignIndexLoader,
+        settings: Settings,
+    ):
+        self.sessions = sessions
+        self.temporal = temporal
+        self.campaigns = campaigns
+        self.settings = settings
+
+    def needs_temporal(self, event: Event) -> bool:
+        """Whether routing this event may call Temporal; False means it is `ignored`."""
+        return self.campaigns.loaded and self.campaigns.index.concerns(event.type, event.name)
+
+    async def route(self, event: Event) -> Outcome:
+        """Start or signal the journeys this event concerns. Raises when Temporal (or the
+        database) fails; the relay keeps the event pending."""
+        index = self.campaigns.index
+        needs = routing.needs(index, event.type, event.name)
+        if needs is None:
+            return Outcome.ignored
+        jevent = journey_event(event)
+        facts = await self._facts(event, needs)
+        outcome = Outcome.ignored
+        for action in routing.decide(index, event.type, jevent, facts):
+            if isinstance(action, Start):
+                await self._start(action.campaign, event, jevent)
+                outcome = Outcome.routed
+            elif await self._signal(action, event.user_id, jevent):
+                outcome = Outcome.routed
+        return outcome
+
+    async def _facts(self, event: Event, needs: Needs) -> UserFacts:
+        if not (needs.traits or needs.entries):
+            return UserFacts()
+        async with self.sessions() as session:
+            profile = (
+                await get_profile(session=session, user_id=event.user_id) if needs.traits else None
+            )
+            return UserFacts(
+                traits=dict(profile.traits) if profile is not None else {},
+                entered=await entered(
+                    session=session, user_id=event.user_id, campaign_ids=needs.once
+                ),
+                started_by_event=await started_by(
+                    session=session, entry_message_id=event.message_id, campaign_ids=needs.entries
+                ),
+            )
+
+    async def _start(self, campaign: ActiveCampaign, event: Event, jevent: JourneyEvent) -> None:
+        client = self.temporal.require()
+        workflow_id = journey_id(campaign.campaign_id, event.user_id)
+        # Signal-with-start: starts the journey, or — when one is running — only signals it
+        # (USE_EXISTING); ALLOW_DUPLICATE lets a user whose journey ended enter again.
+        handle = await client.start_workflow(
+            WORKFLOW_NAME,
+            JourneyInput(
+                campaign_id=campaign.campaign_id,
+                campaign_version=campaign.version,
+                user_id=event.user_id,
+                plan=campaign.plan,
+                entry_event=jevent,
+            ),
+            id=workflow_id,
+            task_queue=self.settings.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            start_signal=SIGNAL_EVENT,
+            start_signal_args=[jevent],
+            search_attributes=journey_search_attributes(
+                campaign_id=campaign.campaign_id,
+                user_id=event.user_id,
+                campaign_version=campaign.version,
+                step_id=campaign.plan.start_step,
+            ),
+            static_summary=f"{campaign.definition.name} for {event.user_id}",
+        )
+        # The first run of the chain identifies a journey: a signal-with-start that joined
+        # a running journey (even one that continued-as-new since) names the run that was
+        # recorded when it started, so no second entry row is written.
+        run_id = handle.first_execution_run_id or handle.result_run_id or handle.run_id
+        assert run_id is not None
+        async with self.sessions() as session:
+            await record_entry(
+                session=session,
+                campaign_id=campaign.campaign_id,
+                campaign_version=campaign.version,
+                user_id=event.user_id,
+                workflow_id=workflow_id,
+                run_id=run_id,
+                entry_message_id=event.message_id,
+            )
+            await session.commit()
+
+    async def _signal(self, action: Signal, user_id: str, jevent: JourneyEvent) -> bool:
+        """Signal a running journey; False when there is none (nothing to tell)."""
+        client = self.temporal.require()
+        handle = client.get_workflow_handle(journey_id(action.campaign_id, user_id))
+        try:
+            await handle.signal(SIGNAL_EVENT, jevent)
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        return True

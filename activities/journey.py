@@ -16,7 +16,7 @@ from temporalio.exceptions import ApplicationError
 from activities.channels.base import OutgoingMessage, Provider, ProviderError
 from activities.policy import check_send_policy
 from core.config import Settings
-from core.definition import Priority
+from core.definition import CampaignDefinition, Priority
 from core.journey import (
     ACTIVITY_CHECK_POLICY,
     ACTIVITY_DELIVER,
@@ -131,19 +131,13 @@ class JourneyActivities:
 
     @activity.defn(name=ACTIVITY_FAIL_DELIVERY)
     async def fail_delivery(self, failure: DeliveryFailure) -> None:
-        """Close a send whose retries ran out, so it does not stay `pending` forever. A
-        send that succeeded in the meantime stays sent (only pending rows change)."""
+        """Close a send whose retries ran out, so it does not stay `pending` forever, and
+        give its frequency-cap slot back. A send that succeeded in the meantime stays sent
+        (only pending rows change)."""
         async with self._sessions() as session, session.begin():
-            row = await deliveries.get_delivery(
-                session=session, idempotency_key=failure.idempotency_key
+            await deliveries.fail_delivery(
+                session=session, idempotency_key=failure.idempotency_key, error=failure.reason
             )
-            if row is not None:
-                await deliveries.complete_delivery(
-                    session=session,
-                    delivery_id=row.id,
-                    status=DeliveryStatus.failed,
-                    error=failure.reason,
-                )
 
     @activity.defn(name=ACTIVITY_DELIVER)
     @final_errors
@@ -159,13 +153,22 @@ class JourneyActivities:
             return await self._deliver(request)
 
     async def _deliver(self, request: DeliverRequest) -> DeliverResult:
+        # Before the row: a send on a version that cannot be used is never tried.
+        async with self._sessions() as session:
+            definition = await load_definition(
+                session=session,
+                campaign_id=request.campaign_id,
+                version=request.campaign_version,
+            )
+            profile = await get_profile(session=session, user_id=request.user_id)
         async with self._sessions() as session, session.begin():
             row = await deliveries.claim_delivery(session=session, request=request)
         if row.status != DeliveryStatus.pending.value:
             return _result(row, duplicate=True)
 
         try:
-            message = await self._render(request, row.id)
+            traits = dict(profile.traits) if profile else {}
+            message = await self._render(request, definition, traits, row.id)
             provider = self._providers.get(request.channel)
             if provider is None:
                 known = ", ".join(sorted(self._providers)) or "none"
@@ -182,11 +185,8 @@ class JourneyActivities:
                         session=session, delivery_id=row.id, error=str(exc)
                     )
                 else:
-                    await deliveries.complete_delivery(
-                        session=session,
-                        delivery_id=row.id,
-                        status=DeliveryStatus.failed,
-                        error=str(exc),
+                    await deliveries.fail_delivery(
+                        session=session, idempotency_key=request.idempotency_key, error=str(exc)
                     )
                     if isinstance(exc, ProviderError) and exc.bounce:
                         await add_suppression(
@@ -224,20 +224,19 @@ class JourneyActivities:
             provider_message_id=receipt.provider_message_id,
         )
 
-    async def _render(self, request: DeliverRequest, delivery_id: int) -> OutgoingMessage:
-        async with self._sessions() as session:
-            definition = await load_definition(
-                session=session,
-                campaign_id=request.campaign_id,
-                version=request.campaign_version,
-            )
-            profile = await get_profile(session=session, user_id=request.user_id)
+    async def _render(
+        self,
+        request: DeliverRequest,
+        definition: CampaignDefinition,
+        traits: dict[str, Any],
+        delivery_id: int,
+    ) -> OutgoingMessage:
         template = definition.templates.get(request.template)
         if template is None:
             raise RenderError(f"template {request.template!r} not found")
         context = message_context(
             user_id=request.user_id,
-            traits=dict(profile.traits) if profile else {},
+            traits=traits,
             event=request.entry_event.as_context(),
             last_event=(request.last_event or request.entry_event).as_context(),
             campaign={

@@ -7,8 +7,9 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, status
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
 from pydantic.json_schema import models_json_schema
 
 from api.campaign_index import CampaignIndexLoader
@@ -17,6 +18,7 @@ from api.relay import Relay
 from api.router import EventRouter
 from api.routes import api_router, tracking
 from core.config import Settings
+from store.campaigns import VersionUnavailable
 from store.db import create_engine, session_factory
 from temporal.client import TemporalConnection
 
@@ -71,6 +73,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.dispose()
 
 
+async def version_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The API's one mapping of a campaign version it cannot use: 404 when it does not
+    exist, 409 when it is stored but no longer validates (saving the campaign again makes
+    a version that does)."""
+    assert isinstance(exc, VersionUnavailable)
+    code = status.HTTP_404_NOT_FOUND if exc.missing else status.HTTP_409_CONFLICT
+    return JSONResponse({"detail": str(exc)}, status_code=code)
+
+
 def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="Nudge",
@@ -81,6 +92,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.include_router(api_router)
+    app.add_exception_handler(VersionUnavailable, version_unavailable)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:

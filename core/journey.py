@@ -12,7 +12,6 @@ from pydantic import BaseModel, Field
 from core.definition import JourneyPlan
 from core.events import JourneyEvent
 
-JOURNEY_INPUT_VERSION = 1
 MAX_STEP_RECORDS = 200
 """Step records kept in state; older ones are dropped (the history has them all)."""
 MAX_SEEN_EVENT_IDS = 1000
@@ -48,7 +47,9 @@ class JourneyStatus(StrEnum):
     exited = "exited"
     """An exit event arrived, or an operator ended it."""
     failed = "failed"
-    """A send failed with `on_failure: exit`, or the step bound was hit."""
+    """A send failed with `on_failure: exit`, an activity the journey needed failed for good
+    (the policy, the profile, a local time; `exit_reason` says which and why), or the step
+    bound was hit."""
 
 
 class StepRecord(BaseModel):
@@ -88,7 +89,6 @@ class JourneyState(BaseModel):
 
 
 class JourneyInput(BaseModel):
-    version: int = JOURNEY_INPUT_VERSION
     campaign_id: str
     campaign_version: int
     user_id: str
@@ -105,10 +105,6 @@ class JourneyResult(BaseModel):
     exit_reason: str | None = None
     steps_executed: int = 0
     sends: int = 0
-    wait_until: datetime | None = None
-    """A `wait until` step's resolved instant (kept across continue-as-new)."""
-    deferred_until: datetime | None = None
-    """When a send held back by the send policy (quiet hours) will be asked about again."""
 
 
 class ExitRequest(BaseModel):

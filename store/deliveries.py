@@ -8,6 +8,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.journey import DeliverRequest, DeliveryStatus, PolicyRequest
+from store.caps import release_send
 from store.db import dialect_insert
 from store.models import Delivery, SandboxMessage, now
 
@@ -109,6 +110,29 @@ async def complete_delivery(
         .where(Delivery.id == delivery_id, Delivery.status == DeliveryStatus.pending.value)
         .values(**values)
     )
+
+
+async def fail_delivery(*, session: AsyncSession, idempotency_key: str, error: str) -> bool:
+    """A send that will not happen: a pending row becomes `failed` with the error, and the
+    slot the send policy reserved for it in the send ledger is given back, so a message
+    that never went out does not count against the user's frequency caps. True when a
+    pending row was closed; a row already finished (sent, failed) stays as it is."""
+    closed = await session.execute(
+        update(Delivery)
+        .where(
+            Delivery.idempotency_key == idempotency_key,
+            Delivery.status == DeliveryStatus.pending.value,
+        )
+        .values(
+            status=DeliveryStatus.failed.value,
+            error=error[:MAX_ERROR_CHARS],
+            updated_at=now(),
+        )
+    )
+    if not closed.rowcount:  # type: ignore[attr-defined]
+        return False
+    await release_send(session=session, idempotency_key=idempotency_key)
+    return True
 
 
 async def record_delivery_error(*, session: AsyncSession, delivery_id: int, error: str) -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from core.conditions import evaluate_all
@@ -83,16 +83,21 @@ MAX_DEFERRALS = 30
 """A send deferred this many times in a row (quiet hours, each ending in a new one) is
 given up as suppressed: the loop stays bounded whatever the policy answers."""
 PATCH_SEND_POLICY = "send-policy-v1"
+PATCH_ACTIVITY_FAILURE = "activity-failure-v1"
+"""Journeys before it failed the workflow (unrecorded) when an activity other than `deliver`
+failed for good; from it on, they end `failed` with the reason and record their outcome."""
 PROFILE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1)
 )
 
 
 class _Stay:
-    """Returned by a step that was interrupted to continue as new: resume it, don't advance."""
+    """Returned by a step that was interrupted (to continue as new, or because the journey
+    ended meanwhile): resume it if the journey still runs, don't advance."""
 
 
 STAY = _Stay()
+Result = TypeVar("Result")
 
 
 @workflow.defn(name=WORKFLOW_NAME)
@@ -249,8 +254,7 @@ class JourneyWorkflow:
                 summary=f"{step.channel}: {step.template}",
             )
         except ActivityError as err:
-            cause = err.cause or err
-            failure = f"{step.channel} failed: {cause}"
+            failure = f"{step.channel} failed: {_reason(err)}"
             await workflow.execute_activity(
                 ACTIVITY_FAIL_DELIVERY,
                 DeliveryFailure(idempotency_key=request.idempotency_key, reason=failure),
@@ -288,14 +292,15 @@ class JourneyWorkflow:
         )
         for _ in range(MAX_DEFERRALS):
             request.now = workflow.now()
-            decision: PolicyDecision = await workflow.execute_activity(
+            decision = await self._ask(
                 ACTIVITY_CHECK_POLICY,
                 request,
                 result_type=PolicyDecision,
-                start_to_close_timeout=POLICY_TIMEOUT,
-                retry_policy=PROFILE_RETRY,
+                timeout=POLICY_TIMEOUT,
                 summary=f"policy: {step.channel} {step.template}",
             )
+            if decision is None:
+                return STAY
             if decision.action is PolicyAction.allow:
                 state.deferred_until = None
                 return None
@@ -327,7 +332,7 @@ class JourneyWorkflow:
         else:
             assert step.until is not None
             if state.wait_until is None:
-                resolution: WaitResolution = await workflow.execute_activity(
+                resolution = await self._ask(
                     ACTIVITY_RESOLVE_WAIT,
                     WaitRequest(
                         user_id=self.input.user_id,
@@ -338,10 +343,11 @@ class JourneyWorkflow:
                         now=workflow.now(),
                     ),
                     result_type=WaitResolution,
-                    start_to_close_timeout=PROFILE_TIMEOUT,
-                    retry_policy=PROFILE_RETRY,
+                    timeout=PROFILE_TIMEOUT,
                     summary=f"resolve wait {step.id}",
                 )
+                if resolution is None:
+                    return STAY
                 state.wait_until = resolution.until
                 state.waiting_for = f"waiting until {resolution.note}"
                 workflow.set_current_details(f"step **{step.id}** (wait): {state.waiting_for}")
@@ -381,17 +387,18 @@ class JourneyWorkflow:
             return step.on_event, f"{event.name} arrived ({event.message_id})"
         return STAY
 
-    async def _branch(self, step: BranchStep) -> tuple[str | None, str]:
+    async def _branch(self, step: BranchStep) -> tuple[str | None, str] | _Stay:
         traits: dict[str, Any] = {}
         if self.plan.needs_profile(step):
-            profile: Profile = await workflow.execute_activity(
+            profile = await self._ask(
                 ACTIVITY_LOAD_PROFILE,
                 ProfileRequest(user_id=self.input.user_id),
                 result_type=Profile,
-                start_to_close_timeout=PROFILE_TIMEOUT,
-                retry_policy=PROFILE_RETRY,
+                timeout=PROFILE_TIMEOUT,
                 summary=f"profile for {step.id}",
             )
+            if profile is None:
+                return STAY
             traits = profile.traits
         last = self.state.last_event or self.input.entry_event
         context = {"event": last.as_context(), "traits": traits}
@@ -399,6 +406,34 @@ class JourneyWorkflow:
             if evaluate_all(branch.conditions, context):
                 return branch.next, f"branch {i} holds"
         return step.else_, "no branch holds: else"
+
+    async def _ask(
+        self,
+        activity: str,
+        request: Any,
+        *,
+        result_type: type[Result],
+        timeout: timedelta,
+        summary: str,
+    ) -> Result | None:
+        """Run one of the journey's questions to the world (policy, profile, local time).
+        Retryable errors are retried for as long as it takes; a final failure ends the
+        journey as `failed` with the reason, and None is returned."""
+        try:
+            answer: Result = await workflow.execute_activity(
+                activity,
+                request,
+                result_type=result_type,
+                start_to_close_timeout=timeout,
+                retry_policy=PROFILE_RETRY,
+                summary=summary,
+            )
+        except ActivityError as err:
+            if not workflow.patched(PATCH_ACTIVITY_FAILURE):
+                raise
+            self._end(JourneyStatus.failed, f"{activity} failed: {_reason(err)}")
+            return None
+        return answer
 
     async def _record_outcome(self) -> None:
         state = self.state
@@ -489,6 +524,12 @@ class JourneyWorkflow:
         state.waiting_for = None
         if event is not None:
             state.last_event = event
+
+
+def _reason(err: ActivityError) -> str:
+    """Why an activity failed for good, as its last attempt said."""
+    cause = err.cause
+    return cause.message if isinstance(cause, FailureError) and cause.message else str(err)
 
 
 def _matches(step: WaitForStep, event: JourneyEvent) -> bool:

@@ -7,11 +7,10 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, status
-from pydantic import ValidationError
 
 from api.deps import AdminDep, SessionDep, SettingsDep
 from api.schemas import Message, PreviewEvent, PreviewPublic, PreviewRequest
-from core.definition import CampaignDefinition, Channel, SendStep
+from core.definition import Channel, SendStep
 from core.events import utcnow
 from core.sms import count_segments
 from core.templates.render import RenderError, message_context, render_message
@@ -23,6 +22,7 @@ router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"], dependencies=[Adm
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Message, "description": "missing or wrong admin token"},
     404: {"model": Message, "description": "no such campaign, version or step"},
+    409: {"model": Message, "description": "the stored version no longer validates"},
     422: {"model": Message, "description": "not a send step, or the template fails to render"},
 }
 
@@ -50,15 +50,9 @@ async def preview(
     if campaign is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no campaign {campaign_id!r}")
     number = body.version or campaign.current_version
-    version = await store.get_version(session=session, campaign_id=campaign_id, version=number)
-    if version is None:
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND, f"campaign {campaign_id!r} has no version {number}"
-        )
-    try:
-        definition = CampaignDefinition.model_validate(version.definition)
-    except ValidationError as exc:
-        raise HTTPException(422, f"stored definition does not validate: {exc}") from exc
+    definition = await store.load_definition(
+        session=session, campaign_id=campaign_id, version=number
+    )
     try:
         step = definition.step(body.step_id)
     except KeyError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -13,15 +14,23 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.channels.sandbox import SandboxProvider
+from activities.channels.smtp import SmtpProvider
 from activities.channels.webhook import WebhookProvider, verify
-from activities.journey import PROVIDER_UNAVAILABLE, JourneyActivities
-from core.config import DEV_WEBHOOK_SECRET
+from activities.journey import PROVIDER_UNAVAILABLE, VERSION_UNAVAILABLE, JourneyActivities
+from core.config import DEV_WEBHOOK_SECRET, CapRule, Settings
 from core.definition import parse_campaign
 from core.events import JourneyEvent
-from core.journey import DeliverRequest, DeliveryStatus, idempotency_key
+from core.journey import (
+    DeliverRequest,
+    DeliveryFailure,
+    DeliveryStatus,
+    PolicyAction,
+    PolicyRequest,
+    idempotency_key,
+)
 from store import deliveries
 from store.campaigns import save_campaign
-from store.models import SandboxMessage
+from store.models import SandboxMessage, SendReservation
 from store.profiles import merge_traits
 from tests.fixtures.servers import Fault, WebhookReceiver
 
@@ -290,3 +299,90 @@ async def test_webhook_secret_rotation_signs_with_every_secret(sessions, webhook
     assert len(hit.headers["webhook-signature"].split()) == 2
     # A receiver still on the old secret and one already on the new both accept it.
     assert verify(old, hit.headers, hit.body) and verify(new, hit.headers, hit.body)
+
+
+async def test_a_version_that_cannot_be_used_is_a_final_failure_and_never_tried(
+    activities, sessions, webhook_receiver
+):
+    req = request("remind", "webhook").model_copy(update={"campaign_version": 9})
+    with pytest.raises(ApplicationError) as err:
+        await ActivityEnvironment().run(activities.deliver, req)
+    assert err.value.non_retryable and err.value.type == VERSION_UNAVAILABLE
+    assert err.value.message == "campaign 'cart' version 9 is not in the store"
+    async with sessions() as session:
+        assert (
+            await deliveries.get_delivery(session=session, idempotency_key=req.idempotency_key)
+            is None
+        )
+    assert webhook_receiver.received == []
+
+
+CAPPED = parse_campaign(
+    {
+        "id": "mailing",
+        "name": "Weekly mailing",
+        "entry": {"event": "Signed Up"},
+        "steps": [{"id": "mail", "type": "send", "channel": "email", "template": "t"}],
+        "templates": {"t": {"subject": "News", "body": "This week"}},
+    }
+)
+NEXT = parse_campaign(
+    {**CAPPED.model_dump(mode="json", by_alias=True), "id": "promo", "name": "Promotion"}
+)
+
+
+def one_send(campaign_id: str) -> tuple[PolicyRequest, DeliverRequest]:
+    """The policy's and deliver's requests for one email send of a journey."""
+    wid = f"journey/{campaign_id}/bo"
+    entry = JourneyEvent(
+        message_id=f"m-{uuid.uuid4()}", name="Signed Up", timestamp=datetime.now(UTC)
+    )
+    common: dict[str, Any] = {
+        "idempotency_key": idempotency_key(wid, entry.message_id, "mail", 1),
+        "workflow_id": wid,
+        "campaign_id": campaign_id,
+        "campaign_version": 1,
+        "step_id": "mail",
+        "visit": 1,
+        "channel": "email",
+        "user_id": "bo",
+    }
+    return PolicyRequest(**common), DeliverRequest(**common, template="t", entry_event=entry)
+
+
+@pytest.mark.parametrize("how", ["a final provider error", "retries that ran out"])
+async def test_a_send_that_never_went_out_gives_its_cap_slot_back(sessions, how):
+    # One marketing message a day; Bo has no email address, so the first send fails.
+    async with sessions() as session, session.begin():
+        for definition in (CAPPED, NEXT):
+            await save_campaign(session=session, definition=definition)
+        await merge_traits(session=session, user_id="bo", traits={"first_name": "Bo"})
+    caps = [CapRule(group="marketing", limit=1, window=timedelta(hours=24))]
+    settings = Settings(_env_file=None, quiet_hours_start=None, caps=caps)
+    smtp = SmtpProvider(host="127.0.0.1", port=9, security="none", sender="n@example.com")
+    acts = JourneyActivities(sessions=sessions, providers={"email": smtp}, settings=settings)
+    env = ActivityEnvironment()
+
+    policy, deliver = one_send("mailing")
+    assert (await env.run(acts.check_policy, policy)).action is PolicyAction.allow
+    if how == "a final provider error":
+        result = await env.run(acts.deliver, deliver)
+        assert result.status is DeliveryStatus.failed and "no 'email' trait" in (
+            result.reason or ""
+        )
+    else:  # the attempts failed retryably until the journey gave up on the send
+        async with sessions() as session, session.begin():
+            await deliveries.claim_delivery(session=session, request=deliver)
+        failure = DeliveryFailure(idempotency_key=deliver.idempotency_key, reason="gave up")
+        await env.run(acts.fail_delivery, failure)
+    async with sessions() as session:
+        row = await deliveries.get_delivery(
+            session=session, idempotency_key=deliver.idempotency_key
+        )
+        assert row is not None and row.status == "failed"
+        assert await session.scalar(select(func.count()).select_from(SendReservation)) == 0
+
+    # The next campaign's message is not held back by one that never went out.
+    policy, _ = one_send("promo")
+    decision = await env.run(acts.check_policy, policy)
+    assert decision.action is PolicyAction.allow, decision.reason

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import update
+
+from store.models import CampaignVersion
 from tests.fixtures.api import ADMIN, RunningApi, eventually
 
 CART: dict[str, Any] = {
@@ -93,7 +96,25 @@ async def test_unknown_campaign_step_or_version_is_404(api: RunningApi):
     missing_step = await preview(api, {"step_id": "nope"})
     assert missing_step.status_code == 404
     assert "mail" in missing_step.json()["detail"]  # names the steps there are
-    assert (await preview(api, {"step_id": "mail", "version": 9})).status_code == 404
+    missing_version = await preview(api, {"step_id": "mail", "version": 9})
+    assert missing_version.status_code == 404
+    assert missing_version.json()["detail"] == "campaign 'cart' version 9 is not in the store"
+
+
+async def test_a_stored_version_that_no_longer_validates_is_409(api: RunningApi):
+    await api.campaign(CART, activate=False)
+    async with api.services.sessions() as session, session.begin():
+        # What a stricter rule in a later release would make of a stored version.
+        await session.execute(
+            update(CampaignVersion)
+            .where(CampaignVersion.campaign_id == "cart")
+            .values(definition={**CART, "steps": []})
+        )
+    response = await preview(api, {"step_id": "mail"})
+    assert response.status_code == 409
+    detail = response.json()["detail"]
+    assert detail.startswith("campaign 'cart' version 1 no longer validates (steps:")
+    assert detail.endswith("save the campaign again as a new version")
 
 
 async def test_not_a_send_step_and_render_failure_are_422(api: RunningApi):

@@ -15,7 +15,14 @@ from pathlib import Path
 
 from temporalio.worker import Worker
 
-from core.journey import SIGNAL_EVENT, UPDATE_EXIT, ExitRequest, PolicyAction, PolicyDecision
+from core.journey import (
+    ACTIVITY_LOAD_PROFILE,
+    SIGNAL_EVENT,
+    UPDATE_EXIT,
+    ExitRequest,
+    PolicyAction,
+    PolicyDecision,
+)
 from temporal.servers import time_skipping_server
 from tests.workflows.test_journey import (
     BRANCHY,
@@ -87,6 +94,12 @@ async def main() -> None:
             h = await start(env.client, queue, RENEWAL, user="replay-wait-until")
             await h.result()
             runs["wait_until"] = h
+            # An activity that fails for good (patch activity-failure-v1): the journey ends
+            # failed and records its outcome.
+            doubles.broken[ACTIVITY_LOAD_PROFILE] = "campaign 'branchy' version 1 is broken"
+            h = await start(env.client, queue, BRANCHY, user="replay-profile-failed")
+            await h.result()
+            runs["profile_failed"] = h
             for name, handle in runs.items():
                 path = HISTORIES / f"{name}.json"
                 if path.exists():

@@ -28,7 +28,7 @@ from bench.recorder import WebhookRecorder
 from core.config import Environment, Settings
 from store.db import migrate
 from temporal.servers import FAST_TRANSFER_QUEUE, DevServer, DevServerOptions, dev_server
-from worker.build import create_worker, journey_activities
+from worker.build import create_worker, worker_activities
 
 UNTHROTTLED = (FAST_TRANSFER_QUEUE,)
 """The bench lifts the dev server's transfer-queue throttle by default (see
@@ -99,7 +99,7 @@ async def running_stack(
         )
         await migrate(settings.database_url)
 
-        activities = await stack.enter_async_context(journey_activities(settings))
+        activities = await stack.enter_async_context(worker_activities(settings))
         await stack.enter_async_context(
             create_worker(client, activities, task_queue=settings.task_queue)
         )

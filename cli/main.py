@@ -111,6 +111,10 @@ def cmd_campaigns_list(args: argparse.Namespace) -> None:
     _with_client(args, lambda c: c.list_campaigns())
 
 
+def cmd_campaigns_show(args: argparse.Namespace) -> None:
+    _with_client(args, lambda c: c.get_campaign(args.campaign_id))
+
+
 def cmd_campaigns_status(args: argparse.Namespace) -> None:
     _with_client(args, lambda c: c.set_campaign_status(args.campaign_id, args.action))
 
@@ -165,6 +169,9 @@ def parser() -> argparse.ArgumentParser:
     apply.add_argument("--activate", action="store_true")
     apply.set_defaults(func=cmd_campaigns_apply)
     campaigns.add_parser("list").set_defaults(func=cmd_campaigns_list)
+    show_campaign = campaigns.add_parser("show", help="status, current definition, versions")
+    show_campaign.add_argument("campaign_id")
+    show_campaign.set_defaults(func=cmd_campaigns_show)
     stats = campaigns.add_parser("stats", help="the funnel: entered, converted, deliveries")
     stats.add_argument("campaign_id")
     stats.set_defaults(func=cmd_campaigns_stats)

@@ -15,7 +15,7 @@ served, and only transactional messages bypass it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -155,3 +155,22 @@ def quiet_hours_decision(
         reason=f"quiet hours {settings.quiet_hours_start}-{settings.quiet_hours_end} in {tz.key}",
         defer_until=until,
     )
+
+
+LEDGER_MINIMUM = timedelta(days=1)
+"""The send ledger keeps at least a day, whatever the caps (none at all included)."""
+
+
+def ledger_horizon(
+    *, rules: Sequence[CapRule], campaign_windows: Mapping[str, Sequence[timedelta]]
+) -> tuple[timedelta, dict[str, timedelta]]:
+    """How far back the send ledger must remember: the settings caps count every
+    campaign's sends, a campaign's own caps only its own. Returns the window for every
+    send, and a longer one for each campaign whose own caps reach further."""
+    everyone = max([LEDGER_MINIMUM, *(rule.window for rule in rules)])
+    longer = {
+        campaign_id: max(windows)
+        for campaign_id, windows in campaign_windows.items()
+        if windows and max(windows) > everyone
+    }
+    return everyone, longer

@@ -6,15 +6,15 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import and_, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.definition import CampaignDefinition, CampaignStatus, format_validation_error
+from core.definition import CampaignDefinition, CampaignStatus, Cap, format_validation_error
 from store.db import dialect_insert
 from store.models import Campaign, CampaignVersion
 
@@ -290,6 +290,21 @@ async def get_versions(
 
 _KEYS_PER_QUERY = 400
 """Two bound parameters a key: well under SQLite's and asyncpg's limits."""
+
+
+async def cap_windows(*, session: AsyncSession) -> dict[str, list[timedelta]]:
+    """The windows of every campaign's own caps, over all its versions (a journey on an old
+    version still counts its sends by that version's caps)."""
+    read = TypeAdapter(list[Cap])
+    windows: dict[str, list[timedelta]] = {}
+    statement = select(CampaignVersion.campaign_id, CampaignVersion.definition)
+    for campaign_id, definition in await session.execute(statement):
+        try:
+            caps = read.validate_python(definition.get("caps") or [])
+        except (ValidationError, AttributeError):
+            continue  # a version that no longer validates sends nothing: no cap to keep
+        windows.setdefault(campaign_id, []).extend(cap.window for cap in caps)
+    return windows
 
 
 async def latest_change(*, session: AsyncSession) -> datetime | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -113,7 +113,21 @@ async def release_send(*, session: AsyncSession, idempotency_key: str) -> bool:
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def prune_ledger(*, session: AsyncSession, before: datetime) -> int:
-    """Forget reservations older than `before` (older than the longest cap window)."""
-    result = await session.execute(delete(SendReservation).where(SendReservation.at < before))
-    return int(result.rowcount)  # type: ignore[attr-defined]
+async def prune_ledger(
+    *, session: AsyncSession, before: datetime, keep: Mapping[str, datetime]
+) -> int:
+    """Forget reservations no cap counts any more: those older than `before`, except that a
+    campaign named in `keep` keeps its own since the instant given there (its caps look
+    further back). Returns how many were deleted."""
+    everyone = delete(SendReservation).where(SendReservation.at < before)
+    if keep:
+        everyone = everyone.where(SendReservation.campaign_id.not_in(list(keep)))
+    deleted = int((await session.execute(everyone)).rowcount)  # type: ignore[attr-defined]
+    for campaign_id, since in keep.items():
+        result = await session.execute(
+            delete(SendReservation).where(
+                SendReservation.campaign_id == campaign_id, SendReservation.at < since
+            )
+        )
+        deleted += int(result.rowcount)  # type: ignore[attr-defined]
+    return deleted

@@ -8,7 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from store.db import dialect_insert
@@ -141,12 +141,3 @@ async def record_attempt_failure(*, session: AsyncSession, event_id: int, error:
         .values(attempts=Event.attempts + 1, last_error=error[:MAX_ERROR_CHARS])
         .execution_options(synchronize_session="fetch")
     )
-
-
-async def count_events(*, session: AsyncSession) -> dict[str, int]:
-    """How many events are in each status (every status present, zero included)."""
-    counts = {status.value: 0 for status in EventStatus}
-    statement = select(Event.status, func.count()).group_by(Event.status)
-    for status, count in (await session.execute(statement)).all():
-        counts[status] = count
-    return counts

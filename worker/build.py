@@ -8,30 +8,49 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.channels.registry import build_providers
+from activities.housekeeping import Housekeeping
 from activities.journey import JourneyActivities
 from core.config import Settings
 from store.db import create_engine, session_factory
 from temporal.client import connect
+from temporal.schedules import ensure_schedules
+from workflows.housekeeping import PruneSendLedger
 from workflows.journey import JourneyWorkflow
 
 log = logging.getLogger("nudge.worker")
 
 
+@dataclass(frozen=True)
+class WorkerActivities:
+    """Every activity a Nudge worker runs, with the clients they share."""
+
+    journeys: JourneyActivities
+    housekeeping: Housekeeping
+
+    def all(self) -> list[Any]:
+        return [*self.journeys.all(), *self.housekeeping.all()]
+
+
 @contextlib.asynccontextmanager
-async def journey_activities(settings: Settings) -> AsyncIterator[JourneyActivities]:
-    """Activities with their database sessions and HTTP client, closed on exit."""
+async def worker_activities(settings: Settings) -> AsyncIterator[WorkerActivities]:
+    """The activities with their database sessions and HTTP client, closed on exit."""
     engine = create_engine(settings.database_url)
     http = httpx.AsyncClient(timeout=httpx.Timeout(settings.provider_timeout_seconds))
     sessions = session_factory(engine)
     providers = build_providers(settings, http=http, sessions=sessions)
     try:
-        yield JourneyActivities(sessions=sessions, providers=providers, settings=settings)
+        yield WorkerActivities(
+            journeys=JourneyActivities(sessions=sessions, providers=providers, settings=settings),
+            housekeeping=Housekeeping(sessions=sessions, settings=settings),
+        )
     finally:
         for provider in providers.values():
             await provider.aclose()
@@ -39,24 +58,34 @@ async def journey_activities(settings: Settings) -> AsyncIterator[JourneyActivit
         await engine.dispose()
 
 
-def create_worker(client: Client, activities: JourneyActivities, *, task_queue: str) -> Worker:
+def create_worker(client: Client, activities: WorkerActivities, *, task_queue: str) -> Worker:
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[JourneyWorkflow],
+        workflows=[JourneyWorkflow, PruneSendLedger],
         activities=activities.all(),
         # Activities are async; the executor only serves the SDK's sync fallbacks.
         activity_executor=ThreadPoolExecutor(max_workers=4),
     )
 
 
+async def put_schedules_in_place(client: Client, settings: Settings) -> None:
+    """The housekeeping schedules, for this worker's task queue. A server that refuses
+    them must not stop journeys: said, and the worker goes on."""
+    try:
+        await ensure_schedules(client, task_queue=settings.task_queue)
+    except Exception:
+        log.exception("could not put Nudge's schedules in place; the send ledger is not pruned")
+
+
 async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Run until `stop` is set (or SIGINT/SIGTERM), then shut down cleanly."""
     stop = stop or _stop_on_signals()
     client = await connect(settings.temporal_address, settings.temporal_namespace)
-    async with journey_activities(settings) as activities:
+    async with worker_activities(settings) as activities:
         worker = create_worker(client, activities, task_queue=settings.task_queue)
         async with worker:
+            await put_schedules_in_place(client, settings)
             log.info("worker polling task queue %r", settings.task_queue)
             await stop.wait()
     log.info("worker stopped")

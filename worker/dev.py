@@ -16,7 +16,7 @@ from api.server import serve_in_loop
 from core.config import Settings
 from store.db import migrate
 from temporal.servers import DevServerOptions, PortInUse, dev_server, port_is_free
-from worker.build import create_worker, journey_activities
+from worker.build import create_worker, put_schedules_in_place, worker_activities
 
 log = logging.getLogger("nudge.dev")
 
@@ -120,10 +120,11 @@ async def run_dev(
             raise SystemExit(f"{exc}, or choose another port with {flag}") from exc
         # The launcher owns the dev server: the stack talks to the port it started it on.
         settings = settings.model_copy(update={"temporal_address": server.address})
-        activities = await stack.enter_async_context(journey_activities(settings))
+        activities = await stack.enter_async_context(worker_activities(settings))
         await stack.enter_async_context(
             create_worker(server.client, activities, task_queue=settings.task_queue)
         )
+        await put_schedules_in_place(server.client, settings)
         served = await stack.enter_async_context(
             serve_in_loop(create_app(settings), host=settings.api_host, port=settings.api_port)
         )

@@ -23,6 +23,7 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
 
 from api.deps import AdminDep, SessionDep, SettingsDep
+from api.schemas import Message
 from core.config import Environment, Settings
 from core.definition import SLUG, Channel
 from core.links import LinkError, UnsubscribeLink, read_token
@@ -273,6 +274,24 @@ async def put_subscriptions(
             status=change.status,
             source=SubscriptionSource.api,
             at=at,
+        )
+    await session.commit()
+    return await _public(session, user_id)
+
+
+@router.delete(
+    "/v1/profiles/{user_id}/suppressions/{channel}",
+    dependencies=[AdminDep],
+    response_model=SubscriptionsPublic,
+    responses={404: {"model": Message, "description": "no suppression on that channel"}},
+    summary="Lift a hard-bounce suppression (the user's address was corrected)",
+)
+async def delete_suppression(
+    user_id: str, channel: Channel, session: SessionDep
+) -> SubscriptionsPublic:
+    if not await store.remove_suppression(session=session, user_id=user_id, channel=channel.value):
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"user {user_id!r} is not suppressed on {channel.value}"
         )
     await session.commit()
     return await _public(session, user_id)

@@ -18,7 +18,7 @@ from store.models import Delivery
 from temporal.servers import DevServer
 from tests.fixtures.api import ADMIN, WRITE_KEY, RunningApi, eventually, make_settings, running_api
 from tests.fixtures.servers import ProviderDouble, Received, ok_json
-from worker.build import create_worker, journey_activities
+from worker.build import create_worker, worker_activities
 
 CAMPAIGN_ID = "outage-test"
 CAMPAIGN = {
@@ -73,7 +73,7 @@ async def stack(database_url: str, dev_server: DevServer) -> AsyncIterator[Stack
     double = ProviderDouble(provider, key_header="webhook-id").start()
     settings = make_settings(database_url, dev_server.address, webhook_url=double.url)
     try:
-        async with journey_activities(settings) as activities:
+        async with worker_activities(settings) as activities:
             worker = create_worker(dev_server.client, activities, task_queue=settings.task_queue)
             async with worker, running_api(settings) as api:
                 await api.campaign(CAMPAIGN)

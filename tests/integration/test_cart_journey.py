@@ -33,7 +33,7 @@ from tests.fixtures.api import (
     running_api,
 )
 from tests.fixtures.servers import WebhookReceiver
-from worker.build import create_worker, journey_activities
+from worker.build import create_worker, worker_activities
 
 CAMPAIGN = {
     "id": "cart-e2e",
@@ -70,7 +70,7 @@ async def stack(
         dev_server.address,
         webhook_url=webhook_receiver.url,
     )
-    async with journey_activities(settings) as activities:
+    async with worker_activities(settings) as activities:
         worker = create_worker(dev_server.client, activities, task_queue=settings.task_queue)
         async with worker, running_api(settings) as api:
             await api.campaign(CAMPAIGN)
@@ -212,6 +212,11 @@ async def test_cli_drives_a_sandbox_journey(stack: Stack, tmp_path: Path):
     applied = await asyncio.to_thread(nudge, api, "campaigns", "apply", str(path), "--activate")
     assert applied.returncode == 0, applied.stderr
     assert json.loads(applied.stdout)["status"] == "active"
+    shown = await asyncio.to_thread(nudge, api, "campaigns", "show", "welcome-e2e")
+    assert shown.returncode == 0, shown.stderr
+    detail = json.loads(shown.stdout)
+    assert [v["version"] for v in detail["versions"]] == [1]
+    assert detail["definition"]["id"] == "welcome-e2e"
 
     r = await api.post("/v1/identify", {"userId": user, "traits": {"first_name": "Grace"}})
     assert r.status_code == 200

@@ -11,7 +11,7 @@ import pytest
 from core.config import CapRule, Settings
 from core.definition import parse_campaign
 from core.journey import PolicyAction
-from core.policy import cap_checks, describe_rule, quiet_hours_decision
+from core.policy import cap_checks, describe_rule, ledger_horizon, quiet_hours_decision
 
 
 def settings(**overrides: Any) -> Settings:
@@ -148,3 +148,20 @@ def test_describe_rule() -> None:
     assert describe_rule(CapRule(limit=1, window=timedelta(hours=1))) == "cap: 1 message per 1h"
     rule = CapRule(group="marketing", channel="sms", limit=2, window=timedelta(hours=90))
     assert describe_rule(rule) == "cap: 2 marketing sms messages per 3d18h"
+
+
+def test_the_ledger_keeps_what_the_longest_cap_counts() -> None:
+    week = timedelta(days=7)
+    rules = [CapRule(limit=3, window=timedelta(hours=24)), CapRule(limit=9, window=week)]
+    everyone, longer = ledger_horizon(
+        rules=rules,
+        campaign_windows={
+            "monthly": [timedelta(days=30), timedelta(days=2)],
+            "daily": [week],
+            "none": [],
+        },
+    )
+    assert everyone == week
+    assert longer == {"monthly": timedelta(days=30)}
+    # No caps at all: still a day, so a cap added tomorrow has today's sends to count.
+    assert ledger_horizon(rules=[], campaign_windows={}) == (timedelta(days=1), {})

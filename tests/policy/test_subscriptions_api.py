@@ -12,7 +12,7 @@ import pytest
 from api.routes.subscriptions import EMPTY_TWIML, twilio_signature
 from core.links import make_token
 from store.profiles import merge_traits
-from store.subscriptions import list_subscriptions, unsubscribed_from
+from store.subscriptions import add_suppression, list_subscriptions, unsubscribed_from
 from temporal.servers import free_port
 from tests.fixtures.api import ADMIN, RunningApi, make_settings, running_api
 
@@ -148,6 +148,26 @@ async def test_admin_reads_and_sets_subscriptions(api: RunningApi) -> None:
     assert refused.status_code == 422
     fields = {tuple(e["loc"][-1:]) for e in refused.json()["detail"]}
     assert fields == {("channel",), ("group",), ("status",)}
+
+
+async def test_admin_lifts_a_hard_bounce_once_the_address_is_fixed(api: RunningApi) -> None:
+    async with api.services.sessions() as session, session.begin():
+        await add_suppression(
+            session=session, user_id="ada", channel="email", reason="hard bounce: 550"
+        )
+    url = "/v1/profiles/ada/suppressions/email"
+    assert (await api.http.delete(url)).status_code == 401
+    listed = (await api.http.get("/v1/profiles/ada/subscriptions", headers=ADMIN)).json()
+    assert [s["channel"] for s in listed["suppressions"]] == ["email"]
+
+    lifted = await api.http.delete(url, headers=ADMIN)
+    assert lifted.status_code == 200, lifted.text
+    assert lifted.json()["suppressions"] == []
+    again = await api.http.delete(url, headers=ADMIN)
+    assert again.status_code == 404
+    assert again.json()["detail"] == "user 'ada' is not suppressed on email"
+    unknown = await api.http.delete("/v1/profiles/ada/suppressions/fax", headers=ADMIN)
+    assert unknown.status_code == 422
 
 
 # -- SMS STOP through Twilio's webhook -------------------------------------------------------

@@ -1,0 +1,24 @@
+"""core: the housekeeping Nudge runs on Temporal Schedules — what each job is called, what
+it is given and what it answers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+WORKFLOW_PRUNE_LEDGER = "prune_send_ledger"
+ACTIVITY_PRUNE_LEDGER = "prune_send_ledger"
+
+
+class PruneLedgerRequest(BaseModel):
+    now: datetime
+    """The schedule's time: sends older than each cap window before it are forgotten."""
+
+
+class LedgerPruned(BaseModel):
+    deleted: int
+    kept_since: datetime
+    """Sends of every campaign from this instant on are kept (the longest settings cap)."""
+    kept_longer: dict[str, datetime] = Field(default_factory=dict)
+    """Campaigns whose own caps look further back, and since when their sends are kept."""

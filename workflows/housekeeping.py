@@ -1,0 +1,37 @@
+"""workflows: housekeeping runs, one per Temporal Schedule firing (temporal/schedules.py)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from core.housekeeping import (
+        ACTIVITY_PRUNE_LEDGER,
+        WORKFLOW_PRUNE_LEDGER,
+        LedgerPruned,
+        PruneLedgerRequest,
+    )
+
+PRUNE_TIMEOUT = timedelta(minutes=10)
+PRUNE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=5), maximum_attempts=5)
+"""A run that keeps failing shows as failed in the Temporal UI; the next firing tries anew."""
+
+
+@workflow.defn(name=WORKFLOW_PRUNE_LEDGER)
+class PruneSendLedger:
+    """Forget sends no frequency cap counts any more, as of the schedule's time."""
+
+    @workflow.run
+    async def run(self) -> LedgerPruned:
+        result: LedgerPruned = await workflow.execute_activity(
+            ACTIVITY_PRUNE_LEDGER,
+            PruneLedgerRequest(now=workflow.now()),
+            result_type=LedgerPruned,
+            start_to_close_timeout=PRUNE_TIMEOUT,
+            retry_policy=PRUNE_RETRY,
+            summary="forget sends older than every cap window",
+        )
+        return result

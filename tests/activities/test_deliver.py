@@ -16,7 +16,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.channels.sandbox import SandboxProvider
 from activities.channels.smtp import SmtpProvider
 from activities.channels.webhook import WebhookProvider, verify
-from activities.journey import PROVIDER_UNAVAILABLE, VERSION_UNAVAILABLE, JourneyActivities
+from activities.journey import VERSION_UNAVAILABLE, JourneyActivities
 from core.config import DEV_WEBHOOK_SECRET, CapRule, Settings
 from core.definition import parse_campaign
 from core.events import JourneyEvent
@@ -128,45 +128,6 @@ async def test_webhook_send_is_signed_rendered_and_never_repeated(activities, we
     assert data["subject"] == "Ada, still thinking?"
     assert data["body"] == "Your Umbrella waits. Code CART10"
     assert data["data"] == {"sku": "U-1", "fixed": 3}
-
-
-async def test_provider_5xx_retries_then_sends_once(activities, webhook_receiver, sessions):
-    webhook_receiver.faults.append(Fault(503, times=2))
-    env = ActivityEnvironment()
-    req = request("remind", "webhook")
-    for _ in range(2):
-        with pytest.raises(ApplicationError) as err:
-            await env.run(activities.deliver, req)
-        assert err.value.type == PROVIDER_UNAVAILABLE and not err.value.non_retryable
-    async with sessions() as session:
-        row = await deliveries.get_delivery(session=session, idempotency_key=req.idempotency_key)
-    assert row is not None and row.status == "pending" and "503" in (row.error or "")
-
-    result = await env.run(activities.deliver, req)
-    assert result.status is DeliveryStatus.sent
-    assert [r.status for r in webhook_receiver.received] == [503, 503, 200]
-    assert {r.headers["webhook-id"] for r in webhook_receiver.received} == {req.idempotency_key}
-    async with sessions() as session:
-        row = await deliveries.get_delivery(session=session, idempotency_key=req.idempotency_key)
-    assert row is not None and row.status == "sent" and row.attempts == 3
-
-
-async def test_429_retry_after_sets_next_retry_delay(activities, webhook_receiver):
-    webhook_receiver.faults.append(Fault(429, headers={"Retry-After": "7"}))
-    with pytest.raises(ApplicationError) as err:
-        await ActivityEnvironment().run(activities.deliver, request("remind", "webhook"))
-    assert err.value.next_retry_delay == timedelta(seconds=7)
-
-
-async def test_4xx_is_final_and_recorded(activities, webhook_receiver, sessions):
-    webhook_receiver.faults.append(Fault(400, body='{"error": "bad payload"}'))
-    env = ActivityEnvironment()
-    req = request("remind", "webhook")
-    result = await env.run(activities.deliver, req)
-    again = await env.run(activities.deliver, req)
-    assert result.status is DeliveryStatus.failed and "400" in (result.reason or "")
-    assert again.status is DeliveryStatus.failed and again.duplicate
-    assert len(webhook_receiver.received) == 1
 
 
 async def test_connection_refused_is_retryable(sessions):

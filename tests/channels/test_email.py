@@ -8,7 +8,7 @@ import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -41,7 +41,8 @@ from store import deliveries
 from store.campaigns import save_campaign
 from store.profiles import merge_traits
 from store.subscriptions import get_suppression
-from tests.fixtures.servers import Fault, ProviderDouble, Received
+from tests.fixtures.providers import sendgrid_accepted
+from tests.fixtures.servers import Fault, ProviderDouble
 
 SENDER = "Nudge Shop <hello@shop.example>"
 USER, PASSWORD = "nudge", "s3cret"
@@ -493,13 +494,9 @@ async def test_deliver_with_smtp_server_down_is_retryable(seeded):
 # -- SendGrid ------------------------------------------------------------------------------
 
 
-def accepted(req: Received) -> tuple[int, dict[str, str], bytes]:
-    return 202, {"X-Message-Id": f"sg-{len(req.body)}"}, b""
-
-
 @pytest.fixture
 async def sendgrid(seeded, provider_double: ProviderDouble):
-    provider_double.respond = accepted
+    provider_double.respond = sendgrid_accepted
     settings = Settings(
         _env_file=None,
         email_provider="sendgrid",
@@ -552,7 +549,7 @@ async def test_sendgrid_posts_v3_mail_send_once(sendgrid, sessions):
 
 
 async def test_sendgrid_extra_headers_hook(provider_double):
-    provider_double.respond = accepted
+    provider_double.respond = sendgrid_accepted
     async with httpx.AsyncClient(timeout=5) as http:
         channel = SendGridProvider(
             http,
@@ -567,41 +564,6 @@ async def test_sendgrid_extra_headers_hook(provider_double):
     assert body["content"] == [{"type": "text/plain", "value": "Your umbrella waits."}]
     assert body["headers"]["List-Unsubscribe"] == "<mailto:u@shop.example>"
     assert receipt.provider_message_id and receipt.provider_message_id.startswith("sg-")
-
-
-async def test_sendgrid_503_twice_then_sent_once(sendgrid, sessions):
-    activities, double = sendgrid
-    double.faults.append(Fault(503, times=2))
-    env = ActivityEnvironment()
-    req = deliver_request()
-    for _ in range(2):
-        with pytest.raises(ApplicationError) as err:
-            await env.run(activities.deliver, req)
-        assert err.value.type == PROVIDER_UNAVAILABLE and not err.value.non_retryable
-    result = await env.run(activities.deliver, req)
-    assert result.status is DeliveryStatus.sent
-    assert [r.status for r in double.received] == [503, 503, 202]
-    assert len(double.processed) == 1
-    assert (await row(sessions, req.idempotency_key)).attempts == 3
-
-
-async def test_sendgrid_429_retry_after_sets_next_retry_delay(sendgrid):
-    activities, double = sendgrid
-    double.faults.append(Fault(429, headers={"Retry-After": "7"}))
-    with pytest.raises(ApplicationError) as err:
-        await ActivityEnvironment().run(activities.deliver, deliver_request())
-    assert err.value.next_retry_delay == timedelta(seconds=7) and not err.value.non_retryable
-
-
-async def test_sendgrid_400_is_failed_once(sendgrid):
-    activities, double = sendgrid
-    double.faults.append(Fault(400, body='{"errors": [{"message": "bad from"}]}'))
-    env = ActivityEnvironment()
-    req = deliver_request()
-    result = await env.run(activities.deliver, req)
-    again = await env.run(activities.deliver, req)
-    assert result.status is DeliveryStatus.failed and "400" in (result.reason or "")
-    assert again.duplicate and len(double.received) == 1 and double.processed == {}
 
 
 async def test_sendgrid_hang_past_the_timeout_is_retryable(sendgrid):

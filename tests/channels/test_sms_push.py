@@ -4,7 +4,6 @@ the real `deliver` activity on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import threading
 import uuid
@@ -23,7 +22,7 @@ from activities.channels.base import OutgoingMessage, ProviderError
 from activities.channels.fcm import FcmProvider, data_strings, fingerprint
 from activities.channels.registry import build_providers
 from activities.channels.twilio import TwilioProvider, count_segments
-from activities.journey import PROVIDER_UNAVAILABLE, JourneyActivities
+from activities.journey import JourneyActivities
 from core.config import Settings
 from core.definition import parse_campaign
 from core.events import JourneyEvent
@@ -31,13 +30,17 @@ from core.journey import DeliverRequest, DeliveryStatus, idempotency_key
 from store import deliveries
 from store.campaigns import save_campaign
 from store.profiles import get_profile, merge_traits, remove_push_token
-from tests.fixtures.servers import Fault, ProviderDouble, Received
-
-ACCOUNT_SID = "AC" + "0" * 31 + "1"
-AUTH_TOKEN = "twilio-test-token"
-SENDER = "+15005550006"
-FCM_PROJECT = "nudge-test"
-FCM_TOKEN = "ya29.test-access-token"
+from tests.fixtures.providers import (
+    ACCOUNT_SID,
+    AUTH_TOKEN,
+    FCM_PROJECT,
+    FCM_TOKEN,
+    INVALID,
+    SENDER,
+    FcmResponder,
+    twilio_created,
+)
+from tests.fixtures.servers import Fault, ProviderDouble
 
 DEFINITION = parse_campaign(
     {
@@ -58,53 +61,6 @@ DEFINITION = parse_campaign(
         },
     }
 )
-
-
-def twilio_created(req: Received) -> tuple[int, dict[str, str], bytes]:
-    form = parse_qs(req.body.decode())
-    sid = "SM" + hashlib.sha256(req.headers.get("idempotency-key", "").encode()).hexdigest()[:32]
-    answer = {"sid": sid, "status": "queued", "to": form["To"][0], "body": form["Body"][0]}
-    return 201, {"content-type": "application/json"}, json.dumps(answer).encode()
-
-
-def fcm_error(code: int, status: str, error_code: str, message: str) -> str:
-    detail = {"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError"}
-    return json.dumps(
-        {
-            "error": {
-                "code": code,
-                "message": message,
-                "status": status,
-                "details": [{**detail, "errorCode": error_code}],
-            }
-        }
-    )
-
-
-UNREGISTERED = fcm_error(404, "NOT_FOUND", "UNREGISTERED", "Requested entity was not found.")
-INVALID = fcm_error(400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", "The registration token is bad")
-
-
-class FcmResponder:
-    """FCM's answer per device token: `dead` tokens are unregistered, `flaky` ones answer
-    the listed statuses first; every other token is accepted."""
-
-    def __init__(self) -> None:
-        self.dead: set[str] = set()
-        self.flaky: dict[str, list[int]] = {}
-        self.count = 0
-
-    def __call__(self, req: Received) -> tuple[int, dict[str, str], bytes]:
-        token = req.json()["message"]["token"]
-        headers = {"content-type": "application/json"}
-        if token in self.dead:
-            return 404, headers, UNREGISTERED.encode()
-        if self.flaky.get(token):
-            status = self.flaky[token].pop(0)
-            return status, headers, fcm_error(status, "UNAVAILABLE", "UNAVAILABLE", "x").encode()
-        self.count += 1
-        name = f"projects/{FCM_PROJECT}/messages/{self.count}"
-        return 200, headers, json.dumps({"name": name}).encode()
 
 
 @pytest.fixture
@@ -238,22 +194,6 @@ async def test_sms_is_a_form_post_with_basic_auth_and_a_receipt(activities, twil
         "segments": 1,
         "encoding": "GSM-7",
     }
-
-
-async def test_sms_5xx_retries_then_sends_once(activities, twilio, sessions):
-    twilio.faults.append(Fault(503, times=2))
-    env = ActivityEnvironment()
-    req = sms()
-    for _ in range(2):
-        with pytest.raises(ApplicationError) as err:
-            await env.run(activities.deliver, req)
-        assert err.value.type == PROVIDER_UNAVAILABLE and not err.value.non_retryable
-    result = await env.run(activities.deliver, req)
-
-    assert result.status is DeliveryStatus.sent
-    assert [r.status for r in twilio.received] == [503, 503, 201]
-    assert list(twilio.processed) == [req.idempotency_key]
-    assert (await delivery_row(sessions, req)).attempts == 3
 
 
 async def test_sms_429_honours_retry_after(activities, twilio):
@@ -462,19 +402,6 @@ async def test_push_invalid_argument_is_final(activities, fcm):
     assert result.status is DeliveryStatus.failed
     assert "INVALID_ARGUMENT" in (result.reason or "")
     assert again.duplicate and len(fcm.received) == 1
-
-
-@pytest.mark.parametrize("status", [500, 503, 429])
-async def test_push_retryable_statuses(activities, fcm, status):
-    fcm.faults.append(Fault(status, headers={"Retry-After": "3"}, body="{}"))
-    env = ActivityEnvironment()
-    req = push()
-    with pytest.raises(ApplicationError) as err:
-        await env.run(activities.deliver, req)
-    assert err.value.type == PROVIDER_UNAVAILABLE and not err.value.non_retryable
-    assert err.value.next_retry_delay == timedelta(seconds=3)
-    assert (await env.run(activities.deliver, req)).status is DeliveryStatus.sent
-    assert len(fcm.processed) == 1
 
 
 async def test_push_retry_after_partial_success_does_not_resend(activities, fcm, sessions):

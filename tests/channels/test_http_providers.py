@@ -1,0 +1,213 @@
+"""What every HTTP provider does with the same answers — the webhook, SendGrid, Twilio and
+FCM, each against its double as a real server on 127.0.0.1, through the real `deliver`:
+
+- 503 twice, then accepted: two retryable failures, one message, one row, three attempts;
+- 429 with Retry-After: retryable, and Temporal is told when to try again;
+- 400: final, recorded `failed`, never tried again.
+
+What only one provider does (Twilio's error codes, FCM's unregistered tokens, SendGrid's
+payload) is tested beside that provider."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.channels.registry import build_providers
+from activities.journey import PROVIDER_UNAVAILABLE, JourneyActivities
+from core.config import Settings
+from core.definition import parse_campaign
+from core.events import JourneyEvent
+from core.journey import DeliverRequest, DeliveryStatus, idempotency_key
+from store import deliveries
+from store.campaigns import save_campaign
+from store.profiles import merge_traits
+from tests.fixtures.providers import (
+    ACCOUNT_SID,
+    AUTH_TOKEN,
+    FCM_PROJECT,
+    FCM_TOKEN,
+    SENDER,
+    FcmResponder,
+    sendgrid_accepted,
+    twilio_created,
+)
+from tests.fixtures.servers import Fault, ProviderDouble, Responder, ok_json
+
+
+@dataclass(frozen=True)
+class HttpProvider:
+    channel: str
+    accepted: int
+    """The status the provider answers a message it takes."""
+    respond: Callable[[], Responder]
+    settings: Callable[[ProviderDouble], dict[str, Any]]
+    """NUDGE_* settings that point the provider at its double."""
+    key_header: str = "idempotency-key"
+
+
+PROVIDERS = {
+    "webhook": HttpProvider(
+        channel="webhook",
+        accepted=200,
+        respond=lambda: ok_json,
+        settings=lambda double: {"webhook_url": double.url},
+        key_header="webhook-id",
+    ),
+    "sendgrid": HttpProvider(
+        channel="email",
+        accepted=202,
+        respond=lambda: sendgrid_accepted,
+        settings=lambda double: {
+            "email_provider": "sendgrid",
+            "email_from": "Shop <hello@shop.example>",
+            "sendgrid_url": double.url,
+            "sendgrid_api_key": "SG.test-key",
+        },
+    ),
+    "twilio": HttpProvider(
+        channel="sms",
+        accepted=201,
+        respond=lambda: twilio_created,
+        settings=lambda double: {
+            "sms_provider": "twilio",
+            "sms_from": SENDER,
+            "twilio_url": double.base_url,
+            "twilio_account_sid": ACCOUNT_SID,
+            "twilio_auth_token": AUTH_TOKEN,
+        },
+    ),
+    "fcm": HttpProvider(
+        channel="push",
+        accepted=200,
+        respond=FcmResponder,
+        settings=lambda double: {
+            "push_provider": "fcm",
+            "fcm_url": double.base_url,
+            "fcm_project_id": FCM_PROJECT,
+            "fcm_access_token": FCM_TOKEN,
+        },
+    ),
+}
+
+DEFINITION = parse_campaign(
+    {
+        "id": "reach",
+        "name": "One message, every channel",
+        "entry": {"event": "Product Added"},
+        "steps": [
+            {"id": channel, "type": "send", "channel": channel, "template": "t", "next": nxt}
+            for channel, nxt in (
+                ("webhook", "email"),
+                ("email", "sms"),
+                ("sms", "push"),
+                ("push", None),
+            )
+        ],
+        "templates": {"t": {"subject": "Still there?", "body": "Your umbrella waits"}},
+    }
+)
+
+
+@dataclass
+class Case:
+    provider: HttpProvider
+    double: ProviderDouble
+    activities: JourneyActivities
+    sessions: Any
+
+    def request(self) -> DeliverRequest:
+        entry = JourneyEvent(
+            message_id=f"m-{uuid.uuid4()}", name="Product Added", timestamp=datetime.now(UTC)
+        )
+        wid = "journey/reach/ada"
+        step = self.provider.channel
+        return DeliverRequest(
+            idempotency_key=idempotency_key(wid, entry.message_id, step, 1),
+            workflow_id=wid,
+            campaign_id="reach",
+            campaign_version=1,
+            step_id=step,
+            visit=1,
+            channel=step,
+            template="t",
+            user_id="ada",
+            entry_event=entry,
+        )
+
+    async def row(self, request: DeliverRequest) -> Any:
+        async with self.sessions() as session:
+            found = await deliveries.get_delivery(
+                session=session, idempotency_key=request.idempotency_key
+            )
+        assert found is not None
+        return found
+
+
+@pytest.fixture(params=sorted(PROVIDERS))
+async def case(request: pytest.FixtureRequest, sessions) -> AsyncIterator[Case]:
+    provider = PROVIDERS[request.param]
+    async with sessions() as session, session.begin():
+        await save_campaign(session=session, definition=DEFINITION)
+        await merge_traits(
+            session=session,
+            user_id="ada",
+            traits={"email": "ada@example.com", "phone": "+4915112345678", "push_token": "tok-a"},
+        )
+    double = ProviderDouble(provider.respond(), key_header=provider.key_header).start()
+    settings = Settings(_env_file=None, **provider.settings(double))
+    try:
+        async with httpx.AsyncClient(timeout=5) as http:
+            providers = build_providers(settings, http=http, sessions=sessions)
+            activities = JourneyActivities(sessions=sessions, providers=providers)
+            yield Case(provider, double, activities, sessions)
+    finally:
+        double.close()
+
+
+async def test_503_twice_then_sent_once(case: Case) -> None:
+    case.double.faults.append(Fault(503, times=2))
+    env = ActivityEnvironment()
+    req = case.request()
+    for _ in range(2):
+        with pytest.raises(ApplicationError) as err:
+            await env.run(case.activities.deliver, req)
+        assert err.value.type == PROVIDER_UNAVAILABLE and not err.value.non_retryable
+    waiting = await case.row(req)
+    assert waiting.status == "pending" and "503" in (waiting.error or "")
+
+    result = await env.run(case.activities.deliver, req)
+    assert result.status is DeliveryStatus.sent
+    assert [r.status for r in case.double.received] == [503, 503, case.provider.accepted]
+    assert len(case.double.processed) == 1
+    assert len({r.headers[case.provider.key_header] for r in case.double.received}) == 1
+    sent = await case.row(req)
+    assert (sent.status, sent.attempts) == ("sent", 3)
+
+
+async def test_429_retry_after_tells_temporal_when_to_try_again(case: Case) -> None:
+    case.double.faults.append(Fault(429, headers={"Retry-After": "7"}, body="{}"))
+    with pytest.raises(ApplicationError) as err:
+        await ActivityEnvironment().run(case.activities.deliver, case.request())
+    assert err.value.type == PROVIDER_UNAVAILABLE and not err.value.non_retryable
+    assert err.value.next_retry_delay == timedelta(seconds=7)
+
+
+async def test_400_is_final_recorded_and_never_tried_again(case: Case) -> None:
+    case.double.faults.append(Fault(400, body='{"error": "bad request"}'))
+    env = ActivityEnvironment()
+    req = case.request()
+    result = await env.run(case.activities.deliver, req)
+    again = await env.run(case.activities.deliver, req)
+    assert result.status is DeliveryStatus.failed and again.duplicate
+    assert "400" in (result.reason or "")
+    assert len(case.double.received) == 1 and case.double.processed == {}
+    assert (await case.row(req)).status == "failed"

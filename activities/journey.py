@@ -1,4 +1,5 @@
-"""activities: what a journey asks the world for — deliver a message, load a profile."""
+"""activities: what a journey asks the world for — may a send go now, deliver it, the
+user's profile and local time, and how the journey ended."""
 
 from __future__ import annotations
 
@@ -98,7 +99,7 @@ class JourneyActivities:
     @final_errors
     async def check_policy(self, request: PolicyRequest) -> PolicyDecision:
         """May this send go now? Hard bounces, consent, quiet hours and frequency caps, in
-        that order (activities/policy.py); a suppression is recorded as a delivery."""
+        that order (core.policy); a suppression is recorded as a delivery."""
         return await check_send_policy(
             sessions=self._sessions,
             settings=self._settings,

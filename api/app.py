@@ -28,7 +28,8 @@ DESCRIPTION = """\
 Event-triggered customer journeys on Temporal.
 
 * **Tracking** — Segment's HTTP Tracking API (`/v1/track`, `/v1/identify`, `/v1/page`,
-  `/v1/batch`); the write key is the HTTP Basic username. Accepted events are stored before
+  `/v1/screen`, `/v1/group`, `/v1/alias`, `/v1/batch`); the write key is the HTTP Basic
+  username. Accepted events are stored before
   the answer, then routed to journeys.
 * **Campaigns** and **journeys** — `Authorization: Bearer <admin token>`.
 """

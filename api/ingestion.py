@@ -263,7 +263,8 @@ def normalize(message: SegmentMessage, received_at: datetime) -> Incoming:
 
 
 def parse_single(kind: str, data: dict[str, Any], received_at: datetime) -> Incoming:
-    """One message posted to /v1/track, /v1/identify or /v1/page."""
+    """One message posted to /v1/track, /v1/identify, /v1/page, /v1/screen, /v1/group or
+    /v1/alias (or a short path)."""
     size = event_size(data)
     if size > MAX_EVENT_BYTES:
         raise too_large(f"event is {size} bytes; the limit is {kb(MAX_EVENT_BYTES)} per event")

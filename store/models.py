@@ -109,14 +109,15 @@ class Event(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     message_id: Mapped[str] = mapped_column(String(512), unique=True)
     type: Mapped[str] = mapped_column(String(16))
-    """track, identify or page."""
+    """Segment's type: track, identify, page, screen, group or alias (only track is routed)."""
     name: Mapped[str | None] = mapped_column(String(200))
     user_id: Mapped[str] = mapped_column(String(520), index=True)
     timestamp: Mapped[datetime] = mapped_column()
     received_at: Mapped[datetime] = mapped_column(default=now)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default="pending")
-    """pending, routed or ignored (no campaign cares about it)."""
+    """pending, routed, ignored (no campaign cares about it) or failed (given up; see
+    `last_error`): store.events.EventStatus."""
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     routed_at: Mapped[datetime | None] = mapped_column()
@@ -180,7 +181,7 @@ class Delivery(Base):
 
 
 class SandboxMessage(Base):
-    """What the sandbox channel 'sent': kept so the dashboard and tests can read it."""
+    """What the sandbox channel 'sent': kept so `nudge messages` (and tests) can read it."""
 
     __tablename__ = "sandbox_messages"
 

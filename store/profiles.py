@@ -1,4 +1,5 @@
-"""store: user profiles — the traits `identify` calls and `update_profile` steps write."""
+"""store: user profiles — the traits `identify` calls (and any call's `context.traits`)
+write, and the device tokens a push provider reports gone."""
 
 from __future__ import annotations
 

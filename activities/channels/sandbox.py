@@ -9,7 +9,8 @@ from store.deliveries import store_sandbox_message
 
 
 class SandboxProvider(Provider):
-    """The default for `nudge dev`: nothing leaves the machine, the dashboard shows it.
+    """The default for `nudge dev`: nothing leaves the machine; `nudge messages` and
+    `GET /v1/messages` show what was kept.
 
     Storing is idempotent per delivery, so a retried send keeps one message.
     """

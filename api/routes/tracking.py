@@ -1,4 +1,5 @@
-"""api: Segment's HTTP Tracking API — identify, track, page and batch, written to the outbox.
+"""api: Segment's HTTP Tracking API — track, identify, page, screen, group, alias and batch,
+written to the outbox.
 
 Accepted means written: the events are committed to the `events` table before the 200
 answer, and the relay routes them afterwards. A repeated messageId is a no-op.

@@ -117,18 +117,7 @@ class JourneyActivities:
     async def record_outcome(self, outcome: JourneyOutcome) -> None:
         """Write how the journey ended, so the campaign's funnel counts it."""
         async with self._sessions() as session, session.begin():
-            await record_outcome(
-                session=session,
-                campaign_id=outcome.campaign_id,
-                campaign_version=outcome.campaign_version,
-                user_id=outcome.user_id,
-                workflow_id=outcome.workflow_id,
-                run_id=outcome.run_id,
-                entry_message_id=outcome.entry_message_id,
-                status=outcome.status.value,
-                exit_reason=outcome.exit_reason,
-                ended_at=outcome.ended_at,
-            )
+            await record_outcome(session=session, outcome=outcome)
 
     @activity.defn(name=ACTIVITY_FAIL_DELIVERY)
     async def fail_delivery(self, failure: DeliveryFailure) -> None:

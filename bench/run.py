@@ -10,13 +10,12 @@ import argparse
 import asyncio
 import json
 import logging
-import os
-import sys
 import traceback
 from pathlib import Path
 
 from bench.event_to_send import Config, measure
 from bench.report import render
+from temporal.shutdown import exit_process
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -70,11 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     except BaseException:
         traceback.print_exc()
         code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Everything was closed above; exiting without interpreter teardown avoids the SDK's
-    # exit-time abort (exit 134) should any client still be referenced (temporalio/sdk-python#300).
-    os._exit(code)
+    exit_process(code)
 
 
 if __name__ == "__main__":

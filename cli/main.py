@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Settings
+from temporal.shutdown import exit_process
 
 
 def _settings() -> Settings:
@@ -226,11 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except KeyboardInterrupt:
         code = 130
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # temporalio/sdk-python#300: leave without interpreter teardown once output is flushed,
-    # so a client closed late can never abort the process at exit.
-    os._exit(code)
+    exit_process(code)
 
 
 if __name__ == "__main__":

@@ -111,7 +111,10 @@ class ExitRequest(BaseModel):
     reason: str = Field(min_length=1, max_length=500)
 
 
-class DeliverRequest(BaseModel):
+class Send(BaseModel):
+    """One send of one journey: which step on which visit, to whom, under which key. What the
+    send policy is asked about and `deliver` carries out, and the delivery row records."""
+
     idempotency_key: str
     workflow_id: str
     campaign_id: str
@@ -119,8 +122,11 @@ class DeliverRequest(BaseModel):
     step_id: str
     visit: int
     channel: str
-    template: str
     user_id: str
+
+
+class DeliverRequest(Send):
+    template: str
     entry_event: JourneyEvent
     last_event: JourneyEvent | None = None
 
@@ -165,17 +171,9 @@ class JourneyOutcome(BaseModel):
     ended_at: datetime
 
 
-class PolicyRequest(BaseModel):
+class PolicyRequest(Send):
     """Before a send: may this message go to this user now?"""
 
-    idempotency_key: str
-    workflow_id: str
-    campaign_id: str
-    campaign_version: int
-    step_id: str
-    visit: int
-    channel: str
-    user_id: str
     now: datetime | None = None
     """The journey's time when it asked. The policy decides at the later of this and the
     clock, so a time-skipping test server's days count, and a late retry is never early."""

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.journey import DeliverRequest, DeliveryStatus, PolicyRequest
+from core.journey import DeliverRequest, DeliveryStatus, PolicyRequest, Send
 from store.caps import release_send
 from store.db import dialect_insert
 from store.models import Delivery, SandboxMessage, now
@@ -50,7 +50,7 @@ async def record_suppressed(
 
 async def _insert_once(
     session: AsyncSession,
-    request: DeliverRequest | PolicyRequest,
+    request: Send,
     status: DeliveryStatus,
     *,
     error: str | None = None,

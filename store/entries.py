@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.journey import JourneyOutcome
 from store.db import dialect_insert
 from store.models import JourneyEntry
+
+ENTRY_FIELDS = {
+    "campaign_id",
+    "campaign_version",
+    "user_id",
+    "workflow_id",
+    "run_id",
+    "entry_message_id",
+}
+"""What identifies a journey's row: written when it starts, or by its outcome if first."""
 
 
 async def record_entry(
@@ -78,41 +88,22 @@ async def count_entries(*, session: AsyncSession, campaign_id: str) -> int:
     return (await session.scalar(statement)) or 0
 
 
-async def record_outcome(
-    *,
-    session: AsyncSession,
-    campaign_id: str,
-    campaign_version: int,
-    user_id: str,
-    workflow_id: str,
-    run_id: str,
-    entry_message_id: str,
-    status: str,
-    exit_reason: str | None,
-    ended_at: datetime,
-) -> None:
+async def record_outcome(*, session: AsyncSession, outcome: JourneyOutcome) -> None:
     """Record how a journey ended (converted, exited, …) for the campaign's funnel.
 
     An upsert: a journey can end before the router got to write its entry row (a journey
     that sends at once and ends), and the router's later insert then does nothing.
     """
-    table = JourneyEntry.__table__
-    insert = dialect_insert(session, table).values(
-        campaign_id=campaign_id,
-        campaign_version=campaign_version,
-        user_id=user_id,
-        workflow_id=workflow_id,
-        run_id=run_id,
-        entry_message_id=entry_message_id,
-        status=status,
-        exit_reason=exit_reason,
-        ended_at=ended_at,
+    ended = {
+        "status": outcome.status.value,
+        "exit_reason": outcome.exit_reason,
+        "ended_at": outcome.ended_at,
+    }
+    insert = dialect_insert(session, JourneyEntry.__table__).values(
+        **outcome.model_dump(include=ENTRY_FIELDS), **ended
     )
     await session.execute(
-        insert.on_conflict_do_update(
-            index_elements=["campaign_id", "entry_message_id"],
-            set_={"status": status, "exit_reason": exit_reason, "ended_at": ended_at},
-        )
+        insert.on_conflict_do_update(index_elements=["campaign_id", "entry_message_id"], set_=ended)
     )
 
 

@@ -53,6 +53,7 @@ with workflow.unsafe.imports_passed_through():
         PolicyRequest,
         Profile,
         ProfileRequest,
+        Send,
         StepRecord,
         WaitRequest,
         WaitResolution,
@@ -222,23 +223,27 @@ class JourneyWorkflow:
     async def _send(self, step: SendStep) -> tuple[str | None, str] | _Stay:
         state = self.state
         visit = state.visits.get(step.id, 1)
-        info = workflow.info()
-        key = idempotency_key(info.workflow_id, self.input.entry_event.message_id, step.id, visit)
-        # Journeys started before the send policy existed replay without it.
-        if workflow.patched(PATCH_SEND_POLICY):
-            verdict = await self._check_policy(step, key, visit)
-            if verdict is not None:
-                return verdict
-        request = DeliverRequest(
-            idempotency_key=key,
-            workflow_id=info.workflow_id,
+        workflow_id = workflow.info().workflow_id
+        send = Send(
+            idempotency_key=idempotency_key(
+                workflow_id, self.input.entry_event.message_id, step.id, visit
+            ),
+            workflow_id=workflow_id,
             campaign_id=self.input.campaign_id,
             campaign_version=self.input.campaign_version,
             step_id=step.id,
             visit=visit,
             channel=step.channel,
-            template=step.template,
             user_id=self.input.user_id,
+        )
+        # Journeys started before the send policy existed replay without it.
+        if workflow.patched(PATCH_SEND_POLICY):
+            verdict = await self._check_policy(step, send)
+            if verdict is not None:
+                return verdict
+        request = DeliverRequest(
+            **dict(send),
+            template=step.template,
             entry_event=self.input.entry_event,
             last_event=state.last_event,
         )
@@ -273,23 +278,13 @@ class JourneyWorkflow:
         return step.next, failure
 
     async def _check_policy(
-        self, step: SendStep, key: str, visit: int
+        self, step: SendStep, send: Send
     ) -> tuple[str | None, str] | _Stay | None:
         """Consent, caps and quiet hours, asked before every send: None means send now.
         A deferral waits on a durable timer (goals, exits and operators still end the
         journey meanwhile), then asks again."""
         state = self.state
-        info = workflow.info()
-        request = PolicyRequest(
-            idempotency_key=key,
-            workflow_id=info.workflow_id,
-            campaign_id=self.input.campaign_id,
-            campaign_version=self.input.campaign_version,
-            step_id=step.id,
-            visit=visit,
-            channel=step.channel,
-            user_id=self.input.user_id,
-        )
+        request = PolicyRequest(**dict(send))
         for _ in range(MAX_DEFERRALS):
             request.now = workflow.now()
             decision = await self._ask(

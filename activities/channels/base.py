@@ -99,6 +99,15 @@ class Provider(ABC):
         """Release what the provider holds; most hold nothing of their own."""
 
 
+def required_settings(values: dict[str, str | None], *, chosen_by: str, hint: str) -> list[str]:
+    """The values of the settings a provider cannot work without, stripped, in order; a
+    missing or blank one stops the worker at start naming every setting to set."""
+    missing = [name for name, value in values.items() if not (value or "").strip()]
+    if missing:
+        raise ValueError(f"{chosen_by} needs {', '.join(missing)} ({hint})")
+    return [(value or "").strip() for value in values.values()]
+
+
 RETRYABLE_STATUS = {408, 425, 429}
 
 

@@ -17,6 +17,7 @@ from activities.channels.base import (
     ProviderError,
     Receipt,
     post_to_provider,
+    required_settings,
 )
 from core.config import Settings
 from store.profiles import remove_push_token
@@ -125,23 +126,21 @@ class FcmProvider(Provider):
         http: httpx.AsyncClient,
         sessions: async_sessionmaker[AsyncSession],
     ) -> FcmProvider:
-        required = {
-            "NUDGE_FCM_PROJECT_ID": settings.fcm_project_id,
-            "NUDGE_FCM_ACCESS_TOKEN": settings.fcm_access_token,
-        }
-        missing = [name for name, value in required.items() if not (value or "").strip()]
-        if missing:
-            raise ValueError(
-                f"NUDGE_PUSH_PROVIDER=fcm needs {', '.join(missing)} (the Firebase project "
-                "id, and an OAuth 2 access token for the firebase.messaging scope)"
-            )
-        assert settings.fcm_project_id and settings.fcm_access_token
+        project_id, access_token = required_settings(
+            {
+                "NUDGE_FCM_PROJECT_ID": settings.fcm_project_id,
+                "NUDGE_FCM_ACCESS_TOKEN": settings.fcm_access_token,
+            },
+            chosen_by="NUDGE_PUSH_PROVIDER=fcm",
+            hint="the Firebase project id, and an OAuth 2 access token for the "
+            "firebase.messaging scope",
+        )
         return cls(
             http,
             sessions,
             base_url=settings.fcm_url,
-            project_id=settings.fcm_project_id.strip(),
-            access_token=settings.fcm_access_token.strip(),
+            project_id=project_id,
+            access_token=access_token,
         )
 
     def _payload(self, message: OutgoingMessage, token: str) -> dict[str, Any]:

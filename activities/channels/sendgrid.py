@@ -6,7 +6,13 @@ from typing import Any
 
 import httpx
 
-from activities.channels.base import OutgoingMessage, Provider, Receipt, post_to_provider
+from activities.channels.base import (
+    OutgoingMessage,
+    Provider,
+    Receipt,
+    post_to_provider,
+    required_settings,
+)
 from activities.channels.email import (
     HeaderHook,
     extra_headers,
@@ -52,16 +58,18 @@ class SendGridProvider(Provider):
         *,
         extra_headers: HeaderHook | None = None,
     ) -> SendGridProvider:
-        if not settings.sendgrid_api_key or not settings.sendgrid_api_key.strip():
-            raise ValueError(
-                "NUDGE_SENDGRID_API_KEY is required when NUDGE_EMAIL_PROVIDER=sendgrid"
-            )
-        if not settings.sendgrid_url.strip():
-            raise ValueError("NUDGE_SENDGRID_URL is required when NUDGE_EMAIL_PROVIDER=sendgrid")
+        api_key, url = required_settings(
+            {
+                "NUDGE_SENDGRID_API_KEY": settings.sendgrid_api_key,
+                "NUDGE_SENDGRID_URL": settings.sendgrid_url,
+            },
+            chosen_by="NUDGE_EMAIL_PROVIDER=sendgrid",
+            hint="an API key with the Mail Send permission, and the v3 mail/send URL",
+        )
         return cls(
             http,
-            url=settings.sendgrid_url,
-            api_key=settings.sendgrid_api_key.strip(),
+            url=url,
+            api_key=api_key,
             sender=settings.email_from,
             extra_headers=extra_headers,
         )

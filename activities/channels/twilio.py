@@ -13,6 +13,7 @@ from activities.channels.base import (
     Receipt,
     address,
     post_to_provider,
+    required_settings,
 )
 from core.config import Settings
 from core.sms import count_segments
@@ -54,25 +55,22 @@ class TwilioProvider(Provider):
 
     @classmethod
     def from_settings(cls, settings: Settings, http: httpx.AsyncClient) -> TwilioProvider:
-        required = {
-            "NUDGE_TWILIO_ACCOUNT_SID": settings.twilio_account_sid,
-            "NUDGE_TWILIO_AUTH_TOKEN": settings.twilio_auth_token,
-            "NUDGE_SMS_FROM": settings.sms_from,
-        }
-        missing = [name for name, value in required.items() if not (value or "").strip()]
-        if missing:
-            raise ValueError(
-                f"NUDGE_SMS_PROVIDER=twilio needs {', '.join(missing)} "
-                "(the account SID and auth token from the Twilio console, and the sending "
-                "number in E.164 or a Messaging Service SID)"
-            )
-        assert settings.twilio_account_sid and settings.twilio_auth_token and settings.sms_from
+        account_sid, auth_token, sender = required_settings(
+            {
+                "NUDGE_TWILIO_ACCOUNT_SID": settings.twilio_account_sid,
+                "NUDGE_TWILIO_AUTH_TOKEN": settings.twilio_auth_token,
+                "NUDGE_SMS_FROM": settings.sms_from,
+            },
+            chosen_by="NUDGE_SMS_PROVIDER=twilio",
+            hint="the account SID and auth token from the Twilio console, and the sending "
+            "number in E.164 or a Messaging Service SID",
+        )
         return cls(
             http,
             base_url=settings.twilio_url,
-            account_sid=settings.twilio_account_sid.strip(),
-            auth_token=settings.twilio_auth_token.strip(),
-            sender=settings.sms_from.strip(),
+            account_sid=account_sid,
+            auth_token=auth_token,
+            sender=sender,
         )
 
     async def send(self, message: OutgoingMessage) -> Receipt:

@@ -227,39 +227,32 @@ async def move(
     return CampaignPublic.model_validate(campaign)
 
 
-@router.post(
-    "/{campaign_id}/activate",
-    response_model=CampaignPublic,
-    responses=ERRORS,
-    summary="Start entering users into journeys on the current version",
+TRANSITIONS: tuple[tuple[str, CampaignStatus, str], ...] = (
+    (
+        "activate",
+        CampaignStatus.active,
+        "Start entering users into journeys on the current version",
+    ),
+    ("pause", CampaignStatus.paused, "Stop entering users; running journeys go on"),
+    ("archive", CampaignStatus.archived, "Retire a campaign for good; running journeys go on"),
 )
-async def activate(
-    campaign_id: str, session: SessionDep, index: CampaignIndexDep
-) -> CampaignPublic:
-    return await move(
-        session=session, index=index, campaign_id=campaign_id, target=CampaignStatus.active
-    )
+"""Each status change an operator asks for: its path, the status it moves to, its summary."""
 
 
-@router.post(
-    "/{campaign_id}/pause",
-    response_model=CampaignPublic,
-    responses=ERRORS,
-    summary="Stop entering users; running journeys go on",
-)
-async def pause(campaign_id: str, session: SessionDep, index: CampaignIndexDep) -> CampaignPublic:
-    return await move(
-        session=session, index=index, campaign_id=campaign_id, target=CampaignStatus.paused
-    )
+def _transition(target: CampaignStatus) -> Any:
+    async def endpoint(
+        campaign_id: str, session: SessionDep, index: CampaignIndexDep
+    ) -> CampaignPublic:
+        return await move(session=session, index=index, campaign_id=campaign_id, target=target)
+
+    return endpoint
 
 
-@router.post(
-    "/{campaign_id}/archive",
-    response_model=CampaignPublic,
-    responses=ERRORS,
-    summary="Retire a campaign for good; running journeys go on",
-)
-async def archive(campaign_id: str, session: SessionDep, index: CampaignIndexDep) -> CampaignPublic:
-    return await move(
-        session=session, index=index, campaign_id=campaign_id, target=CampaignStatus.archived
-    )
+for _action, _target, _summary in TRANSITIONS:
+    router.post(
+        f"/{{campaign_id}}/{_action}",
+        response_model=CampaignPublic,
+        responses=ERRORS,
+        summary=_summary,
+        name=_action,
+    )(_transition(_target))

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import httpx
 import pytest
@@ -19,19 +17,18 @@ from activities.channels.webhook import WebhookProvider, verify
 from activities.journey import VERSION_UNAVAILABLE, JourneyActivities
 from core.config import DEV_WEBHOOK_SECRET, CapRule, Settings
 from core.definition import parse_campaign
-from core.events import JourneyEvent
 from core.journey import (
     DeliverRequest,
     DeliveryFailure,
     DeliveryStatus,
     PolicyAction,
     PolicyRequest,
-    idempotency_key,
 )
 from store import deliveries
 from store.campaigns import save_campaign
 from store.models import SandboxMessage, SendReservation
 from store.profiles import merge_traits
+from tests.fixtures.sends import deliver_request, entry_event, policy_request
 from tests.fixtures.servers import Fault, WebhookReceiver
 
 DEFINITION = parse_campaign(
@@ -88,24 +85,14 @@ async def activities(
 def request(
     step_id: str, channel: str, template: str = "reminder", visit: int = 1
 ) -> DeliverRequest:
-    entry = JourneyEvent(
-        message_id=f"m-{uuid.uuid4()}",
-        name="Product Added",
-        timestamp=datetime.now(UTC),
-        properties={"name": "Umbrella", "sku": "U-1"},
-    )
-    wid = "journey/cart/ada"
-    return DeliverRequest(
-        idempotency_key=idempotency_key(wid, entry.message_id, step_id, visit),
-        workflow_id=wid,
+    entry = entry_event("Product Added", {"name": "Umbrella", "sku": "U-1"})
+    return deliver_request(
         campaign_id="cart",
-        campaign_version=1,
         step_id=step_id,
-        visit=visit,
         channel=channel,
         template=template,
-        user_id="ada",
-        entry_event=entry,
+        entry=entry,
+        visit=visit,
     )
 
 
@@ -294,21 +281,15 @@ NEXT = parse_campaign(
 
 def one_send(campaign_id: str) -> tuple[PolicyRequest, DeliverRequest]:
     """The policy's and deliver's requests for one email send of a journey."""
-    wid = f"journey/{campaign_id}/bo"
-    entry = JourneyEvent(
-        message_id=f"m-{uuid.uuid4()}", name="Signed Up", timestamp=datetime.now(UTC)
+    deliver = deliver_request(
+        campaign_id=campaign_id,
+        step_id="mail",
+        channel="email",
+        template="t",
+        user_id="bo",
+        entry=entry_event("Signed Up"),
     )
-    common: dict[str, Any] = {
-        "idempotency_key": idempotency_key(wid, entry.message_id, "mail", 1),
-        "workflow_id": wid,
-        "campaign_id": campaign_id,
-        "campaign_version": 1,
-        "step_id": "mail",
-        "visit": 1,
-        "channel": "email",
-        "user_id": "bo",
-    }
-    return PolicyRequest(**common), DeliverRequest(**common, template="t", entry_event=entry)
+    return policy_request(deliver), deliver
 
 
 @pytest.mark.parametrize("how", ["a final provider error", "retries that ran out"])

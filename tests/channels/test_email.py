@@ -8,7 +8,6 @@ import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -29,19 +28,18 @@ from activities.channels.smtp import SmtpProvider
 from activities.journey import PROVIDER_UNAVAILABLE, JourneyActivities
 from core.config import Settings
 from core.definition import parse_campaign
-from core.events import JourneyEvent
 from core.journey import (
     DeliverRequest,
     DeliveryStatus,
     PolicyAction,
     PolicyRequest,
-    idempotency_key,
 )
 from store import deliveries
 from store.campaigns import save_campaign
 from store.profiles import merge_traits
 from store.subscriptions import get_suppression
 from tests.fixtures.providers import sendgrid_accepted
+from tests.fixtures.sends import deliver_request, entry_event
 from tests.fixtures.servers import Fault, ProviderDouble
 
 SENDER = "Nudge Shop <hello@shop.example>"
@@ -325,7 +323,9 @@ async def test_settings_are_checked_when_the_channel_is_built(tmp_path):
     http = httpx.AsyncClient()
     await http.aclose()
 
-    with pytest.raises(ValueError, match="NUDGE_SENDGRID_API_KEY is required"):
+    with pytest.raises(
+        ValueError, match="NUDGE_EMAIL_PROVIDER=sendgrid needs NUDGE_SENDGRID_API_KEY"
+    ):
         build(email_provider="sendgrid")
     with pytest.raises(ValueError, match="NUDGE_EMAIL_FROM"):
         build(email_provider="sendgrid", sendgrid_api_key="SG.x", email_from="nobody")
@@ -356,25 +356,15 @@ DEFINITION = parse_campaign(
 )
 
 
-def deliver_request(user_id: str = "ada") -> DeliverRequest:
-    entry = JourneyEvent(
-        message_id=f"m-{uuid.uuid4()}",
-        name="Signed Up",
-        timestamp=datetime.now(UTC),
-        properties={"plan": "Pro"},
-    )
-    wid = f"journey/welcome/{user_id}"
-    return DeliverRequest(
-        idempotency_key=idempotency_key(wid, entry.message_id, "hello", 1),
-        workflow_id=wid,
+def welcome(user_id: str = "ada") -> DeliverRequest:
+    """The welcome campaign's email to `user_id`."""
+    return deliver_request(
         campaign_id="welcome",
-        campaign_version=1,
         step_id="hello",
-        visit=1,
         channel="email",
         template="hello",
         user_id=user_id,
-        entry_event=entry,
+        entry=entry_event("Signed Up", {"plan": "Pro"}),
     )
 
 
@@ -407,7 +397,7 @@ async def row(sessions, key: str):
 async def test_deliver_sends_one_email_and_a_retry_sends_nothing(smtp_activities, sessions):
     activities, mailbox = smtp_activities
     env = ActivityEnvironment()
-    req = deliver_request()
+    req = welcome()
 
     first = await env.run(activities.deliver, req)
     again = await env.run(activities.deliver, req)
@@ -428,7 +418,7 @@ async def test_deliver_sends_one_email_and_a_retry_sends_nothing(smtp_activities
 
 async def test_deliver_to_a_profile_without_email_fails_naming_the_trait(smtp_activities):
     activities, mailbox = smtp_activities
-    result = await ActivityEnvironment().run(activities.deliver, deliver_request("bob"))
+    result = await ActivityEnvironment().run(activities.deliver, welcome("bob"))
     assert result.status is DeliveryStatus.failed
     assert "'email' trait" in (result.reason or "")
     assert mailbox.rcpt_attempts == 0
@@ -438,7 +428,7 @@ async def test_deliver_550_is_failed_and_tried_once(smtp_activities, sessions):
     activities, mailbox = smtp_activities
     mailbox.rcpt_replies.append("550 5.1.1 mailbox unavailable")
     env = ActivityEnvironment()
-    req = deliver_request()
+    req = welcome()
     result = await env.run(activities.deliver, req)
     again = await env.run(activities.deliver, req)
     assert result.status is DeliveryStatus.failed and "550" in (result.reason or "")
@@ -470,7 +460,7 @@ async def test_deliver_451_retries_then_sends_once(smtp_activities, sessions):
     activities, mailbox = smtp_activities
     mailbox.rcpt_replies.append("451 4.7.1 greylisted, try again")
     env = ActivityEnvironment()
-    req = deliver_request()
+    req = welcome()
     with pytest.raises(ApplicationError) as err:
         await env.run(activities.deliver, req)
     assert err.value.type == PROVIDER_UNAVAILABLE and not err.value.non_retryable
@@ -487,7 +477,7 @@ async def test_deliver_with_smtp_server_down_is_retryable(seeded):
         channels = build_providers(smtp_settings(closed_port(), "none"), http=http, sessions=seeded)
         activities = JourneyActivities(sessions=seeded, providers=channels)
         with pytest.raises(ApplicationError) as err:
-            await ActivityEnvironment().run(activities.deliver, deliver_request())
+            await ActivityEnvironment().run(activities.deliver, welcome())
     assert not err.value.non_retryable and "unreachable" in str(err.value)
 
 
@@ -512,7 +502,7 @@ async def sendgrid(seeded, provider_double: ProviderDouble):
 async def test_sendgrid_posts_v3_mail_send_once(sendgrid, sessions):
     activities, double = sendgrid
     env = ActivityEnvironment()
-    req = deliver_request()
+    req = welcome()
     first = await env.run(activities.deliver, req)
     again = await env.run(activities.deliver, req)
 
@@ -571,5 +561,5 @@ async def test_sendgrid_hang_past_the_timeout_is_retryable(sendgrid):
     # Silent past the client's 0.5 s timeout, then hangs up rather than answering nobody.
     double.faults.append(Fault(hang=1.5, drop=True))
     with pytest.raises(ApplicationError) as err:
-        await ActivityEnvironment().run(activities.deliver, deliver_request())
+        await ActivityEnvironment().run(activities.deliver, welcome())
     assert not err.value.non_retryable and "timed out" in str(err.value)

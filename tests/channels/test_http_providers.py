@@ -10,10 +10,9 @@ payload) is tested beside that provider."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -25,8 +24,7 @@ from activities.channels.registry import build_providers
 from activities.journey import PROVIDER_UNAVAILABLE, JourneyActivities
 from core.config import Settings
 from core.definition import parse_campaign
-from core.events import JourneyEvent
-from core.journey import DeliverRequest, DeliveryStatus, idempotency_key
+from core.journey import DeliverRequest, DeliveryStatus
 from store import deliveries
 from store.campaigns import save_campaign
 from store.profiles import merge_traits
@@ -40,6 +38,7 @@ from tests.fixtures.providers import (
     sendgrid_accepted,
     twilio_created,
 )
+from tests.fixtures.sends import deliver_request
 from tests.fixtures.servers import Fault, ProviderDouble, Responder, ok_json
 
 
@@ -125,23 +124,8 @@ class Case:
     sessions: Any
 
     def request(self) -> DeliverRequest:
-        entry = JourneyEvent(
-            message_id=f"m-{uuid.uuid4()}", name="Product Added", timestamp=datetime.now(UTC)
-        )
-        wid = "journey/reach/ada"
         step = self.provider.channel
-        return DeliverRequest(
-            idempotency_key=idempotency_key(wid, entry.message_id, step, 1),
-            workflow_id=wid,
-            campaign_id="reach",
-            campaign_version=1,
-            step_id=step,
-            visit=1,
-            channel=step,
-            template="t",
-            user_id="ada",
-            entry_event=entry,
-        )
+        return deliver_request(campaign_id="reach", step_id=step, channel=step, template="t")
 
     async def row(self, request: DeliverRequest) -> Any:
         async with self.sessions() as session:

@@ -8,7 +8,7 @@ import json
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -25,8 +25,7 @@ from activities.channels.twilio import TwilioProvider, count_segments
 from activities.journey import JourneyActivities
 from core.config import Settings
 from core.definition import parse_campaign
-from core.events import JourneyEvent
-from core.journey import DeliverRequest, DeliveryStatus, idempotency_key
+from core.journey import DeliverRequest, DeliveryStatus
 from store import deliveries
 from store.campaigns import save_campaign
 from store.profiles import get_profile, merge_traits, remove_push_token
@@ -40,6 +39,7 @@ from tests.fixtures.providers import (
     FcmResponder,
     twilio_created,
 )
+from tests.fixtures.sends import deliver_request, entry_event
 from tests.fixtures.servers import Fault, ProviderDouble
 
 DEFINITION = parse_campaign(
@@ -118,24 +118,14 @@ async def activities(sessions, twilio, fcm) -> AsyncIterator[JourneyActivities]:
 
 
 def request(step_id: str, channel: str, template: str, user_id: str = "ada") -> DeliverRequest:
-    entry = JourneyEvent(
-        message_id=f"m-{uuid.uuid4()}",
-        name="Product Added",
-        timestamp=datetime.now(UTC),
-        properties={"name": "Umbrella", "sku": "U-1"},
-    )
-    wid = f"journey/cart/{user_id}"
-    return DeliverRequest(
-        idempotency_key=idempotency_key(wid, entry.message_id, step_id, 1),
-        workflow_id=wid,
+    entry = entry_event("Product Added", {"name": "Umbrella", "sku": "U-1"})
+    return deliver_request(
         campaign_id="cart",
-        campaign_version=1,
         step_id=step_id,
-        visit=1,
         channel=channel,
         template=template,
         user_id=user_id,
-        entry_event=entry,
+        entry=entry,
     )
 
 

@@ -6,22 +6,18 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import httpx
 import pytest
 from sqlalchemy import select
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
-from activities.channels.registry import build_providers
-from activities.journey import JourneyActivities
 from core.config import CapRule, Settings
 from core.definition import parse_campaign
 from core.journey import QUERY_STATE, JourneyState, JourneyStatus
 from store.campaigns import save_campaign
 from store.models import Delivery, SandboxMessage
 from store.profiles import merge_traits
+from tests.fixtures.temporal import real_journey_worker
 from tests.workflows.test_journey import event, start
-from workflows.journey import JourneyWorkflow
 
 DAILY = parse_campaign(
     {
@@ -69,20 +65,11 @@ async def run_journey(env, sessions, settings: Settings, definition, traits, ent
     async with sessions() as session, session.begin():
         await save_campaign(session=session, definition=definition)
         await merge_traits(session=session, user_id=user, traits=traits)
-    queue = f"tq-{uuid.uuid4()}"
-    async with httpx.AsyncClient() as http:
-        activities = JourneyActivities(
-            sessions=sessions,
-            providers=build_providers(settings, http=http, sessions=sessions),
-            settings=settings,
-        )
-        async with Worker(
-            env.client, task_queue=queue, workflows=[JourneyWorkflow], activities=activities.all()
-        ):
-            handle = await start(env.client, queue, definition, user=user, entry=entry)
-            result = await handle.result()
-            state = await handle.query(QUERY_STATE, result_type=JourneyState)
-            history = await handle.fetch_history()
+    async with real_journey_worker(env.client, sessions, settings) as queue:
+        handle = await start(env.client, queue, definition, user=user, entry=entry)
+        result = await handle.result()
+        state = await handle.query(QUERY_STATE, result_type=JourneyState)
+        history = await handle.fetch_history()
     # The journey's clock: when each activity was scheduled, by activity name.
     scheduled: dict[str, list[datetime]] = {}
     for e in history.events:

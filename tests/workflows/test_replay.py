@@ -12,7 +12,7 @@ from temporalio.worker import Replayer, WorkflowReplayResult
 from temporalio.workflow import NondeterminismError
 
 from core.definition import SendStep
-from core.journey import WORKFLOW_NAME, JourneyInput, JourneyResult
+from core.journey import WORKFLOW_NAME, JourneyInput, JourneyResult, Send
 from temporal.client import DATA_CONVERTER
 from workflows.journey import JourneyWorkflow
 
@@ -45,7 +45,7 @@ class SendsWithoutAsking(JourneyWorkflow):
     async def run(self, input: JourneyInput) -> JourneyResult:
         return await super().run(input)
 
-    async def _check_policy(self, step: SendStep, key: str, visit: int) -> None:
+    async def _check_policy(self, step: SendStep, send: Send) -> None:
         return None
 
 

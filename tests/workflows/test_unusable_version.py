@@ -6,18 +6,14 @@ from __future__ import annotations
 
 import uuid
 
-import httpx
 from sqlalchemy import select, update
-from temporalio.worker import Worker
 
-from activities.channels.registry import build_providers
-from activities.journey import JourneyActivities
 from core.config import Settings
 from core.journey import JourneyStatus
 from store.campaigns import save_campaign
 from store.models import CampaignVersion, Delivery, JourneyEntry
+from tests.fixtures.temporal import real_journey_worker
 from tests.workflows.test_journey import CART, event, start
-from workflows.journey import JourneyWorkflow
 
 
 async def test_a_version_that_no_longer_validates_fails_the_journey_on_the_record(
@@ -33,23 +29,10 @@ async def test_a_version_that_no_longer_validates_fails_the_journey_on_the_recor
             .values(definition={"id": CART.id, "name": "Cart", "steps": []})
         )
     settings = Settings(_env_file=None, quiet_hours_start=None, caps=[])
-    queue = f"tq-{uuid.uuid4()}"
-    async with httpx.AsyncClient() as http:
-        activities = JourneyActivities(
-            sessions=sessions,
-            providers=build_providers(settings, http=http, sessions=sessions),
-            settings=settings,
-        )
-        async with Worker(
-            time_skipping_env.client,
-            task_queue=queue,
-            workflows=[JourneyWorkflow],
-            activities=activities.all(),
-        ):
-            handle = await start(
-                time_skipping_env.client, queue, CART, user=user, entry=event("Product Added")
-            )
-            result = await handle.result()
+    client = time_skipping_env.client
+    async with real_journey_worker(client, sessions, settings) as queue:
+        handle = await start(client, queue, CART, user=user, entry=event("Product Added"))
+        result = await handle.result()
 
     assert result.status is JourneyStatus.failed
     assert result.exit_reason is not None

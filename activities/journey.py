@@ -121,12 +121,15 @@ class JourneyActivities:
 
     @activity.defn(name=ACTIVITY_FAIL_DELIVERY)
     async def fail_delivery(self, failure: DeliveryFailure) -> None:
-        """Close a send whose retries ran out, so it does not stay `pending` forever, and
-        give its frequency-cap slot back. A send that succeeded in the meantime stays sent
-        (only pending rows change)."""
+        """Close a send the journey gave up on (its retries ran out), so it does not stay
+        `pending` forever. A send that succeeded in the meantime stays sent (only pending
+        rows change). Its frequency-cap slot is kept: an attempt may have reached the user."""
         async with self._sessions() as session, session.begin():
             await deliveries.fail_delivery(
-                session=session, idempotency_key=failure.idempotency_key, error=failure.reason
+                session=session,
+                idempotency_key=failure.idempotency_key,
+                error=failure.reason,
+                release=False,
             )
 
     @activity.defn(name=ACTIVITY_DELIVER)
@@ -175,8 +178,12 @@ class JourneyActivities:
                         session=session, delivery_id=row.id, error=str(exc)
                     )
                 else:
+                    # Nothing went out: the provider said no, or there was nothing to send.
                     await deliveries.fail_delivery(
-                        session=session, idempotency_key=request.idempotency_key, error=str(exc)
+                        session=session,
+                        idempotency_key=request.idempotency_key,
+                        error=str(exc),
+                        release=True,
                     )
                     if isinstance(exc, ProviderError) and exc.bounce:
                         await add_suppression(

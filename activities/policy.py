@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.config import Settings
 from core.journey import DeliveryStatus, PolicyAction, PolicyDecision, PolicyRequest
-from core.policy import ALLOW, Reserve, SendFacts, decide_send, suppress
+from core.policy import ALLOW, Reserve, SendFacts, bounced, decide_send, suppress
 from store import deliveries
 from store.campaigns import load_definition
 from store.caps import reserve_send
@@ -33,24 +33,28 @@ async def check_send_policy(
         )
         if recorded is not None and recorded.status == DeliveryStatus.suppressed.value:
             return suppress(recorded.error or "suppressed")
-        definition = await load_definition(
-            session=session, campaign_id=request.campaign_id, version=request.campaign_version
-        )
-        bounced = await get_suppression(
+        suppression = await get_suppression(
             session=session, user_id=request.user_id, channel=request.channel
         )
-        opted_out = await unsubscribed_from(
-            session=session,
-            user_id=request.user_id,
-            channel=request.channel,
-            group=definition.subscription_group,
-        )
-        profile = await get_profile(session=session, user_id=request.user_id)
+        if suppression is None:
+            definition = await load_definition(
+                session=session, campaign_id=request.campaign_id, version=request.campaign_version
+            )
+            opted_out = await unsubscribed_from(
+                session=session,
+                user_id=request.user_id,
+                channel=request.channel,
+                group=definition.subscription_group,
+            )
+            profile = await get_profile(session=session, user_id=request.user_id)
+    if suppression is not None:
+        # First, whatever the campaign (even one whose version can no longer be read).
+        decision = bounced(request.channel, suppression.reason)
+        return await _record(sessions, request, decision.reason or "suppressed")
     facts = SendFacts(
         definition=definition,
         channel=request.channel,
         timezone=profile.traits.get("timezone") if profile else None,
-        bounced=bounced.reason if bounced is not None else None,
         unsubscribed=opted_out is not None,
     )
     verdict = decide_send(facts, now=now, settings=settings)

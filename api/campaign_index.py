@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.config import Settings
-from core.definition import CampaignDefinition
+from core.definition import CampaignDefinition, JourneyPlan
 from core.routing import ActiveCampaign, CampaignIndex
 from store import campaigns as store
 from store.campaigns import VersionUnavailable
@@ -38,8 +38,9 @@ class CampaignIndexLoader:
         self._index: CampaignIndex | None = None
         self._changed_at: datetime | None = None
         self._checked_at = 0.0
-        self._parsed: dict[tuple[str, int], CampaignDefinition | None] = {}
-        """Every version read so far; None for one today's rules refuse (logged once)."""
+        self._parsed: dict[tuple[str, int], tuple[CampaignDefinition, JourneyPlan] | None] = {}
+        """Every version read so far, with its plan; None for one today's rules refuse
+        (logged once)."""
         self._lock = asyncio.Lock()
 
     @property
@@ -65,10 +66,10 @@ class CampaignIndexLoader:
             active = []
             versions = []
             for key in keys:
-                definition = self._parsed.get(key.key)
-                if definition is None:
+                parsed = self._parsed.get(key.key)
+                if parsed is None:
                     continue
-                plan = definition.plan()
+                definition, plan = parsed
                 versions.append((key.campaign_id, plan))
                 if key.live:
                     active.append(ActiveCampaign(key.campaign_id, key.version, definition, plan))
@@ -77,14 +78,15 @@ class CampaignIndexLoader:
             self._checked_at = time.monotonic()
             return self._index
 
-    def _parse(self, row: CampaignVersion) -> CampaignDefinition | None:
+    def _parse(self, row: CampaignVersion) -> tuple[CampaignDefinition, JourneyPlan] | None:
         try:
-            return store.definition_of(row)
+            definition = store.definition_of(row)
         except VersionUnavailable as exc:
             # A stored version today's rules refuse must not stop every campaign: it is
             # left out (no journey enters it, its journeys get no events) and said once.
             log.error("%s; it is left out of routing", exc)
             return None
+        return definition, definition.plan()
 
     async def changed(self) -> None:
         """This process changed a campaign: reload now. A failure is logged, not raised —

@@ -68,10 +68,15 @@ class Reserve:
     caps: tuple[CapCheck, ...]
 
 
+def bounced(channel: str, reason: str) -> PolicyDecision:
+    """The first check, which needs nothing but the suppression: never to this address."""
+    return suppress(f"suppressed on {channel}: {reason}")
+
+
 def decide_send(facts: SendFacts, *, now: datetime, settings: Settings) -> PolicyDecision | Reserve:
     """The policy's answer for one send at `now`, in the module's order."""
     if facts.bounced is not None:
-        return suppress(f"suppressed on {facts.channel}: {facts.bounced}")
+        return bounced(facts.channel, facts.bounced)
     definition = facts.definition
     if definition.priority is Priority.transactional:
         return ALLOW

@@ -112,11 +112,17 @@ async def complete_delivery(
     )
 
 
-async def fail_delivery(*, session: AsyncSession, idempotency_key: str, error: str) -> bool:
-    """A send that will not happen: a pending row becomes `failed` with the error, and the
-    slot the send policy reserved for it in the send ledger is given back, so a message
-    that never went out does not count against the user's frequency caps. True when a
-    pending row was closed; a row already finished (sent, failed) stays as it is."""
+async def fail_delivery(
+    *, session: AsyncSession, idempotency_key: str, error: str, release: bool
+) -> bool:
+    """A pending row becomes `failed` with the error; a row already finished (sent,
+    failed) stays as it is. True when a pending row was closed.
+
+    `release` gives the slot the send policy reserved in the send ledger back, so a message
+    that never went out does not count against the user's frequency caps: only when it is
+    certain that nothing went out (the provider's final no, a message that could not be
+    built). A send given up after retries may have reached the user (the provider accepted,
+    the answer was lost), so it keeps its slot."""
     closed = await session.execute(
         update(Delivery)
         .where(
@@ -131,7 +137,8 @@ async def fail_delivery(*, session: AsyncSession, idempotency_key: str, error: s
     )
     if not closed.rowcount:  # type: ignore[attr-defined]
         return False
-    await release_send(session=session, idempotency_key=idempotency_key)
+    if release:
+        await release_send(session=session, idempotency_key=idempotency_key)
     return True
 
 

@@ -1,8 +1,13 @@
 """temporal: the Temporal Schedules Nudge keeps, declared here and put in place (created,
-or brought up to date) whenever a worker starts."""
+or brought up to date) whenever a worker starts.
+
+A schedule belongs to the deployment whose workers poll its task queue (and so use its
+database): its id names the task queue, so two deployments sharing a namespace each prune
+their own send ledger."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from datetime import timedelta
 
@@ -23,17 +28,21 @@ from core.housekeeping import WORKFLOW_PRUNE_LEDGER
 
 log = logging.getLogger("nudge.schedules")
 
-PRUNE_LEDGER = "nudge-prune-send-ledger"
 PRUNE_EVERY = timedelta(hours=1)
+
+
+def prune_ledger_id(task_queue: str) -> str:
+    return f"nudge-prune-send-ledger/{task_queue}"
 
 
 def schedules(task_queue: str) -> dict[str, Schedule]:
     """Every schedule, by id: the send ledger pruned hourly."""
+    schedule_id = prune_ledger_id(task_queue)
     return {
-        PRUNE_LEDGER: Schedule(
+        schedule_id: Schedule(
             action=ScheduleActionStartWorkflow(
                 WORKFLOW_PRUNE_LEDGER,
-                id=PRUNE_LEDGER,
+                id=schedule_id,
                 task_queue=task_queue,
                 execution_timeout=timedelta(minutes=30),
             ),
@@ -45,15 +54,17 @@ def schedules(task_queue: str) -> dict[str, Schedule]:
 
 
 async def ensure_schedules(client: Client, *, task_queue: str) -> None:
-    """Create each schedule, or update one that exists to today's declaration (workers of
-    a new release may use another task queue or interval)."""
+    """Create each schedule, or bring one that exists up to today's declaration (a new
+    release may change the interval or the action), keeping its state: a schedule an
+    operator paused stays paused."""
     for schedule_id, schedule in schedules(task_queue).items():
         try:
             await client.create_schedule(schedule_id, schedule)
             log.info("schedule %s created", schedule_id)
         except ScheduleAlreadyRunningError:
 
-            def update(_: ScheduleUpdateInput, wanted: Schedule = schedule) -> ScheduleUpdate:
-                return ScheduleUpdate(schedule=wanted)
+            def update(current: ScheduleUpdateInput, wanted: Schedule = schedule) -> ScheduleUpdate:
+                kept = current.description.schedule.state
+                return ScheduleUpdate(schedule=dataclasses.replace(wanted, state=kept))
 
             await client.get_schedule_handle(schedule_id).update(update)

@@ -145,6 +145,7 @@ async def dev_server(options: DevServerOptions | None = None) -> AsyncIterator[D
     for wanted, what in ((options.port, "Temporal"), (options.ui_port, "Temporal UI")):
         if wanted and not port_is_free(wanted):
             raise PortInUse(wanted, what)
+    command = dev_server_command(options, port, ui_port)
     if options.db_file is not None:
         options.db_file.parent.mkdir(parents=True, exist_ok=True)
     log: IO[bytes]
@@ -153,13 +154,17 @@ async def dev_server(options: DevServerOptions | None = None) -> AsyncIterator[D
         log = options.log_file.open("ab")
     else:
         log = tempfile.TemporaryFile()
-    process = subprocess.Popen(
-        dev_server_command(options, port, ui_port),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    try:
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        log.close()
+        raise ServerError(f"could not start {command[0]}: {exc}") from exc
     try:
         client = await _connect_when_up(f"{HOST}:{port}", process, log, options.log_file)
         yield DevServer(

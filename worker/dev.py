@@ -15,7 +15,7 @@ from api.app import create_app
 from api.server import serve_in_loop
 from core.config import Settings
 from store.db import migrate
-from temporal.servers import DevServerOptions, PortInUse, dev_server, port_is_free
+from temporal.servers import DevServerOptions, PortInUse, ServerError, dev_server, port_is_free
 from worker.build import create_worker, put_schedules_in_place, worker_activities
 
 log = logging.getLogger("nudge.dev")
@@ -118,6 +118,8 @@ async def run_dev(
         except PortInUse as exc:
             flag = "--temporal-port" if exc.port == options.temporal_port else "--ui-port"
             raise SystemExit(f"{exc}, or choose another port with {flag}") from exc
+        except ServerError as exc:
+            raise SystemExit(str(exc)) from exc
         # The launcher owns the dev server: the stack talks to the port it started it on.
         settings = settings.model_copy(update={"temporal_address": server.address})
         activities = await stack.enter_async_context(worker_activities(settings))

@@ -29,7 +29,7 @@ class SendGridProvider(Provider):
 
     The idempotency key travels three ways: as `Idempotency-Key` (ignored where the API does
     not take it), in `custom_args` (so SendGrid's event webhook names our delivery) and in
-    the Message-ID, derived as the SMTP channel derives it.
+    the Message-ID, derived as for SMTP (activities/channels/email.py).
     """
 
     channel = "email"

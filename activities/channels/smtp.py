@@ -13,7 +13,13 @@ from typing import Any, Literal
 
 import aiosmtplib
 
-from activities.channels.base import OutgoingMessage, Provider, ProviderError, Receipt
+from activities.channels.base import (
+    OutgoingMessage,
+    Provider,
+    ProviderError,
+    Receipt,
+    required_settings,
+)
 from activities.channels.email import (
     HeaderHook,
     extra_headers,
@@ -91,8 +97,11 @@ class SmtpProvider(Provider):
     def from_settings(
         cls, settings: Settings, *, extra_headers: HeaderHook | None = None
     ) -> SmtpProvider:
-        if not settings.smtp_host.strip():
-            raise ValueError("NUDGE_SMTP_HOST is required when NUDGE_EMAIL_PROVIDER=smtp")
+        [host] = required_settings(
+            {"NUDGE_SMTP_HOST": settings.smtp_host},
+            chosen_by="NUDGE_EMAIL_PROVIDER=smtp",
+            hint="the SMTP relay's host name",
+        )
         if bool(settings.smtp_username) != bool(settings.smtp_password):
             raise ValueError(
                 "NUDGE_SMTP_USERNAME and NUDGE_SMTP_PASSWORD go together: set both or neither"
@@ -112,7 +121,7 @@ class SmtpProvider(Provider):
                     f"bundle: {exc}"
                 ) from exc
         return cls(
-            host=settings.smtp_host,
+            host=host,
             port=settings.smtp_port,
             security=settings.smtp_security,
             sender=settings.email_from,

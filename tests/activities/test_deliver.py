@@ -292,9 +292,8 @@ def one_send(campaign_id: str) -> tuple[PolicyRequest, DeliverRequest]:
     return policy_request(deliver), deliver
 
 
-@pytest.mark.parametrize("how", ["a final provider error", "retries that ran out"])
-async def test_a_send_that_never_went_out_gives_its_cap_slot_back(sessions, how):
-    # One marketing message a day; Bo has no email address, so the first send fails.
+async def capped_to_one_a_day(sessions) -> JourneyActivities:
+    """One marketing message a day for Bo, who has no email address."""
     async with sessions() as session, session.begin():
         for definition in (CAPPED, NEXT):
             await save_campaign(session=session, definition=definition)
@@ -302,29 +301,49 @@ async def test_a_send_that_never_went_out_gives_its_cap_slot_back(sessions, how)
     caps = [CapRule(group="marketing", limit=1, window=timedelta(hours=24))]
     settings = Settings(_env_file=None, quiet_hours_start=None, caps=caps)
     smtp = SmtpProvider(host="127.0.0.1", port=9, security="none", sender="n@example.com")
-    acts = JourneyActivities(sessions=sessions, providers={"email": smtp}, settings=settings)
-    env = ActivityEnvironment()
+    return JourneyActivities(sessions=sessions, providers={"email": smtp}, settings=settings)
 
+
+async def reserved(sessions) -> int:
+    async with sessions() as session:
+        return int(await session.scalar(select(func.count()).select_from(SendReservation)) or 0)
+
+
+async def test_a_send_that_never_went_out_gives_its_cap_slot_back(sessions):
+    acts = await capped_to_one_a_day(sessions)
+    env = ActivityEnvironment()
     policy, deliver = one_send("mailing")
     assert (await env.run(acts.check_policy, policy)).action is PolicyAction.allow
-    if how == "a final provider error":
-        result = await env.run(acts.deliver, deliver)
-        assert result.status is DeliveryStatus.failed and "no 'email' trait" in (
-            result.reason or ""
-        )
-    else:  # the attempts failed retryably until the journey gave up on the send
-        async with sessions() as session, session.begin():
-            await deliveries.claim_delivery(session=session, request=deliver)
-        failure = DeliveryFailure(idempotency_key=deliver.idempotency_key, reason="gave up")
-        await env.run(acts.fail_delivery, failure)
-    async with sessions() as session:
-        row = await deliveries.get_delivery(
-            session=session, idempotency_key=deliver.idempotency_key
-        )
-        assert row is not None and row.status == "failed"
-        assert await session.scalar(select(func.count()).select_from(SendReservation)) == 0
+    assert await reserved(sessions) == 1
+    result = await env.run(acts.deliver, deliver)
+    assert result.status is DeliveryStatus.failed
+    assert "no 'email' trait" in (result.reason or "")
+    assert await reserved(sessions) == 0
 
     # The next campaign's message is not held back by one that never went out.
     policy, _ = one_send("promo")
     decision = await env.run(acts.check_policy, policy)
     assert decision.action is PolicyAction.allow, decision.reason
+
+
+async def test_a_send_given_up_after_its_retries_keeps_its_cap_slot(sessions):
+    acts = await capped_to_one_a_day(sessions)
+    env = ActivityEnvironment()
+    policy, deliver = one_send("mailing")
+    assert (await env.run(acts.check_policy, policy)).action is PolicyAction.allow
+    # Attempts failed retryably (one may have reached the provider) until the journey gave up.
+    async with sessions() as session, session.begin():
+        await deliveries.claim_delivery(session=session, request=deliver)
+    failure = DeliveryFailure(idempotency_key=deliver.idempotency_key, reason="gave up")
+    await env.run(acts.fail_delivery, failure)
+    async with sessions() as session:
+        row = await deliveries.get_delivery(
+            session=session, idempotency_key=deliver.idempotency_key
+        )
+    assert row is not None and (row.status, row.error) == ("failed", "gave up")
+    assert await reserved(sessions) == 1
+
+    policy, _ = one_send("promo")
+    decision = await env.run(acts.check_policy, policy)
+    assert decision.action is PolicyAction.suppress
+    assert decision.reason == "cap: 1 marketing message per 24h"

@@ -175,7 +175,8 @@ async def test_an_entry_event_routed_again_never_restarts_an_ended_journey(
         )
         await session.commit()
     api.services.relay.wake()
-    await settled(api, "r-1")
+    # It did start its journey: routed, as the first time, not `ignored`.
+    assert await settled(api, "r-1") == {"r-1": "routed"}
     latest = await client.get_workflow_handle(journey_id("cart", user)).describe()
     assert latest.run_id == first.run_id  # no second journey from the same entry event
     assert latest.status == WorkflowExecutionStatus.COMPLETED

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -26,7 +26,7 @@ from core.journey import (
 )
 from store import deliveries
 from store.campaigns import save_campaign
-from store.models import SendReservation
+from store.models import CampaignVersion, SendReservation
 from store.profiles import merge_traits
 from store.subscriptions import (
     ALL_GROUPS,
@@ -277,3 +277,17 @@ async def test_an_unknown_campaign_version_is_a_final_error(seeded) -> None:
     with pytest.raises(ApplicationError) as err:
         await ActivityEnvironment().run(activities(seeded).check_policy, req)
     assert err.value.non_retryable and "version 99" in str(err.value)
+
+
+async def test_a_hard_bounce_is_suppressed_before_the_version_is_read(seeded) -> None:
+    async with seeded() as session, session.begin():
+        await add_suppression(session=session, user_id="ada", channel="email", reason="550")
+        # A version today's rules refuse (after an upgrade): the bounce still decides first.
+        await session.execute(
+            update(CampaignVersion)
+            .where(CampaignVersion.campaign_id == "promo")
+            .values(definition={"id": "promo", "steps": []})
+        )
+    req = request("promo")
+    decision = await ActivityEnvironment().run(activities(seeded).check_policy, req)
+    assert (decision.action, decision.reason) == (PolicyAction.suppress, "suppressed on email: 550")

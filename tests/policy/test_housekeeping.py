@@ -17,7 +17,7 @@ from store.campaigns import cap_windows, save_campaign
 from store.caps import prune_ledger, reserve_send
 from store.db import create_engine, session_factory
 from store.models import SendReservation
-from temporal.schedules import PRUNE_EVERY, PRUNE_LEDGER, ensure_schedules
+from temporal.schedules import PRUNE_EVERY, ensure_schedules, prune_ledger_id
 from temporal.servers import DevServer
 from tests.fixtures.api import eventually, make_settings
 from worker.build import create_worker, worker_activities
@@ -111,9 +111,13 @@ async def test_the_worker_puts_the_schedule_in_place_and_a_run_prunes(
             create_worker(client, activities, task_queue=settings.task_queue),
         ):
             await ensure_schedules(client, task_queue=settings.task_queue)
-            await ensure_schedules(client, task_queue=settings.task_queue)  # a second worker
-            handle = client.get_schedule_handle(PRUNE_LEDGER)
+            handle = client.get_schedule_handle(prune_ledger_id(settings.task_queue))
             try:
+                # An operator pauses it; a second worker starting keeps it paused.
+                await handle.pause(note="maintenance")
+                await ensure_schedules(client, task_queue=settings.task_queue)
+                assert (await handle.describe()).schedule.state.paused
+                await handle.unpause()
                 described = await handle.describe()
                 action = described.schedule.action
                 assert isinstance(action, ScheduleActionStartWorkflow)

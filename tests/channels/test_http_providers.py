@@ -10,6 +10,7 @@ payload) is tested beside that provider."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -195,3 +196,22 @@ async def test_400_is_final_recorded_and_never_tried_again(case: Case) -> None:
     assert "400" in (result.reason or "")
     assert len(case.double.received) == 1 and case.double.processed == {}
     assert (await case.row(req)).status == "failed"
+
+
+def test_the_double_never_takes_a_message_cut_off_mid_body() -> None:
+    # What a worker killed while sending leaves behind: headers, half a body, a closed socket.
+    double = ProviderDouble(key_header="webhook-id").start()
+    try:
+        host, port = double.server.server_address[:2]
+        with socket.create_connection((str(host), int(port))) as conn:
+            conn.sendall(
+                b"POST /hooks/nudge HTTP/1.1\r\nHost: x\r\nwebhook-id: k-1\r\n"
+                b'content-type: application/json\r\ncontent-length: 100\r\n\r\n{"half": '
+            )
+            conn.shutdown(socket.SHUT_WR)
+            conn.recv(1024)  # the double hangs up without an answer
+        [cut] = double.received
+        assert (cut.status, cut.headers["webhook-id"]) == (0, "k-1")
+        assert double.processed == {}
+    finally:
+        double.close()

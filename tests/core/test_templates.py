@@ -203,6 +203,20 @@ def test_render_time_is_capped(monkeypatch):
         render("{% for i in range(10) %}{{ i }}{% endfor %}", {}, name="slow")
 
 
+class Busy:
+    """A value whose method waits without working, as a render starved of the processor
+    on a busy machine does."""
+
+    def wait(self) -> str:
+        time.sleep(3 * sandbox.RENDER_SECONDS)
+        return "done"
+
+
+def test_render_time_counts_work_not_waiting():
+    # The budget is CPU time: a busy machine does not fail a send that did little work.
+    assert render("{{ busy.wait() }} {{ 1 + 1 }}", {"busy": Busy()}, name="patient") == "done 2"
+
+
 def test_output_is_capped_while_streaming():
     with pytest.raises(RenderError, match="output over 500000 characters"):
         render("{% for i in range(5000) %}{{ 'x' * 200 }}{% endfor %}", {}, name="big")

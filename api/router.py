@@ -79,10 +79,7 @@ class EventRouter:
             if isinstance(action, Start):
                 await self._start(action.campaign, event, jevent)
                 outcome = Outcome.routed
-            elif await self._signal(action, event.user_id, jevent) or (
-                action.campaign_id in facts.started_by_event
-            ):
-                # Routed again after a crash: it did start its journey, even one since ended.
+            elif await self._signal(action, event.user_id, jevent) or action.entered:
                 outcome = Outcome.routed
         return outcome
 

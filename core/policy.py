@@ -2,12 +2,15 @@
 the `check_policy` activity gathers from the store.
 
 Order of the checks, the first that answers wins:
-1. a hard-bounce suppression on the channel: suppress, whatever the priority;
+1. a hard-bounce suppression on the channel: suppress, whatever the priority or the
+   campaign (`bounced`: it needs nothing else, so it is decided before the campaign version
+   is read — a version that no longer validates does not hide a bounce);
 2. transactional campaigns: allow (no opt-outs, quiet hours or caps apply to them);
 3. unsubscribed from the campaign's group on the channel (or from `*`): suppress;
 4. quiet hours in the user's zone (`timezone` trait, else the default): defer to their end;
 5. frequency caps (settings and the campaign's own): the store reserves the send against
    each cap atomically — suppress naming the cap it would exceed, else allow.
+Checks 2 to 5 are `decide_send`.
 
 Caps apply equally to high, normal and low priority: the ledger is first come, first
 served, and only transactional messages bypass it.
@@ -48,15 +51,14 @@ class CapCheck:
 
 @dataclass(frozen=True)
 class SendFacts:
-    """What the decision looks at, read from the store just before a send."""
+    """What checks 2 to 5 look at, read from the store just before a send (of a user whose
+    address on the channel is not suppressed)."""
 
     definition: CampaignDefinition
     """The campaign version the journey runs on."""
     channel: str
     timezone: object
     """The user's `timezone` trait, as the profile holds it (anything a client sent)."""
-    bounced: str | None = None
-    """Why the user's address on this channel is suppressed for good (a hard bounce)."""
     unsubscribed: bool = False
     """Opted out of the campaign's subscription group (or of every group) on the channel."""
 
@@ -69,14 +71,12 @@ class Reserve:
 
 
 def bounced(channel: str, reason: str) -> PolicyDecision:
-    """The first check, which needs nothing but the suppression: never to this address."""
+    """Check 1, which needs nothing but the suppression: never to this address."""
     return suppress(f"suppressed on {channel}: {reason}")
 
 
 def decide_send(facts: SendFacts, *, now: datetime, settings: Settings) -> PolicyDecision | Reserve:
-    """The policy's answer for one send at `now`, in the module's order."""
-    if facts.bounced is not None:
-        return bounced(facts.channel, facts.bounced)
+    """Checks 2 to 5 for one send at `now`: an answer, or the caps to reserve against."""
     definition = facts.definition
     if definition.priority is Priority.transactional:
         return ALLOW

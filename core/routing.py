@@ -126,6 +126,9 @@ class Signal:
     """Signal the campaign's journey for the user, if one runs."""
 
     campaign_id: str
+    entered: bool = False
+    """This event started that journey before (it is routed again): the event has done its
+    part — routed — even when the journey has ended since and nobody hears the signal."""
 
 
 Action = Start | Signal
@@ -148,7 +151,7 @@ def decide(
             continue
         told.add(campaign.campaign_id)
         if campaign.campaign_id in user.started_by_event:
-            actions.append(Signal(campaign.campaign_id))
+            actions.append(Signal(campaign.campaign_id, entered=True))
         else:
             actions.append(Start(campaign))
     for campaign_id in sorted(index.reactions.get(event.name, frozenset()) - told):

@@ -297,11 +297,12 @@ async def cap_windows(*, session: AsyncSession) -> dict[str, list[timedelta]]:
     version still counts its sends by that version's caps)."""
     read = TypeAdapter(list[Cap])
     windows: dict[str, list[timedelta]] = {}
-    statement = select(CampaignVersion.campaign_id, CampaignVersion.definition)
-    for campaign_id, definition in await session.execute(statement):
+    # Only the `caps` of each definition: templates (HTML, kilobytes each) stay in the store.
+    statement = select(CampaignVersion.campaign_id, CampaignVersion.definition["caps"])
+    for campaign_id, caps_document in await session.execute(statement):
         try:
-            caps = read.validate_python(definition.get("caps") or [])
-        except (ValidationError, AttributeError):
+            caps = read.validate_python(caps_document or [])
+        except ValidationError:
             continue  # a version that no longer validates sends nothing: no cap to keep
         windows.setdefault(campaign_id, []).extend(cap.window for cap in caps)
     return windows

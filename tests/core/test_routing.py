@@ -88,7 +88,7 @@ def test_a_once_campaign_never_starts_twice_but_still_hears_its_events() -> None
 def test_an_event_routed_again_only_signals_the_journey_it_started() -> None:
     facts = UserFacts(started_by_event=frozenset({"cart"}))
     assert decide(INDEX, "track", event("Product Added", price=50), facts) == [
-        Signal("cart"),
+        Signal("cart", entered=True),
         Start(ONCE),
     ]
 

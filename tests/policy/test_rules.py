@@ -10,8 +10,19 @@ import pytest
 
 from core.config import CapRule, Settings
 from core.definition import parse_campaign
-from core.journey import PolicyAction
-from core.policy import cap_checks, describe_rule, ledger_horizon, quiet_hours_decision
+from core.journey import PolicyAction, PolicyDecision
+from core.policy import (
+    ALLOW,
+    Reserve,
+    SendFacts,
+    bounced,
+    cap_checks,
+    decide_send,
+    describe_rule,
+    ledger_horizon,
+    quiet_hours_decision,
+    suppress,
+)
 
 
 def settings(**overrides: Any) -> Settings:
@@ -165,3 +176,32 @@ def test_the_ledger_keeps_what_the_longest_cap_counts() -> None:
     assert longer == {"monthly": timedelta(days=30)}
     # No caps at all: still a day, so a cap added tomorrow has today's sends to count.
     assert ledger_horizon(rules=[], campaign_windows={}) == (timedelta(days=1), {})
+
+
+def facts(definition: Any = None, **fields: Any) -> SendFacts:
+    values: dict[str, Any] = {"channel": "email", "timezone": "Europe/Paris"} | fields
+    return SendFacts(definition=definition or campaign(), **values)
+
+
+def test_the_decision_takes_its_checks_in_order() -> None:
+    night = utc(2026, 1, 1, 22)  # 23:00 in Paris: quiet hours
+    day = utc(2026, 1, 1, 12)
+    receipt = campaign(priority="transactional")
+    # Transactional: neither an opt-out nor quiet hours nor caps apply.
+    assert decide_send(facts(receipt, unsubscribed=True), now=night, settings=QUIET) == ALLOW
+    # An opt-out comes before quiet hours.
+    out = decide_send(facts(unsubscribed=True), now=night, settings=QUIET)
+    assert out == suppress("unsubscribed from marketing on email")
+    deferred = decide_send(facts(), now=night, settings=QUIET)
+    assert isinstance(deferred, PolicyDecision) and deferred.action is PolicyAction.defer
+    assert deferred.defer_until == utc(2026, 1, 2, 7)  # 08:00 in Paris
+    # Otherwise: the caps the store must reserve against, settings' first, then the campaign's.
+    reserve = decide_send(
+        facts(campaign(caps=[{"limit": 1, "window": "7d"}])), now=day, settings=QUIET
+    )
+    assert isinstance(reserve, Reserve)
+    assert [c.label for c in reserve.caps] == [
+        "cap: 3 marketing messages per 24h",
+        "cap: 1 message of campaign cart per 7d",
+    ]
+    assert bounced("sms", "hard bounce: 550") == suppress("suppressed on sms: hard bounce: 550")

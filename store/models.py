@@ -119,8 +119,36 @@ class Event(Base):
     """pending, routed, ignored (no campaign cares about it) or failed (given up; see
     `last_error`): store.events.EventStatus."""
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    """Routing attempts that failed, outages included."""
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Failed attempts that count towards giving up (not outages): kept in the row, so
+    every relay process sees the same count."""
     last_error: Mapped[str | None] = mapped_column(Text)
     routed_at: Mapped[datetime | None] = mapped_column()
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    """The relay process routing this event now (None: nobody)."""
+    claimed_until: Mapped[datetime | None] = mapped_column()
+    """When the claim lapses: a relay that died mid-event leaves it to another after this."""
+
+
+class RejectedEvent(Base):
+    """An ingestion item refused with a 4xx, kept for an operator to list with its reason."""
+
+    __tablename__ = "rejected_events"
+    __table_args__ = (Index("ix_rejected_events_received_at", "received_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    received_at: Mapped[datetime] = mapped_column(default=now)
+    endpoint: Mapped[str] = mapped_column(String(32))
+    """The route that refused it: batch, track, identify, …"""
+    position: Mapped[int | None] = mapped_column(Integer)
+    """Its index in the batch (None for a single-event route)."""
+    message_id: Mapped[str | None] = mapped_column(String(512))
+    user_id: Mapped[str | None] = mapped_column(String(520))
+    reason: Mapped[str] = mapped_column(Text)
+    item: Mapped[str] = mapped_column(Text)
+    """The item as received, JSON with every non-ASCII character escaped (so lone
+    surrogates and NUL survive on every backend), cut at a bounded length."""
 
 
 class JourneyEntry(Base):

@@ -111,7 +111,10 @@ class JourneyActivities:
     async def load_profile(self, request: ProfileRequest) -> Profile:
         async with self._sessions() as session:
             row = await get_profile(session=session, user_id=request.user_id)
-        return Profile(user_id=request.user_id, traits=dict(row.traits) if row else {})
+        traits = dict(row.traits) if row else {}
+        if request.traits is not None:
+            traits = {k: traits[k] for k in request.traits if k in traits}
+        return Profile(user_id=request.user_id, traits=traits)
 
     @activity.defn(name=ACTIVITY_RECORD_OUTCOME)
     async def record_outcome(self, outcome: JourneyOutcome) -> None:

@@ -20,7 +20,7 @@ from api.routes import api_router, tracking
 from core.config import Settings
 from store.campaigns import VersionUnavailable
 from store.db import create_engine, session_factory
-from temporal.client import TemporalConnection
+from temporal.client import TemporalConnection, converter_for
 
 log = logging.getLogger("nudge.api")
 
@@ -45,7 +45,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     engine = create_engine(settings.database_url)
     sessions = session_factory(engine)
-    temporal = TemporalConnection(settings.temporal_address, settings.temporal_namespace)
+    temporal = TemporalConnection(
+        settings.temporal_address,
+        settings.temporal_namespace,
+        converter=converter_for(settings),
+    )
     campaigns = CampaignIndexLoader(sessions=sessions, settings=settings)
     router = EventRouter(
         sessions=sessions, temporal=temporal, campaigns=campaigns, settings=settings

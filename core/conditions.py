@@ -113,6 +113,11 @@ def needs_traits(conditions: list[Condition]) -> bool:
     return any(p.startswith("traits.") for c in conditions for p in c.paths())
 
 
+def traits_read(conditions: list[Condition]) -> set[str]:
+    """The top-level profile traits these conditions read: all a journey has to fetch."""
+    return {p.split(".")[1] for c in conditions for p in c.paths() if p.startswith("traits.")}
+
+
 def resolve(path: str, context: Mapping[str, Any]) -> Any:
     """Follow a dotted path through nested mappings; `_MISSING` when absent."""
     root, _, rest = path.partition(".")

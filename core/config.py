@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
+from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 from typing import Literal
@@ -16,6 +20,52 @@ DEV_WRITE_KEY = "dev-write-key"
 DEV_ADMIN_TOKEN = "dev-admin-token"
 DEV_LINK_SECRET = "dev-link-secret-change-me"
 DEV_WEBHOOK_SECRET = "whsec_ZGV2LXdlYmhvb2stc2VjcmV0LWNoYW5nZS1tZQ=="
+DEV_PAYLOAD_KEYS = "dev:bnVkZ2UtZGV2LXBheWxvYWQta2V5LWNoYW5nZS1tZSE="
+DEV_UI_ORIGINS = "http://127.0.0.1:8233,http://localhost:8233"
+
+KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+AES_KEY_BYTES = (16, 24, 32)
+
+
+@dataclass(frozen=True)
+class PayloadKey:
+    """One AES-GCM key for Temporal payloads: `id` travels in each payload's metadata so a
+    payload names the key that decrypts it."""
+
+    id: str
+    secret: bytes = field(repr=False)
+
+
+def parse_payload_keys(value: str) -> list[PayloadKey]:
+    """`id:base64key,id:base64key…`, newest first: the first encrypts, all decrypt.
+
+    Rotation: put a new key first, keep the old ones until no open history (and no
+    history you may still read) holds payloads under them.
+    """
+    keys: list[PayloadKey] = []
+    for i, item in enumerate(part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        key_id, sep, encoded = item.partition(":")
+        if not sep or not KEY_ID.fullmatch(key_id):
+            raise ValueError(
+                f"payload key {i + 1}: write it as <id>:<base64 key>, the id of letters, "
+                "digits, '.', '_' or '-' (at most 64)"
+            )
+        try:
+            secret = base64.b64decode(encoded.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"payload key {key_id!r}: the key is not base64") from None
+        if len(secret) not in AES_KEY_BYTES:
+            raise ValueError(
+                f"payload key {key_id!r}: an AES key is 16, 24 or 32 bytes, not {len(secret)}"
+            )
+        if any(k.id == key_id for k in keys):
+            raise ValueError(f"payload key {key_id!r} is listed twice")
+        keys.append(PayloadKey(key_id, secret))
+    if not keys:
+        raise ValueError("at least one payload key is needed")
+    return keys
 
 
 class Environment(StrEnum):
@@ -110,6 +160,21 @@ class Settings(BaseSettings):
     """Signs unsubscribe links."""
     unsubscribe_link_days: int = Field(default=60, ge=1)
 
+    payload_keys: str = DEV_PAYLOAD_KEYS
+    """Encrypts what Nudge puts in Temporal (workflow inputs, signals, activity arguments
+    and results, failure messages): `id:base64key`, comma-separated, newest first. The
+    first key encrypts; every listed key decrypts (rotation). AES-GCM, 128/192/256-bit."""
+    codec_auth: Literal["token", "none"] | None = None
+    """Who may use the codec endpoint (`/codec/decode`): `token` (the admin token as a
+    bearer token) or `none` (anyone who reaches the API). Unset: `none` in dev and test (the
+    local Temporal UI sends no token), `token` in production."""
+    codec_cors_origins: str = DEV_UI_ORIGINS
+    """Origins of the Temporal UI allowed to call the codec endpoint from a browser."""
+    hash_user_ids: bool = False
+    """Search attributes are not encrypted: when set, the `NudgeUser` search attribute
+    holds an HMAC of the user id (keyed by the first payload key) instead of the id; find a
+    user's journeys with `nudge journeys list --user`, which hashes for you."""
+
     relay_interval_seconds: float = Field(default=2.0, gt=0)
     """How often accepted events still pending (Temporal was unreachable) are retried."""
     campaign_refresh_seconds: float = Field(default=5.0, gt=0)
@@ -127,12 +192,29 @@ class Settings(BaseSettings):
                 raise ValueError("NUDGE_WEBHOOK_SECRET must be set to a secret in production")
             if self.link_secret.strip() in ("", DEV_LINK_SECRET):
                 raise ValueError("NUDGE_LINK_SECRET must be set to a secret in production")
+            if DEV_PAYLOAD_KEYS.partition(":")[2] in self.payload_keys:
+                raise ValueError("NUDGE_PAYLOAD_KEYS must hold your own keys in production")
+        parse_payload_keys(self.payload_keys)
         for name in ("quiet_hours_start", "quiet_hours_end"):
             value = getattr(self, name)
             if value:
                 parse_clock(value)
         zone_named(self.default_timezone)
         return self
+
+    @property
+    def payload_key_list(self) -> list[PayloadKey]:
+        return parse_payload_keys(self.payload_keys)
+
+    @property
+    def codec_requires_token(self) -> bool:
+        if self.codec_auth is None:
+            return self.environment is Environment.production
+        return self.codec_auth == "token"
+
+    @property
+    def codec_origins(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.codec_cors_origins.split(",") if o.strip()]
 
     @property
     def webhook_secrets(self) -> list[str]:

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from core.conditions import Condition, needs_traits
+from core.conditions import Condition, needs_traits, traits_read
 from core.durations import Duration, signed_duration
 from core.schedule import parse_clock
 from core.templates.render import syntax_problem
@@ -209,6 +209,12 @@ class JourneyPlan(_Model):
         if isinstance(step, BranchStep):
             return any(needs_traits(b.conditions) for b in step.branches)
         return False
+
+    def traits_read(self, step: Step) -> list[str]:
+        """The traits a step's conditions read, sorted: what its profile load returns."""
+        if isinstance(step, BranchStep):
+            return sorted(set().union(*(traits_read(b.conditions) for b in step.branches)))
+        return []
 
 
 class Template(_Model):

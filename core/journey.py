@@ -213,6 +213,9 @@ class WaitResolution(BaseModel):
 
 class ProfileRequest(BaseModel):
     user_id: str
+    traits: list[str] | None = None
+    """Only these traits come back (so the history holds no more of the profile than the
+    journey reads); None: all of them (journeys started before this field existed)."""
 
 
 class Profile(BaseModel):

@@ -5,23 +5,55 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from datetime import timedelta
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
 from temporalio.service import RPCError, RPCStatusCode
+
+from core.config import DEV_PAYLOAD_KEYS, Settings, parse_payload_keys
+from temporal.codec import EncryptionCodec, data_converter
 
 log = logging.getLogger("nudge.temporal")
 
-DATA_CONVERTER = pydantic_data_converter
+
+@functools.lru_cache(maxsize=8)
+def _converter(payload_keys: str) -> DataConverter:
+    return data_converter(parse_payload_keys(payload_keys))
+
+
+DATA_CONVERTER = _converter(DEV_PAYLOAD_KEYS)
+"""The converter under the dev keys: what `nudge dev`, the tests and the bench use unless
+their settings name other keys."""
 
 CONNECT_TIMEOUT = 10.0
 RECONNECT_MAX_SECONDS = 5.0
 
 
-async def connect(address: str, namespace: str = "default") -> Client:
-    return await Client.connect(address, namespace=namespace, data_converter=DATA_CONVERTER)
+def converter_for(settings: Settings) -> DataConverter:
+    """The data converter for `settings`' payload keys: one per key set, shared."""
+    return _converter(settings.payload_keys)
+
+
+def codec_for(settings: Settings) -> EncryptionCodec:
+    codec = converter_for(settings).payload_codec
+    assert isinstance(codec, EncryptionCodec)
+    return codec
+
+
+async def connect(
+    address: str, namespace: str = "default", *, converter: DataConverter = DATA_CONVERTER
+) -> Client:
+    return await Client.connect(address, namespace=namespace, data_converter=converter)
+
+
+async def connect_with(settings: Settings) -> Client:
+    """A client for `settings`: their server, namespace and payload keys."""
+    return await connect(
+        settings.temporal_address, settings.temporal_namespace, converter=converter_for(settings)
+    )
 
 
 class TemporalUnavailable(Exception):
@@ -62,9 +94,16 @@ class TemporalConnection:
     start-up is not fatal: `start()` tries once, then keeps trying in the background.
     """
 
-    def __init__(self, address: str, namespace: str = "default"):
+    def __init__(
+        self,
+        address: str,
+        namespace: str = "default",
+        *,
+        converter: DataConverter = DATA_CONVERTER,
+    ):
         self.address = address
         self.namespace = namespace
+        self.converter = converter
         self._client: Client | None = None
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
@@ -108,7 +147,8 @@ class TemporalConnection:
     async def _try_connect(self) -> bool:
         try:
             client = await asyncio.wait_for(
-                connect(self.address, self.namespace), timeout=CONNECT_TIMEOUT
+                connect(self.address, self.namespace, converter=self.converter),
+                timeout=CONNECT_TIMEOUT,
             )
         except Exception as exc:
             self.last_error = str(exc) or type(exc).__name__

@@ -24,6 +24,7 @@ from typing import IO
 
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
+from temporalio.converter import DataConverter
 from temporalio.testing import WorkflowEnvironment
 
 from temporal import search_attributes
@@ -97,6 +98,9 @@ class DevServerOptions:
     log_level: str = "error"
     dynamic_config: tuple[str, ...] = (FAST_TRANSFER_QUEUE,)
     """`KEY=VALUE` pairs for `--dynamic-config-value`."""
+    ui_codec_endpoint: str | None = None
+    """Where the Web UI sends payloads to be decoded (Nudge's `/codec`), so it shows what
+    Nudge encrypted."""
 
 
 @dataclass
@@ -125,6 +129,8 @@ def dev_server_command(options: DevServerOptions, port: int, ui_port: int | None
         cmd.append("--headless")
     else:
         cmd += ["--ui-ip", HOST, "--ui-port", str(ui_port), "--ui-disable-news-fetch"]
+        if options.ui_codec_endpoint:
+            cmd += ["--ui-codec-endpoint", options.ui_codec_endpoint]
     if options.db_file is not None:
         cmd += ["--db-filename", str(options.db_file)]
     for value in options.dynamic_config:
@@ -135,9 +141,11 @@ def dev_server_command(options: DevServerOptions, port: int, ui_port: int | None
 
 
 @contextlib.asynccontextmanager
-async def dev_server(options: DevServerOptions | None = None) -> AsyncIterator[DevServer]:
-    """Start the dev server and connect to it; terminate it (then kill it, if it must be)
-    when the block ends. It runs in a session of its own, so a Ctrl-C meant for Nudge
+async def dev_server(
+    options: DevServerOptions | None = None, *, converter: DataConverter = DATA_CONVERTER
+) -> AsyncIterator[DevServer]:
+    """Start the dev server and connect to it (with `converter`: the payload keys of whoever
+    uses the client); terminate it (then kill it, if it must be) when the block ends. It runs in a session of its own, so a Ctrl-C meant for Nudge
     reaches Nudge, which then stops the server after its worker."""
     options = options or DevServerOptions()
     port = options.port or free_port()
@@ -166,7 +174,7 @@ async def dev_server(options: DevServerOptions | None = None) -> AsyncIterator[D
         log.close()
         raise ServerError(f"could not start {command[0]}: {exc}") from exc
     try:
-        client = await _connect_when_up(f"{HOST}:{port}", process, log, options.log_file)
+        client = await _connect_when_up(f"{HOST}:{port}", process, log, options.log_file, converter)
         yield DevServer(
             address=f"{HOST}:{port}",
             ui_url=None if ui_port is None else f"http://{HOST}:{ui_port}",
@@ -179,7 +187,11 @@ async def dev_server(options: DevServerOptions | None = None) -> AsyncIterator[D
 
 
 async def _connect_when_up(
-    address: str, process: subprocess.Popen[bytes], log: IO[bytes], log_file: Path | None
+    address: str,
+    process: subprocess.Popen[bytes],
+    log: IO[bytes],
+    log_file: Path | None,
+    converter: DataConverter,
 ) -> Client:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + START_TIMEOUT
@@ -190,7 +202,7 @@ async def _connect_when_up(
                 + (f"see {log_file}" if log_file else _tail(log))
             )
         try:
-            return await connect(address)
+            return await connect(address, converter=converter)
         except Exception as exc:
             if loop.time() > deadline:
                 raise ServerError(

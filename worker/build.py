@@ -20,7 +20,7 @@ from activities.housekeeping import Housekeeping
 from activities.journey import JourneyActivities
 from core.config import Settings
 from store.db import create_engine, session_factory
-from temporal.client import connect
+from temporal.client import connect_with
 from temporal.schedules import ensure_schedules
 from workflows.housekeeping import PruneSendLedger
 from workflows.journey import JourneyWorkflow
@@ -81,7 +81,7 @@ async def put_schedules_in_place(client: Client, settings: Settings) -> None:
 async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Run until `stop` is set (or SIGINT/SIGTERM), then shut down cleanly."""
     stop = stop or _stop_on_signals()
-    client = await connect(settings.temporal_address, settings.temporal_namespace)
+    client = await connect_with(settings)
     async with worker_activities(settings) as activities:
         worker = create_worker(client, activities, task_queue=settings.task_queue)
         async with worker:

@@ -15,6 +15,7 @@ from api.app import create_app
 from api.server import serve_in_loop
 from core.config import Settings
 from store.db import migrate
+from temporal.client import converter_for
 from temporal.servers import DevServerOptions, PortInUse, ServerError, dev_server, port_is_free
 from worker.build import create_worker, put_schedules_in_place, worker_activities
 
@@ -111,17 +112,25 @@ async def run_dev(
         ui_port=options.ui_port,
         db_file=options.state_dir / "temporal.db",
         log_file=options.state_dir / "temporal.log",
+        # The UI asks the API to decrypt what it shows (the API's codec endpoint).
+        ui_codec_endpoint=f"http://{settings.api_host}:{settings.api_port}/codec",
     )
     async with contextlib.AsyncExitStack() as stack:
         try:
-            server = await stack.enter_async_context(dev_server(server_options))
+            server = await stack.enter_async_context(
+                dev_server(server_options, converter=converter_for(settings))
+            )
         except PortInUse as exc:
             flag = "--temporal-port" if exc.port == options.temporal_port else "--ui-port"
             raise SystemExit(f"{exc}, or choose another port with {flag}") from exc
         except ServerError as exc:
             raise SystemExit(str(exc)) from exc
         # The launcher owns the dev server: the stack talks to the port it started it on.
-        settings = settings.model_copy(update={"temporal_address": server.address})
+        update = {"temporal_address": server.address}
+        if server.ui_url and server.ui_url not in settings.codec_origins:
+            # The UI decodes through the API from the browser: its origin must be allowed.
+            update["codec_cors_origins"] = ",".join([*settings.codec_origins, server.ui_url])
+        settings = settings.model_copy(update=update)
         activities = await stack.enter_async_context(worker_activities(settings))
         await stack.enter_async_context(
             create_worker(server.client, activities, task_queue=settings.task_queue)

@@ -387,7 +387,7 @@ class JourneyWorkflow:
         if self.plan.needs_profile(step):
             profile = await self._ask(
                 ACTIVITY_LOAD_PROFILE,
-                ProfileRequest(user_id=self.input.user_id),
+                ProfileRequest(user_id=self.input.user_id, traits=self.plan.traits_read(step)),
                 result_type=Profile,
                 timeout=PROFILE_TIMEOUT,
                 summary=f"profile for {step.id}",

@@ -2,7 +2,16 @@
 
 from fastapi import APIRouter
 
-from api.routes import campaigns, health, journeys, messages, preview, subscriptions, tracking
+from api.routes import (
+    campaigns,
+    codec,
+    health,
+    journeys,
+    messages,
+    preview,
+    subscriptions,
+    tracking,
+)
 
 api_router = APIRouter()
 api_router.include_router(tracking.router)
@@ -12,3 +21,4 @@ api_router.include_router(journeys.router)
 api_router.include_router(messages.router)
 api_router.include_router(subscriptions.router)
 api_router.include_router(health.router)
+api_router.include_router(codec.router)

@@ -193,7 +193,7 @@ class Settings(BaseSettings):
             if self.link_secret.strip() in ("", DEV_LINK_SECRET):
                 raise ValueError("NUDGE_LINK_SECRET must be set to a secret in production")
             if DEV_PAYLOAD_KEYS.partition(":")[2] in self.payload_keys:
-                raise ValueError("NUDGE_PAYLOAD_KEYS must hold your own keys in production")
+                raise ValueError("NUDGE_PAYLOAD_KEYS must be set to your own keys in production")
         parse_payload_keys(self.payload_keys)
         for name in ("quiet_hours_start", "quiet_hours_end"):
             value = getattr(self, name)

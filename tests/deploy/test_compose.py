@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 from core.config import (
     DEV_ADMIN_TOKEN,
     DEV_LINK_SECRET,
+    DEV_PAYLOAD_KEYS,
     DEV_WEBHOOK_SECRET,
     DEV_WRITE_KEY,
     Environment,
@@ -46,6 +47,7 @@ SECRETS = {
     "NUDGE_ADMIN_TOKEN": "at-test-77c1",
     "NUDGE_WEBHOOK_SECRET": "whsec_dGVzdC1zZWNyZXQtZm9yLWNvbXBvc2U=",
     "NUDGE_LINK_SECRET": "ls-test-5d2e",
+    "NUDGE_PAYLOAD_KEYS": "k1:dGVzdC1wYXlsb2FkLWtleS1mb3ItY29tcG9zZS0zMmI=",
 }
 APP_SERVICES = ("migrate", "api", "worker")
 COMMANDS = {("nudge", "migrate"), ("nudge", "api"), ("nudge", "worker")}
@@ -489,6 +491,7 @@ PRODUCTION = {
     "admin_token": "at-real",
     "webhook_secret": "whsec_cmVhbC1zZWNyZXQ=",
     "link_secret": "real-link-secret",
+    "payload_keys": "k1:dGVzdC1wYXlsb2FkLWtleS1mb3ItY29tcG9zZS0zMmI=",
 }
 
 
@@ -504,6 +507,8 @@ PRODUCTION = {
         ("webhook_secret", f"whsec_cmVhbC1zZWNyZXQ=,{DEV_WEBHOOK_SECRET}"),
         ("link_secret", DEV_LINK_SECRET),
         ("link_secret", ""),
+        ("payload_keys", DEV_PAYLOAD_KEYS),
+        ("payload_keys", f"k2:dGVzdC1wYXlsb2FkLWtleS1mb3ItY29tcG9zZS0zMmI=,{DEV_PAYLOAD_KEYS}"),
     ],
 )
 def test_production_refuses_placeholder_secrets(field: str, placeholder: str) -> None:

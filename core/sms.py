@@ -43,3 +43,35 @@ def _parts(units: list[int], *, single: int, multi: int) -> int:
             parts, used = parts + 1, 0
         used += size
     return parts
+
+
+_PHONE_PUNCTUATION = str.maketrans("", "", " -.()/\u00a0\u2009\u2010\u2011\u2012\u2013")
+E164_DIGITS = range(8, 16)
+"""E.164: a country code and subscriber number, at most 15 digits (8 is the shortest in
+use)."""
+
+
+def e164(value: str) -> str | None:
+    """`value` as E.164 (`+447700900123`) when it is written with its country code —
+    `+44 7700 900123`, `(+44) 7700-900123`, `0044 7700 900123` — else None.
+
+    Spaces, dashes, dots, slashes and brackets are how people write numbers, not part of
+    them; an international `00` prefix is `+`. A number without its country code cannot
+    be made E.164 without guessing the country, so it is left as written.
+    """
+    compact = value.strip().translate(_PHONE_PUNCTUATION)
+    if compact.startswith("00"):
+        compact = "+" + compact[2:]
+    digits = compact[1:]
+    if compact.startswith("+") and digits.isascii() and digits.isdigit():
+        if len(digits) in E164_DIGITS and not digits.startswith("0"):
+            return compact
+    return None
+
+
+def normalise_phone(value: object) -> object:
+    """A `phone` trait as stored: E.164 when it can be made so, otherwise untouched (so SMS
+    STOP from `+447700900123` finds a user whose phone was written `+44 7700 900123`)."""
+    if isinstance(value, str):
+        return e164(value) or value
+    return value

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.sms import normalise_phone
 from store.db import dialect_insert
 from store.models import Profile
 
@@ -17,8 +18,10 @@ async def merge_traits(*, session: AsyncSession, user_id: str, traits: dict[str,
     Shallow on purpose, as Segment's identify is: `{"address": {...}}` replaces the whole
     address. Inserting first (ON CONFLICT DO NOTHING) and then reading the row locked
     makes two concurrent merges for a new user both succeed, and neither loses the other's
-    keys.
+    keys. A `phone` is stored as E.164 where it can be (core.sms.normalise_phone).
     """
+    if "phone" in traits:
+        traits = {**traits, "phone": normalise_phone(traits["phone"])}
     created = await session.execute(
         dialect_insert(session, Profile.__table__)
         .values(user_id=user_id, traits=dict(traits))

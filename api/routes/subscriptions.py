@@ -27,6 +27,7 @@ from api.schemas import Message
 from core.config import Environment, Settings
 from core.definition import SLUG, Channel
 from core.links import LinkError, UnsubscribeLink, read_token
+from core.sms import normalise_phone
 from store import subscriptions as store
 from store.subscriptions import ALL_GROUPS, SubscriptionSource, SubscriptionStatus
 
@@ -39,6 +40,7 @@ START_WORDS = frozenset({"START", "UNSTOP"})
 """Twilio's standard opt-out and opt-in keywords (the whole message, any case)."""
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 MAX_WEBHOOK_BYTES = 64 * 1024
+"""Twilio's inbound-SMS form is a few KB; enforced by the request guard (api.limits)."""
 
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
@@ -131,9 +133,10 @@ def _signed_urls(request: Request, settings: Settings) -> list[str]:
     return list(dict.fromkeys([configured, str(request.url)]))
 
 
-def _verify_twilio(request: Request, settings: Settings, params: list[tuple[str, str]]) -> None:
-    token = settings.twilio_auth_token
-    if not token:
+def _check_twilio_headers(request: Request, settings: Settings) -> None:
+    """What can be refused before the body is read: the signature covers the body, but
+    whether one is needed, and sent, is in the headers."""
+    if not settings.twilio_auth_token:
         if settings.environment is Environment.production:
             # Unsigned, anyone could opt any number in or out.
             raise HTTPException(
@@ -141,6 +144,14 @@ def _verify_twilio(request: Request, settings: Settings, params: list[tuple[str,
                 "set NUDGE_TWILIO_AUTH_TOKEN to accept Twilio webhooks in production",
             )
         return
+    if not request.headers.get("x-twilio-signature"):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "X-Twilio-Signature is missing")
+
+
+def _verify_twilio(request: Request, settings: Settings, params: list[tuple[str, str]]) -> None:
+    token = settings.twilio_auth_token
+    if not token:
+        return  # allowed outside production by `_check_twilio_headers`
     given = request.headers.get("x-twilio-signature", "")
     for url in _signed_urls(request, settings):
         if hmac.compare_digest(twilio_signature(token, url, params).encode(), given.encode()):
@@ -153,16 +164,20 @@ async def twilio_sms(request: Request, settings: SettingsDep, session: SessionDe
     """STOP (STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT) unsubscribes every user whose `phone`
     trait is the sender from all `sms` groups; START or UNSTOP subscribes them again. Any
     other text is ignored. The answer is empty TwiML: Twilio sends its own confirmation."""
+    _check_twilio_headers(request, settings)
+    # The request guard (api.limits) streams this body with a cap of MAX_WEBHOOK_BYTES and
+    # answers 413 past it: the whole of a larger one is never read, signed or not.
     raw = await request.body()
-    if len(raw) > MAX_WEBHOOK_BYTES:
-        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, "body too large")
     params = parse_qsl(raw.decode("utf-8", errors="replace"), keep_blank_values=True)
     _verify_twilio(request, settings, params)
     form = dict(params)
     sender = form.get("From", "").strip()
     word = form.get("Body", "").strip().upper()
     if sender and (word in STOP_WORDS or word in START_WORDS):
-        users = await store.users_with_trait(session=session, trait="phone", value=sender)
+        # Phones are stored as E.164 where they can be; Twilio sends E.164 too, but a
+        # compatible provider may not.
+        number = str(normalise_phone(sender))
+        users = await store.users_with_trait(session=session, trait="phone", value=number)
         for user_id in users:
             if word in STOP_WORDS:
                 await store.set_subscription(

@@ -245,6 +245,21 @@ async def test_stop_unsubscribes_every_user_with_that_number_from_sms(api: Runni
         assert not await is_unsubscribed(api, "ada", "sms", "marketing")
 
 
+async def test_stop_finds_a_number_however_it_was_written(api: RunningApi) -> None:
+    """Profiles keep `phone` as E.164 where it can be; STOP's sender is normalised too."""
+    identify = {"userId": "cy", "messageId": "cy-1", "traits": {"phone": "+44 7700 900123"}}
+    assert (await api.post("/v1/identify", identify)).status_code == 200
+    assert (await api.traits("cy")) == {"phone": "+447700900123"}
+    async with api.services.sessions() as session, session.begin():
+        await merge_traits(session=session, user_id="dee", traits={"phone": "0044-7700-900123"})
+    assert (await sms(api, "STOP", sender="+447700900123")).status_code == 200
+    for user in ("cy", "dee"):
+        assert await is_unsubscribed(api, user, "sms", "marketing"), user
+    # A provider that sends the number formatted reaches the same users.
+    assert (await sms(api, "START", sender="+44 7700 900123")).status_code == 200
+    assert not await is_unsubscribed(api, "cy", "sms", "marketing")
+
+
 async def test_the_url_twilio_was_given_signs_too(api: RunningApi) -> None:
     # Behind a proxy Twilio signs the public URL, not the one the API sees.
     await phones(api)

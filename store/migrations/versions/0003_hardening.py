@@ -1,4 +1,5 @@
-"""hardening: relay claims and a failure count in the events row; the rejected-events log
+"""hardening: relay claims and a failure count in the events row; the rejected-events log;
+phone traits stored as E.164
 
 Revision ID: 0003
 Revises: 0002
@@ -26,9 +27,7 @@ def upgrade() -> None:
     with op.batch_alter_table("events") as batch:
         batch.add_column(sa.Column("claimed_by", sa.String(64), nullable=True))
         batch.add_column(sa.Column("claimed_until", UTC_TIME, nullable=True))
-        batch.add_column(
-            sa.Column("failures", sa.Integer(), nullable=False, server_default="0")
-        )
+        batch.add_column(sa.Column("failures", sa.Integer(), nullable=False, server_default="0"))
     op.create_table(
         "rejected_events",
         sa.Column("id", BIG_ID, autoincrement=True, nullable=False),
@@ -42,6 +41,36 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_rejected_events"),
     )
     op.create_index("ix_rejected_events_received_at", "rejected_events", ["received_at"])
+    _phones_to_e164()
+
+
+def _e164(value: str) -> str | None:
+    """Frozen copy of core.sms.e164 as of this revision."""
+    compact = value.strip()
+    for c in " -.()/\u00a0\u2009\u2010\u2011\u2012\u2013":
+        compact = compact.replace(c, "")
+    if compact.startswith("00"):
+        compact = "+" + compact[2:]
+    digits = compact[1:]
+    if compact.startswith("+") and digits.isascii() and digits.isdigit():
+        if 8 <= len(digits) <= 15 and not digits.startswith("0"):
+            return compact
+    return None
+
+
+def _phones_to_e164() -> None:
+    """SMS STOP looks phones up as E.164: bring the ones stored before this up to it."""
+    profiles = sa.table("profiles", sa.column("user_id", sa.String), sa.column("traits", sa.JSON))
+    connection = op.get_bind()
+    for user_id, traits in connection.execute(sa.select(profiles.c.user_id, profiles.c.traits)):
+        phone = (traits or {}).get("phone")
+        normal = _e164(phone) if isinstance(phone, str) else None
+        if normal is not None and normal != phone:
+            connection.execute(
+                profiles.update()
+                .where(profiles.c.user_id == user_id)
+                .values(traits={**traits, "phone": normal})
+            )
 
 
 def downgrade() -> None:

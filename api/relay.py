@@ -2,8 +2,13 @@
 process, handing each event to the router.
 
 Ingestion writes an event to the outbox and answers; the relay routes it afterwards, woken
-right after the write and every `relay_interval_seconds` otherwise. Order per user: once an
-event of a user fails, that user's later events wait behind it; other users go on.
+right after the write and every `relay_interval_seconds` otherwise. Every API process runs
+a relay on the same outbox, so each relay first claims what it routes (`claim_events`): an
+event is routed by one relay, and a user's events by one relay at a time, oldest first.
+Each event is settled — `routed`, `ignored` or `failed` — in its own short transaction as
+soon as its routing is done, so a relay that dies repeats at most the events in flight
+(their journeys drop the repeated signal by message id). Order per user: once an event of a
+user fails, that user's later events wait behind it; other users go on.
 """
 
 from __future__ import annotations
@@ -11,16 +16,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.router import EventRouter, Outcome
 from core.config import Settings
-from store.events import mark_events, pending_events, record_attempt_failure
+from store.events import (
+    EventStatus,
+    claim_events,
+    extend_claims,
+    record_attempt_failure,
+    release_claims,
+    settle_event,
+)
 from store.models import Event
 from temporal.client import is_outage, is_transient
 
@@ -29,16 +45,35 @@ log = logging.getLogger("nudge.relay")
 MAX_ATTEMPTS = 5
 """Routing errors that retrying cannot be expected to fix (a bug, a payload Temporal
 refuses) are retried this many times, one relay pass apart, then the event is given up:
-marked `failed` with the error kept in `last_error`, and logged at ERROR. Outages
+marked `failed` with the error kept in `last_error`, and logged at ERROR. The count is kept
+in the event's row (`failures`), so it is the same whichever relay tries. Outages
 (Temporal or the database unreachable, back-pressure) never count: those events wait for
 as long as it takes."""
 GAVE_UP = "gave up after {n} attempts: "
 """How `last_error` starts for an event the relay gave up on."""
+REFUSED = "gave up at once, Temporal refuses it as invalid: "
+"""How `last_error` starts for an event Temporal refused with INVALID_ARGUMENT."""
+
+LEASE = timedelta(seconds=30)
+"""How long a claim holds without renewal. A relay renews its claims every third of it
+while it routes them, so only a relay that died (or stalled that long) loses them; then
+another relay takes its events over after at most this long. Leases are compared with each
+API host's clock: hosts must agree on the time to well within it (NTP does)."""
+
+FINAL_CODES = frozenset({RPCStatusCode.INVALID_ARGUMENT})
+"""RPC codes that say the request itself is wrong — a workflow id over Temporal's length
+limit, say: what validation at ingestion should have refused. Sending it again gets the
+same answer, so the event is given up on the first one."""
 
 
 def retry_later(exc: BaseException) -> bool:
     """Errors that will pass by themselves: Temporal or the database out of reach."""
     return is_transient(exc) or isinstance(exc, OperationalError | InterfaceError)
+
+
+def is_final(exc: BaseException) -> bool:
+    """Errors no retry can fix: give up on the event at once."""
+    return isinstance(exc, RPCError) and exc.status in FINAL_CODES
 
 
 def describe(exc: BaseException) -> str:
@@ -48,14 +83,23 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def new_relay_id() -> str:
+    """Names one relay in `claimed_by` (64 characters at most): host, process, and a
+    random part, since two relays may share a process (tests) and pids are reused."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
 @dataclass
 class PassResult:
-    """What one relay pass over (at most) `batch_size` pending events did."""
+    """What one relay pass over (at most) `batch_size` claimed events did."""
 
     routed: list[int] = field(default_factory=list)
     ignored: list[int] = field(default_factory=list)
     failures: list[tuple[int, str]] = field(default_factory=list)
     gave_up: list[int] = field(default_factory=list)
+    lost: list[int] = field(default_factory=list)
+    """Events whose claim lapsed while they were routed: another relay took them over and
+    settles them (and the user's later events)."""
     held: int = 0
     """Events left pending: behind a failed event of the same user, or Temporal down."""
     outage: bool = False
@@ -82,6 +126,8 @@ class Relay:
         batch_size: int = 500,
         concurrency: int = 16,
         max_attempts: int = MAX_ATTEMPTS,
+        lease: timedelta = LEASE,
+        relay_id: str | None = None,
     ):
         self.router = router
         self.sessions = sessions
@@ -89,10 +135,10 @@ class Relay:
         self.batch_size = batch_size
         self.concurrency = concurrency
         self.max_attempts = max_attempts
+        self.lease = lease
+        self.relay_id = relay_id or new_relay_id()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._failures: dict[int, int] = {}
-        """Non-transient failures per event id, in this process (a restart retries anew)."""
         self._outage = False
 
     def wake(self) -> None:
@@ -128,22 +174,33 @@ class Relay:
         return self.settings.relay_interval_seconds
 
     async def drain(self) -> list[PassResult]:
-        """Pass over the outbox until it is empty or what is left must wait."""
+        """Pass over the outbox until a claim comes back empty or what is left must wait.
+
+        Claiming again after a short batch is what picks up a user's events that arrived
+        while this relay held the user's earlier ones (another relay left them alone).
+        """
         results: list[PassResult] = []
         while True:
             await self.router.campaigns.refresh()
             async with self.sessions() as session:
-                events = await pending_events(session=session, limit=self.batch_size)
+                events = await claim_events(
+                    session=session,
+                    relay_id=self.relay_id,
+                    lease=self.lease,
+                    limit=self.batch_size,
+                )
+                await session.commit()
             if not events:
                 return results
             result = await self.relay(events)
             results.append(result)
             # Held events would come back first in the next batch: wait for the next tick.
-            if result.held or result.failures or len(events) < self.batch_size:
+            if result.held or result.failures:
                 return results
 
     async def relay(self, events: list[Event]) -> PassResult:
-        """Route one batch: users side by side, each user's events one after another."""
+        """Route one claimed batch: users side by side, each user's events one after
+        another. The claims are renewed meanwhile and given back at the end."""
         result = PassResult()
         by_user: dict[str, list[Event]] = defaultdict(list)
         for event in events:
@@ -157,16 +214,23 @@ class Relay:
                         result.held += len(queue) - i - 1
                         return
 
-        await asyncio.gather(*(one_user(q) for q in by_user.values()))
-        async with self.sessions() as session:
-            await mark_events(session=session, event_ids=result.routed, status="routed")
-            await mark_events(session=session, event_ids=result.ignored, status="ignored")
-            await mark_events(session=session, event_ids=result.gave_up, status="failed")
-            for event_id, error in result.failures:
-                await record_attempt_failure(session=session, event_id=event_id, error=error)
-            await session.commit()
-        for event_id in (*result.routed, *result.ignored, *result.gave_up):
-            self._failures.pop(event_id, None)
+        renewing = asyncio.create_task(self._renew_claims(), name="nudge-relay-lease")
+        try:
+            async with asyncio.TaskGroup() as group:
+                for queue in by_user.values():
+                    group.create_task(one_user(queue))
+        except ExceptionGroup as failed:
+            # The first cause (the database gone, typically) says it best.
+            raise failed.exceptions[0] from None
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+            await self._release_claims()
+        self._log_pass(result)
+        return result
+
+    def _log_pass(self, result: PassResult) -> None:
         if result.outage and not self._outage:
             log.warning("Temporal is unreachable; events stay pending: %s", result.outage_error)
         elif self._outage and not result.outage and result.routed:
@@ -179,51 +243,114 @@ class Relay:
                 len(result.ignored),
                 result.held,
             )
-        return result
 
     async def _one(self, event: Event, result: PassResult) -> bool:
-        """Route one event into `result`; False when it stays pending (and so must its
-        user's later events)."""
+        """Route one event and settle it at once; False when it stays pending (and so
+        must its user's later events)."""
         if result.outage and self.router.needs_temporal(event):
             result.held += 1
             return False
         try:
             outcome = await self.router.route(event)
         except Exception as exc:
-            error = describe(exc)
-            if retry_later(exc):
-                if is_outage(exc) and not result.outage:
-                    result.outage = True
-                    result.outage_error = error
-                result.failures.append((event.id, error))
-                result.held += 1
-                return False
-            count = self._failures.get(event.id, 0) + 1
-            self._failures[event.id] = count
-            if count < self.max_attempts:
-                log.warning(
-                    "routing event %s failed (attempt %d of %d): %s",
-                    event.message_id,
-                    count,
-                    self.max_attempts,
-                    error,
-                )
-                result.failures.append((event.id, error))
-                result.held += 1
-                return False
-            log.error(
-                "GAVE UP routing event %s (id %d, user %r, %r) after %d attempts; it is "
-                "marked failed and the user's later events go on: %s",
+            return await self._failed(event, exc, result)
+        status = EventStatus.routed if outcome is Outcome.routed else EventStatus.ignored
+        if not await self._settle(event, status):
+            result.lost.append(event.id)
+            return False
+        (result.routed if status is EventStatus.routed else result.ignored).append(event.id)
+        return True
+
+    async def _failed(self, event: Event, exc: Exception, result: PassResult) -> bool:
+        """Count a failed attempt in the event's row; give up when retrying cannot help or
+        has not helped `max_attempts` times. False when the event stays pending."""
+        error = describe(exc)
+        if retry_later(exc):
+            if is_outage(exc) and not result.outage:
+                result.outage = True
+                result.outage_error = error
+            await self._count_failure(event, error, counts=False)
+            result.failures.append((event.id, error))
+            result.held += 1
+            return False
+        failures = await self._count_failure(event, error, counts=True)
+        if is_final(exc):
+            error = REFUSED + error
+        elif failures < self.max_attempts:
+            log.warning(
+                "routing event %s failed (attempt %d of %d): %s",
+                event.message_id,
+                failures,
+                self.max_attempts,
+                error,
+            )
+            result.failures.append((event.id, error))
+            result.held += 1
+            return False
+        else:
+            error = GAVE_UP.format(n=failures) + error
+        log.error(
+            "GAVE UP routing event %s (id %d, user %r, %r); it is marked failed and the "
+            "user's later events go on: %s",
+            event.message_id,
+            event.id,
+            event.user_id,
+            event.name,
+            error,
+            exc_info=exc,
+        )
+        result.failures.append((event.id, error))
+        if not await self._settle(event, EventStatus.failed, error=error):
+            result.lost.append(event.id)
+            return False
+        result.gave_up.append(event.id)
+        return True
+
+    async def _count_failure(self, event: Event, error: str, *, counts: bool) -> int:
+        async with self.sessions() as session:
+            failures = await record_attempt_failure(
+                session=session, event_id=event.id, error=error, counts=counts
+            )
+            await session.commit()
+        return failures
+
+    async def _settle(self, event: Event, status: EventStatus, error: str | None = None) -> bool:
+        """Settle one event in its own transaction; False when this relay's claim lapsed
+        and another relay took the event over (it settles the event then)."""
+        async with self.sessions() as session:
+            settled = await settle_event(
+                session=session,
+                event_id=event.id,
+                relay_id=self.relay_id,
+                status=status,
+                error=error,
+            )
+            await session.commit()
+        if not settled:
+            log.warning(
+                "the claim on event %s (id %d) lapsed while it was routed; the relay that "
+                "took it over settles it",
                 event.message_id,
                 event.id,
-                event.user_id,
-                event.name,
-                count,
-                error,
-                exc_info=exc,
             )
-            result.failures.append((event.id, GAVE_UP.format(n=count) + error))
-            result.gave_up.append(event.id)
-            return True
-        (result.routed if outcome is Outcome.routed else result.ignored).append(event.id)
-        return True
+        return settled
+
+    async def _renew_claims(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease.total_seconds() / 3)
+            try:
+                async with self.sessions() as session:
+                    await extend_claims(session=session, relay_id=self.relay_id, lease=self.lease)
+                    await session.commit()
+            except Exception as exc:
+                log.warning("renewing this relay's claims failed; retrying: %s", describe(exc))
+
+    async def _release_claims(self) -> None:
+        """Give back the claims on what this pass leaves pending, so that another relay
+        need not wait for the lease; if that fails, the lease lapses by itself."""
+        try:
+            async with self.sessions() as session:
+                await release_claims(session=session, relay_id=self.relay_id)
+                await session.commit()
+        except Exception as exc:
+            log.warning("releasing this relay's claims failed: %s", describe(exc))

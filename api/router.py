@@ -1,16 +1,18 @@
 """api: the router's effects — for one stored event, gather what `core.routing.decide` needs,
-then start and signal the journeys it names.
+then start and signal the journeys it names, and say what happened (`Outcome`).
 
-Signals may arrive twice — two API processes draining the same outbox, a retry after a
-timeout whose first try did land, a crash between signalling and marking the event routed.
-That is harmless: `JourneyWorkflow` drops an event whose message id it has already seen.
+Signals may arrive twice — a retry after a timeout whose first try did land, a relay that
+died between signalling and settling the event, a claim that lapsed. That is harmless:
+`JourneyWorkflow` drops an event whose message id it has already seen.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio.client import WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -29,9 +31,11 @@ from temporal.search_attributes import journey_search_attributes
 
 class Outcome(StrEnum):
     routed = "routed"
-    """At least one journey was started or signalled."""
+    """At least one journey was started or received the event — in this attempt, or in
+    an earlier one that landed (see `EventRouter._heard`)."""
     ignored = "ignored"
-    """No campaign cared, or none whose conditions held: Temporal was not called."""
+    """No campaign cared, none whose conditions held, or no journey was running to hear
+    it: nothing reached a journey."""
 
 
 def journey_event(event: Event) -> JourneyEvent:
@@ -79,7 +83,7 @@ class EventRouter:
             if isinstance(action, Start):
                 await self._start(action.campaign, event, jevent)
                 outcome = Outcome.routed
-            elif await self._signal(action, event.user_id, jevent) or action.entered:
+            elif await self._signal(action, event, jevent) or action.entered:
                 outcome = Outcome.routed
         return outcome
 
@@ -145,14 +149,42 @@ class EventRouter:
             )
             await session.commit()
 
-    async def _signal(self, action: Signal, user_id: str, jevent: JourneyEvent) -> bool:
-        """Signal a running journey; False when there is none (nothing to tell)."""
+    async def _signal(self, action: Signal, event: Event, jevent: JourneyEvent) -> bool:
+        """Signal a running journey; whether it has the event. False when none runs,
+        unless an earlier attempt at this event reached it."""
         client = self.temporal.require()
-        handle = client.get_workflow_handle(journey_id(action.campaign_id, user_id))
+        handle = client.get_workflow_handle(journey_id(action.campaign_id, event.user_id))
         try:
             await handle.signal(SIGNAL_EVENT, jevent)
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
-                return False
+                return event.attempts > 0 and await self._heard(handle, event.message_id)
             raise
         return True
+
+    async def _heard(self, handle: WorkflowHandle[Any, Any], message_id: str) -> bool:
+        """Whether the journey's latest run received this event.
+
+        Asked only when an event tried before finds no journey running: the earlier
+        attempt may have landed after all (a signal that timed out on the way back, a relay
+        that died before settling it) and ended the journey itself — a goal or an exit
+        does. The event did reach its journey then, and is labelled `routed`. Only the
+        latest run is read: one that continued-as-new after hearing it and then ended
+        reads as not heard.
+        """
+        converter = self.temporal.require().data_converter
+        try:
+            async for item in handle.fetch_history_events():
+                if not item.HasField("workflow_execution_signaled_event_attributes"):
+                    continue
+                signaled = item.workflow_execution_signaled_event_attributes
+                if signaled.signal_name != SIGNAL_EVENT or not signaled.input.payloads:
+                    continue
+                [heard] = await converter.decode(signaled.input.payloads[:1], [JourneyEvent])
+                if isinstance(heard, JourneyEvent) and heard.message_id == message_id:
+                    return True
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:  # no run left at all (retention)
+                return False
+            raise
+        return False

@@ -1,15 +1,22 @@
-"""store: the event outbox — accepted events, deduplicated by messageId, until routed."""
+"""store: the event outbox — accepted events, deduplicated by messageId, until routed.
+
+Several relays (one per API process) drain one outbox. Each claims the events it routes
+(`claim_events`), so every event is routed by one relay at a time, and settles each one as
+soon as it is routed (`settle_event`), so a crash repeats at most the events in flight.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import case, exists, literal, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+from sqlalchemy.sql.elements import ColumnElement
 
 from store.db import dialect_insert
 from store.models import Event, now
@@ -19,16 +26,26 @@ MAX_ERROR_CHARS = 2000
 # Rows per INSERT: well under the bind-parameter limits (SQLite 32766, asyncpg 32767).
 _CHUNK = 500
 
+OUTBOX_LOCK_NAMESPACE = 0x4E4F  # "NO": the first key of pg_advisory_xact_lock(int, int)
+"""Per-user ingestion locks, apart from the caps' namespace and the migrations' lock."""
+
+LAPSED = ("relay ", " claimed the event and never settled it (it died, stalled or failed)")
+"""How `last_error` reads, around that relay's id, when a claim that was never settled is
+taken over."""
+
 
 class EventStatus(StrEnum):
     pending = "pending"
     """Accepted, not yet handed to Temporal (or Temporal was unreachable)."""
     routed = "routed"
+    """Temporal was told: a journey started, or a running journey received the signal."""
     ignored = "ignored"
-    """No active campaign cares about it."""
+    """Nothing needed telling: no campaign cares about it, or none whose conditions held,
+    and no running journey heard it."""
     failed = "failed"
-    """Routing kept failing with an error that retrying did not fix; `last_error` says why.
-    Set back to `pending` to retry it."""
+    """Routing kept failing with an error that retrying did not fix (or one that retrying
+    cannot fix); `last_error` says why. Set back to `pending` to retry it, and `failures`
+    to 0 to give it every attempt again (else the next failure gives up at once)."""
 
 
 @dataclass
@@ -57,6 +74,7 @@ def _row(event: NewEvent, received_at: datetime) -> dict[str, Any]:
         "received_at": received_at,
         "status": EventStatus.pending.value,
         "attempts": 0,
+        "failures": 0,
     }
 
 
@@ -68,11 +86,23 @@ async def record_events(
     Returns, for each input, its stored row and whether this call wrote it (False for a
     retried request, or a messageId repeated within `events`). ON CONFLICT DO NOTHING makes
     concurrent requests carrying the same messageId agree: one writes, the others see it.
-    Ids increase in input order, which the relay relies on to keep a user's events in order.
+
+    The relay routes a user's events in id order, so a user's ids must become visible in
+    the order they are assigned. Within one call they increase in input order. Across
+    concurrent calls, PostgreSQL assigns an id at insert but shows the row at commit: two
+    requests for one user could commit in the other order, and the relay would route the
+    later id before the earlier one exists for it. So the calls take turns per user (see
+    `_serialize_users`) until they commit: the second draws its ids after the first's are
+    visible, and ids are drawn increasing. The other way out, ordering the relay by commit
+    rather than by id, needs what PostgreSQL keeps only with `track_commit_timestamp` on;
+    the lock costs nothing but the rare overlap of two requests for one user. On SQLite
+    the INSERT takes the database's write lock until commit, which serialises every writer
+    already.
     """
     first: dict[str, NewEvent] = {}
     for event in events:
         first.setdefault(event.message_id, event)
+    await _serialize_users(session, {event.user_id for event in first.values()})
     received_at = now()
     written: set[str] = set()
     table = Event.__table__
@@ -92,6 +122,28 @@ async def record_events(
     return result
 
 
+async def _serialize_users(session: AsyncSession, user_ids: set[str]) -> None:
+    """Make concurrent ingestion transactions of the same user take turns (PostgreSQL).
+
+    One transaction-scoped advisory lock per user, held until commit, so a second request
+    for the user inserts (and draws its ids) only after the first one's rows are visible.
+    One statement takes them all, in the order of their keys: two batches naming the same
+    users in different orders wait for each other instead of deadlocking. Two users whose
+    keys collide merely take turns too.
+    """
+    if not user_ids or session.get_bind().dialect.name != "postgresql":
+        return
+    await session.execute(
+        text(
+            "SELECT count(pg_advisory_xact_lock(:ns, key)) FROM ("
+            " SELECT DISTINCT hashtext(user_id) AS key"
+            " FROM unnest(CAST(:user_ids AS text[])) AS user_id ORDER BY key"
+            ") AS keys"
+        ),
+        {"ns": OUTBOX_LOCK_NAMESPACE, "user_ids": sorted(user_ids)},
+    )
+
+
 async def _by_message_id(session: AsyncSession, message_ids: list[str]) -> dict[str, Event]:
     stored: dict[str, Event] = {}
     for start in range(0, len(message_ids), _CHUNK):
@@ -105,7 +157,8 @@ async def _by_message_id(session: AsyncSession, message_ids: list[str]) -> dict[
 
 
 async def pending_events(*, session: AsyncSession, limit: int = 500) -> list[Event]:
-    """The oldest events not yet routed, in the order they were accepted."""
+    """The oldest events not yet routed, in the order they were accepted. A plain read,
+    for looking: routing takes its events with `claim_events`."""
     statement = (
         select(Event)
         .where(Event.status == EventStatus.pending.value)
@@ -115,9 +168,132 @@ async def pending_events(*, session: AsyncSession, limit: int = 500) -> list[Eve
     return list((await session.scalars(statement)).all())
 
 
+def _claimable(relay_id: str, at: datetime) -> ColumnElement[bool]:
+    """Pending and claimed by nobody alive: never claimed, released, this relay's own
+    (left by a pass that failed), or a claim that lapsed."""
+    return (Event.status == EventStatus.pending.value) & or_(
+        Event.claimed_by.is_(None), Event.claimed_by == relay_id, Event.claimed_until < at
+    )
+
+
+async def claim_events(
+    *, session: AsyncSession, relay_id: str, lease: timedelta, limit: int = 500
+) -> list[Event]:
+    """Claim the oldest pending events nobody else holds, for `lease`; commit right after.
+
+    Returns them in id order. A user's events are claimed only as a prefix of that user's
+    pending events: an event whose user has an older pending event this claim does not
+    take — held by another relay's live claim, or locked by a claim being made right now —
+    is left, so a user's events are never routed by two relays at once, nor out of order.
+
+    One statement. On PostgreSQL the candidates are locked FOR UPDATE SKIP LOCKED, so
+    relays claiming at the same instant take different rows instead of waiting for each
+    other; a row they skip is still pending in this statement's snapshot, which is what
+    keeps the skipped user's later events out. On SQLite the UPDATE holds the database's
+    write lock from its first read, so claims simply take turns (FOR UPDATE is not SQL
+    there, and SQLAlchemy leaves it out).
+
+    A claim taken over — another relay's that lapsed, or this relay's own left by a pass
+    that failed — counts as a failed attempt: that relay may have told Temporal before it
+    stopped, and the router wants to know (`EventRouter._heard`).
+    """
+    at = now()
+    candidates = (
+        select(Event.id, Event.user_id)
+        .where(_claimable(relay_id, at))
+        .order_by(Event.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("candidates")
+    )
+    older = aliased(Event)
+    waits = exists().where(
+        older.user_id == candidates.c.user_id,
+        older.status == EventStatus.pending.value,
+        older.id < candidates.c.id,
+        older.id.not_in(select(candidates.c.id).correlate(None)),
+    )
+    taken_over = Event.claimed_by.is_not(None)
+    lapsed = literal(LAPSED[0]) + Event.claimed_by + literal(LAPSED[1])
+    statement = (
+        update(Event)
+        .where(Event.id.in_(select(candidates.c.id).where(~waits)))
+        .values(
+            claimed_by=relay_id,
+            claimed_until=at + lease,
+            attempts=Event.attempts + case((taken_over, 1), else_=0),
+            last_error=case((taken_over, lapsed), else_=Event.last_error),
+        )
+        .returning(Event)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    claimed = list((await session.scalars(statement)).all())
+    return sorted(claimed, key=lambda event: event.id)
+
+
+async def extend_claims(*, session: AsyncSession, relay_id: str, lease: timedelta) -> int:
+    """Renew this relay's claims on the events it still has to route; how many."""
+    result = await session.execute(
+        update(Event)
+        .where(Event.claimed_by == relay_id, Event.status == EventStatus.pending.value)
+        .values(claimed_until=now() + lease)
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(result)
+
+
+async def release_claims(*, session: AsyncSession, relay_id: str) -> int:
+    """Give back this relay's claims on events it leaves pending (held behind a failure,
+    Temporal out of reach, the pass stopped): another relay may take them at once."""
+    result = await session.execute(
+        update(Event)
+        .where(Event.claimed_by == relay_id, Event.status == EventStatus.pending.value)
+        .values(claimed_by=None, claimed_until=None)
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(result)
+
+
+async def settle_event(
+    *,
+    session: AsyncSession,
+    event_id: int,
+    relay_id: str,
+    status: EventStatus,
+    error: str | None = None,
+) -> bool:
+    """Take one claimed event out of the outbox: `routed`, `ignored` or `failed` (with the
+    error). False when this relay no longer held it — its lease lapsed and another relay
+    took it over — and the row was left to that relay: a final label is never
+    overwritten."""
+    if status is EventStatus.pending:
+        raise ValueError("settle_event takes 'routed', 'ignored' or 'failed'")
+    values: dict[str, Any] = {
+        "status": status.value,
+        "routed_at": now(),
+        "claimed_by": None,
+        "claimed_until": None,
+    }
+    if error is not None:
+        values["last_error"] = error[:MAX_ERROR_CHARS]
+    result = await session.execute(
+        update(Event)
+        .where(
+            Event.id == event_id,
+            Event.claimed_by == relay_id,
+            Event.status == EventStatus.pending.value,
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(result) == 1
+
+
 async def mark_events(*, session: AsyncSession, event_ids: list[int], status: str) -> None:
-    """Take events out of the outbox: `routed` to Temporal, `ignored` by every campaign, or
-    `failed` (given up)."""
+    """Take events out of the outbox whoever holds them: `routed` to Temporal, `ignored`
+    by every campaign, or `failed` (given up). Only pending events change, so a final
+    label is never overwritten. (The relay settles its claimed events one by one with
+    `settle_event`.)"""
     final = EventStatus(status)
     if final is EventStatus.pending:
         raise ValueError(
@@ -127,17 +303,35 @@ async def mark_events(*, session: AsyncSession, event_ids: list[int], status: st
         return
     await session.execute(
         update(Event)
-        .where(Event.id.in_(event_ids))
-        .values(status=final.value, routed_at=now())
+        .where(Event.id.in_(event_ids), Event.status == EventStatus.pending.value)
+        .values(status=final.value, routed_at=now(), claimed_by=None, claimed_until=None)
         .execution_options(synchronize_session="fetch")
     )
 
 
-async def record_attempt_failure(*, session: AsyncSession, event_id: int, error: str) -> None:
-    """Count a failed routing attempt; the event stays pending for the relay to retry."""
-    await session.execute(
+async def record_attempt_failure(
+    *, session: AsyncSession, event_id: int, error: str, counts: bool = False
+) -> int:
+    """Count a failed routing attempt; the event stays pending for the relay to retry.
+
+    `counts`: the error is one waiting does not fix, so it also counts towards giving up
+    (`failures`, kept in the row so that every relay sees one count). Returns the
+    event's failures so far.
+    """
+    result = await session.execute(
         update(Event)
         .where(Event.id == event_id)
-        .values(attempts=Event.attempts + 1, last_error=error[:MAX_ERROR_CHARS])
-        .execution_options(synchronize_session="fetch")
+        .values(
+            attempts=Event.attempts + 1,
+            failures=Event.failures + (1 if counts else 0),
+            last_error=error[:MAX_ERROR_CHARS],
+        )
+        .returning(Event.failures)
+        .execution_options(synchronize_session=False)
     )
+    return result.scalar_one()
+
+
+def _rowcount(result: Any) -> int:
+    count: int = result.rowcount
+    return count

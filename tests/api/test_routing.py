@@ -183,6 +183,41 @@ async def test_an_entry_event_routed_again_never_restarts_an_ended_journey(
     assert [e.entry_message_id for e in await api.entries()] == ["r-1"]
 
 
+async def test_an_event_tried_before_is_labelled_by_what_its_journey_heard(
+    routing_api: RoutingApi,
+) -> None:
+    """An earlier attempt may have landed (its answer timed out, its relay died before
+    settling it) and ended the journey — a goal or an exit does. Routed again, the event
+    finds no journey running; it is `routed` when the journey's history has it, and
+    `ignored` when it never got there."""
+    api, client = routing_api, routing_api.temporal()
+    user = f"gus-{uuid.uuid4().hex[:8]}"  # the dev server is shared: a journey of our own
+    await api.campaign(CART)
+    await api.track(user, "Product Added", messageId=f"{user}-1", properties={"price": 10})
+    await api.track(user, FINISH_EVENT, messageId=f"{user}-2")
+    assert await settled(api, f"{user}-2") == {f"{user}-2": "routed"}
+    await asyncio.wait_for(client.get_workflow_handle(journey_id("cart", user)).result(), 30)
+    await api.track(user, "Checkout Started", messageId=f"{user}-3")
+    # The journey had ended: nobody heard it.
+    assert await settled(api, f"{user}-3") == {f"{user}-3": "ignored"}
+
+    # Both are met again, as after an attempt that may have landed.
+    async with api.services.sessions() as session:
+        await session.execute(
+            update(Event)
+            .where(Event.message_id.in_([f"{user}-2", f"{user}-3"]))
+            .values(status="pending", attempts=1)
+        )
+        await session.commit()
+    api.services.relay.wake()
+    assert await settled(api, f"{user}-2", f"{user}-3") == {
+        f"{user}-2": "routed",  # it ended the journey: it got there
+        f"{user}-3": "ignored",
+    }
+    heard = [e.message_id for e in await received(client, "cart", user)]
+    assert heard == [f"{user}-1", f"{user}-2"]  # and nothing was signalled twice
+
+
 async def test_entry_conditions_decide(routing_api: RoutingApi) -> None:
     api, client = routing_api, routing_api.temporal()
     await api.campaign(CART)

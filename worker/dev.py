@@ -97,7 +97,10 @@ async def run_dev(
     if stop is None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # A closed terminal (SIGHUP) too: the Temporal dev server runs in a session of its
+        # own, which no signal from the terminal reaches, so a `nudge dev` killed by one
+        # would leave it running, holding its ports and its database file.
+        for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
     if not port_is_free(settings.api_port, settings.api_host):

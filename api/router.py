@@ -20,7 +20,7 @@ from api.campaign_index import CampaignIndexLoader
 from core import routing
 from core.config import Settings
 from core.events import JourneyEvent
-from core.journey import SIGNAL_EVENT, WORKFLOW_NAME, JourneyInput, journey_id
+from core.journey import SIGNAL_EVENT, WORKFLOW_NAME, JourneyInput, journey_id, user_key
 from core.routing import ActiveCampaign, Needs, Signal, Start, UserFacts
 from store.entries import entered, record_entry, started_by
 from store.models import Event
@@ -106,7 +106,8 @@ class EventRouter:
 
     async def _start(self, campaign: ActiveCampaign, event: Event, jevent: JourneyEvent) -> None:
         client = self.temporal.require()
-        workflow_id = journey_id(campaign.campaign_id, event.user_id)
+        secret = self.settings.user_secret
+        workflow_id = journey_id(campaign.campaign_id, event.user_id, secret)
         # Signal-with-start: starts the journey, or — when one is running — only signals it
         # (USE_EXISTING); ALLOW_DUPLICATE lets a user whose journey ended enter again.
         handle = await client.start_workflow(
@@ -126,11 +127,11 @@ class EventRouter:
             start_signal_args=[jevent],
             search_attributes=journey_search_attributes(
                 campaign_id=campaign.campaign_id,
-                user_id=event.user_id,
+                user_id=user_key(event.user_id, secret),
                 campaign_version=campaign.version,
                 step_id=campaign.plan.start_step,
             ),
-            static_summary=f"{campaign.definition.name} for {event.user_id}",
+            static_summary=f"{campaign.definition.name} for {user_key(event.user_id, secret)}",
         )
         # The first run of the chain identifies a journey: a signal-with-start that joined
         # a running journey (even one that continued-as-new since) names the run that was
@@ -153,7 +154,9 @@ class EventRouter:
         """Signal a running journey; whether it has the event. False when none runs,
         unless an earlier attempt at this event reached it."""
         client = self.temporal.require()
-        handle = client.get_workflow_handle(journey_id(action.campaign_id, event.user_id))
+        handle = client.get_workflow_handle(
+            journey_id(action.campaign_id, event.user_id, self.settings.user_secret)
+        )
         try:
             await handle.signal(SIGNAL_EVENT, jevent)
         except RPCError as exc:

@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     """Segment write key: the HTTP Basic username of every tracking request."""
     admin_token: str = DEV_ADMIN_TOKEN
     """Bearer token for campaign management and journey inspection."""
+    body_timeout_seconds: float = Field(default=10.0, gt=0)
+    """A request's whole body must arrive within this long of its headers; a slower one
+    gets 408 and the connection is closed."""
+    docs_public: bool | None = None
+    """Serve /docs, /redoc and /openapi.json to anyone. Unset: yes in dev and test; no in
+    production, where /openapi.json needs the admin token and /docs is not served."""
 
     webhook_url: str | None = None
     """Where the `webhook` channel POSTs messages."""
@@ -170,10 +176,11 @@ class Settings(BaseSettings):
     local Temporal UI sends no token), `token` in production."""
     codec_cors_origins: str = DEV_UI_ORIGINS
     """Origins of the Temporal UI allowed to call the codec endpoint from a browser."""
-    hash_user_ids: bool = False
-    """Search attributes are not encrypted: when set, the `NudgeUser` search attribute
-    holds an HMAC of the user id (keyed by the first payload key) instead of the id; find a
-    user's journeys with `nudge journeys list --user`, which hashes for you."""
+    user_id_hash_key: str | None = None
+    """Workflow ids and the `NudgeUser` search attribute are not encrypted (Temporal must
+    read them). Set, they name users by an HMAC of the user id under this key instead of
+    the id; the API and CLI hash for you. Set it before the first journey and never change
+    it: a running journey is found by its id."""
 
     relay_interval_seconds: float = Field(default=2.0, gt=0)
     """How often accepted events still pending (Temporal was unreachable) are retried."""
@@ -207,6 +214,10 @@ class Settings(BaseSettings):
         return parse_payload_keys(self.payload_keys)
 
     @property
+    def user_secret(self) -> bytes | None:
+        return self.user_id_hash_key.encode() if self.user_id_hash_key else None
+
+    @property
     def codec_requires_token(self) -> bool:
         if self.codec_auth is None:
             return self.environment is Environment.production
@@ -215,6 +226,12 @@ class Settings(BaseSettings):
     @property
     def codec_origins(self) -> list[str]:
         return [o.strip().rstrip("/") for o in self.codec_cors_origins.split(",") if o.strip()]
+
+    @property
+    def docs_are_public(self) -> bool:
+        if self.docs_public is None:
+            return self.environment is not Environment.production
+        return self.docs_public
 
     @property
     def webhook_secrets(self) -> list[str]:

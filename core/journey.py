@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -23,9 +24,18 @@ MAX_RECENT_EVENTS = 50
 """Events kept for a `wait_for` that has not started yet (see `JourneyState.recent_events`)."""
 
 
-def journey_id(campaign_id: str, user_id: str) -> str:
+def user_key(user_id: str, secret: bytes | None = None) -> str:
+    """How a user is named where Temporal can read it — workflow ids and the `NudgeUser`
+    search attribute, which the payload codec cannot encrypt: the id itself, or with
+    `secret` (NUDGE_USER_ID_HASH_KEY) an HMAC of it, stable for as long as the key is."""
+    if secret is None:
+        return user_id
+    return "h-" + hmac.new(secret, user_id.encode(), hashlib.sha256).hexdigest()[:40]
+
+
+def journey_id(campaign_id: str, user_id: str, secret: bytes | None = None) -> str:
     """The workflow id of a (campaign, user) journey: a business key, one at a time."""
-    return f"journey/{campaign_id}/{user_id}"
+    return f"journey/{campaign_id}/{user_key(user_id, secret)}"
 
 
 def idempotency_key(workflow_id: str, entry_message_id: str, step_id: str, visit: int) -> str:

@@ -15,7 +15,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import AdminDep, TemporalDep
+from api.deps import AdminDep, SettingsDep, TemporalDep
 from api.schemas import Message
 from core.journey import QUERY_STATE, UPDATE_EXIT, ExitRequest, JourneyState, journey_id
 from temporal.client import is_outage
@@ -54,8 +54,10 @@ def temporal_error(exc: Exception, workflow_id: str) -> HTTPException:
     responses=ERRORS,
     summary="A journey's state: current step, what it waits for, history",
 )
-async def get_journey(campaign_id: str, user_id: str, client: TemporalDep) -> JourneyState:
-    workflow_id = journey_id(campaign_id, user_id)
+async def get_journey(
+    campaign_id: str, user_id: str, client: TemporalDep, settings: SettingsDep
+) -> JourneyState:
+    workflow_id = journey_id(campaign_id, user_id, settings.user_secret)
     handle = client.get_workflow_handle(workflow_id)
     try:
         state: JourneyState = await handle.query(
@@ -86,9 +88,13 @@ async def _ended(client: Client, workflow_id: str) -> WorkflowExecutionStatus | 
     summary="End a running journey now, with a reason (the `exit` update)",
 )
 async def exit_journey(
-    campaign_id: str, user_id: str, request: ExitRequest, client: TemporalDep
+    campaign_id: str,
+    user_id: str,
+    request: ExitRequest,
+    client: TemporalDep,
+    settings: SettingsDep,
 ) -> JourneyState:
-    workflow_id = journey_id(campaign_id, user_id)
+    workflow_id = journey_id(campaign_id, user_id, settings.user_secret)
     handle = client.get_workflow_handle(workflow_id)
     try:
         state: JourneyState = await handle.execute_update(

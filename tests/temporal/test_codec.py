@@ -18,7 +18,8 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from core.config import DEV_PAYLOAD_KEYS, Settings, parse_payload_keys
-from core.journey import journey_id
+from core.journey import journey_id, user_key
+from temporal import search_attributes
 from temporal.codec import (
     ENCODING,
     KEY_ID,
@@ -300,3 +301,41 @@ async def test_codec_endpoint_requires_the_admin_token_when_told(token_api: Runn
         "/codec/decode", json=body, headers={"Authorization": f"Bearer {WRITE_KEY}"}
     )
     assert as_write_key.status_code == 401
+
+
+async def test_hashed_user_ids_keep_the_id_out_of_workflow_ids_and_search_attributes(
+    database_url: str, dev_server: DevServer, webhook_receiver: WebhookReceiver
+):
+    settings = make_settings(
+        database_url,
+        dev_server.address,
+        webhook_url=webhook_receiver.url,
+        user_id_hash_key="hash-key-for-tests",
+    )
+    user = f"ada.{uuid.uuid4().hex[:8]}@example.com"  # a user id that is itself PII
+    campaign = {**CAMPAIGN, "id": f"codec-hashed-{uuid.uuid4().hex[:6]}"}
+    async with worker_activities(settings) as activities:
+        worker = create_worker(dev_server.client, activities, task_queue=settings.task_queue)
+        async with worker, running_api(settings) as api:
+            await api.campaign(campaign)
+            await api.track(user, "Signed Up", properties={"card": "x"})
+
+            async def delivered() -> bool:
+                return any(h.json()["data"]["user_id"] == user for h in webhook_receiver.received)
+
+            await eventually(delivered, timeout=30)
+            hashed = user_key(user, b"hash-key-for-tests")
+            assert hashed.startswith("h-") and user not in hashed
+            assert journey_id(campaign["id"], user, settings.user_secret).endswith(hashed)
+
+            async def listed() -> list[str]:
+                query = f"NudgeCampaign = '{campaign['id']}'"
+                return [w.id async for w in dev_server.client.list_workflows(query)]
+
+            [workflow_id] = await eventually(listed)
+            assert workflow_id == f"journey/{campaign['id']}/{hashed}"
+            described = await dev_server.client.get_workflow_handle(workflow_id).describe()
+            assert described.typed_search_attributes.get(search_attributes.USER) == hashed
+            # Operators still ask by the user id: the API hashes for them.
+            shown = await api.http.get(f"/v1/journeys/{campaign['id']}/{user}", headers=ADMIN)
+            assert shown.status_code == 200, shown.text

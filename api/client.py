@@ -137,6 +137,18 @@ class NudgeClient:
         data: list[dict[str, Any]] = result["data"]
         return data
 
+    async def rejected_events(
+        self, *, limit: int = 50, before: int | None = None
+    ) -> dict[str, Any]:
+        """A page of messages ingestion refused, newest first (`next_before` pages on)."""
+        params: dict[str, Any] = {"limit": limit}
+        if before is not None:
+            params["before"] = before
+        result: dict[str, Any] = await self._call(
+            "GET", "/v1/rejected-events", params=params, headers=self._admin()
+        )
+        return result
+
     # -- events -----------------------------------------------------------------------------
 
     async def track(

@@ -1,7 +1,9 @@
 """api: reading Segment tracking requests — auth, gzip, size limits, validation, normalizing.
 
-Everything here happens before the database: a request is either turned into `NewEvent`s
-(and the traits they carry) or refused with the status and message Segment would give.
+Everything here happens before the database. A request as a whole is either refused
+(`TrackingError`: the status and message Segment would give) or read into a `Parsed`: the
+messages turned into `NewEvent`s (and the traits they carry), and the messages refused one
+by one, each with the problems that name its fields.
 """
 
 from __future__ import annotations
@@ -18,26 +20,31 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Request
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from core.events import (
     MAX_BATCH_BYTES,
     MAX_EVENT_BYTES,
+    MAX_JSON_DEPTH,
+    MAX_PROBLEMS,
     Alias,
-    BatchItem,
     Group,
     Identify,
     Page,
     Screen,
     SegmentMessage,
     Track,
+    format_path,
+    loads,
+    safe_text,
 )
 from store.events import NewEvent
+from store.rejected import Rejection
 
-MAX_PROBLEMS = 20
-"""A batch of 2500 bad items gets the first few problems, not a 2500-line answer."""
+MAX_BATCH_ITEMS = 2500
+"""500 KB holds no more messages than this (an empty-ish one is about 200 bytes)."""
+MAX_SHOWN_ID = 512
 
-BATCH_ITEM = TypeAdapter(BatchItem)
 SINGLE: dict[str, type[SegmentMessage]] = {
     "track": Track,
     "identify": Identify,
@@ -94,7 +101,9 @@ def basic_username(request: Request) -> str | None:
 def check_write_key(given: object, expected: str) -> None:
     if not isinstance(given, str) or not given:
         raise unauthorized("missing write key: send it as the HTTP Basic username")
-    if not secrets.compare_digest(given.encode(), expected.encode()):
+    # surrogatepass: a key sent as a JSON string may hold a lone surrogate; it is wrong, not
+    # a reason to fail encoding it.
+    if not secrets.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode()):
         raise unauthorized("wrong write key")
 
 
@@ -143,13 +152,11 @@ async def read_body(request: Request, *, limit: int = MAX_BATCH_BYTES) -> bytes:
     return bytes(out)
 
 
-MAX_JSON_DEPTH = 64
-"""Nesting deeper than this is refused: no event needs it, and a recursive parser would."""
-
-
 def parse_json(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or a 400 saying why not. Nesting is bounded here, for the
+    whole body, before anything walks it."""
     try:
-        data = json.loads(body)
+        data = loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TrackingError(400, [f"the body is not valid JSON: {exc}"]) from exc
     except RecursionError as exc:
@@ -178,28 +185,22 @@ def _depth(value: Any) -> int:
 
 
 def event_size(message: Any) -> int:
-    """A message's size as Segment counts it: its compact JSON serialization, in bytes."""
-    return len(json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode())
+    """A message's size as Segment counts it: its compact JSON serialization, in bytes.
+
+    Counted before validation, so a lone surrogate (refused later, naming its field) is
+    counted as the three bytes it would take rather than failing the count."""
+    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
-def format_loc(prefix: str, loc: tuple[Any, ...], type_tag: str | None) -> str:
-    out = prefix
-    for i, part in enumerate(loc):
-        if i == 0 and part == type_tag:
-            continue  # pydantic names the union member it used; the sender knows the type
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-def validation_problems(prefix: str, err: ValidationError, type_tag: str | None) -> list[str]:
+def validation_problems(err: ValidationError) -> list[str]:
+    """One line per problem, `path: message`. A path can hold a key as sent (NUL, a lone
+    surrogate): lines are `safe_text`, since they are stored and answered."""
     problems = []
     for e in err.errors():
-        where = format_loc(prefix, tuple(e["loc"]), type_tag)
+        where = format_path(tuple(e["loc"]))
         msg = str(e["msg"]).removeprefix("Value error, ")
-        problems.append(f"{where}: {msg}" if where else msg)
+        problems.append(safe_text(f"{where}: {msg}" if where else msg))
     return problems
 
 
@@ -262,60 +263,117 @@ def normalize(message: SegmentMessage, received_at: datetime) -> Incoming:
     return Incoming(event=event, traits=traits)
 
 
-def parse_single(kind: str, data: dict[str, Any], received_at: datetime) -> Incoming:
-    """One message posted to /v1/track, /v1/identify, /v1/page, /v1/screen, /v1/group or
-    /v1/alias (or a short path)."""
-    size = event_size(data)
+@dataclass(frozen=True)
+class Rejected:
+    """One message refused on its own: where it was in the request, what was sent, and
+    each problem naming its field."""
+
+    position: int | None
+    """Its index in a batch; None for a single-message call."""
+    item: Any
+    problems: list[str]
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.problems)
+
+    @property
+    def message_id(self) -> str | None:
+        """The messageId as sent, when there is one to show (escaped by `safe_text`)."""
+        return _shown_id(self.item.get("messageId")) if isinstance(self.item, dict) else None
+
+    @property
+    def user_id(self) -> str | None:
+        """Who it was about, as the outbox would have named them (`anon:` for anonymous)."""
+        if not isinstance(self.item, dict):
+            return None
+        user = _shown_id(self.item.get("userId"))
+        anonymous = _shown_id(self.item.get("anonymousId"))
+        return user or (f"anon:{anonymous}" if anonymous else None)
+
+    def rejection(self, endpoint: str) -> Rejection:
+        """What the rejected-events log keeps of it."""
+        return Rejection(
+            endpoint=endpoint,
+            position=self.position,
+            message_id=self.message_id,
+            user_id=self.user_id,
+            reason=self.reason,
+            item=self.item,
+        )
+
+
+def _shown_id(value: Any) -> str | None:
+    """An id as sent, made safe to store and answer (and short: a refused one may be long)."""
+    if isinstance(value, str) and value:
+        return safe_text(value)[:MAX_SHOWN_ID]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return repr(value)[:MAX_SHOWN_ID]
+    return None
+
+
+@dataclass
+class Parsed:
+    """A readable request: the messages to store, and those refused one by one."""
+
+    accepted: list[Incoming]
+    rejected: list[Rejected]
+
+
+def check_message(
+    item: Any,
+    received_at: datetime,
+    *,
+    kind: str | None = None,
+    shared: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Incoming | list[str]:
+    """One message checked — its shape and size as sent, its type, then its fields — and
+    normalized; or its problems. `kind` is the route's, or None for a batch item, whose own
+    `type` says; `shared` is the batch's context and integrations, under the item's own."""
+    if not isinstance(item, dict):
+        return ["must be a JSON object"]
+    size = event_size(item)
     if size > MAX_EVENT_BYTES:
-        raise too_large(f"event is {size} bytes; the limit is {kb(MAX_EVENT_BYTES)} per event")
+        return [f"event is {size} bytes; the limit is {kb(MAX_EVENT_BYTES)} per event"]
+    kind = kind or item.get("type")
+    if not (isinstance(kind, str) and kind in SINGLE):
+        return [f"type: must be one of {', '.join(repr(k) for k in SINGLE)}"]
+    merged = dict(item)
+    for key, value in (shared or {}).items():
+        if value:
+            merged[key] = _merge_shared(value, item.get(key))
     try:
-        message = SINGLE[kind].model_validate(data)
+        message = SINGLE[kind].model_validate(merged)
     except ValidationError as exc:
-        raise TrackingError(400, validation_problems("", exc, None)[:MAX_PROBLEMS]) from exc
+        return validation_problems(exc)[:MAX_PROBLEMS]
     return normalize(message, received_at)
 
 
-def parse_batch(data: dict[str, Any], received_at: datetime) -> list[Incoming]:
-    """A /v1/batch body: every item checked (size, then fields) before any is accepted."""
+def parse_single(kind: str, data: dict[str, Any], received_at: datetime) -> Parsed:
+    """One message posted to /v1/track, /v1/identify, /v1/page, /v1/screen, /v1/group or
+    /v1/alias (or a short path)."""
+    checked = check_message(data, received_at, kind=kind)
+    if isinstance(checked, Incoming):
+        return Parsed(accepted=[checked], rejected=[])
+    return Parsed(accepted=[], rejected=[Rejected(position=None, item=data, problems=checked)])
+
+
+def parse_batch(data: dict[str, Any], received_at: datetime) -> Parsed:
+    """A /v1/batch body. Only a `batch` that is not a list of messages refuses the request;
+    otherwise each message is judged on its own, so one bad message costs no good one."""
     items = data.get("batch")
     if not isinstance(items, list) or not items:
         raise TrackingError(400, ["batch: must be a non-empty list of messages"])
-    if len(items) > 2500:
-        raise TrackingError(400, [f"batch: {len(items)} messages; the limit is 2500"])
-    shared_context = data.get("context") if isinstance(data.get("context"), Mapping) else {}
-    shared_integrations = (
-        data.get("integrations") if isinstance(data.get("integrations"), Mapping) else {}
-    )
-    problems: list[str] = []
-    accepted: list[Incoming] = []
+    if len(items) > MAX_BATCH_ITEMS:
+        raise TrackingError(400, [f"batch: {len(items)} messages; the limit is {MAX_BATCH_ITEMS}"])
+    shared = {
+        key: data[key] for key in ("context", "integrations") if isinstance(data.get(key), Mapping)
+    }
+    parsed = Parsed(accepted=[], rejected=[])
     for i, item in enumerate(items):
-        where = f"batch[{i}]"
-        if not isinstance(item, dict):
-            problems.append(f"{where}: must be a JSON object")
-            continue
-        size = event_size(item)
-        if size > MAX_EVENT_BYTES:
-            problems.append(
-                f"{where}: event is {size} bytes; the limit is {kb(MAX_EVENT_BYTES)} per event"
-            )
-            continue
-        kind = item.get("type")
-        if kind not in SINGLE:
-            kinds = ", ".join(repr(k) for k in SINGLE)
-            problems.append(f"{where}.type: must be one of {kinds}")
-            continue
-        merged = dict(item)
-        if shared_context:
-            merged["context"] = _merge_shared(shared_context, item.get("context"))
-        if shared_integrations:
-            merged["integrations"] = _merge_shared(shared_integrations, item.get("integrations"))
-        try:
-            message = BATCH_ITEM.validate_python(merged)
-        except ValidationError as exc:
-            problems.extend(validation_problems(where, exc, kind))
-            continue
-        if not problems:
-            accepted.append(normalize(message, received_at))
-    if problems:
-        raise TrackingError(400, problems[:MAX_PROBLEMS])
-    return accepted
+        checked = check_message(item, received_at, shared=shared)
+        if isinstance(checked, Incoming):
+            parsed.accepted.append(checked)
+        else:
+            parsed.rejected.append(Rejected(position=i, item=item, problems=checked))
+    return parsed

@@ -5,9 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.definition import CampaignStatus
+from core.events import MAX_PROBLEMS, Timestamp, UserId, check_json
+
+MAX_VERSION = 2**31 - 1
+"""Campaign version numbers are an INTEGER column (32 bits on PostgreSQL): a bigger number
+names no version, and the database would refuse to even look it up."""
+MAX_ROW_ID = 2**63 - 1
+"""Row ids are BIGINT (64 bits)."""
 
 
 class _Public(BaseModel):
@@ -18,6 +25,26 @@ class TrackingAccepted(BaseModel):
     """Segment's answer: the events are stored (durably) and will be routed."""
 
     success: bool = True
+
+
+class RejectedItem(BaseModel):
+    """A message of a batch that was refused, and why; it is also in /v1/rejected-events."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    index: int = Field(description="its position in `batch`, from 0")
+    message_id: str | None = Field(alias="messageId", description="as sent, if any")
+    reason: str = Field(description="each problem, naming its field: `userId: ...`")
+
+
+class BatchAccepted(TrackingAccepted):
+    """A batch's answer: the good messages are stored whatever the bad ones were (Segment's
+    SDKs drop a batch answered 4xx, and retry forever one answered 5xx)."""
+
+    accepted: int = Field(description="messages stored (a repeated messageId counts, as a no-op)")
+    rejected: list[RejectedItem] = Field(
+        description=f"the first {MAX_PROBLEMS} messages refused; len(batch) - accepted were"
+    )
 
 
 class Problems(BaseModel):
@@ -115,19 +142,22 @@ class PreviewEvent(BaseModel):
 
     name: str = Field(min_length=1, max_length=200)
     properties: dict[str, Any] = Field(default_factory=dict)
-    timestamp: datetime | None = Field(default=None, description="default: now")
+    timestamp: Timestamp | None = Field(default=None, description="default: now")
 
 
 class PreviewRequest(BaseModel):
-    """Render one send step for a user, real or made up, without sending anything."""
+    """Render one send step for a user, real or made up, without sending anything.
+
+    Held to the rules of what is stored (`core.events.json_problems`), though nothing is:
+    it stands for an event and traits that were, and the user id is looked up."""
 
     model_config = ConfigDict(extra="forbid")
 
     step_id: str = Field(min_length=1, max_length=100)
-    version: int | None = Field(default=None, ge=1, description="default: the current version")
-    user_id: str | None = Field(
-        default=None, max_length=512, description="load this user's stored traits"
+    version: int | None = Field(
+        default=None, ge=1, le=MAX_VERSION, description="default: the current version"
     )
+    user_id: UserId | None = Field(default=None, description="load this user's stored traits")
     traits: dict[str, Any] = Field(
         default_factory=dict, description="override (or stand in for) the stored traits"
     )
@@ -135,6 +165,12 @@ class PreviewRequest(BaseModel):
         default=None, description="the entry event; default: the campaign's entry event, empty"
     )
     last_event: PreviewEvent | None = Field(default=None, description="default: `event`")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        check_json(data, cls.__name__)
+        return data
 
 
 class PreviewPublic(BaseModel):
@@ -151,3 +187,25 @@ class PreviewPublic(BaseModel):
     data: dict[str, Any]
     segments: int | None = None
     encoding: str | None = None
+
+
+class RejectedEventPublic(_Public):
+    """A message refused at ingestion, as it was sent (`item`: JSON, non-ASCII escaped, cut
+    at 16 KB)."""
+
+    id: int
+    received_at: datetime
+    endpoint: str = Field(description="the call that refused it: batch, track, identify, …")
+    position: int | None = Field(description="its index in the batch; null for a single call")
+    message_id: str | None
+    user_id: str | None
+    reason: str
+    item: str
+
+
+class RejectedEvents(BaseModel):
+    data: list[RejectedEventPublic]
+    count: int
+    next_before: int | None = Field(
+        description="pass as `before` for the next (older) page; null on the last page"
+    )

@@ -128,6 +128,10 @@ def cmd_messages(args: argparse.Namespace) -> None:
     _with_client(args, lambda c: c.sandbox_messages(user_id=args.user, limit=args.limit))
 
 
+def cmd_rejected(args: argparse.Namespace) -> None:
+    _with_client(args, lambda c: c.rejected_events(limit=args.limit, before=args.before))
+
+
 def cmd_events_send(args: argparse.Namespace) -> None:
     try:
         properties = json.loads(args.properties) if args.properties else {}
@@ -194,6 +198,11 @@ def parser() -> argparse.ArgumentParser:
     messages.add_argument("--user")
     messages.add_argument("--limit", type=int, default=20)
     messages.set_defaults(func=cmd_messages)
+
+    rejected = sub.add_parser("rejected", help="messages ingestion refused, and why; newest first")
+    rejected.add_argument("--limit", type=int, default=20)
+    rejected.add_argument("--before", type=int, help="an id: older ones (next_before pages on)")
+    rejected.set_defaults(func=cmd_rejected)
 
     journeys = sub.add_parser("journeys", help="inspect journeys").add_subparsers(
         dest="action", required=True

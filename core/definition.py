@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from core.conditions import Condition, needs_traits, traits_read
 from core.durations import Duration, signed_duration
+from core.events import MAX_JSON_DEPTH, BigNumber, format_path, json_problems, loads
 from core.schedule import parse_clock
 from core.templates.render import syntax_problem
 
@@ -406,21 +407,53 @@ def format_validation_error(err: ValidationError) -> list[str]:
     return problems
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that an integer too long for Python to convert is a
+    `BigNumber` (which `json_problems` refuses, naming where) instead of a ValueError."""
+
+
+def _yaml_int(loader: _YamlLoader, node: yaml.ScalarNode) -> Any:
+    try:
+        return loader.construct_yaml_int(node)
+    except ValueError:
+        return BigNumber(loader.construct_scalar(node))
+
+
+_YamlLoader.add_constructor("tag:yaml.org,2002:int", _yaml_int)
+
+
+def _read_text(text: str) -> Any:
+    text = text.removeprefix("\ufeff")  # a byte order mark, as some editors save files
+    try:
+        return loads(text) if text.lstrip().startswith("{") else yaml.load(text, _YamlLoader)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise DefinitionError([f"not valid YAML or JSON: {exc}"]) from exc
+    except RecursionError:
+        raise DefinitionError(
+            [f"the definition nests deeper than {MAX_JSON_DEPTH} levels"]
+        ) from None
+
+
 def parse_campaign(data: Any) -> CampaignDefinition:
-    """Validate a definition from a dict, or from YAML/JSON text."""
+    """Validate a definition from a dict, or from YAML/JSON text.
+
+    A definition is stored as JSON, on SQLite or PostgreSQL alike: what either cannot hold
+    (NaN, 64-bit overflow, NUL, lone surrogates, YAML's binary) is refused with its path
+    before the model sees it, and so is nesting that recursive code must not meet."""
     if isinstance(data, bytes):
         try:
             data = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise DefinitionError([f"not valid UTF-8 text: {exc}"]) from exc
     if isinstance(data, str):
-        data = data.removeprefix("\ufeff")  # a byte order mark, as some editors save files
-        try:
-            data = json.loads(data) if data.lstrip().startswith("{") else yaml.safe_load(data)
-        except (yaml.YAMLError, json.JSONDecodeError) as exc:
-            raise DefinitionError([f"not valid YAML or JSON: {exc}"]) from exc
+        data = _read_text(data)
     if not isinstance(data, dict):
         raise DefinitionError(["a campaign definition must be a mapping"])
+    problems = json_problems(data)
+    if problems:
+        raise DefinitionError(
+            [f"{format_path(loc)}: {message}" if loc else message for loc, message in problems]
+        )
     try:
         return CampaignDefinition.model_validate(data)
     except ValidationError as exc:

@@ -73,10 +73,13 @@ def read_token(*, secret: str, token: str, now: datetime | None = None) -> Unsub
     if not dot or not payload or not signature:
         raise LinkError("malformed", "this unsubscribe link is incomplete: copy the whole link")
     try:
-        expected = _sign(secret, payload)
+        # Both parts are base64url, so ASCII; compared as bytes, since compare_digest
+        # refuses str holding anything else (a link mangled by a mail client, or forged).
+        expected = _sign(secret, payload).encode("ascii")
+        given = signature.encode("ascii")
     except UnicodeEncodeError:
         raise LinkError("malformed", "this unsubscribe link is not valid") from None
-    if not hmac.compare_digest(expected, signature):
+    if not hmac.compare_digest(expected, given):
         raise LinkError("tampered", "this unsubscribe link has been altered or is not one of ours")
     try:
         document = json.loads(_b64decode(payload))

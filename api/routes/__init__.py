@@ -9,6 +9,7 @@ from api.routes import (
     journeys,
     messages,
     preview,
+    rejected,
     subscriptions,
     tracking,
 )
@@ -19,6 +20,7 @@ api_router.include_router(campaigns.router)
 api_router.include_router(preview.router)
 api_router.include_router(journeys.router)
 api_router.include_router(messages.router)
+api_router.include_router(rejected.router)
 api_router.include_router(subscriptions.router)
 api_router.include_router(health.router)
 api_router.include_router(codec.router)

@@ -7,12 +7,13 @@ the next event sees it; other API processes notice within `campaign_refresh_seco
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi import APIRouter, HTTPException, Path, Request, Response, status
 
 from api.deps import AdminDep, CampaignIndexDep, SessionDep
 from api.schemas import (
+    MAX_VERSION,
     CampaignDetail,
     CampaignPublic,
     CampaignSaved,
@@ -23,7 +24,14 @@ from api.schemas import (
     Message,
     ProblemsResponse,
 )
-from core.definition import CampaignDefinition, CampaignStatus, DefinitionError, parse_campaign
+from core.definition import (
+    SLUG,
+    CampaignDefinition,
+    CampaignStatus,
+    DefinitionError,
+    parse_campaign,
+)
+from core.events import MAX_JSON_DEPTH, loads, safe_text
 from store import campaigns as store
 from store.campaigns import CampaignNotFound, CampaignStateError
 from store.deliveries import count_deliveries
@@ -33,6 +41,13 @@ router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"], dependencies=[Adm
 
 MAX_DEFINITION_BYTES = 1024 * 1024
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+
+CampaignId = Annotated[
+    str, Path(pattern=SLUG, description="a campaign's id: a slug, at most 63 characters")
+]
+"""An id no campaign can have is refused (422) before it reaches the database, which may
+not even be able to compare it (PostgreSQL and NUL)."""
+VersionNumber = Annotated[int, Path(ge=1, le=MAX_VERSION)]
 
 SAVE_DOC: dict[str, Any] = {
     "requestBody": {
@@ -66,15 +81,20 @@ async def read_definition(request: Request) -> CampaignDefinition:
         if content_type in YAML_TYPES:
             return parse_campaign(body.decode())
         try:
-            data = json.loads(body)
+            data = loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DefinitionError(
                 [f"not valid JSON: {exc} (send YAML with Content-Type: application/yaml)"]
             ) from exc
+        except RecursionError:
+            raise DefinitionError(
+                [f"the definition nests deeper than {MAX_JSON_DEPTH} levels"]
+            ) from None
         return parse_campaign(data)
     except (DefinitionError, UnicodeDecodeError) as exc:
         problems = exc.problems if isinstance(exc, DefinitionError) else [str(exc)]
-        raise HTTPException(422, {"problems": problems}) from exc
+        # A problem can quote what was sent; the answer must still encode as JSON.
+        raise HTTPException(422, {"problems": [safe_text(p) for p in problems]}) from exc
 
 
 def not_found(exc: CampaignNotFound) -> HTTPException:
@@ -133,7 +153,7 @@ async def create_campaign(
     summary="Save a campaign under its id (same as POST; the ids must agree)",
 )
 async def put_campaign(
-    campaign_id: str,
+    campaign_id: CampaignId,
     request: Request,
     response: Response,
     session: SessionDep,
@@ -165,7 +185,7 @@ async def list_campaigns(
     responses=ERRORS,
     summary="A campaign: status, current definition, versions",
 )
-async def get_campaign(campaign_id: str, session: SessionDep) -> CampaignDetail:
+async def get_campaign(campaign_id: CampaignId, session: SessionDep) -> CampaignDetail:
     campaign = await store.get_campaign(session=session, campaign_id=campaign_id)
     if campaign is None:
         raise not_found(CampaignNotFound(campaign_id))
@@ -184,7 +204,7 @@ async def get_campaign(campaign_id: str, session: SessionDep) -> CampaignDetail:
     responses=ERRORS,
     summary="A campaign's funnel: entered, how journeys ended, deliveries",
 )
-async def get_stats(campaign_id: str, session: SessionDep) -> CampaignStats:
+async def get_stats(campaign_id: CampaignId, session: SessionDep) -> CampaignStats:
     if await store.get_campaign(session=session, campaign_id=campaign_id) is None:
         raise not_found(CampaignNotFound(campaign_id))
     entered = await count_entries(session=session, campaign_id=campaign_id)
@@ -204,7 +224,9 @@ async def get_stats(campaign_id: str, session: SessionDep) -> CampaignStats:
     responses=ERRORS,
     summary="One version of a campaign, as it was saved",
 )
-async def get_version(campaign_id: str, version: int, session: SessionDep) -> CampaignVersionPublic:
+async def get_version(
+    campaign_id: CampaignId, version: VersionNumber, session: SessionDep
+) -> CampaignVersionPublic:
     found = await store.get_version(session=session, campaign_id=campaign_id, version=version)
     if found is None:
         if await store.get_campaign(session=session, campaign_id=campaign_id) is None:
@@ -241,7 +263,7 @@ TRANSITIONS: tuple[tuple[str, CampaignStatus, str], ...] = (
 
 def _transition(target: CampaignStatus) -> Any:
     async def endpoint(
-        campaign_id: str, session: SessionDep, index: CampaignIndexDep
+        campaign_id: CampaignId, session: SessionDep, index: CampaignIndexDep
     ) -> CampaignPublic:
         return await move(session=session, index=index, campaign_id=campaign_id, target=target)
 

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, status
 
 from api.deps import AdminDep, SessionDep, SettingsDep
+from api.routes.campaigns import CampaignId
 from api.schemas import Message, PreviewEvent, PreviewPublic, PreviewRequest
 from core.definition import Channel, SendStep
 from core.events import utcnow
@@ -20,6 +21,7 @@ from store.profiles import get_profile
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"], dependencies=[AdminDep])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Message, "description": "the body cannot be read (e.g. a 5000-digit number)"},
     401: {"model": Message, "description": "missing or wrong admin token"},
     404: {"model": Message, "description": "no such campaign, version or step"},
     409: {"model": Message, "description": "the stored version no longer validates"},
@@ -44,7 +46,7 @@ def _event(event: PreviewEvent, message_id: str) -> dict[str, Any]:
     summary="Render a send step's message for a user, without sending it",
 )
 async def preview(
-    campaign_id: str, body: PreviewRequest, session: SessionDep, settings: SettingsDep
+    campaign_id: CampaignId, body: PreviewRequest, session: SessionDep, settings: SettingsDep
 ) -> PreviewPublic:
     campaign = await store.get_campaign(session=session, campaign_id=campaign_id)
     if campaign is None:

@@ -2,7 +2,9 @@
 written to the outbox.
 
 Accepted means written: the events are committed to the `events` table before the 200
-answer, and the relay routes them afterwards. A repeated messageId is a no-op.
+answer, and the relay routes them afterwards. A repeated messageId is a no-op. A refused
+message is written too, to `rejected_events`: a single call answers 400 naming its fields; a
+batch answers 200 with the good messages stored and the refused ones listed, as Segment does.
 """
 
 from __future__ import annotations
@@ -15,16 +17,20 @@ from fastapi.responses import JSONResponse
 
 from api import ingestion
 from api.deps import RelayDep, ServicesDep
-from api.ingestion import Incoming, TrackingError
-from api.schemas import ProblemsResponse, TrackingAccepted
-from core.events import Alias, Batch, Group, Identify, Page, Screen, Track
+from api.ingestion import Parsed, TrackingError
+from api.schemas import BatchAccepted, ProblemsResponse, RejectedItem, TrackingAccepted
+from core.events import MAX_PROBLEMS, Alias, Batch, Group, Identify, Page, Screen, Track
 from store.events import record_events
 from store.profiles import merge_traits
+from store.rejected import record_rejections
 
 router = APIRouter(prefix="/v1", tags=["tracking"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ProblemsResponse, "description": "bad body: which field, which limit"},
+    400: {
+        "model": ProblemsResponse,
+        "description": "bad body (a single call: also a bad message): which field, which limit",
+    },
     401: {"model": ProblemsResponse, "description": "missing or wrong write key"},
 }
 
@@ -41,7 +47,7 @@ def _body(model: type[Any]) -> dict[str, Any]:
     }
 
 
-async def accept(services: ServicesDep, request: Request, kind: str) -> list[Incoming]:
+async def accept(services: ServicesDep, request: Request, kind: str) -> Parsed:
     """Authenticate and parse one tracking request (not yet stored)."""
     settings = services.settings
     received_at = datetime.now(UTC)
@@ -61,35 +67,63 @@ async def accept(services: ServicesDep, request: Request, kind: str) -> list[Inc
         ingestion.check_write_key(data.get("writeKey"), settings.write_key)
     if kind == "batch":
         return ingestion.parse_batch(data, received_at)
-    return [ingestion.parse_single(kind, data, received_at)]
+    return ingestion.parse_single(kind, data, received_at)
 
 
-async def store(services: ServicesDep, incoming: list[Incoming]) -> None:
-    """Write the events and merge the traits they carry, in one transaction.
+async def store(services: ServicesDep, kind: str, parsed: Parsed) -> None:
+    """Write the events, merge the traits they carry and keep the refused messages, in one
+    transaction.
 
     Traits of a message already stored (a retried request) are not merged again, so a
     replayed old identify cannot overwrite newer traits.
     """
+    incoming = parsed.accepted
     async with services.sessions() as session:
-        stored = await record_events(session=session, events=[i.event for i in incoming])
-        for item, (event, is_new) in zip(incoming, stored, strict=True):
-            if is_new and item.traits:
-                await merge_traits(session=session, user_id=event.user_id, traits=item.traits)
+        if incoming:
+            stored = await record_events(session=session, events=[i.event for i in incoming])
+            for item, (event, is_new) in zip(incoming, stored, strict=True):
+                if is_new and item.traits:
+                    await merge_traits(session=session, user_id=event.user_id, traits=item.traits)
+        await record_rejections(
+            session=session, rejections=[r.rejection(kind) for r in parsed.rejected]
+        )
         await session.commit()
+
+
+def answer(kind: str, parsed: Parsed) -> Any:
+    """A single call's bad message is a 400 naming its fields; a batch is a 200 that says
+    what was stored and lists the first messages refused."""
+    if kind != "batch":
+        if parsed.rejected:
+            return problems_response(TrackingError(400, parsed.rejected[0].problems))
+        return TrackingAccepted()
+    return BatchAccepted(
+        accepted=len(parsed.accepted),
+        rejected=[
+            RejectedItem(index=r.position, message_id=r.message_id, reason=r.reason)
+            for r in parsed.rejected[:MAX_PROBLEMS]
+            if r.position is not None
+        ],
+    )
+
+
+def problems_response(exc: TrackingError) -> JSONResponse:
+    return JSONResponse(
+        {"detail": {"problems": exc.problems}},
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
 
 
 async def handle(services: ServicesDep, relay: RelayDep, request: Request, kind: str) -> Any:
     try:
-        incoming = await accept(services, request, kind)
+        parsed = await accept(services, request, kind)
     except TrackingError as exc:
-        return JSONResponse(
-            {"detail": {"problems": exc.problems}},
-            status_code=exc.status_code,
-            headers=exc.headers,
-        )
-    await store(services, incoming)
-    relay.wake()
-    return TrackingAccepted()
+        return problems_response(exc)
+    await store(services, kind, parsed)
+    if parsed.accepted:
+        relay.wake()
+    return answer(kind, parsed)
 
 
 ENDPOINTS: tuple[tuple[str, str, type[Any], str], ...] = (
@@ -116,7 +150,7 @@ for _kind, _short, _model, _summary in ENDPOINTS:
     _handler = _endpoint(_kind)
     router.post(
         f"/{_kind}",
-        response_model=TrackingAccepted,
+        response_model=BatchAccepted if _kind == "batch" else TrackingAccepted,
         responses=ERRORS,
         openapi_extra=_body(_model),
         summary=_summary,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 from tests.fixtures.api import ADMIN, RunningApi, eventually, running_api
@@ -235,3 +236,115 @@ async def test_journeys_need_temporal(api: RunningApi) -> None:
     answer = await api.http.get("/v1/journeys/cart/ada", headers=ADMIN)
     assert answer.status_code == 503
     assert "Temporal is unreachable" in answer.json()["detail"]
+
+
+# -- hostile definitions and paths: a 4xx naming the field, on SQLite and PostgreSQL --------
+
+YAML = {**ADMIN, "Content-Type": "application/yaml"}
+JSON = {**ADMIN, "Content-Type": "application/json"}
+HUGE = "1" * 5000
+BODY = "body: Your cart misses you"
+CONDITION = (
+    "entry:\n  event: Product Added\n  conditions:\n    - {path: properties.n, op: eq, value: "
+)
+BOMB = "".join(
+    f"      {chr(97 + i)}: &{chr(97 + i)} [{', '.join([f'*{chr(96 + i)}' if i else 'x'] * 10)}]\n"
+    for i in range(9)
+)
+"""YAML aliases in a template's data: nine lines that stand for 10^9 values."""
+CART_WITH_CONDITION = changed(
+    CART,
+    entry={
+        "event": "Product Added",
+        "conditions": [{"path": "properties.n", "op": "eq", "value": "VALUE"}],
+    },
+)
+
+
+def cart_json(placeholder: str, raw: str, base: dict[str, Any] = CART) -> str:
+    """A campaign as JSON text, with raw JSON (NaN, 5000 digits, escapes) for one string."""
+    return json.dumps(base).replace(json.dumps(placeholder), raw)
+
+
+def cart_yaml(old: str, new: str) -> str:
+    """CART_YAML with one part changed."""
+    assert old in CART_YAML
+    return CART_YAML.replace(old, new)
+
+
+ENTRY = "entry:\n  event: Product Added\n"
+HOSTILE_DEFINITIONS: list[tuple[dict[str, str], str, str]] = [
+    # (headers, body, how the first problem starts)
+    (
+        JSON,
+        cart_json("VALUE", HUGE, CART_WITH_CONDITION),
+        "entry.conditions[0].value: must be an integer from",
+    ),
+    (
+        JSON,
+        cart_json("VALUE", "-9223372036854775809", CART_WITH_CONDITION),
+        "entry.conditions[0].value: must be an integer from",
+    ),
+    (JSON, cart_json("VALUE", "[Infinity]", CART_WITH_CONDITION), "entry.conditions[0].value[0]"),
+    (YAML, cart_yaml(ENTRY, CONDITION + HUGE + "}\n"), "entry.conditions[0].value: must be an"),
+    (YAML, cart_yaml(ENTRY, CONDITION + "0x" + "f" * 40 + "}\n"), "entry.conditions[0].value: "),
+    (YAML, cart_yaml(ENTRY, CONDITION + ".nan}\n"), "entry.conditions[0].value: must be a finite"),
+    (JSON, "[" * 100_000 + "]" * 100_000, "the definition nests deeper than 64 levels"),
+    (YAML, "a: " + "[" * 10_000 + "]" * 10_000, "the definition nests deeper than 64 levels"),
+    (
+        JSON,
+        cart_json("Your cart misses you", '"x", "data": {"x": ' + "[" * 70 + "]" * 70 + "}"),
+        "templates.reminder.data.x" + "[0]" * 60 + ": nests deeper than 64 levels",
+    ),
+    (
+        JSON,
+        cart_json("Your cart misses you", r'"a\u0000"'),
+        r"templates.reminder.body: contains NUL",
+    ),
+    (
+        JSON,
+        cart_json("Cart abandonment", r'"a\ud800"'),
+        r"name: contains a lone surrogate (\ud800)",
+    ),
+    (YAML, cart_yaml(BODY, 'body: "a\\0"'), r"templates.reminder.body: contains NUL (\u0000)"),
+    (
+        YAML,
+        cart_yaml("name: Cart abandonment", 'name: "\\ud800"'),
+        r"name: contains a lone surrogate",
+    ),
+    (YAML, cart_yaml(BODY, BODY + '\n    data: {"k\\0": 1}'), r"templates.reminder.data.k\u0000"),
+    (YAML, cart_yaml(BODY, BODY + "\n    data: {x: !!binary /w==}"), "templates.reminder.data.x"),
+    (YAML, cart_yaml(BODY, BODY + "\n    data:\n" + BOMB), "has more than 100000 values"),
+]
+
+
+async def test_hostile_definitions_are_422_naming_the_field(api_db: RunningApi) -> None:
+    for headers, body, problem in HOSTILE_DEFINITIONS:
+        answer = await api_db.http.post("/v1/campaigns", content=body.encode(), headers=headers)
+        assert answer.status_code == 422, (body[:80], answer.text[:300])
+        first = answer.json()["detail"]["problems"][0]
+        assert first.startswith(problem), (body[:80], first)
+    assert (await api_db.http.get("/v1/campaigns", headers=ADMIN)).json()["count"] == 0
+
+
+async def test_numbers_and_ids_in_paths_are_bounded(api_db: RunningApi) -> None:
+    await api_db.http.post("/v1/campaigns", json=CART, headers=ADMIN)
+    for number in ("3619885528510541319897088", "2147483648", "0", "-1"):
+        answer = await api_db.http.get(f"/v1/campaigns/cart/versions/{number}", headers=ADMIN)
+        assert answer.status_code == 422, (number, answer.text)
+        [error] = answer.json()["detail"]
+        assert error["loc"] == ["path", "version"]
+    largest = await api_db.http.get("/v1/campaigns/cart/versions/2147483647", headers=ADMIN)
+    assert largest.status_code == 404
+    for method, path in [
+        ("GET", "/v1/campaigns/a%00b"),
+        ("GET", "/v1/campaigns/a%00b/stats"),
+        ("GET", "/v1/campaigns/a%00b/versions/1"),
+        ("POST", "/v1/campaigns/a%00b/activate"),
+        ("PUT", "/v1/campaigns/a%00b"),
+        ("POST", "/v1/campaigns/a%00b/preview"),
+        ("GET", "/v1/campaigns/" + "x" * 64),
+    ]:
+        answer = await api_db.http.request(method, path, headers=ADMIN, json=CART)
+        assert answer.status_code == 422, (method, path, answer.text)
+        assert answer.json()["detail"][0]["loc"] == ["path", "campaign_id"]

@@ -132,3 +132,36 @@ async def test_preview_needs_the_admin_token(api: RunningApi):
     await api.campaign(CART, activate=False)
     response = await api.http.post("/v1/campaigns/cart/preview", json={"step_id": "mail"})
     assert response.status_code == 401
+
+
+PREVIEW_HOSTILE: list[tuple[str, list[str | int]]] = [
+    # (body as JSON text, the field the first error names)
+    (r'{"step_id": "mail", "traits": {"first_name": "a\ud800"}}', ["traits", "first_name"]),
+    (r'{"step_id": "mail", "traits": {"k\ud800": 1}}', ["traits", r"k\ud800"]),
+    (r'{"step_id": "mail", "traits": {"n": [1, NaN]}}', ["traits", "n", 1]),
+    (
+        r'{"step_id": "mail", "event": {"name": "E", "properties": {"x": 1e999}}}',
+        ["event", "properties", "x"],
+    ),
+    (r'{"step_id": "mail", "user_id": "a\u0000"}', ["user_id"]),
+    (r'{"step_id": "mail", "user_id": "a\udc00"}', ["user_id"]),
+    ('{"step_id": "mail", "user_id": "' + "\U0001f600" * 129 + '"}', ["user_id"]),
+    ('{"step_id": "mail", "version": 3619885528510541319897088}', ["version"]),
+    ('{"step_id": "mail", "version": 2147483648}', ["version"]),
+    (
+        '{"step_id": "mail", "event": {"name": "E", "timestamp": "9999-12-31T23:00:00-05:00"}}',
+        ["event", "timestamp"],
+    ),
+]
+
+
+async def test_hostile_previews_are_422_naming_the_field(api_db: RunningApi):
+    await api_db.campaign(CART, activate=False)
+    for text, loc in PREVIEW_HOSTILE:
+        answer = await api_db.http.post(
+            "/v1/campaigns/cart/preview",
+            content=text.encode(),
+            headers={**ADMIN, "Content-Type": "application/json"},
+        )
+        assert answer.status_code == 422, (text[:80], answer.text[:300])
+        assert answer.json()["detail"][0]["loc"] == ["body", *loc], (text[:80], answer.text)

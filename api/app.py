@@ -10,19 +10,40 @@ from typing import Any
 from fastapi import FastAPI, Request, status
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic.json_schema import models_json_schema
 
 from api.campaign_index import CampaignIndexLoader
-from api.deps import Services
+from api.deps import AdminDep, Services
+from api.limits import BodyLimit, RequestGuard
 from api.relay import Relay
 from api.router import EventRouter
-from api.routes import api_router, tracking
+from api.routes import api_router, campaigns, codec, subscriptions, tracking
 from core.config import Settings
+from core.events import MAX_BATCH_BYTES
 from store.campaigns import VersionUnavailable
 from store.db import create_engine, session_factory
 from temporal.client import TemporalConnection, converter_for
 
 log = logging.getLogger("nudge.api")
+
+BODY_LIMITS: dict[str, BodyLimit] = {
+    # Segment's limit, which the tracking routes answer themselves in Segment's words (400).
+    **{
+        route.path: BodyLimit(MAX_BATCH_BYTES, route_refuses=True)
+        for route in tracking.router.routes
+        if isinstance(route, APIRoute)
+    },
+    "/v1/campaigns": BodyLimit(campaigns.MAX_DEFINITION_BYTES),
+    "/v1/campaigns/{campaign_id}": BodyLimit(campaigns.MAX_DEFINITION_BYTES),
+    # Traits and events that stand in for stored ones: as much room as a definition.
+    "/v1/campaigns/{campaign_id}/preview": BodyLimit(campaigns.MAX_DEFINITION_BYTES),
+    "/v1/webhooks/twilio/sms": BodyLimit(subscriptions.MAX_WEBHOOK_BYTES),
+    # The codec answers its own 413, with the CORS headers the Temporal UI needs to read it.
+    "/codec/decode": BodyLimit(codec.MAX_BODY_BYTES, route_refuses=True),
+    "/codec/encode": BodyLimit(codec.MAX_BODY_BYTES, route_refuses=True),
+}
+"""Each route's body limit, by path template; the rest get the guard's default (64 KB)."""
 
 DESCRIPTION = """\
 Event-triggered customer journeys on Temporal.
@@ -88,15 +109,25 @@ async def version_unavailable(request: Request, exc: Exception) -> JSONResponse:
 
 
 def create_app(settings: Settings) -> FastAPI:
+    docs = settings.docs_are_public
     app = FastAPI(
         title="Nudge",
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.settings = settings
     app.include_router(api_router)
+    app.add_middleware(
+        RequestGuard,
+        routes=app.routes,
+        admin_token=settings.admin_token,
+        body_timeout_seconds=settings.body_timeout_seconds,
+        limits=BODY_LIMITS,
+    )
     app.add_exception_handler(VersionUnavailable, version_unavailable)
 
     def openapi() -> dict[str, Any]:
@@ -120,4 +151,12 @@ def create_app(settings: Settings) -> FastAPI:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+    if not docs:
+        # Not public (production's default): operators' tools still get the schema with
+        # the admin token; the browser pages, which cannot send it, are not served.
+        async def operators_schema() -> JSONResponse:
+            return JSONResponse(app.openapi())
+
+        app.get("/openapi.json", include_in_schema=False, dependencies=[AdminDep])(operators_schema)
     return app

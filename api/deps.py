@@ -74,20 +74,28 @@ RelayDep = Annotated[Relay, Depends(get_relay)]
 TemporalDep = Annotated[Client, Depends(get_temporal)]
 
 
+def admin_token_problem(authorization: str, admin_token: str) -> tuple[str, str] | None:
+    """Why an `Authorization` header does not carry the admin token — the 401's detail and
+    its `WWW-Authenticate` challenge — or None when it does.
+
+    Asked by `require_admin` and, before any body is read, by the request guard
+    (`api.limits`): one answer, whichever asks first.
+    """
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return "send the admin token as `Authorization: Bearer <token>`", "Bearer"
+    if not secrets.compare_digest(token.strip().encode(), admin_token.encode()):
+        return "wrong admin token", 'Bearer error="invalid_token"'
+    return None
+
+
 def require_admin(request: Request, settings: SettingsDep) -> None:
     """Campaign management and journey inspection need `Authorization: Bearer <admin_token>`."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    problem = admin_token_problem(request.headers.get("authorization", ""), settings.admin_token)
+    if problem is not None:
+        detail, challenge = problem
         raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "send the admin token as `Authorization: Bearer <token>`",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    if not secrets.compare_digest(token.strip().encode(), settings.admin_token.encode()):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "wrong admin token",
-            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": challenge}
         )
 
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import uvicorn
-from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 
 @dataclass(frozen=True)
@@ -22,9 +22,14 @@ class Served:
 
 @contextlib.asynccontextmanager
 async def serve_in_loop(
-    app: FastAPI, *, host: str = "127.0.0.1", port: int = 0
+    app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0
 ) -> AsyncIterator[Served]:
-    """Serve `app` on `host:port` (0: an ephemeral port) until the block ends."""
+    """Serve `app` (the API, or a test's wrapper around it) on `host:port` (0: an ephemeral
+    port) until the block ends.
+
+    uvicorn has no timeout for a request's body, nor a limit on its size: the app's request
+    guard (`api.limits`) has both, so they hold however the app is served.
+    """
     # IPPROTO_TCP, not 0: asyncio turns Nagle off only for sockets made that way; with it
     # on, back-to-back answers wait ~40 ms for the client's delayed ACK.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)

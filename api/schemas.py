@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from core.definition import CampaignStatus
+from core.definition import SLUG, CampaignStatus
 from core.events import MAX_PROBLEMS, Timestamp, UserId, check_json
 
 MAX_VERSION = 2**31 - 1
@@ -15,6 +16,13 @@ MAX_VERSION = 2**31 - 1
 names no version, and the database would refuse to even look it up."""
 MAX_ROW_ID = 2**63 - 1
 """Row ids are BIGINT (64 bits)."""
+
+CampaignId = Annotated[
+    str, Path(pattern=SLUG, description="a campaign's id: a slug, at most 63 characters")
+]
+"""An id no campaign can have is refused (422) before it reaches the database, which may
+not even be able to compare it (PostgreSQL and NUL)."""
+VersionNumber = Annotated[int, Path(ge=1, le=MAX_VERSION)]
 
 
 class _Public(BaseModel):

@@ -201,6 +201,18 @@ def _in_utc_years(value: datetime) -> datetime:
 
 UserId = Annotated[str, AfterValidator(_fits_user_id)]
 """A userId or anonymousId: at most MAX_USER_ID_BYTES of UTF-8."""
+
+
+def _storable(value: str) -> str:
+    problem = text_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+StoredUserId = Annotated[str, AfterValidator(_storable), AfterValidator(_fits_user_id)]
+"""A user id given on its own (a URL path or query, not inside a message whose every value
+`json_problems` checks): storable text, at most MAX_USER_ID_BYTES of UTF-8."""
 Timestamp = Annotated[datetime, AfterValidator(_in_utc_years)]
 """A time that can be stored: in UTC, still within the years 1 to 9999."""
 

@@ -7,14 +7,14 @@ the next event sees it; other API processes notice within `campaign_refresh_seco
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, HTTPException, Path, Request, Response, status
+from fastapi import APIRouter, HTTPException, Request, Response, status
 
 from api.deps import AdminDep, CampaignIndexDep, SessionDep
 from api.schemas import (
-    MAX_VERSION,
     CampaignDetail,
+    CampaignId,
     CampaignPublic,
     CampaignSaved,
     CampaignsPublic,
@@ -23,9 +23,9 @@ from api.schemas import (
     CampaignVersionSummary,
     Message,
     ProblemsResponse,
+    VersionNumber,
 )
 from core.definition import (
-    SLUG,
     CampaignDefinition,
     CampaignStatus,
     DefinitionError,
@@ -42,12 +42,6 @@ router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"], dependencies=[Adm
 MAX_DEFINITION_BYTES = 1024 * 1024
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 
-CampaignId = Annotated[
-    str, Path(pattern=SLUG, description="a campaign's id: a slug, at most 63 characters")
-]
-"""An id no campaign can have is refused (422) before it reaches the database, which may
-not even be able to compare it (PostgreSQL and NUL)."""
-VersionNumber = Annotated[int, Path(ge=1, le=MAX_VERSION)]
 
 SAVE_DOC: dict[str, Any] = {
     "requestBody": {

@@ -16,7 +16,8 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import AdminDep, SettingsDep, TemporalDep
-from api.schemas import Message
+from api.schemas import CampaignId, Message
+from core.events import StoredUserId
 from core.journey import QUERY_STATE, UPDATE_EXIT, ExitRequest, JourneyState, journey_id
 from temporal.client import is_outage
 
@@ -55,7 +56,7 @@ def temporal_error(exc: Exception, workflow_id: str) -> HTTPException:
     summary="A journey's state: current step, what it waits for, history",
 )
 async def get_journey(
-    campaign_id: str, user_id: str, client: TemporalDep, settings: SettingsDep
+    campaign_id: CampaignId, user_id: StoredUserId, client: TemporalDep, settings: SettingsDep
 ) -> JourneyState:
     workflow_id = journey_id(campaign_id, user_id, settings.user_secret)
     handle = client.get_workflow_handle(workflow_id)
@@ -88,8 +89,8 @@ async def _ended(client: Client, workflow_id: str) -> WorkflowExecutionStatus | 
     summary="End a running journey now, with a reason (the `exit` update)",
 )
 async def exit_journey(
-    campaign_id: str,
-    user_id: str,
+    campaign_id: CampaignId,
+    user_id: StoredUserId,
     request: ExitRequest,
     client: TemporalDep,
     settings: SettingsDep,

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 
 from api.deps import AdminDep, SessionDep
 from api.schemas import SandboxMessagePublic, SandboxMessages
+from core.events import StoredUserId
 from store.deliveries import list_sandbox_messages
 
 router = APIRouter(prefix="/v1/messages", tags=["messages"], dependencies=[AdminDep])
@@ -16,7 +17,7 @@ router = APIRouter(prefix="/v1/messages", tags=["messages"], dependencies=[Admin
 @router.get("", response_model=SandboxMessages, summary="Sandbox messages, newest first")
 async def list_messages(
     session: SessionDep,
-    user_id: Annotated[str | None, Query(max_length=520)] = None,
+    user_id: Annotated[StoredUserId | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> SandboxMessages:
     rows = await list_sandbox_messages(session=session, user_id=user_id, limit=limit)

@@ -26,6 +26,7 @@ from api.deps import AdminDep, SessionDep, SettingsDep
 from api.schemas import Message
 from core.config import Environment, Settings
 from core.definition import SLUG, Channel
+from core.events import StoredUserId
 from core.links import LinkError, UnsubscribeLink, read_token
 from core.sms import normalise_phone
 from store import subscriptions as store
@@ -266,7 +267,7 @@ async def _public(session: SessionDep, user_id: str) -> SubscriptionsPublic:
     response_model=SubscriptionsPublic,
     summary="A user's subscriptions and suppressions",
 )
-async def get_subscriptions(user_id: str, session: SessionDep) -> SubscriptionsPublic:
+async def get_subscriptions(user_id: StoredUserId, session: SessionDep) -> SubscriptionsPublic:
     return await _public(session, user_id)
 
 
@@ -277,7 +278,7 @@ async def get_subscriptions(user_id: str, session: SessionDep) -> SubscriptionsP
     summary="Subscribe or unsubscribe a user (source: api)",
 )
 async def put_subscriptions(
-    user_id: str, body: SubscriptionsUpdate, session: SessionDep
+    user_id: StoredUserId, body: SubscriptionsUpdate, session: SessionDep
 ) -> SubscriptionsPublic:
     at = datetime.now(UTC)
     for change in body.subscriptions:
@@ -302,7 +303,7 @@ async def put_subscriptions(
     summary="Lift a hard-bounce suppression (the user's address was corrected)",
 )
 async def delete_suppression(
-    user_id: str, channel: Channel, session: SessionDep
+    user_id: StoredUserId, channel: Channel, session: SessionDep
 ) -> SubscriptionsPublic:
     if not await store.remove_suppression(session=session, user_id=user_id, channel=channel.value):
         raise HTTPException(

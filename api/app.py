@@ -15,7 +15,8 @@ from pydantic.json_schema import models_json_schema
 
 from api.campaign_index import CampaignIndexLoader
 from api.deps import AdminDep, Services
-from api.limits import BodyLimit, RequestGuard
+from api.limits import BodyLimit, RequestGuard, endpoint_routes, is_admin_route
+from api.methods import add_method_answers
 from api.relay import Relay
 from api.router import EventRouter
 from api.routes import api_router, campaigns, codec, subscriptions, tracking
@@ -108,6 +109,44 @@ async def version_unavailable(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=code)
 
 
+REFUSALS = {
+    "400": "the body is not readable as what this route takes (not JSON, not gzip, …)",
+    "401": "no credentials, or wrong ones (the admin token; the write key on tracking)",
+    "408": "the body did not arrive within NUDGE_BODY_TIMEOUT_SECONDS",
+    "413": "the body is over this route's limit",
+}
+"""What the request guard and the body parsers answer before a route runs: documented on
+every operation they can happen to, so the schema tells clients every status they get."""
+
+
+def document_refusals(schema: dict[str, Any], app: FastAPI) -> None:
+    """Add the guard's and parsers' statuses to each operation that can get them."""
+    tracking_paths = {route.path for route in endpoint_routes(tracking.router.routes)}
+    for route in endpoint_routes(app.routes):
+        path = getattr(route, "path_format", None) or getattr(route, "path", "")
+        operations = schema["paths"].get(path, {})
+        for method in getattr(route, "methods", None) or ():
+            operation = operations.get(method.lower())
+            if operation is None:
+                continue
+            codes = []
+            if is_admin_route(route) or route.path in tracking_paths:
+                codes.append("401")
+            if method in ("POST", "PUT", "PATCH"):
+                codes += ["400", "408", "413"]
+            responses = operation.setdefault("responses", {})
+            for code in codes:
+                responses.setdefault(
+                    code,
+                    {
+                        "description": REFUSALS[code],
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Message"}}
+                        },
+                    },
+                )
+
+
 def create_app(settings: Settings) -> FastAPI:
     docs = settings.docs_are_public
     app = FastAPI(
@@ -147,6 +186,7 @@ def create_app(settings: Settings) -> FastAPI:
             ref_template="#/components/schemas/{model}",
         )
         schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
+        document_refusals(schema, app)
         app.openapi_schema = schema
         return schema
 
@@ -159,4 +199,5 @@ def create_app(settings: Settings) -> FastAPI:
             return JSONResponse(app.openapi())
 
         app.get("/openapi.json", include_in_schema=False, dependencies=[AdminDep])(operators_schema)
+    add_method_answers(app)
     return app

@@ -89,7 +89,13 @@ def _calls(dependant: Any) -> Iterator[Callable[..., Any]]:
         yield from _calls(sub)
 
 
-def _flat(routes: Sequence[BaseRoute]) -> list[Any]:
+def is_admin_route(route: Any) -> bool:
+    """Whether the route depends on `require_admin`, directly or through its router."""
+    dependant = getattr(route, "dependant", None)
+    return dependant is not None and require_admin in set(_calls(dependant))
+
+
+def endpoint_routes(routes: Sequence[BaseRoute]) -> list[Any]:
     """Every endpoint route, routers included: newer FastAPI keeps included routers as
     branches (`iter_route_contexts` walks them), older FastAPI copies their routes."""
     iter_contexts = getattr(routing, "iter_route_contexts", None)
@@ -127,13 +133,12 @@ class RequestGuard:
     def policies(self) -> list[tuple[re.Pattern[str], frozenset[str] | None, _Policy]]:
         if self._table_for != len(self.routes):
             table = []
-            for route in _flat(self.routes):
+            for route in endpoint_routes(self.routes):
                 regex = getattr(route, "path_regex", None)
                 path = getattr(route, "path", None)
                 if regex is None or path is None:
                     continue
-                dependant = getattr(route, "dependant", None)
-                admin = dependant is not None and require_admin in set(_calls(dependant))
+                admin = is_admin_route(route)
                 methods = getattr(route, "methods", None)
                 policy = _Policy(self.limits.get(path, self.default.limit), admin)
                 table.append((regex, frozenset(methods) if methods else None, policy))

@@ -78,7 +78,17 @@ def _read(settings: Settings, token: str) -> UnsubscribeLink:
     return read_token(secret=settings.link_secret, token=token)
 
 
-@router.get("/u/{token}", response_class=HTMLResponse, summary="Unsubscribe page (confirm)")
+INVALID_LINK = {
+    400: {"description": "the link is not valid: tampered, expired or cut off (a page)"}
+}
+
+
+@router.get(
+    "/u/{token}",
+    response_class=HTMLResponse,
+    responses=INVALID_LINK,
+    summary="Unsubscribe page (confirm)",
+)
 async def unsubscribe_page(token: str, settings: SettingsDep) -> HTMLResponse:
     """Asks; never unsubscribes by itself."""
     try:
@@ -95,7 +105,12 @@ async def unsubscribe_page(token: str, settings: SettingsDep) -> HTMLResponse:
     )
 
 
-@router.post("/u/{token}", response_class=HTMLResponse, summary="Unsubscribe (one-click)")
+@router.post(
+    "/u/{token}",
+    response_class=HTMLResponse,
+    responses=INVALID_LINK,
+    summary="Unsubscribe (one-click)",
+)
 async def unsubscribe(token: str, settings: SettingsDep, session: SessionDep) -> HTMLResponse:
     """RFC 8058 one-click (body `List-Unsubscribe=One-Click`) or the page's button: the body
     is not needed, the signed token says who and what. Idempotent; never a redirect."""

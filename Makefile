@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint format bench clean
+.PHONY: dev test lint format bench fuzz clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -28,6 +28,12 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# Schemathesis against the served OpenAPI schema: 1000 positive and 1000 negative cases per
+# operation (operations with few possible inputs get fewer); a fresh draw each run.
+fuzz: $(STAMP)
+	NUDGE_FUZZ_EXAMPLES=1000 NUDGE_FUZZ_SEED=random $(BIN)/python -m pytest -q -s -p no:cacheprovider \
+		-o timeout=3600 tests/fuzz
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

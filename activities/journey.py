@@ -175,26 +175,10 @@ class JourneyActivities:
             receipt = await provider.send(message)
         except (RenderError, ProviderError) as exc:
             retryable = isinstance(exc, ProviderError) and exc.retryable
-            async with self._sessions() as session, session.begin():
-                if retryable:
-                    await deliveries.record_delivery_error(
-                        session=session, delivery_id=row.id, error=str(exc)
-                    )
-                else:
-                    # Nothing went out: the provider said no, or there was nothing to send.
-                    await deliveries.fail_delivery(
-                        session=session,
-                        idempotency_key=request.idempotency_key,
-                        error=str(exc),
-                        release=True,
-                    )
-                    if isinstance(exc, ProviderError) and exc.bounce:
-                        await add_suppression(
-                            session=session,
-                            user_id=request.user_id,
-                            channel=request.channel,
-                            reason=f"hard bounce: {exc}",
-                        )
+            # Shielded: an activity cancelled meanwhile (its heartbeat timed out, the
+            # journey ended) still records the outcome, so a final failure is not left
+            # `pending` for a retry to render and fail again, attempt after attempt.
+            await asyncio.shield(self._record_error(request, row.id, exc, retryable=retryable))
             if retryable:
                 assert isinstance(exc, ProviderError)
                 delay = timedelta(seconds=exc.retry_after) if exc.retry_after else None
@@ -224,6 +208,30 @@ class JourneyActivities:
             provider_message_id=receipt.provider_message_id,
         )
 
+    async def _record_error(
+        self, request: DeliverRequest, delivery_id: int, exc: Exception, *, retryable: bool
+    ) -> None:
+        async with self._sessions() as session, session.begin():
+            if retryable:
+                await deliveries.record_delivery_error(
+                    session=session, delivery_id=delivery_id, error=str(exc)
+                )
+                return
+            # Nothing went out: the provider said no, or there was nothing to send.
+            await deliveries.fail_delivery(
+                session=session,
+                idempotency_key=request.idempotency_key,
+                error=str(exc),
+                release=True,
+            )
+            if isinstance(exc, ProviderError) and exc.bounce:
+                await add_suppression(
+                    session=session,
+                    user_id=request.user_id,
+                    channel=request.channel,
+                    reason=f"hard bounce: {exc}",
+                )
+
     async def _render(
         self,
         request: DeliverRequest,
@@ -246,8 +254,9 @@ class JourneyActivities:
             },
             default_timezone=self._settings.default_timezone,
         )
-        # A render may take up to RENDER_SECONDS of CPU: off the event loop, so heartbeats
-        # and other activities keep going meanwhile.
+        # A render may take up to RENDER_SECONDS of CPU, and no step of it more (the sandbox
+        # refuses what would hold the interpreter in one step): off the event loop, so
+        # heartbeats and other activities keep going meanwhile.
         rendered = await asyncio.to_thread(render_message, template, context, name=request.template)
         transactional = definition.priority is Priority.transactional
         return OutgoingMessage(

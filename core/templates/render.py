@@ -66,6 +66,8 @@ def render(source: str, context: Mapping[str, Any], *, name: str = "template") -
         template = _compile(source)
     except TemplateSyntaxError as exc:
         raise RenderError(f"template {name!r} line {exc.lineno}: {exc.message}") from exc
+    except Exception as exc:  # a number too long for Python to read, nesting too deep
+        raise RenderError(f"template {name!r}: {type(exc).__name__}: {exc}") from exc
     parts: list[str] = []
     size = 0
     with sandbox.budget() as budget:
@@ -97,6 +99,8 @@ def syntax_problem(source: str) -> str | None:
         _env.parse(source)
     except TemplateSyntaxError as exc:
         return f"line {exc.lineno}: {exc.message}"
+    except Exception as exc:  # a number too long for Python to read, nesting too deep
+        return f"{type(exc).__name__}: {exc}"
     return None
 
 
@@ -141,16 +145,20 @@ class RenderedMessage:
 def render_message(
     template: MessageTemplate, context: Mapping[str, Any], *, name: str
 ) -> RenderedMessage:
-    """Render each part of `template` (subject, body, html, every string in data); the
-    one function `deliver` and the preview share. Raises `RenderError`."""
-    return RenderedMessage(
-        subject=render(template.subject, context, name=f"{name}.subject")
-        if template.subject
-        else None,
-        body=render(template.body, context, name=f"{name}.body"),
-        html=render(template.html, context, name=f"{name}.html") if template.html else None,
-        data={k: _render_value(v, context, f"{name}.data.{k}") for k, v in template.data.items()},
-    )
+    """Render each part of `template` (subject, body, html, every string in data), all on
+    one budget (`RENDER_SECONDS` for the whole message, however many strings its data
+    holds); the one function `deliver` and the preview share. Raises `RenderError`."""
+    with sandbox.budget():
+        return RenderedMessage(
+            subject=render(template.subject, context, name=f"{name}.subject")
+            if template.subject
+            else None,
+            body=render(template.body, context, name=f"{name}.body"),
+            html=render(template.html, context, name=f"{name}.html") if template.html else None,
+            data={
+                k: _render_value(v, context, f"{name}.data.{k}") for k, v in template.data.items()
+            },
+        )
 
 
 def _render_value(value: Any, context: Mapping[str, Any], name: str) -> Any:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -28,6 +32,7 @@ from store import deliveries
 from store.campaigns import save_campaign
 from store.models import SandboxMessage, SendReservation
 from store.profiles import merge_traits
+from tests.fixtures.api import eventually
 from tests.fixtures.sends import deliver_request, entry_event, policy_request
 from tests.fixtures.servers import Fault, WebhookReceiver
 
@@ -347,3 +352,89 @@ async def test_a_send_given_up_after_its_retries_keeps_its_cap_slot(sessions):
     decision = await env.run(acts.check_policy, policy)
     assert decision.action is PolicyAction.suppress
     assert decision.reason == "cap: 1 marketing message per 24h"
+
+
+# -- templates that would hold the worker ------------------------------------------------
+
+HOSTILE = parse_campaign(
+    {
+        "id": "hostile",
+        "name": "A template that would compute for ever",
+        "entry": {"event": "Product Added"},
+        "steps": [{"id": "send", "type": "send", "channel": "sandbox", "template": "power"}],
+        # One step of big-integer arithmetic: 12 s holding the GIL before the sandbox
+        # refused it, long past the 5 s heartbeat timeout.
+        "templates": {"power": {"subject": "Hi", "body": "{{ ((((9**64)**64)**64)**64) > 1 }}"}},
+    }
+)
+
+
+async def hostile_activities(sessions) -> JourneyActivities:
+    async with sessions() as session, session.begin():
+        await save_campaign(session=session, definition=HOSTILE)
+    return JourneyActivities(sessions=sessions, providers={"sandbox": SandboxProvider(sessions)})
+
+
+def hostile_request() -> DeliverRequest:
+    return deliver_request(
+        campaign_id="hostile", step_id="send", channel="sandbox", template="power"
+    )
+
+
+async def test_a_template_that_would_compute_for_ever_fails_at_once_and_for_good(sessions):
+    acts = await hostile_activities(sessions)
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, heartbeat_timeout=timedelta(seconds=5))
+    req = hostile_request()
+    started = time.monotonic()
+    first = await env.run(acts.deliver, req)
+    took = time.monotonic() - started
+    again = await env.run(acts.deliver, req)  # what a retry of the activity would find
+
+    reason = first.reason or ""
+    assert first.status is DeliveryStatus.failed and not first.duplicate
+    assert reason.startswith("template 'power.body' line 1: `**` would be a number of about")
+    assert "limited to 1000 digits" in reason
+    assert again.status is DeliveryStatus.failed and again.duplicate and again.reason == reason
+    async with sessions() as session:
+        row = await deliveries.get_delivery(session=session, idempotency_key=req.idempotency_key)
+        kept = await session.scalar(select(func.count()).select_from(SandboxMessage))
+    assert row is not None and (row.status, row.error, row.attempts) == ("failed", reason, 1)
+    assert kept == 0
+    assert took < 2, f"{took:.1f} s"
+
+
+async def test_a_render_failure_is_recorded_even_if_the_activity_is_cancelled_meanwhile(
+    sessions, monkeypatch
+):
+    # A cancellation (a heartbeat that timed out, a journey that ended) arriving while the
+    # failure is written used to roll the write back: the send stayed `pending`, and every
+    # retry rendered and failed again until the day was over.
+    acts = await hostile_activities(sessions)
+    writing = asyncio.Event()
+    write = deliveries.fail_delivery
+
+    async def slow_fail_delivery(**kwargs: Any) -> bool:
+        writing.set()
+        await asyncio.sleep(0.3)
+        return await write(**kwargs)
+
+    monkeypatch.setattr(deliveries, "fail_delivery", slow_fail_delivery)
+    env = ActivityEnvironment()
+    req = hostile_request()
+    attempt = asyncio.create_task(env.run(acts.deliver, req))
+    await asyncio.wait_for(writing.wait(), timeout=10)
+    env.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await attempt
+
+    async def failed() -> bool:
+        async with sessions() as session:
+            row = await deliveries.get_delivery(
+                session=session, idempotency_key=req.idempotency_key
+            )
+        return row is not None and row.status == "failed"
+
+    await eventually(failed, timeout=10)
+    retry = await ActivityEnvironment().run(acts.deliver, req)
+    assert retry.status is DeliveryStatus.failed and retry.duplicate

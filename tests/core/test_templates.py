@@ -4,6 +4,7 @@ filters, errors that name the template and line."""
 from __future__ import annotations
 
 import gc
+import sys
 import time
 from datetime import UTC, datetime
 
@@ -11,6 +12,7 @@ import pytest
 
 from core.definition import Template
 from core.templates import sandbox
+from core.templates.filters import FILTERS
 from core.templates.render import (
     RenderError,
     message_context,
@@ -18,6 +20,7 @@ from core.templates.render import (
     render_message,
     syntax_problem,
 )
+from core.templates.sandbox import BoundedEnvironment
 
 
 def test_renders_context_and_missing_values_render_empty():
@@ -251,3 +254,158 @@ def test_ordinary_templates_still_work():
     )
     items = [{"name": "a"}, {"name": "b"}]
     assert render(source, {"items": items}) == "1/2 a!, 2/2 b! a, b a1b 1-2 abcd   x  |"
+
+
+# -- one step that would hold the interpreter: refused before it starts ----------------------
+# The budget is checked between the steps of a render; big-integer arithmetic, a padded
+# batch or a huge format width is one step (in C, holding the GIL) that no check between
+# steps can interrupt. `9**64**64` is `(9**64)**64` in Jinja (`**` is left-associative).
+
+SINGLE_STEP = [
+    ("{{ ((((9**64)**64)**64)**64) > 1 }}", "`**` would be a number of about 3,909 digits"),
+    ("{{ 9**64**64**64 }}", "numbers in a template are limited to 1000 digits"),
+    ("{{ 9**(9**(9**9)) }}", "`**` would be a number of about 369,693,100 digits"),
+    ("{% set a = 7**1000 %}{{ a * a > 1 }}", "`*` would be a number of about 1,690 digits"),
+    ("{{ ('9' * 4000)|int }}", "int: 4000 characters are too long for a number"),
+    ("{{ 1|round(-1000000) }}", "round: a precision of -1000000 digits"),
+    ("{{ 1.5|round(100000000, 'ceil') }}", "round: a precision of 100000000 digits"),
+    ("{{ [1]|batch(10**8, 0)|first|length }}", "batch(100000000) with a fill value"),
+    ("{{ [1]|slice(10**7)|list|length }}", "slice(10000000): at most 10000 slices"),
+    ("{{ 'x' * 10**9 }}", "a repeated value would exceed"),
+    ("{{ 'x'.encode() * 10**9 }}", "a repeated value would exceed"),
+    ("{{ '%999999999d' % 1 }}", "a format width of 999999999"),
+    ("{{ '%(a)999999999d' % {'a': 1} }}", "a format width of 999999999"),
+    ("{{ '%*d' % (999999999, 1) }}", "a format width: 999999999"),
+    ("{{ '%999999999s'|format('x') }}", "a format width of 999999999"),
+    ("{{ '{:>{}}'.format('x', 999999999) }}", "a format width of 999999999"),
+    ("{{ '{0[a]:>{0[w]}}'.format({'a': 'x', 'w': 999999999}) }}", "a format width of 999999999"),
+    ("{{ '{a:>{w}}'.format_map({'a': 'x', 'w': 999999999}) }}", "a format width of 999999999"),
+    ("{{ 'x'|center(10**9) }}", "center: 1000000000 is too large"),
+    ("{{ 'x'.rjust(10**9) }}", "str.rjust: 1000000000 is too large"),
+    ("{{ 'x'|indent(10**9) }}", "indent would exceed"),
+    ("{{ ('x ' * 200000)|wordwrap(1, wrapstring='y' * 400000) }}", "wordwrap would exceed"),
+    ("{{ ('x ' * 200000)|truncate(10, end='y' * 10**9) }}", "a repeated value would exceed"),
+    ("{{ range(10000)|join('x' * 400000) }}", "join would exceed"),
+    ("{{ (1).to_bytes(10**9, 'big') }}", "int.to_bytes: 1000000000 is too large"),
+    ("{{ {'a': [1]}|tojson(10**9) }}", "tojson's indent: 1000000000 is too large"),
+    ("{{ range(10**9)|list|length }}", "range() in a template is limited to 10000 items"),
+    ("{{ ([[1] * 10] * 4000)|sum(start=[])|length }}", "sum of 4000 sequences would copy"),
+    # Shared references: `[l, l, ...]` prints `l` each time, and `|string`, `|tojson` or `==`
+    # walk all of it in one step.
+    (
+        "{% set l = range(10000)|list %}{{ [l, l, l, l, l, l, l, l, l, l]|string|length }}",
+        "a list written in the template would exceed",
+    ),
+    (
+        "{% macro m() %}{{ varargs|string|length }}{% endmacro %}{% set l = range(10000)|list %}"
+        "{{ m(" + ", ".join(["l"] * 50) + ") }}",
+        "the arguments of m would exceed",
+    ),
+    (
+        "{% set l = range(10000)|list %}{% set ns = namespace() %}"
+        + "".join(f"{{% set ns.a{i} = l %}}" for i in range(10))
+        + "{{ ns|string|length }}",
+        "a namespace would exceed",
+    ),
+    # A block or a macro joins what it printed in one step: what it prints is counted.
+    (
+        "{% set big = 'y' * 400000 %}{% set x %}{% for i in range(10000) %}{{ big }}"
+        "{% endfor %}{% endset %}{{ x|length }}",
+        "the template built over 5000000 characters",
+    ),
+]
+
+
+@pytest.mark.parametrize(("source", "reason"), SINGLE_STEP)
+def test_what_one_step_would_make_too_big_is_refused_before_it_runs(source, reason):
+    started = time.thread_time()
+    with pytest.raises(RenderError) as err:
+        render(source, {}, name="evil.body")
+    took = time.thread_time() - started
+    assert str(err.value).startswith("template 'evil.body' line 1: ")
+    assert reason in str(err.value)
+    assert took < 0.5, f"{took:.2f} s of CPU"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ [1]|batch(100000000, 0)|first|length }}",
+        "{{ [1]|slice(10000000)|list|length }}",
+        "{{ 'x'|center(1000000000) }}",
+        "{{ 9**(9**(9**9)) }}",
+        "{{ ('x ' * 200000)|urlize }}",
+    ],
+)
+def test_nothing_a_template_says_runs_while_it_compiles(source):
+    # Jinja folds constant expressions while compiling, outside any render's budget:
+    # `[1]|batch(100000000, 0)` took 2 s and 1.5 GB there. Nothing may be folded.
+    env = BoundedEnvironment(filters=FILTERS)
+    started = time.thread_time()
+    code = env.compile(source, raw=True)
+    assert time.thread_time() - started < 0.5
+    assert "environment.finalize(" in code  # printed at run time, where the budget applies
+
+
+def test_left_associative_powers_of_small_numbers_still_compute():
+    assert render("{{ 9**9**9**9 }}", {}) == str(9**729)  # ((9**9)**9)**9: 696 digits
+    assert render("{{ 2 ** 100 }} {{ (10 ** 999) // 10 ** 998 }}", {}) == f"{2**100} 10"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ ('x ' * 200000)|urlize|length }}",
+        "{{ ('x' * 150000)|list|select('eq', 'y')|list|length }}",
+        "{{ ('x' * 150000)|list|unique|list|length }}",
+        "{{ ('<a>' * 150000)|striptags|length }}",
+        "{{ ('ab ' * 150000)|title|length }}",
+    ],
+)
+def test_a_filter_that_loops_in_python_stops_at_the_deadline(monkeypatch, source):
+    # Each of these runs for 0.2 to 2 s in one call of the filter, without returning to
+    # the template where the budget is checked.
+    monkeypatch.setattr(sandbox, "RENDER_SECONDS", 0.01)
+    started = time.thread_time()
+    with pytest.raises(RenderError, match="rendering took longer than 10 ms"):
+        render(source, {}, name="slow")
+    assert time.thread_time() - started < 0.1
+    assert sys.getprofile() is None  # the watchdog is gone with the render
+
+
+def test_every_part_of_a_message_renders_on_one_budget(monkeypatch):
+    # Each string of `data` alone (about 8 ms) is well within the budget; together they
+    # are not.
+    monkeypatch.setattr(sandbox, "RENDER_SECONDS", 0.05)
+    spin = "{% for i in range(2000) %}{% set x = (i ** 5) % 7 %}{% endfor %}"
+    template = Template(body="hi", data={f"k{i}": spin for i in range(40)})
+    started = time.thread_time()
+    with pytest.raises(RenderError, match="rendering took longer than 50 ms"):
+        render_message(template, context(), name="t")
+    assert time.thread_time() - started < 0.2
+    assert render(spin, {}) == ""
+
+
+def test_a_template_python_cannot_read_is_a_render_error_and_a_syntax_problem():
+    for source in ("{{ " + "9" * 5000 + " }}", "{{ " + "(" * 3000 + "1" + ")" * 3000 + " }}"):
+        with pytest.raises(RenderError, match=r"'t': (ValueError|RecursionError)"):
+            render(source, {}, name="t")
+        assert syntax_problem(source)
+
+
+def test_ordinary_uses_of_the_bounded_operations_still_work():
+    source = (
+        "{{ 2 ** 10 }} {{ '%d' % 1234567 }} {{ '%5.1f' % 3.14159 }} {{ '%-4s|' % 'ab' }}"
+        " {{ '{:>5}|{:,}'.format('x', 1234567) }} {{ '{a:03d}'.format_map({'a': 7}) }}"
+        " {{ [1, 2, 3, 4, 5]|batch(2, 0)|list }} {{ [1, 2, 3, 4, 5]|slice(2)|list }}"
+        " {{ 'a b c d'|wordwrap(3, wrapstring='/') }} {{ 3.14159|round(2) }} {{ '42'|int + 1 }}"
+        " {{ [[1], [2]]|sum(start=[]) }} {{ [1, 2, 3]|sum }} {{ {'a': [1]}|tojson(1)|length }}"
+        " {{ 'go to http://x.org'|urlize(target='_blank')|length }} {{ {'a': 1}|pprint }}"
+        " {% set ns = namespace(n=0) %}{% for i in range(3) %}{% set ns.n = ns.n + i %}"
+        "{% endfor %}{{ ns.n }} {{ (1, 2) + (3,) }} {{ 'ab'.center(6, '*') }}"
+    )
+    assert render(source, {}) == (
+        "1024 1234567   3.1 ab  |     x|1,234,567 007 [[1, 2], [3, 4], [5, 0]]"
+        " [[1, 2, 3], [4, 5]] a b/c d 3.14 43 [1, 2] 6 18"
+        " 76 {'a': 1} 3 (1, 2, 3) **ab**"
+    )

@@ -16,6 +16,7 @@ from core.journey import QUERY_STATE, JourneyState, JourneyStatus
 from store.campaigns import save_campaign
 from store.models import Delivery, SandboxMessage
 from store.profiles import merge_traits
+from tests.fixtures.dst import next_year, us_spring_forward, utc
 from tests.fixtures.temporal import real_journey_worker
 from tests.workflows.test_journey import event, start
 
@@ -106,17 +107,19 @@ async def test_a_daily_cap_suppresses_the_second_send_and_allows_the_next_day(en
 
 
 async def test_quiet_hours_defer_to_the_morning_across_a_dst_change(env, sessions):
-    # New York springs forward in the night of 2027-03-13 to 14. The reminder falls at
-    # 22:00 EST on the 13th, inside quiet hours (21:00-08:00), and goes out at 08:00 EDT.
+    # New York springs forward in the night before the second Sunday of March (next year's:
+    # ahead of this server's clock, whatever today's date). The reminder falls at 22:00 EST
+    # the evening before, inside quiet hours (21:00-08:00), and goes out at 08:00 EDT.
     now = await env.get_current_time()
-    await env.sleep(datetime(2027, 3, 1, tzinfo=UTC) - now)
+    change = us_spring_forward(next_year(now))
+    await env.sleep(utc(change - timedelta(days=13), 0) - now)
     settings = Settings(_env_file=None, caps=[])
     result, state, rows, kept, scheduled = await run_journey(
         env,
         sessions,
         settings,
         EVENING,
-        {"timezone": "America/New_York", "trial_end": "2027-03-14"},
+        {"timezone": "America/New_York", "trial_end": change.isoformat()},
         event("Trial Started"),
     )
     assert result.status is JourneyStatus.completed
@@ -130,12 +133,12 @@ async def test_quiet_hours_defer_to_the_morning_across_a_dst_change(env, session
     assert state.deferred_until is None
     assert any(r.step_id == "late" for r in state.history)
     assert message.body == "Your trial ends tomorrow"
-    # The journey's clock: 2027-03-14 08:00 EDT is 12:00 UTC.
+    # The journey's clock: 22:00 EST (-5) the evening before is 03:00 UTC on the day.
     [reached] = [r for r in state.history if r.step_id == "remind"]
-    at_22_est = datetime(2027, 3, 14, 3, 0, tzinfo=UTC)
+    at_22_est = utc(change, 3)
     assert at_22_est <= reached.at < at_22_est + timedelta(seconds=1)
-    # Asked at 22:00 EST (deferred), asked again at 08:00 EDT = 12:00 UTC, then sent.
-    morning_edt = datetime(2027, 3, 14, 12, 0, tzinfo=UTC)
+    # Asked at 22:00 EST (deferred), asked again at 08:00 EDT (-4) = 12:00 UTC, then sent.
+    morning_edt = utc(change, 12)
     first_check, second_check = scheduled["check_policy"]
     assert at_22_est <= first_check < at_22_est + timedelta(seconds=1)
     assert morning_edt <= second_check < morning_edt + timedelta(seconds=1)

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from activities.journey import JourneyActivities
+from core.config import Settings
 from core.definition import parse_campaign
 from core.events import JourneyEvent
 from core.journey import (
@@ -46,8 +51,11 @@ from core.journey import (
     idempotency_key,
     journey_id,
 )
-from core.schedule import resolve_local_wait
+from store.db import create_engine, session_factory
+from store.profiles import merge_traits
 from temporal.search_attributes import journey_search_attributes
+from tests.fixtures.dst import eu_spring_forward, next_year, us_spring_forward
+from tests.fixtures.dst import utc as dst_utc
 from tests.fixtures.temporal import SUGGEST_CONTINUE_AS_NEW_AT
 from workflows.journey import JourneyWorkflow
 
@@ -86,16 +94,25 @@ class ActivityDoubles:
         self.policy_checks: list[PolicyRequest] = []
         self.broken: dict[str, str] = {}
         """Activity name → the final error it fails with (policy, profile, local time)."""
+        self.outcome_gate: asyncio.Event | None = None
+        """When set, recording the outcome waits for it: the journey has ended, its workflow
+        still runs."""
+        self.recording = asyncio.Event()
 
-    def all(self) -> list:
-        return [
-            self.deliver,
-            self.fail_delivery,
-            self.load_profile,
-            self.record_outcome,
-            self.check_policy,
-            self.resolve_wait,
-        ]
+    def all(self, **real: Callable[..., Any]) -> list[Callable[..., Any]]:
+        """The doubles to register, any of them replaced by a real activity given by the
+        double's name (`resolve_wait=JourneyActivities(...).resolve_wait`)."""
+        doubles = {
+            "deliver": self.deliver,
+            "fail_delivery": self.fail_delivery,
+            "load_profile": self.load_profile,
+            "record_outcome": self.record_outcome,
+            "check_policy": self.check_policy,
+            "resolve_wait": self.resolve_wait,
+        }
+        unknown = set(real) - set(doubles)
+        assert not unknown, f"no double named {sorted(unknown)}"
+        return [real.get(name, double) for name, double in doubles.items()]
 
     def _maybe_broken(self, name: str) -> None:
         if name in self.broken:
@@ -133,17 +150,15 @@ class ActivityDoubles:
 
     @activity.defn(name=ACTIVITY_RESOLVE_WAIT)
     async def resolve_wait(self, request: WaitRequest) -> WaitResolution:
-        """The real resolution rule (core.schedule) on this double's traits."""
+        """Only fails (see `broken`). A test whose journey waits for a local time registers
+        the real activity instead (`all(resolve_wait=...)`, see `real_wait_resolver`): a
+        copy of its rule here would test the copy."""
         self._maybe_broken(ACTIVITY_RESOLVE_WAIT)
-        until, note = resolve_local_wait(
-            now=request.now,
-            clock=request.time,
-            trait=request.trait,
-            offset=request.offset,
-            traits=self.traits,
-            default_timezone="UTC",
+        raise ApplicationError(
+            "no resolve_wait registered: pass the real one to ActivityDoubles.all()",
+            type="NoDouble",
+            non_retryable=True,
         )
-        return WaitResolution(until=until, note=note)
 
     @activity.defn(name=ACTIVITY_FAIL_DELIVERY)
     async def fail_delivery(self, failure: DeliveryFailure) -> None:
@@ -151,6 +166,9 @@ class ActivityDoubles:
 
     @activity.defn(name=ACTIVITY_RECORD_OUTCOME)
     async def record_outcome(self, outcome: JourneyOutcome) -> None:
+        self.recording.set()
+        if self.outcome_gate is not None:
+            await self.outcome_gate.wait()
         self.outcomes.append(outcome)
 
     @activity.defn(name=ACTIVITY_LOAD_PROFILE)
@@ -176,7 +194,11 @@ async def start(
     user: str | None = None,
     entry: JourneyEvent | None = None,
     history_limit: int | None = None,
+    version: int = 1,
+    state: JourneyState | None = None,
 ) -> WorkflowHandle:
+    """Start a journey as the router does (signal-with-start of the entry event), for a new
+    user unless one is named: workflow ids never repeat across tests on a shared server."""
     user = user or f"user-{uuid.uuid4().hex[:8]}"
     entry = entry or event(definition.entry.event, sku="SKU-1")
     plan = definition.plan()
@@ -184,39 +206,25 @@ async def start(
         JourneyWorkflow.run,
         JourneyInput(
             campaign_id=definition.id,
-            campaign_version=1,
+            campaign_version=version,
             user_id=user,
             plan=plan,
             entry_event=entry,
+            state=state,
             history_limit=history_limit,
         ),
         id=journey_id(definition.id, user),
         task_queue=task_queue,
         search_attributes=journey_search_attributes(
-            campaign_id=definition.id, user_id=user, campaign_version=1, step_id=plan.start_step
+            campaign_id=definition.id,
+            user_id=user,
+            campaign_version=version,
+            step_id=state.current_step if state and state.current_step else plan.start_step,
         ),
         start_signal=SIGNAL_EVENT,
         start_signal_args=[entry],
         static_summary=f"{definition.name} for {user}",
     )
-
-
-@pytest.fixture
-async def doubles(time_skipping_env: WorkflowEnvironment) -> ActivityDoubles:
-    d = ActivityDoubles()
-    d.env = time_skipping_env
-    return d
-
-
-@pytest.fixture
-async def worker(time_skipping_env: WorkflowEnvironment, task_queue: str, doubles):
-    async with Worker(
-        time_skipping_env.client,
-        task_queue=task_queue,
-        workflows=[JourneyWorkflow],
-        activities=doubles.all(),
-    ) as w:
-        yield w
 
 
 async def test_no_order_in_24h_sends_exactly_one_reminder_at_24h(
@@ -327,18 +335,31 @@ async def test_wait_survives_continue_as_new_with_its_deadline(
 
 
 async def test_operator_exit_update_and_validator(time_skipping_env, task_queue, doubles, worker):
+    doubles.outcome_gate = asyncio.Event()
     handle = await start(time_skipping_env.client, task_queue)
-    state = await handle.execute_update(
-        UPDATE_EXIT, ExitRequest(reason="customer asked"), result_type=JourneyState
-    )
-    assert state.status is JourneyStatus.exited
-    assert state.exit_reason == "operator: customer asked"
+    try:
+        state = await handle.execute_update(
+            UPDATE_EXIT, ExitRequest(reason="customer asked"), result_type=JourneyState
+        )
+        assert state.status is JourneyStatus.exited
+        assert state.exit_reason == "operator: customer asked"
+        # Ended, still recording its outcome: the validator refuses a second exit.
+        await asyncio.wait_for(doubles.recording.wait(), timeout=30)
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await handle.execute_update(UPDATE_EXIT, ExitRequest(reason="again"))
+        assert isinstance(refused.value.cause, ApplicationError)
+        assert refused.value.cause.message == "journey already ended: exited"
+    finally:
+        doubles.outcome_gate.set()
     result = await handle.result()
     assert result.status is JourneyStatus.exited
+    assert result.exit_reason == "operator: customer asked"  # the refused exit changed nothing
     assert doubles.sends == []
-    # An ended journey refuses a second exit (the server, as the workflow has closed).
-    with pytest.raises((WorkflowUpdateFailedError, RPCError)):
+    # Once the workflow has closed, the server refuses (the time-skipping server says the
+    # update is not found).
+    with pytest.raises(RPCError, match="not found") as closed:
         await handle.execute_update(UPDATE_EXIT, ExitRequest(reason="again"))
+    assert closed.value.status is RPCStatusCode.NOT_FOUND
 
 
 BRANCHY = parse_campaign(
@@ -648,29 +669,57 @@ RENEWAL = parse_campaign(
 )
 
 
+def real_wait_resolver(sessions: async_sessionmaker[AsyncSession]) -> Callable[..., Any]:
+    """The production `resolve_wait` activity, reading profiles from `sessions`."""
+    settings = Settings(_env_file=None, default_timezone="UTC")
+    return JourneyActivities(sessions=sessions, providers={}, settings=settings).resolve_wait
+
+
+async def save_traits(
+    sessions: async_sessionmaker[AsyncSession], user: str, traits: dict[str, Any]
+) -> None:
+    async with sessions() as session, session.begin():
+        await merge_traits(session=session, user_id=user, traits=traits)
+
+
 @pytest.mark.parametrize(
-    ("tz", "renewal", "first_utc", "second_utc"),
+    ("tz", "change_day", "local_offset"),
     [
-        # Europe/Paris: 2027-03-28 is the spring-forward day; 09:00 is already CEST (+2).
-        ("Europe/Paris", "2027-03-31", "2027-03-28T07:00", "2027-03-28T08:00"),
-        # America/New_York springs forward on 2027-03-14: 09:00 EDT (-4), then the next 10:00, the same day.
-        ("America/New_York", "2027-03-17", "2027-03-14T13:00", "2027-03-14T14:00"),
-        # Asia/Kolkata has no DST: +5:30 all year.
-        ("Asia/Kolkata", "2027-03-17", "2027-03-14T03:30", "2027-03-14T04:30"),
+        # Europe/Paris springs forward on the last Sunday of March: 09:00 that day is
+        # already CEST (+2), and so is the next 10:00, the same morning.
+        ("Europe/Paris", eu_spring_forward, timedelta(hours=2)),
+        # America/New_York on the second Sunday of March: 09:00 EDT (-4), then 10:00 EDT.
+        ("America/New_York", us_spring_forward, timedelta(hours=-4)),
+        # Asia/Kolkata has no DST: +5:30 all year (the US change day serves as any day).
+        ("Asia/Kolkata", us_spring_forward, timedelta(hours=5, minutes=30)),
     ],
 )
 async def test_wait_until_local_times_across_days_and_dst(
-    own_time_skipping_env, task_queue, tz, renewal, first_utc, second_utc
+    own_time_skipping_env, task_queue, sqlite_url, tz, change_day, local_offset
 ):
-    # A server of its own: the shared one's clock has run far ahead by now, and these
-    # dates must lie in this server's future.
+    """The real `resolve_wait` (the user's profile in the store, core.schedule's rule) in a
+    real journey: 3 days before `renewal_date` at 09:00 local, then the next 10:00 local."""
+    # A server of its own: its clock starts now, and next year's March lies ahead of it.
     env = own_time_skipping_env
-    doubles = ActivityDoubles(traits={"timezone": tz, "renewal_date": renewal})
-    doubles.env = env
-    async with Worker(
-        env.client, task_queue=task_queue, workflows=[JourneyWorkflow], activities=doubles.all()
-    ):
-        handle = await start(env.client, task_queue, RENEWAL)
-        await handle.result()
-    sent = [at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M") for _, at in doubles.sends]
-    assert sent == [first_utc, second_utc]
+    day = change_day(next_year(await env.get_current_time()))
+    user = f"user-{uuid.uuid4().hex[:8]}"
+    engine = create_engine(sqlite_url)
+    try:
+        sessions = session_factory(engine)
+        renewal = (day + timedelta(days=3)).isoformat()
+        await save_traits(sessions, user, {"timezone": tz, "renewal_date": renewal})
+        doubles = ActivityDoubles()
+        doubles.env = env
+        activities = doubles.all(resolve_wait=real_wait_resolver(sessions))
+        async with Worker(
+            env.client, task_queue=task_queue, workflows=[JourneyWorkflow], activities=activities
+        ):
+            handle = await start(env.client, task_queue, RENEWAL, user=user)
+            await handle.result()
+    finally:
+        await engine.dispose()
+    expected = [dst_utc(day, 9) - local_offset, dst_utc(day, 10) - local_offset]
+    sent = [at for _, at in doubles.sends]
+    assert len(sent) == len(expected), sent
+    for at, due in zip(sent, expected, strict=True):
+        assert due <= at < due + timedelta(minutes=1), (at, due)

@@ -36,8 +36,9 @@ from tests.fixtures.providers import (
     FCM_TOKEN,
     SENDER,
     FcmResponder,
-    sendgrid_accepted,
-    twilio_created,
+    SendGridResponder,
+    TwilioResponder,
+    taken,
 )
 from tests.fixtures.sends import deliver_request
 from tests.fixtures.servers import Fault, ProviderDouble, Responder, ok_json
@@ -52,6 +53,10 @@ class HttpProvider:
     settings: Callable[[ProviderDouble], dict[str, Any]]
     """NUDGE_* settings that point the provider at its double."""
     key_header: str = "idempotency-key"
+    """The header that carries our idempotency key."""
+    dedupes: bool = False
+    """Whether the provider drops a request whose key it has already processed: only the
+    webhook's receiver (Standard Webhooks asks it to); SendGrid, Twilio and FCM do not."""
 
 
 PROVIDERS = {
@@ -61,11 +66,12 @@ PROVIDERS = {
         respond=lambda: ok_json,
         settings=lambda double: {"webhook_url": double.url},
         key_header="webhook-id",
+        dedupes=True,
     ),
     "sendgrid": HttpProvider(
         channel="email",
         accepted=202,
-        respond=lambda: sendgrid_accepted,
+        respond=SendGridResponder,
         settings=lambda double: {
             "email_provider": "sendgrid",
             "email_from": "Shop <hello@shop.example>",
@@ -76,7 +82,7 @@ PROVIDERS = {
     "twilio": HttpProvider(
         channel="sms",
         accepted=201,
-        respond=lambda: twilio_created,
+        respond=TwilioResponder,
         settings=lambda double: {
             "sms_provider": "twilio",
             "sms_from": SENDER,
@@ -147,7 +153,9 @@ async def case(request: pytest.FixtureRequest, sessions) -> AsyncIterator[Case]:
             user_id="ada",
             traits={"email": "ada@example.com", "phone": "+4915112345678", "push_token": "tok-a"},
         )
-    double = ProviderDouble(provider.respond(), key_header=provider.key_header).start()
+    # A double dedupes only where its provider does: elsewhere each message it takes counts.
+    key_header = provider.key_header if provider.dedupes else None
+    double = ProviderDouble(provider.respond(), key_header=key_header).start()
     settings = Settings(_env_file=None, **provider.settings(double))
     try:
         async with httpx.AsyncClient(timeout=5) as http:
@@ -163,27 +171,30 @@ async def test_503_twice_then_sent_once(case: Case) -> None:
     env = ActivityEnvironment()
     req = case.request()
     for _ in range(2):
-        with pytest.raises(ApplicationError) as err:
+        with pytest.raises(ApplicationError, match="503") as err:
             await env.run(case.activities.deliver, req)
         assert err.value.type == PROVIDER_UNAVAILABLE and not err.value.non_retryable
     waiting = await case.row(req)
     assert waiting.status == "pending" and "503" in (waiting.error or "")
 
     result = await env.run(case.activities.deliver, req)
-    assert result.status is DeliveryStatus.sent
+    again = await env.run(case.activities.deliver, req)  # a retry after the send completed
+    assert result.status is DeliveryStatus.sent and again.duplicate
     assert [r.status for r in case.double.received] == [503, 503, case.provider.accepted]
-    assert len(case.double.processed) == 1
-    assert len({r.headers[case.provider.key_header] for r in case.double.received}) == 1
+    assert len(taken(case.double)) == 1  # one message reached the provider, once
+    [key] = {r.headers[case.provider.key_header] for r in case.double.received}
+    assert key.startswith(req.idempotency_key)  # the same key on every attempt
     sent = await case.row(req)
     assert (sent.status, sent.attempts) == ("sent", 3)
 
 
 async def test_429_retry_after_tells_temporal_when_to_try_again(case: Case) -> None:
     case.double.faults.append(Fault(429, headers={"Retry-After": "7"}, body="{}"))
-    with pytest.raises(ApplicationError) as err:
+    with pytest.raises(ApplicationError, match="429") as err:
         await ActivityEnvironment().run(case.activities.deliver, case.request())
     assert err.value.type == PROVIDER_UNAVAILABLE and not err.value.non_retryable
     assert err.value.next_retry_delay == timedelta(seconds=7)
+    assert taken(case.double) == []
 
 
 async def test_400_is_final_recorded_and_never_tried_again(case: Case) -> None:
@@ -194,8 +205,27 @@ async def test_400_is_final_recorded_and_never_tried_again(case: Case) -> None:
     again = await env.run(case.activities.deliver, req)
     assert result.status is DeliveryStatus.failed and again.duplicate
     assert "400" in (result.reason or "")
-    assert len(case.double.received) == 1 and case.double.processed == {}
+    assert len(case.double.received) == 1 and taken(case.double) == []
     assert (await case.row(req)).status == "failed"
+
+
+async def test_an_answer_lost_after_the_provider_took_the_message(case: Case) -> None:
+    """The README's window: the provider took the message, its answer never arrived. The
+    retry sends again with the same key, and only a receiver that honours keys (the
+    webhook's) shows one message; SendGrid, Twilio and FCM take it twice."""
+    case.double.faults.append(Fault(drop=True, after_processing=True))
+    env = ActivityEnvironment()
+    req = case.request()
+    with pytest.raises(ApplicationError, match="unreachable") as err:
+        await env.run(case.activities.deliver, req)
+    assert err.value.type == PROVIDER_UNAVAILABLE and not err.value.non_retryable
+    result = await env.run(case.activities.deliver, req)
+
+    assert result.status is DeliveryStatus.sent
+    assert len(case.double.received) == 2
+    assert len(taken(case.double)) == (1 if case.provider.dedupes else 2)
+    sent = await case.row(req)
+    assert (sent.status, sent.attempts) == ("sent", 2)
 
 
 def test_the_double_never_takes_a_message_cut_off_mid_body() -> None:

@@ -115,7 +115,7 @@ def test_a_definition_with_every_step_type_parses() -> None:
     assert definition.event_names() == {"Order Completed", "Checkout Started"}
     assert definition.channels() == {"sandbox"}
     assert definition.needs_profile(vip) and not definition.needs_profile(pause)
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match=r"^'nope'$"):
         definition.step("nope")
 
 
@@ -334,7 +334,7 @@ def test_a_step_nothing_leads_to_is_unreachable() -> None:
 
 def test_reachability_starts_from_start() -> None:
     data = with_steps(send("a"), send("b", "a"), start="b")
-    parse_campaign(data)
+    assert parse_campaign(data).start_step == "b"  # a is reached from b
     data = with_steps(send("a"), send("b"), start="b")
     assert problems(data) == ["steps[0]: step 'a' is unreachable from start 'b'"]
 
@@ -348,14 +348,21 @@ def test_a_step_that_leads_to_itself_is_a_cycle() -> None:
     assert problems(with_steps(send("a", "a"))) == ["steps[0]: cycle without a wait: a -> a"]
 
 
-@pytest.mark.parametrize("waiting", ["wait", "wait_for"])
-def test_a_cycle_through_a_wait_is_accepted(waiting: str) -> None:
+@pytest.mark.parametrize(("waiting", "kind"), [("wait", WaitStep), ("wait_for", WaitForStep)])
+def test_a_cycle_through_a_wait_is_accepted(waiting: str, kind: type) -> None:
     step: dict[str, Any] = (
         wait("w", "a")
         if waiting == "wait"
         else {"id": "w", "type": "wait_for", "event": "E2", "timeout": "1d", "on_timeout": "a"}
     )
-    parse_campaign(with_steps(send("a", "w"), step))
+    definition = parse_campaign(with_steps(send("a", "w"), step))
+    first, back = definition.steps
+    assert isinstance(first, SendStep) and first.next == "w"
+    assert isinstance(back, kind)
+    # The cycle survives into the plan a journey runs: a -> w -> a.
+    plan = definition.plan()
+    assert plan.step("a") == first and plan.step("w") == back
+    assert (back.next if isinstance(back, WaitStep) else back.on_timeout) == "a"
 
 
 def test_a_cycle_without_a_wait_beside_one_with_a_wait_is_rejected() -> None:
@@ -382,7 +389,9 @@ def test_a_long_chain_of_steps_does_not_exhaust_the_stack() -> None:
     steps[-1]["type"], steps[-1]["next"] = "send", "s0"
     steps[-1] |= {"channel": "sandbox", "template": "t"}
     del steps[-1]["duration"]
-    parse_campaign(with_steps(*steps))
+    looped = parse_campaign(with_steps(*steps))  # one long cycle, with waits in it
+    last = looped.step(f"s{count - 1}")
+    assert isinstance(last, SendStep) and last.next == "s0"
 
 
 @pytest.mark.parametrize(

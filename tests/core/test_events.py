@@ -254,5 +254,5 @@ def test_a_journey_event_gives_conditions_and_templates_their_event_root() -> No
         "properties": {"x": 1},
     }
     assert JourneyEvent.model_validate_json(event.model_dump_json()) == event
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match="Instance is frozen"):
         event.name = "changed"  # type: ignore[misc]

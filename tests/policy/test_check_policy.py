@@ -13,7 +13,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.channels.sandbox import SandboxProvider
-from activities.journey import JourneyActivities
+from activities.journey import VERSION_UNAVAILABLE, JourneyActivities
 from core.config import Settings
 from core.definition import parse_campaign
 from core.events import JourneyEvent
@@ -249,34 +249,40 @@ async def test_two_journeys_at_the_same_instant_share_one_sms_slot(seeded) -> No
 
 
 async def test_quiet_hours_defer_to_their_end_in_the_users_zone(seeded) -> None:
-    now = datetime.now(UTC)
-    start, end = now - timedelta(hours=1), now + timedelta(hours=1)
-    acts = activities(
-        seeded, quiet_hours_start=start.strftime("%H:%M"), quiet_hours_end=end.strftime("%H:%M")
-    )
+    # The journey's time, not the wall clock's: 22:00 UTC tomorrow, inside the default quiet
+    # hours (21:00-08:00) whatever the hour the test runs at. The policy decides at the later
+    # of the journey's time and the clock, so a time ahead of the clock is the one used.
+    tomorrow = datetime.now(UTC).date() + timedelta(days=1)
+    at_22 = datetime(tomorrow.year, tomorrow.month, tomorrow.day, 22, tzinfo=UTC)
+    acts = activities(seeded, quiet_hours_start="21:00", quiet_hours_end="08:00")
+
+    def asked(campaign_id: str) -> PolicyRequest:
+        return request(campaign_id).model_copy(update={"now": at_22})
+
     async with seeded() as session, session.begin():
         await merge_traits(session=session, user_id="ada", traits={"timezone": "Etc/UTC"})
-    decision = await ActivityEnvironment().run(acts.check_policy, request("promo"))
+    decision = await ActivityEnvironment().run(acts.check_policy, asked("promo"))
     assert decision.action is PolicyAction.defer
-    assert decision.defer_until == end.replace(second=0, microsecond=0)
+    assert decision.defer_until == at_22 + timedelta(hours=10)  # 08:00 the next morning
+    assert decision.reason == "quiet hours 21:00-08:00 in Etc/UTC"
     assert await ledger(seeded) == 0  # nothing reserved until it may go
 
-    # In a zone where it is not quiet now, it goes; transactional ones go in any case.
+    # Where it is 10:00 then (UTC-12), it goes; transactional ones go in any case.
     async with seeded() as session, session.begin():
         await merge_traits(session=session, user_id="ada", traits={"timezone": "Etc/GMT+12"})
-    elsewhere = await ActivityEnvironment().run(acts.check_policy, request("promo"))
+    elsewhere = await ActivityEnvironment().run(acts.check_policy, asked("promo"))
     assert elsewhere.action is PolicyAction.allow
     async with seeded() as session, session.begin():
         await merge_traits(session=session, user_id="ada", traits={"timezone": "Etc/UTC"})
-    receipt = await ActivityEnvironment().run(acts.check_policy, request("receipt"))
+    receipt = await ActivityEnvironment().run(acts.check_policy, asked("receipt"))
     assert receipt.action is PolicyAction.allow
 
 
 async def test_an_unknown_campaign_version_is_a_final_error(seeded) -> None:
     req = request("promo").model_copy(update={"campaign_version": 99})
-    with pytest.raises(ApplicationError) as err:
+    with pytest.raises(ApplicationError, match="campaign 'promo' version 99") as err:
         await ActivityEnvironment().run(activities(seeded).check_policy, req)
-    assert err.value.non_retryable and "version 99" in str(err.value)
+    assert err.value.non_retryable and err.value.type == VERSION_UNAVAILABLE
 
 
 async def test_a_hard_bounce_is_suppressed_before_the_version_is_read(seeded) -> None:

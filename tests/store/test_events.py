@@ -150,7 +150,7 @@ async def test_mark_events_refuses_pending_and_unknown_statuses(sessions: Sessio
     async with sessions() as session:
         with pytest.raises(ValueError, match="'routed', 'ignored' or 'failed'"):
             await mark_events(session=session, event_ids=[1], status="pending")
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="'sent' is not a valid EventStatus"):
             await mark_events(session=session, event_ids=[1], status="sent")
 
 

@@ -35,6 +35,25 @@ def _print(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
+def _read_text(name: str) -> str:
+    """A file the user named, as text; a one-line error saying why it cannot be read."""
+    try:
+        return Path(name).read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise SystemExit(f"error: cannot read {name}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise SystemExit(f"error: cannot read {name}: it is a directory, not a file") from exc
+    except PermissionError as exc:
+        raise SystemExit(f"error: cannot read {name}: permission denied") from exc
+    except UnicodeDecodeError as exc:
+        raise SystemExit(
+            f"error: cannot read {name}: not UTF-8 text (byte {exc.start}); "
+            "save the definition as UTF-8 YAML or JSON"
+        ) from exc
+    except OSError as exc:
+        raise SystemExit(f"error: cannot read {name}: {exc.strerror or exc}") from exc
+
+
 # -- processes ---------------------------------------------------------------------------
 
 
@@ -82,14 +101,29 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 # -- API calls ---------------------------------------------------------------------------
 
 
-def _with_client(args: argparse.Namespace, call: Callable[[Any], Awaitable[Any]]) -> None:
+ADMIN_TOKEN = "NUDGE_ADMIN_TOKEN"
+WRITE_KEY = "NUDGE_WRITE_KEY"
+POINT_AT_IT = "is it running? Point at it with NUDGE_URL or --url"
+
+
+def _with_client(
+    args: argparse.Namespace,
+    call: Callable[[Any], Awaitable[Any]],
+    *,
+    credential: str = ADMIN_TOKEN,
+) -> None:
+    """Call the API; what goes wrong ends the command with one line on stderr. `credential`
+    names the setting the call authenticates with, for a 401's message."""
+    import httpx
+
     from api.client import NudgeClient, NudgeClientError
 
     settings = _settings()
+    url = _api_url(args, settings)
 
     async def run() -> Any:
         async with NudgeClient(
-            _api_url(args, settings),
+            url,
             write_key=settings.write_key,
             admin_token=settings.admin_token,
         ) as client:
@@ -98,13 +132,46 @@ def _with_client(args: argparse.Namespace, call: Callable[[Any], Awaitable[Any]]
     try:
         result = asyncio.run(run())
     except NudgeClientError as exc:
-        raise SystemExit(f"error: {exc}") from exc
+        raise SystemExit(_refused(exc, url=url, credential=credential)) from exc
+    except httpx.InvalidURL as exc:
+        raise SystemExit(f"error: {url!r} is not a URL ({exc}); {POINT_AT_IT}") from exc
+    except json.JSONDecodeError as exc:  # a success answer that is not JSON
+        raise SystemExit(
+            f"error: {url} did not answer as the Nudge API (its answer is not JSON); "
+            "check NUDGE_URL or --url"
+        ) from exc
     if result is not None:
         _print(result)
 
 
+def _refused(exc: Any, *, url: str, credential: str) -> str:
+    """The one line (or, for a definition's problems, one line each) a `NudgeClientError`
+    becomes: no answer at all, the API's refusal, or a server that is not the API."""
+    import httpx
+
+    if isinstance(exc.__cause__, httpx.HTTPError):
+        reason = str(exc.__cause__).rstrip(".")
+        return f"error: cannot reach the Nudge API at {url}: {reason}; {POINT_AT_IT}"
+    detail = exc.detail
+    if exc.status_code == 0:  # refused before any request: a setting is missing
+        return f"error: {detail}"
+    if isinstance(detail, dict) and isinstance(detail.get("problems"), list):
+        problems = [str(p) for p in detail["problems"]]
+        text = problems[0] if len(problems) == 1 else "\n  " + "\n  ".join(problems)
+    elif isinstance(detail, str) and ("<html" in detail.lower() or "\n" in detail.strip()):
+        return (
+            f"error: {url} answered {exc.status_code} with a page, not as the Nudge API; "
+            "check NUDGE_URL or --url"
+        )
+    else:
+        text = str(detail)
+    if exc.status_code == 401:
+        text += f" (set {credential} to the one the API was started with)"
+    return f"error: {exc.status_code}: {text}"
+
+
 def cmd_campaigns_apply(args: argparse.Namespace) -> None:
-    text = Path(args.file).read_text()
+    text = _read_text(args.file)
     _with_client(args, lambda c: c.apply_campaign(text, activate=args.activate))
 
 
@@ -136,9 +203,13 @@ def cmd_events_send(args: argparse.Namespace) -> None:
     try:
         properties = json.loads(args.properties) if args.properties else {}
     except json.JSONDecodeError as exc:
-        raise SystemExit(f"--properties is not JSON: {exc}") from exc
+        raise SystemExit(f"error: --properties is not JSON: {exc}") from exc
+    if not isinstance(properties, dict):
+        raise SystemExit('error: --properties must be a JSON object, e.g. \'{"order_id": "o-1"}\'')
     _with_client(
-        args, lambda c: c.track(user_id=args.user, event=args.event, properties=properties)
+        args,
+        lambda c: c.track(user_id=args.user, event=args.event, properties=properties),
+        credential=WRITE_KEY,
     )
 
 

@@ -1,0 +1,1 @@
+"""tests.cli: the `nudge` command as a user runs it."""

@@ -1,0 +1,215 @@
+"""The `nudge` command's error paths, run as a user runs it (a process, its own directory,
+only the NUDGE_* settings given here): each ends with one line on stderr that says what is
+wrong and what to do, a non-zero exit, and no traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from temporal.servers import free_port
+from tests.fixtures.api import ADMIN_TOKEN, WRITE_KEY, RunningApi, make_settings, running_api
+
+NUDGE = Path(sys.executable).parent / "nudge"
+CAMPAIGN = "id: hello\nname: Hello\nentry: {event: Signed Up}\nsteps:\n  - {id: hi, type: exit}\n"
+
+
+@dataclass
+class Ran:
+    code: int
+    stdout: str
+    stderr: str
+
+    def failed_with(self, *parts: str) -> str:
+        """The one line the command printed on stderr, checked to hold each of `parts`."""
+        assert self.code != 0, self
+        assert "Traceback" not in self.stderr, self.stderr
+        assert self.stdout == "", self.stdout
+        lines = self.stderr.strip().splitlines()
+        assert len(lines) == 1, self.stderr
+        for part in parts:
+            assert part in lines[0], (part, lines[0])
+        return lines[0]
+
+
+async def nudge(cwd: Path, *args: str, url: str, **settings: str | None) -> Ran:
+    """Run `nudge ARGS` against `url`, in `cwd` (so no developer's .env is read), with the
+    test's credentials unless `settings` (NUDGE_* names, lower case, without the prefix;
+    None: unset) say otherwise. Asynchronous, so an API served in this loop can answer."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUDGE_")}
+    env |= {"NUDGE_URL": url, "NUDGE_WRITE_KEY": WRITE_KEY, "NUDGE_ADMIN_TOKEN": ADMIN_TOKEN}
+    for name, value in settings.items():
+        env.pop(f"NUDGE_{name.upper()}", None)
+        if value is not None:
+            env[f"NUDGE_{name.upper()}"] = value
+    env["NUDGE_LOG_LEVEL"] = "WARNING"
+    process = await asyncio.create_subprocess_exec(
+        str(NUDGE),
+        *args,
+        cwd=cwd,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return Ran(process.returncode, out.decode(), err.decode())
+
+
+def closed_url() -> str:
+    """An API address nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.fixture
+async def api(sqlite_url: str) -> AsyncIterator[RunningApi]:
+    """The real API on SQLite (Temporal unreachable: these calls do not need it)."""
+    async with running_api(make_settings(sqlite_url, f"127.0.0.1:{free_port()}")) as running:
+        yield running
+
+
+# -- the campaign file -------------------------------------------------------------------
+
+
+async def test_apply_a_file_that_does_not_exist(tmp_path: Path) -> None:
+    ran = await nudge(tmp_path, "campaigns", "apply", "cart.yaml", url=closed_url())
+    ran.failed_with("cannot read cart.yaml", "no such file")
+
+
+async def test_apply_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "campaigns").mkdir()
+    ran = await nudge(tmp_path, "campaigns", "apply", "campaigns", url=closed_url())
+    ran.failed_with("cannot read campaigns", "a directory")
+
+
+async def test_apply_a_file_that_is_not_text(tmp_path: Path) -> None:
+    (tmp_path / "cart.yaml").write_bytes(b"\xff\xfe\x00id: cart")
+    ran = await nudge(tmp_path, "campaigns", "apply", "cart.yaml", url=closed_url())
+    ran.failed_with("cannot read cart.yaml", "not UTF-8 text")
+
+
+async def test_apply_an_unreadable_file(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root reads any file: no permission error to provoke")
+    path = tmp_path / "cart.yaml"
+    path.write_text(CAMPAIGN)
+    path.chmod(0)
+    ran = await nudge(tmp_path, "campaigns", "apply", "cart.yaml", url=closed_url())
+    ran.failed_with("cannot read cart.yaml", "permission denied")
+
+
+# -- the API ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("campaigns", "list"),
+        ("campaigns", "apply", "cart.yaml"),
+        ("events", "send", "--user", "ada", "--event", "Signed Up"),
+        ("journeys", "show", "cart", "ada"),
+    ],
+    ids=["list", "apply", "send", "show"],
+)
+async def test_an_unreachable_api_is_named_with_how_to_point_at_it(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    (tmp_path / "cart.yaml").write_text(CAMPAIGN)
+    url = closed_url()
+    ran = await nudge(tmp_path, *args, url=url)
+    line = ran.failed_with(f"cannot reach the Nudge API at {url}", "NUDGE_URL", "--url")
+    assert not line.startswith("error: 0:")  # no status where there was no answer
+
+
+async def test_a_url_that_is_not_one(tmp_path: Path) -> None:
+    ran = await nudge(tmp_path, "campaigns", "list", url="127.0.0.1:8000")
+    ran.failed_with("cannot reach the Nudge API at 127.0.0.1:8000", "http://")
+
+
+@pytest.fixture
+def not_nudge(tmp_path: Path) -> Iterator[str]:
+    """A web server that is not the Nudge API (say, the Temporal UI on :8233): it answers
+    GET /v1/campaigns 200 with an HTML page."""
+    site = tmp_path / "site"
+    (site / "v1" / "campaigns").mkdir(parents=True)
+    (site / "v1" / "campaigns" / "index.html").write_text("<html>Temporal</html>")
+    handler = partial(SimpleHTTPRequestHandler, directory=str(site))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_a_url_that_is_not_the_nudge_api(tmp_path: Path, not_nudge: str) -> None:
+    ran = await nudge(tmp_path, "campaigns", "list", url=not_nudge)
+    ran.failed_with(f"{not_nudge} did not answer as the Nudge API", "NUDGE_URL")
+
+
+async def test_a_wrong_admin_token_is_a_401_naming_the_setting(
+    tmp_path: Path, api: RunningApi
+) -> None:
+    ran = await nudge(tmp_path, "campaigns", "list", url=api.url, admin_token="wrong")
+    ran.failed_with("error: 401: wrong admin token", "set NUDGE_ADMIN_TOKEN")
+
+
+async def test_a_wrong_write_key_is_a_401_naming_the_setting(
+    tmp_path: Path, api: RunningApi
+) -> None:
+    args = ("events", "send", "--user", "ada", "--event", "Signed Up")
+    ran = await nudge(tmp_path, *args, url=api.url, write_key="wrong")
+    ran.failed_with("error: 401: wrong write key", "set NUDGE_WRITE_KEY")
+    assert await api.events() == []
+
+
+async def test_without_an_admin_token_the_401_says_which_setting(
+    tmp_path: Path, api: RunningApi
+) -> None:
+    # Unset, the command sends the development placeholder, which this API refuses.
+    ran = await nudge(tmp_path, "journeys", "show", "cart", "ada", url=api.url, admin_token=None)
+    ran.failed_with("error: 401: wrong admin token", "set NUDGE_ADMIN_TOKEN")
+
+
+async def test_the_apis_own_refusal_is_shown(tmp_path: Path, api: RunningApi) -> None:
+    """What the API says is wrong with a definition reaches the user, path and all."""
+    (tmp_path / "cart.yaml").write_text(CAMPAIGN.replace("type: exit", "type: sms"))
+    ran = await nudge(tmp_path, "campaigns", "apply", "cart.yaml", url=api.url)
+    assert ran.code != 0 and "Traceback" not in ran.stderr and ran.stdout == ""
+    assert ran.stderr.startswith("error: 422:") or ran.stderr.startswith("error: 400:")
+    assert "steps[0]" in ran.stderr
+
+
+@pytest.mark.parametrize(
+    ("properties", "says"),
+    [("{not json", "--properties is not JSON"), ("[1, 2]", "--properties must be a JSON object")],
+)
+async def test_event_properties_must_be_a_json_object(
+    tmp_path: Path, api: RunningApi, properties: str, says: str
+) -> None:
+    args = ("events", "send", "--user", "ada", "--event", "Signed Up")
+    ran = await nudge(tmp_path, *args, "--properties", properties, url=api.url)
+    ran.failed_with(says)
+    assert await api.events() == []
+
+
+async def test_the_happy_path_still_prints_json(tmp_path: Path, api: RunningApi) -> None:
+    (tmp_path / "cart.yaml").write_text(CAMPAIGN)
+    ran = await nudge(tmp_path, "campaigns", "apply", "cart.yaml", url=api.url)
+    assert (ran.code, ran.stderr) == (0, "")
+    assert json.loads(ran.stdout)["id"] == "hello"

@@ -4,15 +4,21 @@ Run once per behaviour worth guarding, then commit the JSON; never re-record a h
 make a replay test pass — that is the bug the test exists to catch:
 
     .venv/bin/python -m tests.workflows.record_histories
+
+Every scenario runs each time; only histories not yet in tests/histories/ are written.
+Activities are the doubles of tests/workflows/test_journey.py, but for `resolve_wait`, the
+real activity on a throwaway SQLite profile store.
 """
 
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import uuid
 from datetime import timedelta
 from pathlib import Path
 
+from temporalio.client import WorkflowHandle
 from temporalio.worker import Worker
 
 from core.journey import (
@@ -23,7 +29,9 @@ from core.journey import (
     PolicyAction,
     PolicyDecision,
 )
+from store.db import create_engine, migrate, session_factory
 from temporal.servers import time_skipping_server
+from tests.fixtures.dst import eu_spring_forward, next_year
 from tests.workflows.test_journey import (
     BRANCHY,
     CART,
@@ -31,6 +39,8 @@ from tests.workflows.test_journey import (
     WAIT_FOR,
     ActivityDoubles,
     event,
+    real_wait_resolver,
+    save_traits,
     start,
 )
 from workflows.journey import JourneyWorkflow
@@ -39,6 +49,17 @@ HISTORIES = Path(__file__).parent.parent / "histories"
 
 
 async def main() -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        url = f"sqlite+aiosqlite:///{Path(directory) / 'profiles.db'}"
+        await migrate(url)
+        engine = create_engine(url)
+        try:
+            await record(session_factory(engine))
+        finally:
+            await engine.dispose()
+
+
+async def record(sessions) -> None:
     async with time_skipping_server() as env:
         doubles = ActivityDoubles(traits={"plan": "pro"})
         doubles.env = env
@@ -47,9 +68,9 @@ async def main() -> None:
             env.client,
             task_queue=queue,
             workflows=[JourneyWorkflow],
-            activities=doubles.all(),
+            activities=doubles.all(resolve_wait=real_wait_resolver(sessions)),
         ):
-            runs = {}
+            runs: dict[str, WorkflowHandle] = {}
             # Cart abandoned: 24 h wait, then the reminder.
             h = await start(env.client, queue, CART, user="replay-cart-reminder")
             await h.result()
@@ -68,6 +89,10 @@ async def main() -> None:
             await h.signal(SIGNAL_EVENT, event("Review Submitted", stars=5))
             await h.result()
             runs["wait_for_matched"] = h
+            # wait_for: nothing arrives, the timeout leads on.
+            h = await start(env.client, queue, WAIT_FOR, user="replay-wait-for-timeout")
+            await h.result()
+            runs["wait_for_timeout"] = h
             # Branch on a trait, then an operator's exit during the wait.
             h = await start(env.client, queue, BRANCHY, user="replay-branch-exit")
             await h.result()
@@ -89,9 +114,30 @@ async def main() -> None:
             h = await start(env.client, queue, CART, user="replay-policy-deferred")
             await h.result()
             runs["policy_deferred"] = h
-            # wait until a local time, from a date trait.
-            doubles.traits = {"timezone": "Europe/Paris", "renewal_date": "2027-03-31"}
-            h = await start(env.client, queue, RENEWAL, user="replay-wait-until")
+            # The send policy says no: recorded, and the journey goes on.
+            doubles.policy = [
+                PolicyDecision(action=PolicyAction.suppress, reason="unsubscribed from marketing")
+            ]
+            h = await start(env.client, queue, BRANCHY, user="replay-policy-suppressed")
+            await h.result()
+            runs["policy_suppressed"] = h
+            # Continue-as-new: a 24 h wait whose runs turn over every 60 history events as
+            # events pour in; the first run (ending in continue-as-new) and the last.
+            h = await start(env.client, queue, CART, user="replay-continued", history_limit=60)
+            latest = env.client.get_workflow_handle(h.id)
+            for i in range(100):
+                await latest.signal(SIGNAL_EVENT, event("Page Viewed", n=i))
+            await h.result()
+            # A handle from start_workflow fetches the latest run's history: pin the first.
+            runs["continued_as_new"] = env.client.get_workflow_handle(h.id, run_id=h.result_run_id)
+            runs["continued_as_new_last_run"] = latest
+            # wait until a local time, from a date trait (next year's Paris DST change, so
+            # ahead of the server's clock).
+            user = "replay-wait-until"
+            renewal = eu_spring_forward(next_year(began)) + timedelta(days=3)
+            traits = {"timezone": "Europe/Paris", "renewal_date": renewal.isoformat()}
+            await save_traits(sessions, user, traits)
+            h = await start(env.client, queue, RENEWAL, user=user)
             await h.result()
             runs["wait_until"] = h
             # An activity that fails for good (patch activity-failure-v1): the journey ends

@@ -3,6 +3,8 @@ and a deliberately non-deterministic change to it fails to."""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,8 +28,74 @@ async def replay(workflow_class: type, name: str) -> WorkflowReplayResult:
     return await replayer.replay_workflow(history, raise_on_replay_failure=False)
 
 
-def test_histories_are_recorded():
-    assert len(HISTORIES) >= 1, "tests/histories/ must hold recorded journeys"
+def kinds(history: WorkflowHistory) -> Counter[str]:
+    """How many events of each kind: `timer_fired`, `workflow_execution_signaled`, …"""
+    return Counter(
+        (e.WhichOneof("attributes") or "").removesuffix("_event_attributes") for e in history.events
+    )
+
+
+def activities(history: WorkflowHistory) -> list[str]:
+    return [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+
+
+def continued_from(history: WorkflowHistory) -> str:
+    return history.events[0].workflow_execution_started_event_attributes.continued_execution_run_id
+
+
+GUARDED: dict[str, Callable[[WorkflowHistory], bool]] = {
+    "cart_reminder": lambda h: kinds(h)["timer_fired"] == 1 and "deliver" in activities(h),
+    "cart_converted": lambda h: "deliver" not in activities(h),
+    "wait_for_matched": lambda h: kinds(h)["workflow_execution_signaled"] == 4,
+    # The 7 d timeout fired with nothing but the entry event: its own branch was taken.
+    "wait_for_timeout": lambda h: (
+        kinds(h)["timer_fired"] == 1
+        and kinds(h)["workflow_execution_signaled"] == 1
+        and activities(h).count("deliver") == 1
+    ),
+    # The 24 h wait, then the deferral's timer; asked again when it fired.
+    "policy_deferred": lambda h: (
+        activities(h).count("check_policy") == 2 and kinds(h)["timer_fired"] == 2
+    ),
+    # The policy said no: asked once, never delivered, and the journey went on to its end.
+    "policy_suppressed": lambda h: (
+        activities(h).count("check_policy") == 1
+        and "deliver" not in activities(h)
+        and activities(h)[-1] == "record_outcome"
+    ),
+    "continued_as_new": lambda h: (
+        kinds(h)["workflow_execution_continued_as_new"] == 1 and not continued_from(h)
+    ),
+    "continued_as_new_last_run": lambda h: (
+        bool(continued_from(h)) and kinds(h)["workflow_execution_completed"] == 1
+    ),
+    "branch_pro": lambda h: activities(h)[:2] == ["load_profile", "deliver"],
+    "operator_exit": lambda h: kinds(h)["workflow_execution_update_completed"] == 1,
+    "wait_until": lambda h: "resolve_wait" in activities(h),
+    # Before activity-failure-v1 a failed activity failed the run; from it on, the journey
+    # records its outcome and completes.
+    "profile_failed_unpatched": lambda h: kinds(h)["workflow_execution_failed"] == 1,
+    "profile_failed": lambda h: (
+        kinds(h)["activity_task_failed"] == 1 and activities(h)[-1] == "record_outcome"
+    ),
+}
+"""The behaviours the recorded histories guard, and how each history shows its own."""
+
+
+def test_every_history_says_what_it_guards():
+    assert {p.stem for p in HISTORIES} == set(GUARDED)
+
+
+@pytest.mark.parametrize("name", sorted(GUARDED))
+def test_each_guarded_behaviour_has_its_history(name: str):
+    path = Path(__file__).parent.parent / "histories" / f"{name}.json"
+    assert path.exists(), f"record it: python -m tests.workflows.record_histories ({name})"
+    history = WorkflowHistory.from_json(name, path.read_text())
+    assert GUARDED[name](history), f"{name}.json does not show what it should guard"
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
@@ -49,10 +117,31 @@ class SendsWithoutAsking(JourneyWorkflow):
         return None
 
 
-async def test_a_change_without_a_patch_fails_replay():
-    result = await replay(SendsWithoutAsking, "policy_deferred")
+@workflow.defn(name=WORKFLOW_NAME, sandboxed=False)
+class NeverContinuesAsNew(JourneyWorkflow):
+    """Another such mistake: the history bound dropped, so a long journey's runs no longer
+    turn over where the recorded one did."""
+
+    @workflow.run
+    async def run(self, input: JourneyInput) -> JourneyResult:
+        return await super().run(input)
+
+    def _should_continue_as_new(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("name", ["policy_deferred", "policy_suppressed"])
+async def test_a_change_without_a_patch_fails_replay(name: str):
+    result = await replay(SendsWithoutAsking, name)
     assert isinstance(result.replay_failure, NondeterminismError)
     assert "check_policy" in str(result.replay_failure)
     # The same change leaves histories recorded before the policy existed replaying: they
     # never asked it (that is what `patched` tells apart).
     assert (await replay(SendsWithoutAsking, "cart_reminder")).replay_failure is None
+
+
+async def test_dropping_continue_as_new_fails_replay():
+    result = await replay(NeverContinuesAsNew, "continued_as_new")
+    assert isinstance(result.replay_failure, NondeterminismError)
+    # The run that was continued as new is the only one it changes.
+    assert (await replay(NeverContinuesAsNew, "continued_as_new_last_run")).replay_failure is None

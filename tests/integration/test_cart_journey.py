@@ -186,10 +186,11 @@ SANDBOX = {
 }
 
 
-def nudge(api: RunningApi, *args: str) -> subprocess.CompletedProcess[str]:
-    """The real `nudge` command against the running API, as a user types it."""
+def nudge(api: RunningApi, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real `nudge` command against the running API, as a user types it: in a directory
+    of the test's own (no developer's .env is read), with no NUDGE_* from the shell."""
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("NUDGE_")},
         "NUDGE_URL": api.url,
         "NUDGE_WRITE_KEY": WRITE_KEY,
         "NUDGE_ADMIN_TOKEN": ADMIN["Authorization"].split()[1],
@@ -197,6 +198,7 @@ def nudge(api: RunningApi, *args: str) -> subprocess.CompletedProcess[str]:
     }
     return subprocess.run(
         [str(Path(sys.executable).parent / "nudge"), *args],
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
@@ -209,10 +211,12 @@ async def test_cli_drives_a_sandbox_journey(stack: Stack, tmp_path: Path):
     user = f"grace-{uuid.uuid4().hex[:6]}"
     path = tmp_path / "welcome.yaml"
     path.write_text(yaml.safe_dump(SANDBOX))
-    applied = await asyncio.to_thread(nudge, api, "campaigns", "apply", str(path), "--activate")
+    applied = await asyncio.to_thread(
+        nudge, api, tmp_path, "campaigns", "apply", str(path), "--activate"
+    )
     assert applied.returncode == 0, applied.stderr
     assert json.loads(applied.stdout)["status"] == "active"
-    shown = await asyncio.to_thread(nudge, api, "campaigns", "show", "welcome-e2e")
+    shown = await asyncio.to_thread(nudge, api, tmp_path, "campaigns", "show", "welcome-e2e")
     assert shown.returncode == 0, shown.stderr
     detail = json.loads(shown.stdout)
     assert [v["version"] for v in detail["versions"]] == [1]
@@ -221,12 +225,12 @@ async def test_cli_drives_a_sandbox_journey(stack: Stack, tmp_path: Path):
     r = await api.post("/v1/identify", {"userId": user, "traits": {"first_name": "Grace"}})
     assert r.status_code == 200
     sent = await asyncio.to_thread(
-        nudge, api, "events", "send", "--user", user, "--event", "Signed Up"
+        nudge, api, tmp_path, "events", "send", "--user", user, "--event", "Signed Up"
     )
     assert sent.returncode == 0, sent.stderr
 
     async def kept() -> list[dict]:
-        shown = await asyncio.to_thread(nudge, api, "messages", "--user", user)
+        shown = await asyncio.to_thread(nudge, api, tmp_path, "messages", "--user", user)
         assert shown.returncode == 0, shown.stderr
         messages = json.loads(shown.stdout)
         assert len(messages) == 1
@@ -236,7 +240,7 @@ async def test_cli_drives_a_sandbox_journey(stack: Stack, tmp_path: Path):
     assert message["subject"] == "Welcome Grace" and message["body"] == "Hi!"
 
     async def done() -> dict:
-        stats = await asyncio.to_thread(nudge, api, "campaigns", "stats", "welcome-e2e")
+        stats = await asyncio.to_thread(nudge, api, tmp_path, "campaigns", "stats", "welcome-e2e")
         assert stats.returncode == 0, stats.stderr
         figures = json.loads(stats.stdout)
         assert figures["journeys"] == {"completed": 1}
@@ -245,7 +249,9 @@ async def test_cli_drives_a_sandbox_journey(stack: Stack, tmp_path: Path):
     figures = await eventually(done, timeout=30)
     assert figures["entered"] == 1 and figures["deliveries"] == {"sent": 1}
 
-    missing = await asyncio.to_thread(nudge, api, "journeys", "show", "welcome-e2e", "nobody")
+    missing = await asyncio.to_thread(
+        nudge, api, tmp_path, "journeys", "show", "welcome-e2e", "nobody"
+    )
     assert missing.returncode != 0 and "404" in missing.stderr
 
 

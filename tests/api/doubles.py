@@ -31,7 +31,6 @@ class RecordingJourney:
     @workflow.init
     def __init__(self, input: JourneyInput) -> None:
         self.input = input
-        self.received: list[JourneyEvent] = []
         self.state = JourneyState(
             current_step=input.plan.start_step,
             step_started_at=workflow.now(),
@@ -40,7 +39,6 @@ class RecordingJourney:
 
     @workflow.signal(name=SIGNAL_EVENT)
     def event(self, event: JourneyEvent) -> None:
-        self.received.append(event)
         if event.message_id in self.state.seen_event_ids:
             return
         self.state.seen_event_ids.append(event.message_id)
@@ -52,10 +50,6 @@ class RecordingJourney:
     @workflow.query(name=QUERY_STATE)
     def query_state(self) -> JourneyState:
         return self.state
-
-    @workflow.query(name="received")
-    def query_received(self) -> list[JourneyEvent]:
-        return self.received
 
     @workflow.query(name="input")
     def query_input(self) -> JourneyInput:

@@ -1,17 +1,27 @@
-"""activities: housekeeping a schedule asks for — forgetting sends no cap counts any more."""
+"""activities: housekeeping a schedule asks for — forgetting sends no cap counts any more,
+and refused messages past their retention."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 
 from core.config import Settings
-from core.housekeeping import ACTIVITY_PRUNE_LEDGER, LedgerPruned, PruneLedgerRequest
+from core.housekeeping import (
+    ACTIVITY_PRUNE_LEDGER,
+    ACTIVITY_PRUNE_REJECTED,
+    LedgerPruned,
+    PruneLedgerRequest,
+    PruneRejectedRequest,
+    RejectedPruned,
+)
 from core.policy import ledger_horizon
 from store.campaigns import cap_windows
 from store.caps import prune_ledger
+from store.rejected import prune_rejections
 
 
 class Housekeeping:
@@ -32,5 +42,15 @@ class Housekeeping:
         activity.logger.info("send ledger: %d sends older than any cap forgotten", deleted)
         return LedgerPruned(deleted=deleted, kept_since=request.now - everyone, kept_longer=keep)
 
+    @activity.defn(name=ACTIVITY_PRUNE_REJECTED)
+    async def prune_rejected_events(self, request: PruneRejectedRequest) -> RejectedPruned:
+        """Delete refused ingestion messages older than NUDGE_REJECTED_EVENTS_DAYS: a sender
+        that keeps sending bad messages must not grow the log without end."""
+        before = request.now - timedelta(days=self._settings.rejected_events_days)
+        async with self._sessions() as session, session.begin():
+            deleted = await prune_rejections(session=session, before=before)
+        activity.logger.info("rejected events: %d older than %s forgotten", deleted, before)
+        return RejectedPruned(deleted=deleted, kept_since=before)
+
     def all(self) -> list[Any]:
-        return [self.prune_send_ledger]
+        return [self.prune_send_ledger, self.prune_rejected_events]

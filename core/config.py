@@ -182,6 +182,10 @@ class Settings(BaseSettings):
     the id; the API and CLI hash for you. Set it before the first journey and never change
     it: a running journey is found by its id."""
 
+    rejected_events_days: int = Field(default=30, ge=1)
+    """How long refused ingestion messages are kept for operators (`GET /v1/rejected-events`);
+    the hourly housekeeping run forgets older ones."""
+
     relay_interval_seconds: float = Field(default=2.0, gt=0)
     """How often accepted events still pending (Temporal was unreachable) are retried."""
     campaign_refresh_seconds: float = Field(default=5.0, gt=0)

@@ -9,6 +9,8 @@ from pydantic import BaseModel, Field
 
 WORKFLOW_PRUNE_LEDGER = "prune_send_ledger"
 ACTIVITY_PRUNE_LEDGER = "prune_send_ledger"
+ACTIVITY_PRUNE_REJECTED = "prune_rejected_events"
+PATCH_PRUNE_REJECTED = "prune-rejected-v1"
 
 
 class PruneLedgerRequest(BaseModel):
@@ -22,3 +24,15 @@ class LedgerPruned(BaseModel):
     """Sends of every campaign from this instant on are kept (the longest settings cap)."""
     kept_longer: dict[str, datetime] = Field(default_factory=dict)
     """Campaigns whose own caps look further back, and since when their sends are kept."""
+    rejected_deleted: int = 0
+    """Refused ingestion messages older than NUDGE_REJECTED_EVENTS_DAYS, forgotten in the
+    same run."""
+
+
+class PruneRejectedRequest(BaseModel):
+    now: datetime
+
+
+class RejectedPruned(BaseModel):
+    deleted: int
+    kept_since: datetime

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.events import safe_text
@@ -82,3 +83,9 @@ async def list_rejections(
     if before is not None:
         statement = statement.where(RejectedEvent.id < before)
     return list((await session.scalars(statement)).all())
+
+
+async def prune_rejections(*, session: AsyncSession, before: datetime) -> int:
+    """Forget refused messages received before `before`; how many. The caller commits."""
+    result = await session.execute(delete(RejectedEvent).where(RejectedEvent.received_at < before))
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -10,9 +10,13 @@ from temporalio.common import RetryPolicy
 with workflow.unsafe.imports_passed_through():
     from core.housekeeping import (
         ACTIVITY_PRUNE_LEDGER,
+        ACTIVITY_PRUNE_REJECTED,
+        PATCH_PRUNE_REJECTED,
         WORKFLOW_PRUNE_LEDGER,
         LedgerPruned,
         PruneLedgerRequest,
+        PruneRejectedRequest,
+        RejectedPruned,
     )
 
 PRUNE_TIMEOUT = timedelta(minutes=10)
@@ -22,7 +26,8 @@ PRUNE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=5), maximum_attempt
 
 @workflow.defn(name=WORKFLOW_PRUNE_LEDGER)
 class PruneSendLedger:
-    """Forget sends no frequency cap counts any more, as of the schedule's time."""
+    """Forget sends no frequency cap counts any more, as of the schedule's time — and the
+    refused ingestion messages past their retention (the hourly housekeeping run)."""
 
     @workflow.run
     async def run(self) -> LedgerPruned:
@@ -34,4 +39,14 @@ class PruneSendLedger:
             retry_policy=PRUNE_RETRY,
             summary="forget sends older than every cap window",
         )
+        if workflow.patched(PATCH_PRUNE_REJECTED):
+            rejected: RejectedPruned = await workflow.execute_activity(
+                ACTIVITY_PRUNE_REJECTED,
+                PruneRejectedRequest(now=workflow.now()),
+                result_type=RejectedPruned,
+                start_to_close_timeout=PRUNE_TIMEOUT,
+                retry_policy=PRUNE_RETRY,
+                summary="forget refused messages past their retention",
+            )
+            result.rejected_deleted = rejected.deleted
         return result

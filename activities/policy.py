@@ -61,6 +61,9 @@ async def check_send_policy(
     if not isinstance(verdict, Reserve):
         if verdict.action is PolicyAction.suppress:
             return await _record(sessions, request, verdict.reason or "suppressed")
+        if verdict.action is PolicyAction.defer and _last_try(request):
+            reason = f"still deferred after {request.max_attempts} tries: {verdict.reason}"
+            return await _record(sessions, request, reason)
         return verdict
     # A fresh transaction whose first statement writes: see `reserve_send`.
     async with sessions() as session, session.begin():
@@ -81,6 +84,11 @@ async def check_send_policy(
             )
             return suppress(reservation.hit.label)
     return ALLOW
+
+
+def _last_try(request: PolicyRequest) -> bool:
+    """The journey will not wait again: its deferral is a suppression, recorded as one."""
+    return request.max_attempts is not None and request.attempt >= request.max_attempts
 
 
 async def _record(

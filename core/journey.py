@@ -187,6 +187,11 @@ class PolicyRequest(Send):
     now: datetime | None = None
     """The journey's time when it asked. The policy decides at the later of this and the
     clock, so a time-skipping test server's days count, and a late retry is never early."""
+    attempt: int = 1
+    """Which time the journey asks for this send (each deferral asks again)."""
+    max_attempts: int | None = None
+    """The journey gives up deferring after this many asks: a deferral at the last one is
+    recorded as a suppression instead, so it counts like any other. None: never."""
 
 
 class PolicyAction(StrEnum):

@@ -285,8 +285,10 @@ class JourneyWorkflow:
         journey meanwhile), then asks again."""
         state = self.state
         request = PolicyRequest(**dict(send))
-        for _ in range(MAX_DEFERRALS):
+        request.max_attempts = MAX_DEFERRALS
+        for attempt in range(1, MAX_DEFERRALS + 1):
             request.now = workflow.now()
+            request.attempt = attempt
             decision = await self._ask(
                 ACTIVITY_CHECK_POLICY,
                 request,
@@ -317,6 +319,7 @@ class JourneyWorkflow:
             except TimeoutError:
                 continue
             return STAY
+        # Journeys whose policy answered before `max_attempts` existed end up here.
         return step.next, f"suppressed: still deferred after {MAX_DEFERRALS} tries"
 
     async def _wait(self, step: WaitStep) -> tuple[str | None, str] | _Stay:

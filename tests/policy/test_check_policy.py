@@ -278,6 +278,29 @@ async def test_quiet_hours_defer_to_their_end_in_the_users_zone(seeded) -> None:
     assert receipt.action is PolicyAction.allow
 
 
+async def test_a_deferral_at_the_journeys_last_try_is_a_recorded_suppression(seeded) -> None:
+    tomorrow = datetime.now(UTC).date() + timedelta(days=1)
+    at_22 = datetime(tomorrow.year, tomorrow.month, tomorrow.day, 22, tzinfo=UTC)
+    acts = activities(seeded, quiet_hours_start="21:00", quiet_hours_end="08:00")
+    asked = request("promo").model_copy(update={"now": at_22, "max_attempts": 30})
+
+    early = await ActivityEnvironment().run(
+        acts.check_policy, asked.model_copy(update={"attempt": 29})
+    )
+    assert early.action is PolicyAction.defer
+    last = asked.model_copy(update={"attempt": 30})
+    decision = await ActivityEnvironment().run(acts.check_policy, last)
+    assert decision.action is PolicyAction.suppress
+    assert decision.reason == "still deferred after 30 tries: quiet hours 21:00-08:00 in UTC"
+    async with seeded() as session:
+        row = await deliveries.get_delivery(session=session, idempotency_key=last.idempotency_key)
+    assert row is not None and row.status == DeliveryStatus.suppressed.value  # it shows in /stats
+    assert row.error == decision.reason
+    # A retried check returns what was recorded.
+    again = await ActivityEnvironment().run(acts.check_policy, last)
+    assert again == decision
+
+
 async def test_an_unknown_campaign_version_is_a_final_error(seeded) -> None:
     req = request("promo").model_copy(update={"campaign_version": 99})
     with pytest.raises(ApplicationError, match="campaign 'promo' version 99") as err:

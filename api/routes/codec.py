@@ -25,6 +25,38 @@ from temporal.codec import PayloadKeyMissing, PayloadTampered
 
 router = APIRouter(prefix="/codec", tags=["codec"])
 
+PAYLOADS = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "payloads": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "metadata": {
+                                        "type": "object",
+                                        "additionalProperties": {
+                                            "type": "string",
+                                            "description": "base64",
+                                        },
+                                    },
+                                    "data": {"type": "string", "description": "base64"},
+                                },
+                            },
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
+"""Temporal's `Payloads` in protobuf's JSON form: what the UI and the CLI send."""
+
 MAX_BODY_BYTES = 4 * 1024 * 1024
 """A history page's payloads; Temporal's own payload limit is 2 MB each."""
 
@@ -119,6 +151,7 @@ async def _transcode(request: Request, settings: Settings, operation: str) -> Re
 
 @router.post(
     "/decode",
+    openapi_extra=PAYLOADS,
     responses={
         200: {"description": "the payloads, decrypted"},
         400: {"description": "not a Payloads JSON body"},
@@ -134,6 +167,7 @@ async def decode(request: Request, settings: SettingsDep) -> Response:
 
 @router.post(
     "/encode",
+    openapi_extra=PAYLOADS,
     responses={
         200: {"description": "the payloads, encrypted under the first key"},
         400: {"description": "not a Payloads JSON body"},

@@ -175,7 +175,34 @@ def _verify_twilio(request: Request, settings: Settings, params: list[tuple[str,
     raise HTTPException(status.HTTP_403_FORBIDDEN, "X-Twilio-Signature does not match")
 
 
-@router.post("/v1/webhooks/twilio/sms", summary="Twilio inbound SMS (STOP / START)")
+TWILIO_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "From": {"type": "string", "description": "the sender, E.164"},
+                        "To": {"type": "string"},
+                        "Body": {"type": "string", "description": "STOP, START, …"},
+                        "MessageSid": {"type": "string"},
+                        "AccountSid": {"type": "string"},
+                    },
+                }
+            }
+        },
+    }
+}
+"""Twilio's inbound-message form (the fields Nudge reads; Twilio sends more)."""
+
+
+@router.post(
+    "/v1/webhooks/twilio/sms",
+    summary="Twilio inbound SMS (STOP / START)",
+    openapi_extra=TWILIO_FORM,
+    responses={403: {"model": Message, "description": "X-Twilio-Signature missing or wrong"}},
+)
 async def twilio_sms(request: Request, settings: SettingsDep, session: SessionDep) -> Response:
     """STOP (STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT) unsubscribes every user whose `phone`
     trait is the sender from all `sms` groups; START or UNSTOP subscribes them again. Any

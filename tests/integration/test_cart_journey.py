@@ -11,7 +11,6 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,12 +27,11 @@ from tests.fixtures.api import (
     ADMIN,
     WRITE_KEY,
     RunningApi,
+    Stack,
     eventually,
-    make_settings,
-    running_api,
+    webhook_stack,
 )
 from tests.fixtures.servers import WebhookReceiver
-from worker.build import create_worker, worker_activities
 
 CAMPAIGN = {
     "id": "cart-e2e",
@@ -54,27 +52,12 @@ CAMPAIGN = {
 }
 
 
-@dataclass
-class Stack:
-    api: RunningApi
-    temporal: DevServer
-    receiver: WebhookReceiver
-
-
 @pytest.fixture
 async def stack(
     database_url: str, dev_server: DevServer, webhook_receiver: WebhookReceiver
 ) -> AsyncIterator[Stack]:
-    settings = make_settings(
-        database_url,
-        dev_server.address,
-        webhook_url=webhook_receiver.url,
-    )
-    async with worker_activities(settings) as activities:
-        worker = create_worker(dev_server.client, activities, task_queue=settings.task_queue)
-        async with worker, running_api(settings) as api:
-            await api.campaign(CAMPAIGN)
-            yield Stack(api, dev_server, webhook_receiver)
+    async with webhook_stack(database_url, dev_server, webhook_receiver, CAMPAIGN) as stack:
+        yield stack
 
 
 def batch(user: str) -> dict:

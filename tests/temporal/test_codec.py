@@ -10,7 +10,6 @@ import json
 import os
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import pytest
 from temporalio.api.common.v1 import Payload
@@ -28,9 +27,17 @@ from temporal.codec import (
     PayloadTampered,
 )
 from temporal.servers import DEV_SERVER_BINARY, DevServer, binary
-from tests.fixtures.api import ADMIN, WRITE_KEY, RunningApi, eventually, make_settings, running_api
+from tests.fixtures.api import (
+    ADMIN,
+    WRITE_KEY,
+    RunningApi,
+    Stack,
+    eventually,
+    make_settings,
+    running_api,
+    webhook_stack,
+)
 from tests.fixtures.servers import WebhookReceiver
-from worker.build import create_worker, worker_activities
 
 
 def key(key_id: str, fill: bytes) -> str:
@@ -144,24 +151,14 @@ CAMPAIGN = {
 }
 
 
-@dataclass
-class Stack:
-    api: RunningApi
-    temporal: DevServer
-    receiver: WebhookReceiver
-
-
 @pytest.fixture
 async def stack(
     database_url: str, dev_server: DevServer, webhook_receiver: WebhookReceiver
 ) -> AsyncIterator[Stack]:
-    settings = make_settings(database_url, dev_server.address, webhook_url=webhook_receiver.url)
-    assert settings.payload_keys == DEV_PAYLOAD_KEYS  # the dev server fixture's client's keys
-    async with worker_activities(settings) as activities:
-        worker = create_worker(dev_server.client, activities, task_queue=settings.task_queue)
-        async with worker, running_api(settings) as api:
-            await api.campaign(CAMPAIGN)
-            yield Stack(api, dev_server, webhook_receiver)
+    # The dev server fixture's client carries the dev keys, as the settings do.
+    assert Settings(_env_file=None).payload_keys == DEV_PAYLOAD_KEYS
+    async with webhook_stack(database_url, dev_server, webhook_receiver, CAMPAIGN) as stack:
+        yield stack
 
 
 async def test_history_without_the_keys_shows_no_pii_and_the_cli_with_the_codec_does(stack):
@@ -306,36 +303,30 @@ async def test_codec_endpoint_requires_the_admin_token_when_told(token_api: Runn
 async def test_hashed_user_ids_keep_the_id_out_of_workflow_ids_and_search_attributes(
     database_url: str, dev_server: DevServer, webhook_receiver: WebhookReceiver
 ):
-    settings = make_settings(
-        database_url,
-        dev_server.address,
-        webhook_url=webhook_receiver.url,
-        user_id_hash_key="hash-key-for-tests",
-    )
     user = f"ada.{uuid.uuid4().hex[:8]}@example.com"  # a user id that is itself PII
     campaign = {**CAMPAIGN, "id": f"codec-hashed-{uuid.uuid4().hex[:6]}"}
-    async with worker_activities(settings) as activities:
-        worker = create_worker(dev_server.client, activities, task_queue=settings.task_queue)
-        async with worker, running_api(settings) as api:
-            await api.campaign(campaign)
-            await api.track(user, "Signed Up", properties={"card": "x"})
+    async with webhook_stack(
+        database_url, dev_server, webhook_receiver, campaign, user_id_hash_key="hash-key-for-tests"
+    ) as stack:
+        api, settings = stack.api, stack.api.settings
+        await api.track(user, "Signed Up", properties={"card": "x"})
 
-            async def delivered() -> bool:
-                return any(h.json()["data"]["user_id"] == user for h in webhook_receiver.received)
+        async def delivered() -> bool:
+            return any(h.json()["data"]["user_id"] == user for h in webhook_receiver.received)
 
-            await eventually(delivered, timeout=30)
-            hashed = user_key(user, b"hash-key-for-tests")
-            assert hashed.startswith("h-") and user not in hashed
-            assert journey_id(campaign["id"], user, settings.user_secret).endswith(hashed)
+        await eventually(delivered, timeout=30)
+        hashed = user_key(user, b"hash-key-for-tests")
+        assert hashed.startswith("h-") and user not in hashed
+        assert journey_id(campaign["id"], user, settings.user_secret).endswith(hashed)
 
-            async def listed() -> list[str]:
-                query = f"NudgeCampaign = '{campaign['id']}'"
-                return [w.id async for w in dev_server.client.list_workflows(query)]
+        async def listed() -> list[str]:
+            query = f"NudgeCampaign = '{campaign['id']}'"
+            return [w.id async for w in dev_server.client.list_workflows(query)]
 
-            [workflow_id] = await eventually(listed)
-            assert workflow_id == f"journey/{campaign['id']}/{hashed}"
-            described = await dev_server.client.get_workflow_handle(workflow_id).describe()
-            assert described.typed_search_attributes.get(search_attributes.USER) == hashed
-            # Operators still ask by the user id: the API hashes for them.
-            shown = await api.http.get(f"/v1/journeys/{campaign['id']}/{user}", headers=ADMIN)
-            assert shown.status_code == 200, shown.text
+        [workflow_id] = await eventually(listed)
+        assert workflow_id == f"journey/{campaign['id']}/{hashed}"
+        described = await dev_server.client.get_workflow_handle(workflow_id).describe()
+        assert described.typed_search_attributes.get(search_attributes.USER) == hashed
+        # Operators still ask by the user id: the API hashes for them.
+        shown = await api.http.get(f"/v1/journeys/{campaign['id']}/{user}", headers=ADMIN)
+        assert shown.status_code == 200, shown.text

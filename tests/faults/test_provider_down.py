@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,9 +21,7 @@ from tests.fixtures.api import ADMIN, WRITE_KEY, RunningApi, eventually, make_se
 from tests.fixtures.servers import ProviderDouble, Received, ok_json
 from worker.build import create_worker, worker_activities
 
-CAMPAIGN_ID = "outage-test"
 CAMPAIGN = {
-    "id": CAMPAIGN_ID,
     "name": "Provider outage",
     "entry": {"event": "Signed Up"},
     "steps": [
@@ -65,6 +64,7 @@ class Stack:
     api: RunningApi
     double: ProviderDouble
     provider: FlakyProvider
+    campaign_id: str
 
 
 @pytest.fixture
@@ -76,14 +76,17 @@ async def stack(database_url: str, dev_server: DevServer) -> AsyncIterator[Stack
         async with worker_activities(settings) as activities:
             worker = create_worker(dev_server.client, activities, task_queue=settings.task_queue)
             async with worker, running_api(settings) as api:
-                await api.campaign(CAMPAIGN)
-                yield Stack(api, double, provider)
+                # Ids of this run only: the dev server is shared by the session, and a
+                # journey id it already knows (the other database's run) would be joined.
+                campaign_id = f"outage-{uuid.uuid4().hex[:8]}"
+                await api.campaign({"id": campaign_id, **CAMPAIGN})
+                yield Stack(api, double, provider, campaign_id)
     finally:
         double.close()
 
 
-def key(user: str) -> str:
-    return idempotency_key(journey_id(CAMPAIGN_ID, user), f"{user}-signup", "hello", 1)
+def key(campaign_id: str, user: str) -> str:
+    return idempotency_key(journey_id(campaign_id, user), f"{user}-signup", "hello", 1)
 
 
 async def sign_up(api: RunningApi, users: list[str]) -> None:
@@ -95,22 +98,22 @@ async def sign_up(api: RunningApi, users: list[str]) -> None:
     assert response.status_code == 200, response.text
 
 
-async def rows(api: RunningApi) -> dict[str, Delivery]:
+async def rows(api: RunningApi, campaign_id: str) -> dict[str, Delivery]:
     async with api.services.sessions() as session:
-        found = await session.scalars(select(Delivery).where(Delivery.campaign_id == CAMPAIGN_ID))
+        found = await session.scalars(select(Delivery).where(Delivery.campaign_id == campaign_id))
         return {r.idempotency_key: r for r in found}
 
 
-async def journey(api: RunningApi, user: str) -> JourneyState:
-    r = await api.http.get(f"/v1/journeys/{CAMPAIGN_ID}/{user}", headers=ADMIN)
+async def journey(api: RunningApi, campaign_id: str, user: str) -> JourneyState:
+    r = await api.http.get(f"/v1/journeys/{campaign_id}/{user}", headers=ADMIN)
     assert r.status_code == 200, r.text
     return JourneyState.model_validate(r.json())
 
 
 async def test_provider_down_then_back_every_message_once(stack: Stack):
-    api, double, provider = stack.api, stack.double, stack.provider
+    api, double, provider, campaign_id = stack.api, stack.double, stack.provider, stack.campaign_id
     started = time.monotonic()
-    keys = {u: key(u) for u in USERS}
+    keys = {u: key(campaign_id, u) for u in USERS}
 
     def tries() -> collections.Counter[str | None]:
         return collections.Counter(r.headers.get("webhook-id") for r in double.received)
@@ -120,7 +123,7 @@ async def test_provider_down_then_back_every_message_once(stack: Stack):
 
     async def waiting_out_the_outage() -> dict[str, Delivery]:
         assert all(tries()[k] >= FAILED_ATTEMPTS_IN_OUTAGE for k in keys.values()), tries()
-        found = await rows(api)
+        found = await rows(api, campaign_id)
         assert sorted(found) == sorted(keys.values())
         for row in found.values():
             assert row.status == DeliveryStatus.pending.value, row.status
@@ -131,7 +134,7 @@ async def test_provider_down_then_back_every_message_once(stack: Stack):
     await eventually(waiting_out_the_outage, timeout=30)
     assert double.processed == {} and double.accepted() == []
     assert all(r.status == 503 for r in double.received)
-    assert (await journey(api, USERS[0])).status is JourneyStatus.running
+    assert (await journey(api, campaign_id, USERS[0])).status is JourneyStatus.running
     outage_tries = sum(tries().values())
 
     # The provider is back; a user it refuses for good signs up too.
@@ -141,7 +144,7 @@ async def test_provider_down_then_back_every_message_once(stack: Stack):
 
     async def all_ended() -> bool:
         for user in [*USERS, REFUSED]:
-            assert (await journey(api, user)).status is not JourneyStatus.running, user
+            assert (await journey(api, campaign_id, user)).status is not JourneyStatus.running, user
         return True
 
     await eventually(all_ended, timeout=60, interval=0.3)
@@ -150,21 +153,21 @@ async def test_provider_down_then_back_every_message_once(stack: Stack):
     assert set(double.processed) == set(keys.values())
     answered = collections.Counter(r.headers.get("webhook-id") for r in double.accepted())
     assert answered == collections.Counter(keys.values()), answered
-    found = await rows(api)
+    found = await rows(api, campaign_id)
     for user, k in keys.items():
         assert found[k].status == DeliveryStatus.sent.value
         assert double.processed[k].json()["data"]["user_id"] == user
-        state = await journey(api, user)
+        state = await journey(api, campaign_id, user)
         assert state.status is JourneyStatus.completed and state.sends == 1, state
 
     # The refusal: tried once, never retried, recorded as failed, the journey exits failed.
-    refused = key(REFUSED)
+    refused = key(campaign_id, REFUSED)
     assert tries()[refused] == 1
     assert refused not in double.processed
     assert found[refused].status == DeliveryStatus.failed.value
     assert found[refused].attempts == 1
     assert "400" in (found[refused].error or "")
-    state = await journey(api, REFUSED)
+    state = await journey(api, campaign_id, REFUSED)
     assert state.status is JourneyStatus.failed and state.sends == 0, state
 
     counts: dict[str, Any] = {

@@ -10,7 +10,6 @@ encrypted come back unchanged.
 from __future__ import annotations
 
 import json
-import secrets
 from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
@@ -18,7 +17,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from temporalio.api.common.v1 import Payloads
 
-from api.deps import SettingsDep
+from api.deps import SettingsDep, admin_token_problem
 from core.config import Settings
 from temporal.client import codec_for
 from temporal.codec import PayloadKeyMissing, PayloadTampered
@@ -72,24 +71,19 @@ def _cors_headers(request: Request, settings: Settings) -> dict[str, str]:
     }
 
 
-def _error(request: Request, settings: Settings, code: int, detail: str) -> Response:
-    headers = _cors_headers(request, settings)
-    if code == status.HTTP_401_UNAUTHORIZED:
-        headers["WWW-Authenticate"] = "Bearer"
+def _error(
+    request: Request,
+    settings: Settings,
+    code: int,
+    detail: str,
+    extra: dict[str, str] | None = None,
+) -> Response:
+    headers = {**_cors_headers(request, settings), **(extra or {})}
     return Response(
         json.dumps({"detail": detail}),
         status_code=code,
         media_type="application/json",
         headers=headers,
-    )
-
-
-def _authorized(request: Request, settings: Settings) -> bool:
-    if not settings.codec_requires_token:
-        return True
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and secrets.compare_digest(
-        token.strip().encode(), settings.admin_token.encode()
     )
 
 
@@ -106,12 +100,19 @@ async def preflight(operation: str, request: Request, settings: SettingsDep) -> 
 
 
 async def _transcode(request: Request, settings: Settings, operation: str) -> Response:
-    if not _authorized(request, settings):
+    # The admin routes' own check (NUDGE_CODEC_AUTH=token); answered here, not by
+    # require_admin, so the 401 carries the CORS headers a browser needs to read it.
+    problem = settings.codec_requires_token and admin_token_problem(
+        request.headers.get("authorization", ""), settings.admin_token
+    )
+    if problem:
+        detail, challenge = problem
         return _error(
             request,
             settings,
             status.HTTP_401_UNAUTHORIZED,
-            "send the admin token as `Authorization: Bearer <token>` (NUDGE_CODEC_AUTH=token)",
+            f"{detail} (NUDGE_CODEC_AUTH=token)",
+            {"WWW-Authenticate": challenge},
         )
     body = bytearray()
     async for chunk in request.stream():

@@ -38,14 +38,18 @@ class Outcome(StrEnum):
     it: nothing reached a journey."""
 
 
-def journey_event(event: Event) -> JourneyEvent:
-    """What a journey learns of a stored `track` event."""
+def event_properties(event: Event) -> dict[str, Any]:
     properties = event.payload.get("properties")
+    return properties if isinstance(properties, dict) else {}
+
+
+def journey_event(event: Event) -> JourneyEvent:
+    """What a journey learns of a stored `track` (or internal) event."""
     return JourneyEvent(
         message_id=event.message_id,
         name=event.name or "",
         timestamp=event.timestamp,
-        properties=properties if isinstance(properties, dict) else {},
+        properties=event_properties(event),
     )
 
 
@@ -67,13 +71,15 @@ class EventRouter:
 
     def needs_temporal(self, event: Event) -> bool:
         """Whether routing this event may call Temporal; False means it is `ignored`."""
-        return self.campaigns.loaded and self.campaigns.index.concerns(event.type, event.name)
+        return self.campaigns.loaded and self.campaigns.index.concerns(
+            event.type, event.name, event_properties(event)
+        )
 
     async def route(self, event: Event) -> Outcome:
         """Start or signal the journeys this event concerns. Raises when Temporal (or the
         database) fails; the relay keeps the event pending."""
         index = self.campaigns.index
-        needs = routing.needs(index, event.type, event.name)
+        needs = routing.needs(index, event.type, event.name, event_properties(event))
         if needs is None:
             return Outcome.ignored
         jevent = journey_event(event)

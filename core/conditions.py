@@ -10,9 +10,11 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_val
 
 _MISSING = object()
 
-ROOTS = ("event", "properties", "traits")
+ROOTS = ("event", "properties", "traits", "trigger")
 """Where a condition path may start: the event itself, its properties (shorthand for
-`event.properties`), or the user's profile traits."""
+`event.properties`), the user's profile traits, or the external trigger or schedule that
+started the journey (`trigger.properties.city`; where there is no other event, as in a
+journey's own conditions, `trigger` is its entry event)."""
 
 
 class Op(StrEnum):
@@ -41,14 +43,28 @@ class Rule(BaseModel):
     path: str = Field(description="event.<field>, properties.<key> or traits.<key>; dots go deeper")
     op: Op = Op.eq
     value: Any = None
+    value_from: str | None = Field(
+        default=None,
+        description="compare with the value at this path instead of `value`, e.g. "
+        "trigger.properties.city (a missing value never matches)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Rule:
-        root = self.path.split(".", 1)[0]
-        if root not in ROOTS or "." not in self.path:
-            raise ValueError(
-                f"path {self.path!r} must start with one of {', '.join(r + '.' for r in ROOTS)}"
-            )
+        for name, path in (("path", self.path), ("value_from", self.value_from)):
+            if path is None:
+                continue
+            root = path.split(".", 1)[0]
+            if root not in ROOTS or "." not in path:
+                raise ValueError(
+                    f"{name} {path!r} must start with one of {', '.join(r + '.' for r in ROOTS)}"
+                )
+        if self.value_from is not None:
+            if self.value is not None:
+                raise ValueError("give value or value_from, not both")
+            if self.op in _NO_VALUE_OPS:
+                raise ValueError(f"op {self.op.value!r} takes no value_from")
+            return self
         if self.op in (Op.in_, Op.not_in) and not isinstance(self.value, list):
             raise ValueError(f"op {self.op.value!r} needs a list as value")
         if self.op not in _NO_VALUE_OPS and self.value is None and self.op not in (Op.eq, Op.ne):
@@ -56,7 +72,7 @@ class Rule(BaseModel):
         return self
 
     def paths(self) -> list[str]:
-        return [self.path]
+        return [self.path] if self.value_from is None else [self.path, self.value_from]
 
 
 class AllOf(BaseModel):
@@ -123,6 +139,8 @@ def resolve(path: str, context: Mapping[str, Any]) -> Any:
     root, _, rest = path.partition(".")
     if root == "properties":
         node: Any = (context.get("event") or {}).get("properties") or {}
+    elif root == "trigger" and "trigger" not in context:
+        node = context.get("event")
     else:
         node = context.get(root)
     for key in rest.split("."):
@@ -155,6 +173,13 @@ def _compare(left: Any, op: Op, right: Any) -> bool:
 def _rule(rule: Rule, context: Mapping[str, Any]) -> bool:
     value = resolve(rule.path, context)
     op = rule.op
+    expected = rule.value
+    if rule.value_from is not None:
+        expected = resolve(rule.value_from, context)
+        if expected is _MISSING:
+            return False
+        if op in (Op.in_, Op.not_in) and not isinstance(expected, list):
+            return False
     if op is Op.exists:
         return value is not _MISSING and value is not None
     if op is Op.not_exists:
@@ -162,20 +187,20 @@ def _rule(rule: Rule, context: Mapping[str, Any]) -> bool:
     if value is _MISSING:
         return op in (Op.ne, Op.not_in, Op.not_contains)
     if op is Op.eq:
-        return bool(value == rule.value)
+        return bool(value == expected)
     if op is Op.ne:
-        return bool(value != rule.value)
+        return bool(value != expected)
     if op is Op.in_:
-        return value in rule.value
+        return value in expected
     if op is Op.not_in:
-        return value not in rule.value
+        return value not in expected
     if op in (Op.contains, Op.not_contains):
         try:
-            found = rule.value in value
+            found = expected in value
         except TypeError:
             found = False
         return found if op is Op.contains else not found
-    return _compare(value, op, rule.value)
+    return _compare(value, op, expected)
 
 
 def evaluate(condition: Condition, context: Mapping[str, Any]) -> bool:

@@ -7,12 +7,32 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from core.conditions import Condition, needs_traits, traits_read
 from core.durations import Duration, signed_duration
-from core.events import MAX_JSON_DEPTH, BigNumber, format_path, json_problems, loads
-from core.schedule import parse_clock
+from core.events import (
+    DATE_REACHED,
+    MAX_JSON_DEPTH,
+    SCHEDULED,
+    SEGMENT_ENTERED,
+    SEGMENT_EXITED,
+    TRAIT_CHANGED,
+    BigNumber,
+    format_path,
+    json_problems,
+    loads,
+)
+from core.schedule import cron_of, parse_clock, zone_named
+from core.segments import Audience
 from core.templates.render import syntax_problem
 
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -36,6 +56,131 @@ class Trigger(_Model):
 
     event: str = Field(min_length=1, max_length=200)
     conditions: list[Condition] = Field(default_factory=list)
+
+    def event_name(self) -> str:
+        """The name of the event a journey entering this way starts with."""
+        return self.event
+
+
+class SegmentEntry(_Model):
+    """A journey starts when a user enters (or exits) a segment."""
+
+    segment: str = Field(pattern=SLUG)
+    on: Literal["entered", "exited"] = "entered"
+    conditions: list[Condition] = Field(default_factory=list)
+    """On traits, checked when the membership changes."""
+
+    def event_name(self) -> str:
+        return SEGMENT_ENTERED if self.on == "entered" else SEGMENT_EXITED
+
+
+class TraitChangeEntry(_Model):
+    """A journey starts when a profile trait changes: the entry event carries the trait's
+    `properties.old` and `properties.new` values (a new trait's old value is null)."""
+
+    trait: str = Field(min_length=1, max_length=200)
+    conditions: list[Condition] = Field(default_factory=list)
+    """E.g. `{path: properties.new, value: expecting}`; traits are the profile after the
+    change."""
+
+    def event_name(self) -> str:
+        return TRAIT_CHANGED
+
+
+class DateEntry(_Model):
+    """A journey starts on the day of a date trait, at a local time in the user's zone,
+    shifted by `offset`: every year on its anniversary (`yearly`; Feb 29 falls on Feb 28
+    in other years), or once on the date itself (`once`). A user whose trait is missing or
+    not a date is skipped; a user who gets or changes the trait later is picked up by the
+    next sweep; one journey per user per occurrence, whatever the changes."""
+
+    date: str = Field(min_length=1, max_length=200, description="the trait, e.g. birthday")
+    repeat: Literal["yearly", "once"] = "yearly"
+    offset: str | None = Field(default=None, description="whole days, e.g. -3d")
+    time: str = Field(default="09:00", description="HH:MM in the user's zone")
+    audience: Audience | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> DateEntry:
+        parse_clock(self.time)
+        if self.offset is not None:
+            shift = signed_duration(self.offset)
+            if shift.seconds or shift.microseconds:
+                raise ValueError("offset counts whole days, e.g. -3d")
+        return self
+
+    @property
+    def offset_days(self) -> int:
+        return signed_duration(self.offset).days if self.offset else 0
+
+    def event_name(self) -> str:
+        return DATE_REACHED
+
+
+class ExternalEntry(_Model):
+    """A journey starts for every member of `audience` when the external trigger `trigger`
+    is posted (`POST /v1/triggers/{name}`); its properties are the entry event's."""
+
+    trigger: str = Field(pattern=SLUG)
+    audience: Audience | None = None
+
+    def event_name(self) -> str:
+        return self.trigger
+
+
+class ScheduleEntry(_Model):
+    """A recurring broadcast to `audience`: `every monday 10:00`, `every day 09:30`, or a
+    five-field cron expression; at that wall time in each user's zone (`timezone: user`)
+    or in one named zone."""
+
+    schedule: str = Field(min_length=1, max_length=200)
+    timezone: str = "user"
+    audience: Audience | None = None
+
+    def event_name(self) -> str:
+        return SCHEDULED
+
+    @model_validator(mode="after")
+    def _check(self) -> ScheduleEntry:
+        cron_of(self.schedule)
+        if self.timezone != "user":
+            zone_named(self.timezone)
+        return self
+
+
+Entry = Trigger | SegmentEntry | TraitChangeEntry | DateEntry | ExternalEntry | ScheduleEntry
+ENTRY_KEYS = {
+    "event": Trigger,
+    "segment": SegmentEntry,
+    "trait": TraitChangeEntry,
+    "date": DateEntry,
+    "trigger": ExternalEntry,
+    "schedule": ScheduleEntry,
+}
+
+
+def _entry_kind(value: Any) -> str:
+    if isinstance(value, BaseModel):
+        return type(value).__name__
+    if isinstance(value, dict):
+        for key, kind in ENTRY_KEYS.items():
+            if key in value:
+                return kind.__name__
+    return "Trigger"
+
+
+AnyEntry = Annotated[
+    Annotated[Trigger, Tag("Trigger")]
+    | Annotated[SegmentEntry, Tag("SegmentEntry")]
+    | Annotated[TraitChangeEntry, Tag("TraitChangeEntry")]
+    | Annotated[DateEntry, Tag("DateEntry")]
+    | Annotated[ExternalEntry, Tag("ExternalEntry")]
+    | Annotated[ScheduleEntry, Tag("ScheduleEntry")],
+    Discriminator(_entry_kind),
+]
+"""A campaign's entry: which key it has (`event`, `segment`, `trait`, `date`, `trigger`,
+`schedule`) says which kind it is."""
 
 
 class CampaignStatus(StrEnum):
@@ -176,7 +321,7 @@ class JourneyPlan(_Model):
     """
 
     id: str = Field(pattern=SLUG)
-    entry: Trigger
+    entry: AnyEntry
     re_entry: ReEntry = ReEntry.after_exit
     goals: list[Trigger] = Field(default_factory=list)
     exits: list[Trigger] = Field(default_factory=list)
@@ -375,7 +520,18 @@ def _event_only_problems(plan: JourneyPlan) -> list[str]:
     ]
 
 
-_UNION_TAGS = {"send", "wait", "wait_for", "branch", "exit", "Rule", "AllOf", "AnyOf", "NotOf"}
+_UNION_TAGS = {
+    "send",
+    "wait",
+    "wait_for",
+    "branch",
+    "exit",
+    "Rule",
+    "AllOf",
+    "AnyOf",
+    "NotOf",
+    *(kind.__name__ for kind in ENTRY_KEYS.values()),
+}
 """Names pydantic puts in an error's location for the union member it tried."""
 
 
@@ -385,7 +541,7 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     for part in loc:
         # A union member's name follows a list index (or `not`); the author only needs the
         # path. Elsewhere the same word is a real key: a template named `send` is shown.
-        tag = part in _UNION_TAGS and (isinstance(prev, int) or prev == "not")
+        tag = part in _UNION_TAGS and (isinstance(prev, int) or prev in ("not", "entry"))
         if isinstance(part, int):
             out += f"[{part}]"
         elif tag or "[" in str(part):

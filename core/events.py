@@ -316,6 +316,18 @@ class Batch(BaseModel):
     sent_at: Timestamp | None = Field(default=None, alias="sentAt")
 
 
+SEGMENT_ENTERED = "Segment Entered"
+SEGMENT_EXITED = "Segment Exited"
+"""Nudge's own events (type `internal`): a user joined or left a segment (`properties.segment`)."""
+TRAIT_CHANGED = "Trait Changed"
+"""A profile trait changed: `properties.trait`, `properties.old`, `properties.new`."""
+DATE_REACHED = "Date Reached"
+"""A date entry's moment came for a user: `properties.campaign`, `.trait`, `.date`,
+`.occurrence`."""
+SCHEDULED = "Scheduled"
+"""The entry event of a scheduled broadcast's journeys: `properties.occurrence`."""
+
+
 class JourneyEvent(BaseModel):
     """What a journey learns of an event: enough for conditions and templates, no more.
 

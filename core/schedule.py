@@ -3,6 +3,7 @@ before renewal_date at 09:00" — DST-safe, pure."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, time, timedelta
 from typing import NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -140,3 +141,40 @@ def resolve_local_wait(
     return LocalWait(
         relative_to_date(day, shift, at, tz), f"{clock} {tz.key}, {where}{trait} {day.isoformat()}"
     )
+
+
+_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_EVERY = {
+    "day": "*",
+    "weekday": "1-5",
+    **{name: str((i + 1) % 7) for i, name in enumerate(_DAYS)},
+}
+_CRON_FIELD = re.compile(r"^[\d*/,\-]+$")
+_CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+
+
+def cron_of(text: str) -> str:
+    """A schedule as a five-field cron expression: `every monday 10:00`, `every day 09:30`,
+    `every weekday 08:00`, or a cron expression itself (`0 10 * * 1`). Refuses anything
+    else with the reason."""
+    words = text.strip().lower().split()
+    if words and words[0] == "every":
+        if len(words) != 3 or words[1] not in _EVERY:
+            raise ValueError(
+                f"invalid schedule {text!r}: use `every <day> HH:MM` with a day of the week, "
+                "`day` or `weekday`, or a cron expression such as '0 10 * * 1'"
+            )
+        clock = parse_clock(words[2])
+        return f"{clock.minute} {clock.hour} * * {_EVERY[words[1]]}"
+    if len(words) != 5 or not all(_CRON_FIELD.match(w) for w in words):
+        raise ValueError(
+            f"invalid schedule {text!r}: a cron expression has five fields "
+            "(minute hour day-of-month month day-of-week), e.g. '0 10 * * 1'"
+        )
+    for word, (low, high) in zip(words, _CRON_RANGES, strict=True):
+        for number in re.findall(r"\d+", word):
+            if not low <= int(number) <= high:
+                raise ValueError(
+                    f"invalid schedule {text!r}: {number} is out of range {low}-{high}"
+                )
+    return " ".join(words)

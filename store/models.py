@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
+    Date,
     DateTime,
     ForeignKey,
     ForeignKeyConstraint,
@@ -17,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -129,6 +132,9 @@ class Event(Base):
     """The relay process routing this event now (None: nobody)."""
     claimed_until: Mapped[datetime | None] = mapped_column()
     """When the claim lapses: a relay that died mid-event leaves it to another after this."""
+    counted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """Whether segment membership has taken this event in (counters, traits): set in the
+    transaction that does it, so a relay that dies and repeats the event counts it once."""
 
 
 class RejectedEvent(Base):
@@ -269,3 +275,92 @@ class SendReservation(Base):
     subscription_group: Mapped[str] = mapped_column(String(63))
     priority: Mapped[str] = mapped_column(String(16))
     at: Mapped[datetime] = mapped_column()
+
+
+class Identity(Base):
+    """An anonymous id linked to the user it turned out to be (identify or alias): one
+    person for routing, profiles, segments and caps."""
+
+    __tablename__ = "identities"
+
+    anonymous_id: Mapped[str] = mapped_column(String(520), primary_key=True)
+    """As events name the visitor: `anon:<anonymousId>` (or an earlier userId, by alias)."""
+    user_id: Mapped[str] = mapped_column(String(520), index=True)
+    """The canonical user id the person is known by."""
+    message_id: Mapped[str] = mapped_column(String(512))
+    """The identify or alias that linked them."""
+    linked_at: Mapped[datetime] = mapped_column(default=now)
+
+
+class Segment(Base):
+    """A saved audience (core.segments.SegmentDefinition); each change is a new version."""
+
+    __tablename__ = "segments"
+
+    id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    definition: Mapped[dict[str, Any]] = mapped_column(JSON)
+    definition_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="building")
+    """building (existing users are being evaluated after a change) or ready."""
+    build_cursor: Mapped[str | None] = mapped_column(String(520))
+    """While building: the last user id evaluated (users are taken in id order)."""
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    updated_at: Mapped[datetime] = mapped_column(default=now, onupdate=now)
+
+
+class SegmentMembership(Base):
+    """Whether a user is in a segment, as last evaluated; kept for non-members too, so a
+    user evaluated once is not evaluated again until something they do (or time) can
+    change the answer."""
+
+    __tablename__ = "segment_memberships"
+    __table_args__ = (
+        Index("ix_segment_memberships_members", "segment_id", "member", "user_id"),
+        Index("ix_segment_memberships_recheck_at", "recheck_at"),
+        Index("ix_segment_memberships_user_id", "user_id"),
+    )
+
+    segment_id: Mapped[str] = mapped_column(
+        ForeignKey("segments.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(String(520), primary_key=True)
+    member: Mapped[bool] = mapped_column(Boolean, default=False)
+    version: Mapped[int] = mapped_column(Integer)
+    """The segment version this was evaluated against."""
+    changes: Mapped[int] = mapped_column(Integer, default=0)
+    """How often membership changed (entered or exited): numbers the transitions."""
+    changed_at: Mapped[datetime] = mapped_column(default=now)
+    recheck_at: Mapped[datetime | None] = mapped_column()
+    """When the answer changes by itself as time passes (a counted event leaves a window),
+    or None: only the user's own events or traits can change it."""
+
+
+class EventCounter(Base):
+    """How many events matching one segment criterion (an event name and property
+    conditions, `counter` is their hash) a user did on one UTC day."""
+
+    __tablename__ = "event_counters"
+
+    user_id: Mapped[str] = mapped_column(String(520), primary_key=True)
+    counter: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class DateTrait(Base):
+    """A profile trait that holds a date, indexed by month and day, so the date entries'
+    sweep reads only the users whose anniversary is near."""
+
+    __tablename__ = "date_traits"
+    __table_args__ = (
+        Index("ix_date_traits_trait_month_day", "trait", "month_day"),
+        Index("ix_date_traits_trait_value", "trait", "value"),
+    )
+
+    user_id: Mapped[str] = mapped_column(String(520), primary_key=True)
+    trait: Mapped[str] = mapped_column(String(200), primary_key=True)
+    month_day: Mapped[str] = mapped_column(String(5))
+    """MM-DD"""
+    value: Mapped[date] = mapped_column(Date)

@@ -75,7 +75,7 @@ async def preview(
         profile = await get_profile(session=session, user_id=body.user_id)
         traits = dict(profile.traits) if profile else {}
     traits.update(body.traits)
-    event = _event(body.event or PreviewEvent(name=definition.entry.event), "preview-event")
+    event = _event(body.event or PreviewEvent(name=definition.entry.event_name()), "preview-event")
     context = message_context(
         user_id=body.user_id or "preview-user",
         traits=traits,

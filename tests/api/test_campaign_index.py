@@ -54,13 +54,13 @@ async def test_a_reload_costs_the_same_for_one_campaign_or_twenty(
     await add_campaigns(sessions, 0, 1)
     with statements(engine) as few:
         index = await loader.reload()
-    assert [c.campaign_id for c in index.entries["cart_updated"]] == ["c0"]
+    assert [c.campaign_id for c in index.entries[("track", "cart_updated")]] == ["c0"]
 
     await add_campaigns(sessions, 1, 20)
     fresh = CampaignIndexLoader(sessions=sessions, settings=loader.settings)
     with statements(engine) as many:
         index = await fresh.reload()
-    assert len(index.entries["cart_updated"]) == 20
+    assert len(index.entries[("track", "cart_updated")]) == 20
     assert len(many) == len(few)  # no query per campaign or per version
     assert definitions_read(many) == 1
 
@@ -73,7 +73,7 @@ async def test_a_reload_costs_the_same_for_one_campaign_or_twenty(
     with statements(engine) as one_new:
         index = await fresh.reload()
     assert definitions_read(one_new) == 1
-    assert {(c.campaign_id, c.version) for c in index.entries["cart_updated"]} >= {("c3", 3)}
+    assert {(c.campaign_id, c.version) for c in index.entries[("track", "cart_updated")]} >= {("c3", 3)}
 
 
 async def test_a_version_that_no_longer_validates_is_left_out_and_said_once(
@@ -91,7 +91,7 @@ async def test_a_version_that_no_longer_validates_is_left_out_and_said_once(
     with caplog.at_level(logging.ERROR, logger="nudge.routing"):
         index = await loader.reload()
         await loader.reload()
-    assert [c.campaign_id for c in index.entries["cart_updated"]] == ["c0"]
+    assert [c.campaign_id for c in index.entries[("track", "cart_updated")]] == ["c0"]
     assert index.reactions["order_paid"] == {"c0", "c1"}  # c1's first version still reacts
     refused = [r.getMessage() for r in caplog.records if "no longer validates" in r.getMessage()]
     assert len(refused) == 1 and "campaign 'c1' version 2" in refused[0]

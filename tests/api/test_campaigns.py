@@ -208,7 +208,7 @@ async def test_activating_reloads_the_routing_index_at_once(api: RunningApi) -> 
     # Reactions (goals, exits, wait_for) count from the first saved version.
     assert campaigns.index.reactions["Order Completed"] == {"cart"}
     await api.http.post("/v1/campaigns/cart/activate", headers=ADMIN)
-    [entry] = campaigns.index.entries["Product Added"]
+    [entry] = campaigns.index.entries[("track", "Product Added")]
     assert (entry.campaign_id, entry.version) == ("cart", 1)
     await api.http.post("/v1/campaigns/cart/pause", headers=ADMIN)
     assert "Product Added" not in campaigns.index.entries

@@ -73,7 +73,9 @@ async def test_a_reload_costs_the_same_for_one_campaign_or_twenty(
     with statements(engine) as one_new:
         index = await fresh.reload()
     assert definitions_read(one_new) == 1
-    assert {(c.campaign_id, c.version) for c in index.entries[("track", "cart_updated")]} >= {("c3", 3)}
+    assert {(c.campaign_id, c.version) for c in index.entries[("track", "cart_updated")]} >= {
+        ("c3", 3)
+    }
 
 
 async def test_a_version_that_no_longer_validates_is_left_out_and_said_once(

@@ -48,7 +48,11 @@ def event(name: str, **properties: Any) -> JourneyEvent:
 
 
 def test_the_index_enters_active_campaigns_and_reacts_for_every_version() -> None:
-    assert [c.campaign_id for c in INDEX.entries[("track", "Product Added")]] == ["cart", "vip", "welcome"]
+    assert [c.campaign_id for c in INDEX.entries[("track", "Product Added")]] == [
+        "cart",
+        "vip",
+        "welcome",
+    ]
     assert ("track", "Signed Up") not in INDEX.entries  # paused: no journey enters it
     assert INDEX.reactions["Paid"] == {"cart", "vip", "welcome", "paused-one"}
     assert INDEX.reactions["Order Completed"] == {"welcome"}

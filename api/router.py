@@ -13,20 +13,19 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import WorkflowHandle
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.campaign_index import CampaignIndexLoader
 from core import routing
 from core.config import Settings
 from core.events import JourneyEvent
-from core.journey import SIGNAL_EVENT, WORKFLOW_NAME, JourneyInput, journey_id, user_key
+from core.journey import SIGNAL_EVENT, journey_id
 from core.routing import ActiveCampaign, Needs, Signal, Start, UserFacts
 from store.entries import entered, record_entry, started_by
 from store.models import Event
 from store.profiles import get_profile
 from temporal.client import TemporalConnection
-from temporal.search_attributes import journey_search_attributes
+from temporal.journeys import start_journey
 
 
 class Outcome(StrEnum):
@@ -111,39 +110,19 @@ class EventRouter:
             )
 
     async def _start(self, campaign: ActiveCampaign, event: Event, jevent: JourneyEvent) -> None:
-        client = self.temporal.require()
-        secret = self.settings.user_secret
-        workflow_id = journey_id(campaign.campaign_id, event.user_id, secret)
-        # Signal-with-start: starts the journey, or — when one is running — only signals it
-        # (USE_EXISTING); ALLOW_DUPLICATE lets a user whose journey ended enter again.
-        handle = await client.start_workflow(
-            WORKFLOW_NAME,
-            JourneyInput(
-                campaign_id=campaign.campaign_id,
-                campaign_version=campaign.version,
-                user_id=event.user_id,
-                plan=campaign.plan,
-                entry_event=jevent,
-            ),
-            id=workflow_id,
-            task_queue=self.settings.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-            start_signal=SIGNAL_EVENT,
-            start_signal_args=[jevent],
-            search_attributes=journey_search_attributes(
-                campaign_id=campaign.campaign_id,
-                user_id=user_key(event.user_id, secret),
-                campaign_version=campaign.version,
-                step_id=campaign.plan.start_step,
-            ),
-            static_summary=f"{campaign.definition.name} for {user_key(event.user_id, secret)}",
+        settings = self.settings
+        run_id = await start_journey(
+            self.temporal.require(),
+            task_queue=settings.task_queue,
+            secret=settings.user_secret,
+            campaign_id=campaign.campaign_id,
+            campaign_version=campaign.version,
+            campaign_name=campaign.definition.name,
+            plan=campaign.plan,
+            user_id=event.user_id,
+            entry_event=jevent,
         )
-        # The first run of the chain identifies a journey: a signal-with-start that joined
-        # a running journey (even one that continued-as-new since) names the run that was
-        # recorded when it started, so no second entry row is written.
-        run_id = handle.first_execution_run_id or handle.result_run_id or handle.run_id
-        assert run_id is not None
+        workflow_id = journey_id(campaign.campaign_id, event.user_id, settings.user_secret)
         async with self.sessions() as session:
             await record_entry(
                 session=session,

@@ -11,9 +11,20 @@ from core.sms import normalise_phone
 from store.db import dialect_insert
 from store.models import Profile
 
+TraitChanges = dict[str, tuple[Any, Any]]
+"""Each trait a merge changed: name -> (old value, new value); old is None for a new trait."""
 
-async def merge_traits(*, session: AsyncSession, user_id: str, traits: dict[str, Any]) -> Profile:
+
+async def merge_traits(
+    *,
+    session: AsyncSession,
+    user_id: str,
+    traits: dict[str, Any],
+    changes: TraitChanges | None = None,
+) -> Profile:
     """Create the profile or merge `traits` into it: top-level keys, new values win.
+    `changes`, when given, receives what the merge changed (read under the row's lock, so
+    two concurrent merges of one value do not both report it).
 
     Shallow on purpose, as Segment's identify is: `{"address": {...}}` replaces the whole
     address. Inserting first (ON CONFLICT DO NOTHING) and then reading the row locked
@@ -32,6 +43,11 @@ async def merge_traits(*, session: AsyncSession, user_id: str, traits: dict[str,
     profile = await session.get(Profile, user_id, with_for_update=True, populate_existing=True)
     if profile is None:  # pragma: no cover - the row was inserted or existed a moment ago
         raise LookupError(f"profile {user_id!r} vanished while merging traits")
+    if changes is not None:
+        old = {} if is_new else profile.traits
+        changes.update(
+            {k: (old.get(k), v) for k, v in traits.items() if k not in old or old[k] != v}
+        )
     if not is_new:
         merged = {**profile.traits, **traits}
         if merged != profile.traits:

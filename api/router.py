@@ -13,14 +13,23 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.campaign_index import CampaignIndexLoader
 from core import routing
 from core.config import Settings
 from core.events import JourneyEvent
+from core.fanout import (
+    WORKFLOW_FANOUT,
+    FanOutInput,
+    FanOutTarget,
+    fanout_workflow_id,
+    trigger_occurrence,
+)
 from core.journey import SIGNAL_EVENT, journey_id
-from core.routing import ActiveCampaign, Needs, Signal, Start, UserFacts
+from core.routing import TRIGGER_TYPE, ActiveCampaign, Needs, Signal, Start, UserFacts
 from store.entries import entered, record_entry, started_by
 from store.models import Event
 from store.profiles import get_profile
@@ -78,6 +87,8 @@ class EventRouter:
         """Start or signal the journeys this event concerns. Raises when Temporal (or the
         database) fails; the relay keeps the event pending."""
         index = self.campaigns.index
+        if event.type == TRIGGER_TYPE:
+            return await self._fan_out(index.triggers.get(event.name or "", ()), event)
         needs = routing.needs(index, event.type, event.name, event_properties(event))
         if needs is None:
             return Outcome.ignored
@@ -91,6 +102,45 @@ class EventRouter:
             elif await self._signal(action, event, jevent) or action.entered:
                 outcome = Outcome.routed
         return outcome
+
+    async def _fan_out(self, campaigns: tuple[ActiveCampaign, ...], event: Event) -> Outcome:
+        """Start the fan-out of an external trigger's occurrence to the audiences of the
+        active campaigns it starts — once per trigger id: a repeated occurrence (posted
+        twice, routed again after a crash) finds its workflow started already."""
+        if not campaigns:
+            return Outcome.ignored
+        name = event.name or ""
+        occurrence = trigger_occurrence(name, str(event.payload.get("id")))
+        fan_out = FanOutInput(
+            occurrence=occurrence,
+            entry_name=name,
+            properties=event_properties(event),
+            fired_at=event.timestamp,
+            targets=[
+                FanOutTarget(
+                    campaign_id=c.campaign_id,
+                    campaign_version=c.version,
+                    campaign_name=c.definition.name,
+                    plan=c.plan,
+                    audience=getattr(c.plan.entry, "audience", None),
+                )
+                for c in campaigns
+            ],
+        )
+        try:
+            await self.temporal.require().start_workflow(
+                WORKFLOW_FANOUT,
+                fan_out,
+                id=fanout_workflow_id(occurrence),
+                task_queue=self.settings.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                static_summary=f"trigger {name} ({event.payload.get('id')}) to "
+                + ", ".join(c.campaign_id for c in campaigns),
+            )
+        except WorkflowAlreadyStartedError:
+            pass  # this occurrence fanned out before, and finished
+        return Outcome.routed
 
     async def _facts(self, event: Event, needs: Needs) -> UserFacts:
         if not (needs.traits or needs.entries):

@@ -99,7 +99,7 @@ async def running_stack(
         )
         await migrate(settings.database_url)
 
-        activities = await stack.enter_async_context(worker_activities(settings))
+        activities = await stack.enter_async_context(worker_activities(settings, client))
         await stack.enter_async_context(
             create_worker(client, activities, task_queue=settings.task_queue)
         )

@@ -191,6 +191,17 @@ class Settings(BaseSettings):
     campaign_refresh_seconds: float = Field(default=5.0, gt=0)
     """How often the router reloads active campaigns written by another API instance."""
 
+    trigger_token: str | None = None
+    """A bearer token that may post external triggers (`POST /v1/triggers/{name}`) and
+    nothing else: for the service that watches the weather or the prices. The admin token
+    may post them too."""
+    fanout_rate_per_second: float = Field(default=500.0, gt=0)
+    """At most this many journeys started per second by one fan-out (a trigger's or a
+    schedule's audience), so a 100,000-user broadcast does not swamp Temporal or the
+    providers."""
+    fanout_page_size: int = Field(default=500, ge=1, le=10_000)
+    """Users per fan-out page: one activity call, heartbeating as it goes."""
+
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:
         if self.environment is Environment.production:

@@ -16,12 +16,14 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.channels.registry import build_providers
+from activities.fanout import FanOutActivities
 from activities.housekeeping import Housekeeping
 from activities.journey import JourneyActivities
 from core.config import Settings
 from store.db import create_engine, session_factory
 from temporal.client import connect_with
 from temporal.schedules import ensure_schedules
+from workflows.fanout import FanOutWorkflow
 from workflows.housekeeping import PruneSendLedger
 from workflows.journey import JourneyWorkflow
 
@@ -34,14 +36,16 @@ class WorkerActivities:
 
     journeys: JourneyActivities
     housekeeping: Housekeeping
+    fanout: FanOutActivities
 
     def all(self) -> list[Any]:
-        return [*self.journeys.all(), *self.housekeeping.all()]
+        return [*self.journeys.all(), *self.housekeeping.all(), *self.fanout.all()]
 
 
 @contextlib.asynccontextmanager
-async def worker_activities(settings: Settings) -> AsyncIterator[WorkerActivities]:
-    """The activities with their database sessions and HTTP client, closed on exit."""
+async def worker_activities(settings: Settings, client: Client) -> AsyncIterator[WorkerActivities]:
+    """The activities with their database sessions and HTTP client, closed on exit; the
+    Temporal client is the worker's own (fan-outs start journeys with it)."""
     engine = create_engine(settings.database_url)
     http = httpx.AsyncClient(timeout=httpx.Timeout(settings.provider_timeout_seconds))
     sessions = session_factory(engine)
@@ -50,6 +54,7 @@ async def worker_activities(settings: Settings) -> AsyncIterator[WorkerActivitie
         yield WorkerActivities(
             journeys=JourneyActivities(sessions=sessions, providers=providers, settings=settings),
             housekeeping=Housekeeping(sessions=sessions, settings=settings),
+            fanout=FanOutActivities(sessions=sessions, client=client, settings=settings),
         )
     finally:
         for provider in providers.values():
@@ -62,7 +67,7 @@ def create_worker(client: Client, activities: WorkerActivities, *, task_queue: s
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[JourneyWorkflow, PruneSendLedger],
+        workflows=[JourneyWorkflow, PruneSendLedger, FanOutWorkflow],
         activities=activities.all(),
         # Activities are async; the executor only serves the SDK's sync fallbacks.
         activity_executor=ThreadPoolExecutor(max_workers=4),
@@ -82,7 +87,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     """Run until `stop` is set (or SIGINT/SIGTERM), then shut down cleanly."""
     stop = stop or _stop_on_signals()
     client = await connect_with(settings)
-    async with worker_activities(settings) as activities:
+    async with worker_activities(settings, client) as activities:
         worker = create_worker(client, activities, task_queue=settings.task_queue)
         async with worker:
             await put_schedules_in_place(client, settings)

@@ -134,7 +134,7 @@ async def run_dev(
             # The UI decodes through the API from the browser: its origin must be allowed.
             update["codec_cors_origins"] = ",".join([*settings.codec_origins, server.ui_url])
         settings = settings.model_copy(update=update)
-        activities = await stack.enter_async_context(worker_activities(settings))
+        activities = await stack.enter_async_context(worker_activities(settings, server.client))
         await stack.enter_async_context(
             create_worker(server.client, activities, task_queue=settings.task_queue)
         )

@@ -12,6 +12,7 @@ from api.routes import (
     rejected,
     subscriptions,
     tracking,
+    triggers,
 )
 
 api_router = APIRouter()
@@ -22,5 +23,6 @@ api_router.include_router(journeys.router)
 api_router.include_router(messages.router)
 api_router.include_router(rejected.router)
 api_router.include_router(subscriptions.router)
+api_router.include_router(triggers.router)
 api_router.include_router(health.router)
 api_router.include_router(codec.router)

@@ -73,7 +73,7 @@ async def stack(database_url: str, dev_server: DevServer) -> AsyncIterator[Stack
     double = ProviderDouble(provider, key_header="webhook-id").start()
     settings = make_settings(database_url, dev_server.address, webhook_url=double.url)
     try:
-        async with worker_activities(settings) as activities:
+        async with worker_activities(settings, dev_server.client) as activities:
             worker = create_worker(dev_server.client, activities, task_queue=settings.task_queue)
             async with worker, running_api(settings) as api:
                 # Ids of this run only: the dev server is shared by the session, and a

@@ -107,7 +107,7 @@ async def test_the_worker_puts_the_schedule_in_place_and_a_run_prunes(
         started = datetime.now(UTC)
         await ledger(sessions, *SENDS, now=started)
         async with (
-            worker_activities(settings) as activities,
+            worker_activities(settings, client) as activities,
             create_worker(client, activities, task_queue=settings.task_queue),
         ):
             await ensure_schedules(client, task_queue=settings.task_queue)

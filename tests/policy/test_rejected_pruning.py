@@ -42,7 +42,7 @@ async def test_a_housekeeping_run_forgets_rejections_past_retention(
                     .values(received_at=now - age)
                 )
         async with (
-            worker_activities(settings) as activities,
+            worker_activities(settings, dev_server.client) as activities,
             create_worker(dev_server.client, activities, task_queue=settings.task_queue),
         ):
             pruned = await dev_server.client.execute_workflow(

@@ -1,0 +1,260 @@
+"""activities: a fan-out's pages — who of a campaign's audience a trigger or a broadcast
+reaches, and starting their journeys, rate-limited, exactly once per (campaign,
+occurrence, user); and which scheduled broadcasts are due."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
+from core.conditions import evaluate_all
+from core.config import Settings
+from core.definition import ReEntry
+from core.fanout import (
+    ACTIVITY_START_PAGE,
+    PageRequest,
+    PageResult,
+    entry_event,
+)
+from core.journey import journey_id
+from core.schedule import user_zone, wall_time
+from core.segments import Audience, EventCriterion
+from store.entries import record_entry
+from store.models import Event, Identity, JourneyEntry, Profile, SegmentMembership
+from temporal.journeys import MEMO_ENTRY, start_journey
+
+CONCURRENT_STARTS = 16
+"""Journeys being started at once by one page (each a round trip to Temporal)."""
+
+
+class Pacer:
+    """At most `rate` starts per second, spread evenly (no bursts after a pause)."""
+
+    def __init__(self, rate: float):
+        self.interval = 1.0 / rate
+        self.next_at = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        async with self._lock:
+            now = time.monotonic()
+            delay = self.next_at - now
+            self.next_at = max(self.next_at, now) + self.interval
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+async def audience_page(
+    session: AsyncSession, audience: Audience | None, *, after: str | None, limit: int
+) -> list[str]:
+    """The next `limit` user ids of the audience's base (its segment's members, else
+    every profile that is not an anonymous id linked to a user), in id order."""
+    if audience is not None and audience.segment is not None:
+        statement = select(SegmentMembership.user_id).where(
+            SegmentMembership.segment_id == audience.segment,
+            SegmentMembership.member.is_(True),
+        )
+        column: Any = SegmentMembership.user_id
+    else:
+        linked = select(Identity.anonymous_id).where(Identity.anonymous_id == Profile.user_id)
+        statement = select(Profile.user_id).where(~linked.exists())
+        column = Profile.user_id
+    if after is not None:
+        statement = statement.where(column > after)
+    return list(await session.scalars(statement.order_by(column).limit(limit)))
+
+
+async def _traits(session: AsyncSession, user_ids: list[str]) -> dict[str, dict[str, Any]]:
+    rows = await session.execute(
+        select(Profile.user_id, Profile.traits).where(Profile.user_id.in_(user_ids))
+    )
+    return {user_id: dict(traits or {}) for user_id, traits in rows}
+
+
+async def _criterion_holds(
+    session: AsyncSession,
+    criterion: EventCriterion,
+    user_ids: list[str],
+    trigger: dict[str, Any],
+    now: datetime,
+) -> set[str]:
+    """Those of `user_ids` whose stored events meet `criterion`, whose conditions may read
+    the trigger (`value_from: trigger.properties.product_id`): one query per page."""
+    statement = select(Event.user_id, Event.message_id, Event.name, Event.timestamp, Event.payload)
+    statement = statement.where(
+        Event.user_id.in_(user_ids), Event.type == "track", Event.name == criterion.event
+    )
+    if criterion.days is not None:
+        today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        statement = statement.where(Event.timestamp >= today - timedelta(days=criterion.days - 1))
+    counts: dict[str, int] = defaultdict(int)
+    for user_id, message_id, name, timestamp, payload in await session.execute(statement):
+        properties = payload.get("properties") if isinstance(payload, dict) else None
+        context = {
+            "event": {
+                "name": name,
+                "message_id": message_id,
+                "timestamp": timestamp.isoformat(),
+                "properties": properties if isinstance(properties, dict) else {},
+            },
+            "trigger": trigger,
+        }
+        if evaluate_all(criterion.where, context):
+            counts[user_id] += 1
+    low, high = criterion.minimum, criterion.at_most
+    return {u for u in user_ids if counts[u] >= low and (high is None or counts[u] <= high)}
+
+
+class FanOutActivities:
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        client: Client,
+        settings: Settings,
+    ):
+        self._sessions = sessions
+        self._client = client
+        self._settings = settings
+
+    def all(self) -> list[Any]:
+        return [self.start_audience_page]
+
+    @activity.defn(name=ACTIVITY_START_PAGE)
+    async def start_audience_page(self, request: PageRequest) -> PageResult:
+        """Start the journeys of one page of the target's audience. A retried page (the
+        worker died, Temporal hiccupped) skips the journeys it finds recorded for this
+        occurrence, and asks Temporal about the rest before starting them again: a
+        journey started but not yet recorded carries its entry id in its memo."""
+        target = request.target
+        audience = target.audience
+        now = datetime.now(UTC)
+        trigger = entry_event(request, "").as_context()
+        async with self._sessions() as session:
+            users = await audience_page(
+                session, audience, after=request.after, limit=self._settings.fanout_page_size
+            )
+            if not users:
+                return PageResult(after=None)
+            traits = await _traits(session, users)
+            chosen = [
+                u
+                for u in users
+                if audience is None
+                or evaluate_all(
+                    audience.conditions, {"traits": traits.get(u, {}), "trigger": trigger}
+                )
+            ]
+            for criterion in audience.events if audience is not None and chosen else ():
+                holding = await _criterion_holds(session, criterion, chosen, trigger, now)
+                chosen = [u for u in chosen if u in holding]
+            ids = {u: entry_event(request, u).message_id for u in chosen}
+            recorded = set(
+                await session.scalars(
+                    select(JourneyEntry.entry_message_id).where(
+                        JourneyEntry.campaign_id == target.campaign_id,
+                        JourneyEntry.entry_message_id.in_(list(ids.values())),
+                    )
+                )
+            )
+            entered: set[str] = set()
+            if target.plan.re_entry is ReEntry.once:
+                entered = set(
+                    await session.scalars(
+                        select(JourneyEntry.user_id).where(
+                            JourneyEntry.campaign_id == target.campaign_id,
+                            JourneyEntry.user_id.in_(chosen),
+                        )
+                    )
+                )
+        result = PageResult(after=users[-1], skipped=len(users) - len(chosen))
+        todo = []
+        for user in chosen:
+            if ids[user] in recorded:
+                result.already += 1
+            elif user in entered:
+                result.skipped += 1
+            else:
+                todo.append(user)
+        retried = activity.info().attempt > 1
+        pacer = Pacer(self._settings.fanout_rate_per_second)
+        gate = asyncio.Semaphore(CONCURRENT_STARTS)
+
+        async def one(user: str) -> None:
+            async with gate:
+                if retried and await self._started_before(request, user, ids[user]):
+                    result.already += 1
+                    return
+                await pacer.wait()
+                await self._start(request, user, traits.get(user, {}), now)
+                result.started += 1
+                activity.heartbeat(result.started)
+
+        async with asyncio.TaskGroup() as group:
+            for user in todo:
+                group.create_task(one(user))
+        return result
+
+    async def _start(
+        self, request: PageRequest, user: str, traits: dict[str, Any], now: datetime
+    ) -> None:
+        target = request.target
+        settings = self._settings
+        delay = None
+        if target.local_time is not None:
+            zone = user_zone(traits.get("timezone"), settings.default_timezone)
+            at = wall_time(target.local_time, zone)
+            delay = at - now if at > now else None
+        event = entry_event(request, user)
+        run_id = await start_journey(
+            self._client,
+            task_queue=settings.task_queue,
+            secret=settings.user_secret,
+            campaign_id=target.campaign_id,
+            campaign_version=target.campaign_version,
+            campaign_name=target.campaign_name,
+            plan=target.plan,
+            user_id=user,
+            entry_event=event,
+            signal=False,
+            start_delay=delay,
+        )
+        await self._record(request, user, run_id)
+
+    async def _record(self, request: PageRequest, user: str, run_id: str) -> None:
+        target = request.target
+        async with self._sessions() as session:
+            await record_entry(
+                session=session,
+                campaign_id=target.campaign_id,
+                campaign_version=target.campaign_version,
+                user_id=user,
+                workflow_id=journey_id(target.campaign_id, user, self._settings.user_secret),
+                run_id=run_id,
+                entry_message_id=entry_event(request, user).message_id,
+            )
+            await session.commit()
+
+    async def _started_before(self, request: PageRequest, user: str, message_id: str) -> bool:
+        """Whether the user's journey (running or ended) is this occurrence's: started by
+        an earlier attempt of this page that died before recording it. Recorded now."""
+        workflow_id = journey_id(request.target.campaign_id, user, self._settings.user_secret)
+        try:
+            description = await self._client.get_workflow_handle(workflow_id).describe()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        if await description.memo_value(MEMO_ENTRY, default=None) != message_id:
+            return False
+        await self._record(request, user, description.raw_info.first_run_id or description.run_id)
+        return True

@@ -3,8 +3,10 @@ before renewal_date at 09:00" — DST-safe, pure."""
 
 from __future__ import annotations
 
+import calendar
 import re
 from datetime import UTC, date, datetime, time, timedelta
+from enum import StrEnum
 from typing import NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -102,6 +104,21 @@ def trait_date(value: object) -> date:
     raise ValueError(f"not a date: {value!r} (use YYYY-MM-DD)")
 
 
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}(?:$|[T ])")
+
+
+def date_of_trait(value: object) -> date | None:
+    """A trait's value as a date when it reads as one (`1990-05-17`, `2026-12-24T10:00Z`),
+    else None: only ISO-looking strings count, so a number or a free text never becomes a
+    date by accident. What the date index keeps (store.dates)."""
+    if not isinstance(value, str) or not _ISO_DATE.match(value.strip()):
+        return None
+    try:
+        return trait_date(value)
+    except ValueError:
+        return None
+
+
 def relative_to_date(day: date, offset: timedelta, clock: time, tz: ZoneInfo) -> datetime:
     """`day` + `offset` (whole days count on the calendar, so DST never shifts the hour) at
     `clock` in `tz`, as UTC: "3 days before renewal_date at 09:00"."""
@@ -109,11 +126,24 @@ def relative_to_date(day: date, offset: timedelta, clock: time, tz: ZoneInfo) ->
     return _at(shifted, clock, tz) + (offset - timedelta(days=offset.days))
 
 
+class WaitOutcome(StrEnum):
+    """What a resolved `wait until` asks of the journey."""
+
+    wait = "wait"
+    """Wait until `until` (at once when it has gone: journeys before `missing`/`past`)."""
+    skip = "skip"
+    """Move on to the step's `next` without waiting."""
+    exit = "exit"
+    """End the journey (exited), saying why."""
+
+
 class LocalWait(NamedTuple):
     until: datetime
     """UTC; `now` when there is nothing to wait for."""
     note: str
-    """How it was resolved, for operators: "10:00 Europe/Paris"."""
+    """How it was resolved, for operators: "10:00 Europe/Paris"; with `skip` or `exit`,
+    why ("no usable 'birthday' trait")."""
+    outcome: WaitOutcome = WaitOutcome.wait
 
 
 def resolve_local_wait(
@@ -124,10 +154,17 @@ def resolve_local_wait(
     offset: str | None,
     traits: dict[str, object],
     default_timezone: str,
+    missing: str | None = None,
+    past: str | None = None,
 ) -> LocalWait:
     """A `wait until` as an instant: the next `clock` in the user's zone, or — with a date
-    `trait` — `clock` on that date shifted by `offset`. A missing or unreadable date moves
-    on at once (waiting for it would wait forever), saying why."""
+    `trait` — `clock` on that date shifted by `offset`.
+
+    `missing` says what a missing or unreadable date does (`skip`: move on at once;
+    `exit`: end the journey); `past` what a moment already gone does (`skip`, `exit`, or
+    `next_anniversary`: the next yearly anniversary of the date, shifted and at `clock`).
+    None (journeys whose request predates them) keeps the old rule: move on at once.
+    """
     tz = user_zone(traits.get("timezone"), default_timezone)
     at = parse_clock(clock)
     if trait is None:
@@ -135,12 +172,120 @@ def resolve_local_wait(
     try:
         day = trait_date(traits.get(trait))
     except ValueError:
-        return LocalWait(now, f"no usable {trait!r} trait: not waiting")
+        reason = f"no usable {trait!r} trait"
+        if missing is None:
+            return LocalWait(now, f"{reason}: not waiting")
+        return LocalWait(now, reason, WaitOutcome(missing))
     shift = signed_duration(offset) if offset else timedelta(0)
     where = f"{offset} from " if offset else ""
-    return LocalWait(
-        relative_to_date(day, shift, at, tz), f"{clock} {tz.key}, {where}{trait} {day.isoformat()}"
-    )
+    note = f"{clock} {tz.key}, {where}{trait} {day.isoformat()}"
+    until = relative_to_date(day, shift, at, tz)
+    if until >= now or past is None:
+        return LocalWait(until, note)
+    if past == "next_anniversary":
+        following = next_occurrence(
+            day, repeat="yearly", offset_days=shift.days, clock=at, tz=tz, after=now
+        )
+        if following is not None:
+            return LocalWait(
+                following.at + (shift - timedelta(days=shift.days)),
+                f"{note}: next anniversary {following.occurrence.isoformat()}",
+            )
+    reason = f"{trait} {day.isoformat()} ({clock}{', ' + offset if offset else ''}) has passed"
+    return LocalWait(now, reason, WaitOutcome.skip if past == "skip" else WaitOutcome.exit)
+
+
+# -- date entries: occurrences of a date trait ---------------------------------------------
+
+
+def anniversary(day: date, year: int) -> date:
+    """`day`'s anniversary in `year`; Feb 29 falls on Feb 28 in years without one."""
+    try:
+        return day.replace(year=year)
+    except ValueError:
+        return date(year, 2, 28)
+
+
+class Occurrence(NamedTuple):
+    occurrence: date
+    """The date whose moment it is: the anniversary in its year (`yearly`), or the date
+    itself (`once`) — before the offset. One greeting per occurrence."""
+    at: datetime
+    """UTC: `occurrence` + offset days, at the clock in the user's zone."""
+
+
+def _moment(occurrence: date, offset_days: int, clock: time, tz: ZoneInfo) -> Occurrence:
+    return Occurrence(occurrence, _at(occurrence + timedelta(days=offset_days), clock, tz))
+
+
+def _candidates(
+    day: date, repeat: str, offset_days: int, first_year: int, last_year: int
+) -> list[date]:
+    if repeat == "once":
+        return [day]
+    # Anniversaries count from the date itself on (a signup date's first is the signup).
+    # The offset may move a moment into a neighbouring year: widen by its size.
+    spread = abs(offset_days) // 365 + 1
+    years = range(max(first_year - spread, day.year), last_year + spread + 1)
+    return [anniversary(day, year) for year in years if year <= 9999]
+
+
+def occurrences_between(
+    day: date,
+    *,
+    repeat: str,
+    offset_days: int,
+    clock: time,
+    tz: ZoneInfo,
+    start: datetime,
+    end: datetime,
+) -> list[Occurrence]:
+    """The occurrences of a date trait whose moment falls in (start, end], oldest first:
+    the yearly anniversaries (or, `once`, the date) shifted by `offset_days` on the
+    calendar, at `clock` in `tz` — the wall-clock time, whatever DST does that day."""
+    found = []
+    for occurrence in _candidates(day, repeat, offset_days, start.year, end.year):
+        try:
+            moment = _moment(occurrence, offset_days, clock, tz)
+        except OverflowError:
+            continue
+        if start < moment.at <= end:
+            found.append(moment)
+    return sorted(found, key=lambda o: o.at)
+
+
+def next_occurrence(
+    day: date, *, repeat: str, offset_days: int, clock: time, tz: ZoneInfo, after: datetime
+) -> Occurrence | None:
+    """The first occurrence whose moment is at or after `after`; None when there is none
+    (a `once` date already gone)."""
+    for occurrence in _candidates(day, repeat, offset_days, after.year, after.year + 1):
+        try:
+            moment = _moment(occurrence, offset_days, clock, tz)
+        except OverflowError:
+            continue
+        if moment.at >= after:
+            return moment
+    return None
+
+
+def candidate_days(*, start: datetime, end: datetime, offset_days: int) -> list[date]:
+    """Every date whose occurrence, shifted by `offset_days`, may have its moment in
+    (start, end] in some zone: local dates run from UTC-12 to UTC+14, so a day either side
+    of the window covers every zone and clock. What the sweep reads from the index."""
+    first = (start - timedelta(days=1)).date() - timedelta(days=offset_days)
+    last = (end + timedelta(days=1)).date() - timedelta(days=offset_days)
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def month_days(days: list[date]) -> set[str]:
+    """The `MM-DD` keys whose anniversaries fall on `days`: Feb 28 in a year without Feb 29
+    also stands for Feb 29."""
+    keys = {day.strftime("%m-%d") for day in days}
+    for day in days:
+        if day.month == 2 and day.day == 28 and not calendar.isleap(day.year):
+            keys.add("02-29")
+    return keys
 
 
 _DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import timedelta
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from core.conditions import Condition
+from core.conditions import Condition, evaluate
 from core.durations import Duration
+from core.events import format_path, json_problems
 
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
@@ -146,3 +149,133 @@ def definition_hash(definition: SegmentDefinition) -> str:
 
 def as_json(definition: SegmentDefinition) -> dict[str, Any]:
     return definition.model_dump(mode="json", exclude_defaults=True)
+
+
+# -- evaluation ------------------------------------------------------------------------------
+
+Counts = Mapping[str, Mapping[date, int]]
+"""Per criterion (its `counter_key()`), how many matching events the user did each UTC day."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Whether a user is in a segment now, and the next instant that can change by time
+    alone (a counted day leaving a window), None when only the user can change it."""
+
+    member: bool
+    recheck_at: datetime | None
+
+
+def day_start(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def window_start(criterion: EventCriterion, today: date) -> date | None:
+    """The first day a criterion counts (`within: 30d` is today and the 29 days before);
+    None when it counts every day ever."""
+    days = criterion.days
+    return None if days is None else today - timedelta(days=days - 1)
+
+
+def _holds(criterion: EventCriterion, count: int) -> bool:
+    if count < criterion.minimum:
+        return False
+    return criterion.at_most is None or count <= criterion.at_most
+
+
+def evaluate_criterion(
+    criterion: EventCriterion, per_day: Mapping[date, int], now: datetime
+) -> Evaluation:
+    """Whether the user's counted events satisfy one criterion at `now`, and when its
+    answer next changes as counted days leave the window (days after today, an event
+    stamped in the future, count as inside it)."""
+    today = now.astimezone(UTC).date()
+    start = window_start(criterion, today)
+    inside = sorted((d, n) for d, n in per_day.items() if n > 0 and (start is None or d >= start))
+    total = sum(n for _, n in inside)
+    holds = _holds(criterion, total)
+    if start is None:
+        return Evaluation(holds, None)
+    days = criterion.days or 0
+    left = total
+    for day, count in inside:
+        left -= count
+        if _holds(criterion, left) != holds:
+            # The first day whose leaving flips the answer leaves at the start of day + days.
+            return Evaluation(holds, day_start(day + timedelta(days=days)))
+    return Evaluation(holds, None)
+
+
+def evaluate_segment(
+    definition: SegmentDefinition,
+    *,
+    traits: Mapping[str, Any],
+    counts: Counts,
+    now: datetime,
+) -> Evaluation:
+    """Whether a user with these traits and per-day counts is a member at `now`.
+
+    `recheck_at` is the earliest instant one of the event criteria changes its answer by
+    time alone: it may or may not change the segment's (with `match: any`, another
+    criterion may still hold), so it is when to look again, not a promise of a change.
+    """
+    context = {"traits": traits}
+    answers = [evaluate(c, context) for c in definition.traits]
+    recheck: list[datetime] = []
+    for criterion in definition.events:
+        result = evaluate_criterion(criterion, counts.get(criterion.counter_key(), {}), now)
+        answers.append(result.member)
+        if result.recheck_at is not None:
+            recheck.append(result.recheck_at)
+    member = all(answers) if definition.match == "all" else any(answers)
+    return Evaluation(member, min(recheck) if recheck else None)
+
+
+def counted_criteria(
+    segments: Iterable[SegmentDefinition], event_name: str
+) -> list[EventCriterion]:
+    """The criteria, one per counter, that count events named `event_name`."""
+    found: dict[str, EventCriterion] = {}
+    for segment in segments:
+        for criterion in segment.events:
+            if criterion.event == event_name:
+                found.setdefault(criterion.counter_key(), criterion)
+    return list(found.values())
+
+
+def affected_by(
+    definition: SegmentDefinition, *, event_name: str | None, traits_changed: Iterable[str]
+) -> bool:
+    """Whether an event can change a user's membership: its name is counted by the
+    segment (a track), or it changed traits the segment reads (an identify, or a call
+    carrying `context.traits`)."""
+    if event_name is not None and event_name in definition.event_names():
+        return True
+    return not definition.traits_read().isdisjoint(traits_changed)
+
+
+def parse_segment(data: Any) -> SegmentDefinition:
+    """Validate a segment from a dict or from YAML/JSON text, as campaigns are: what JSON
+    cannot store is refused with its path, then each problem names its path
+    (`events[0].where[0].op: ...`). Raises core.definition.DefinitionError."""
+    # core.definition imports this module (an audience is part of a campaign's entry).
+    from core.definition import DefinitionError, _read_text, format_validation_error
+
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DefinitionError([f"not valid UTF-8 text: {exc}"]) from exc
+    if isinstance(data, str):
+        data = _read_text(data)
+    if not isinstance(data, dict):
+        raise DefinitionError(["a segment definition must be a mapping"])
+    problems = json_problems(data)
+    if problems:
+        raise DefinitionError(
+            [f"{format_path(loc)}: {message}" if loc else message for loc, message in problems]
+        )
+    try:
+        return SegmentDefinition.model_validate(data)
+    except ValidationError as exc:
+        raise DefinitionError(format_validation_error(exc)) from exc

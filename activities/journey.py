@@ -42,6 +42,7 @@ from core.templates.render import RenderError, message_context, render_message
 from store import deliveries
 from store.campaigns import VersionUnavailable, load_definition
 from store.entries import record_outcome
+from store.identities import canonical_user, person_profile
 from store.profiles import get_profile
 from store.subscriptions import add_suppression
 
@@ -82,18 +83,21 @@ class JourneyActivities:
     @activity.defn(name=ACTIVITY_RESOLVE_WAIT)
     async def resolve_wait(self, request: WaitRequest) -> WaitResolution:
         """A `wait until` as an instant, from the user's zone (`timezone` trait, else the
-        default) and, for "3 days before renewal_date", the date trait."""
+        default) and, for "3 days before renewal_date", the date trait — or, when that
+        date is missing or gone, the step's `missing`/`past` rule (skip or exit)."""
         async with self._sessions() as session:
-            row = await get_profile(session=session, user_id=request.user_id)
-        until, note = resolve_local_wait(
+            row = await person_profile(session, request.user_id)
+        wait = resolve_local_wait(
             now=request.now,
             clock=request.time,
             trait=request.trait,
             offset=request.offset,
             traits=dict(row.traits) if row else {},
             default_timezone=self._settings.default_timezone,
+            missing=request.missing,
+            past=request.past,
         )
-        return WaitResolution(until=until, note=note)
+        return WaitResolution(until=wait.until, note=wait.note, outcome=wait.outcome)
 
     @activity.defn(name=ACTIVITY_CHECK_POLICY)
     @final_errors
@@ -110,7 +114,7 @@ class JourneyActivities:
     @activity.defn(name=ACTIVITY_LOAD_PROFILE)
     async def load_profile(self, request: ProfileRequest) -> Profile:
         async with self._sessions() as session:
-            row = await get_profile(session=session, user_id=request.user_id)
+            row = await person_profile(session, request.user_id)
         traits = dict(row.traits) if row else {}
         if request.traits is not None:
             traits = {k: traits[k] for k in request.traits if k in traits}
@@ -156,7 +160,10 @@ class JourneyActivities:
                 campaign_id=request.campaign_id,
                 version=request.campaign_version,
             )
-            profile = await get_profile(session=session, user_id=request.user_id)
+            # The person's: a journey that began under an anonymous id sends to the
+            # address (and names the user, in unsubscribe links) of the person it became.
+            person = await canonical_user(session, request.user_id)
+            profile = await get_profile(session=session, user_id=person)
         async with self._sessions() as session, session.begin():
             row = await deliveries.claim_delivery(session=session, request=request)
         if row.status != DeliveryStatus.pending.value:
@@ -164,7 +171,7 @@ class JourneyActivities:
 
         try:
             traits = dict(profile.traits) if profile else {}
-            message = await self._render(request, definition, traits, row.id)
+            message = await self._render(request, definition, traits, row.id, person)
             provider = self._providers.get(request.channel)
             if provider is None:
                 known = ", ".join(sorted(self._providers)) or "none"
@@ -227,7 +234,7 @@ class JourneyActivities:
             if isinstance(exc, ProviderError) and exc.bounce:
                 await add_suppression(
                     session=session,
-                    user_id=request.user_id,
+                    user_id=await canonical_user(session, request.user_id),
                     channel=request.channel,
                     reason=f"hard bounce: {exc}",
                 )
@@ -238,12 +245,13 @@ class JourneyActivities:
         definition: CampaignDefinition,
         traits: dict[str, Any],
         delivery_id: int,
+        person: str,
     ) -> OutgoingMessage:
         template = definition.templates.get(request.template)
         if template is None:
             raise RenderError(f"template {request.template!r} not found")
         context = message_context(
-            user_id=request.user_id,
+            user_id=person,
             traits=traits,
             event=request.entry_event.as_context(),
             last_event=(request.last_event or request.entry_event).as_context(),
@@ -262,7 +270,7 @@ class JourneyActivities:
         return OutgoingMessage(
             idempotency_key=request.idempotency_key,
             delivery_id=delivery_id,
-            user_id=request.user_id,
+            user_id=person,
             campaign_id=request.campaign_id,
             campaign_version=request.campaign_version,
             step_id=request.step_id,

@@ -228,11 +228,24 @@ class SendStep(_Model):
 
 class WaitUntil(_Model):
     """A wall-clock time in the user's zone: the next `time`, or `time` on the day of a
-    date trait shifted by `offset` ("3 days before renewal_date at 09:00")."""
+    date trait shifted by `offset` ("3 days before renewal_date at 09:00").
+
+    With a `trait`, `missing` says what a user without a usable date gets, and `past` what
+    a moment already gone does: `exit` ends the journey (the reason names the trait),
+    `skip` moves on to `next` without waiting, `next_anniversary` waits for the date's next
+    yearly anniversary (Feb 29 on Feb 28 in other years) at `time`. Both default to `exit`:
+    a birthday greeting never reaches a user without a birthday, nor goes out at once for
+    a date long gone."""
 
     time: str = Field(description="HH:MM in the user's zone (the `timezone` trait)")
     trait: str | None = Field(default=None, description="a date trait, e.g. renewal_date")
     offset: str | None = Field(default=None, description="e.g. -3d or 2d; with `trait`")
+    missing: Literal["skip", "exit"] = Field(
+        default="exit", description="with `trait`: what a missing or unreadable date does"
+    )
+    past: Literal["skip", "exit", "next_anniversary"] = Field(
+        default="exit", description="with `trait`: what a moment already gone does"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> WaitUntil:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from core.definition import JourneyPlan
 from core.events import JourneyEvent
+from core.schedule import WaitOutcome
 
 MAX_STEP_RECORDS = 200
 """Step records kept in state; older ones are dropped (the history has them all)."""
@@ -217,13 +218,23 @@ class WaitRequest(BaseModel):
     trait: str | None = None
     offset: str | None = None
     now: datetime
+    missing: str | None = None
+    """What a missing date does (`skip`, `exit`); None: requests made before it existed,
+    which move on at once."""
+    past: str | None = None
+    """What a moment already gone does (`skip`, `exit`, `next_anniversary`); None: as
+    `missing`."""
 
 
 class WaitResolution(BaseModel):
     until: datetime
     """UTC; in the past when the moment has gone (the journey moves on at once)."""
     note: str
-    """How it was resolved, for operators: "10:00 Europe/Paris"."""
+    """How it was resolved, for operators: "10:00 Europe/Paris"; with `skip` or `exit`,
+    why."""
+    outcome: WaitOutcome = WaitOutcome.wait
+    """`wait` until `until`; `skip` to the next step at once; `exit` the journey. Results
+    recorded before it existed read as `wait`."""
 
 
 class ProfileRequest(BaseModel):

@@ -59,6 +59,7 @@ with workflow.unsafe.imports_passed_through():
         WaitResolution,
         idempotency_key,
     )
+    from core.schedule import WaitOutcome
     from temporal import search_attributes
 
 DELIVER_TIMEOUT = timedelta(seconds=60)
@@ -87,6 +88,9 @@ PATCH_SEND_POLICY = "send-policy-v1"
 PATCH_ACTIVITY_FAILURE = "activity-failure-v1"
 """Journeys before it failed the workflow (unrecorded) when an activity other than `deliver`
 failed for good; from it on, they end `failed` with the reason and record their outcome."""
+PATCH_WAIT_UNTIL_MISSING = "wait-until-missing-v1"
+"""Journeys before it waited on a 1 ms timer when a `wait until`'s date was missing or
+gone; from it on, the step's `missing`/`past` rule skips the wait or ends the journey."""
 PROFILE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1)
 )
@@ -339,6 +343,8 @@ class JourneyWorkflow:
                         trait=step.until.trait,
                         offset=step.until.offset,
                         now=workflow.now(),
+                        missing=step.until.missing,
+                        past=step.until.past,
                     ),
                     result_type=WaitResolution,
                     timeout=PROFILE_TIMEOUT,
@@ -346,6 +352,15 @@ class JourneyWorkflow:
                 )
                 if resolution is None:
                     return STAY
+                # Journeys before it waited on a timer for a moment already gone; asked
+                # only off the `wait` path, so an ordinary wait records no marker.
+                if resolution.outcome is not WaitOutcome.wait and workflow.patched(
+                    PATCH_WAIT_UNTIL_MISSING
+                ):
+                    if resolution.outcome is WaitOutcome.skip:
+                        return step.next, f"not waiting: {resolution.note}"
+                    self._end(JourneyStatus.exited, resolution.note)
+                    return None, resolution.note
                 state.wait_until = resolution.until
                 state.waiting_for = f"waiting until {resolution.note}"
                 workflow.set_current_details(f"step **{step.id}** (wait): {state.waiting_for}")

@@ -13,6 +13,7 @@ from core.policy import ALLOW, Reserve, SendFacts, bounced, decide_send, suppres
 from store import deliveries
 from store.campaigns import load_definition
 from store.caps import reserve_send
+from store.identities import person_ids
 from store.profiles import get_profile
 from store.subscriptions import get_suppression, unsubscribed_from
 
@@ -33,8 +34,11 @@ async def check_send_policy(
         )
         if recorded is not None and recorded.status == DeliveryStatus.suppressed.value:
             return suppress(recorded.error or "suppressed")
+        # One person, one policy: a journey that began under an anonymous id is judged by
+        # the person's consent, zone and caps (store.identities).
+        person = await person_ids(session, request.user_id)
         suppression = await get_suppression(
-            session=session, user_id=request.user_id, channel=request.channel
+            session=session, user_id=person[0], channel=request.channel
         )
         if suppression is None:
             definition = await load_definition(
@@ -42,11 +46,11 @@ async def check_send_policy(
             )
             opted_out = await unsubscribed_from(
                 session=session,
-                user_id=request.user_id,
+                user_id=person[0],
                 channel=request.channel,
                 group=definition.subscription_group,
             )
-            profile = await get_profile(session=session, user_id=request.user_id)
+            profile = await get_profile(session=session, user_id=person[0])
     if suppression is not None:
         # First, whatever the campaign (even one whose version can no longer be read).
         decision = bounced(request.channel, suppression.reason)
@@ -77,6 +81,7 @@ async def check_send_policy(
             priority=definition.priority.value,
             caps=verdict.caps,
             at=now,
+            person=person,
         )
         if reservation.hit is not None:
             await deliveries.record_suppressed(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import secrets
 import uuid
@@ -27,6 +28,7 @@ from core.events import (
     MAX_EVENT_BYTES,
     MAX_JSON_DEPTH,
     MAX_PROBLEMS,
+    TRAIT_CHANGED,
     Alias,
     Group,
     Identify,
@@ -38,6 +40,7 @@ from core.events import (
     loads,
     safe_text,
 )
+from core.routing import INTERNAL_TYPE
 from store.events import NewEvent
 from store.rejected import Rejection
 
@@ -225,10 +228,70 @@ def _merge_shared(shared: Mapping[str, Any], own: Any) -> Any:
 
 @dataclass(frozen=True)
 class Incoming:
-    """One accepted message, ready for the outbox, and the traits it carries."""
+    """One accepted message, ready for the outbox, the traits it carries and the ids it
+    says are one person."""
 
     event: NewEvent
     traits: dict[str, Any]
+    links: tuple[tuple[str, str], ...] = ()
+    """(id, user id): `id`, as events name it, is the person `user id` is (see `links`)."""
+
+
+def links(message: SegmentMessage) -> tuple[tuple[str, str], ...]:
+    """The ids a message says are one person, Segment's way: any message with both a userId
+    and an anonymousId links `anon:<anonymousId>` to the userId; an `alias` links its
+    previousId to its user. A previousId that is the message's own anonymousId is that
+    visitor; any other may be a former userId (server-side libraries) or an anonymousId
+    (a browser's, sent on by a server): both readings are linked, since an id that names
+    nobody costs one row and matches nothing."""
+    found: list[tuple[str, str]] = []
+    if message.user_id and message.anonymous_id:
+        found.append((f"anon:{message.anonymous_id}", message.user_id))
+    if isinstance(message, Alias) and message.previous_id != message.anonymous_id:
+        found.append((message.previous_id, message.user_key))
+        found.append((f"anon:{message.previous_id}", message.user_key))
+    return tuple(found)
+
+
+def trait_changed_events(
+    *,
+    message_id: str,
+    timestamp: datetime,
+    user_id: str,
+    changes: Mapping[str, tuple[Any, Any]],
+    watched: frozenset[str] | None,
+) -> list[NewEvent]:
+    """One internal `Trait Changed` event per changed trait that a campaign watches (every
+    changed trait when `watched` is None: the routing index is not loaded, and an event
+    no campaign wants is only ignored by the relay, while one not written is lost).
+
+    Its messageId derives from the message that changed the trait (`message_id`), so the
+    event is written once per change however often ingestion meets it; `user_id` is the
+    person's canonical id; its time is the message's (`timestamp`)."""
+    found = []
+    for trait, (old, new) in changes.items():
+        if old == new or (watched is not None and trait not in watched):
+            continue
+        digest = hashlib.sha256(f"{message_id}\n{trait}".encode()).hexdigest()
+        own_id = f"nudge:trait:{digest[:40]}"
+        found.append(
+            NewEvent(
+                message_id=own_id,
+                type=INTERNAL_TYPE,
+                name=TRAIT_CHANGED,
+                user_id=user_id,
+                timestamp=timestamp,
+                payload={
+                    "type": INTERNAL_TYPE,
+                    "event": TRAIT_CHANGED,
+                    "userId": user_id,
+                    "messageId": own_id,
+                    "timestamp": timestamp.isoformat(),
+                    "properties": {"trait": trait, "old": old, "new": new},
+                },
+            )
+        )
+    return found
 
 
 def normalize(message: SegmentMessage, received_at: datetime) -> Incoming:
@@ -260,7 +323,7 @@ def normalize(message: SegmentMessage, received_at: datetime) -> Incoming:
         timestamp=timestamp,
         payload=payload,
     )
-    return Incoming(event=event, traits=traits)
+    return Incoming(event=event, traits=traits, links=links(message))
 
 
 @dataclass(frozen=True)

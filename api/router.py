@@ -31,6 +31,7 @@ from core.fanout import (
 from core.journey import SIGNAL_EVENT, journey_id
 from core.routing import TRIGGER_TYPE, ActiveCampaign, Needs, Signal, Start, UserFacts
 from store.entries import entered, record_entry, started_by
+from store.identities import person_ids
 from store.models import Event
 from store.profiles import get_profile
 from temporal.client import TemporalConnection
@@ -142,25 +143,39 @@ class EventRouter:
             pass  # this occurrence fanned out before, and finished
         return Outcome.routed
 
+    async def _person(self, event: Event) -> list[str]:
+        """The ids of the person the event is about, the canonical one first."""
+        async with self.sessions() as session:
+            return await person_ids(session, event.user_id)
+
     async def _facts(self, event: Event, needs: Needs) -> UserFacts:
+        """What the decision needs of the person (store.identities): the canonical profile,
+        and whether any of their ids entered a campaign."""
         if not (needs.traits or needs.entries):
             return UserFacts()
         async with self.sessions() as session:
-            profile = (
-                await get_profile(session=session, user_id=event.user_id) if needs.traits else None
-            )
+            ids = await person_ids(session, event.user_id)
+            profile = await get_profile(session=session, user_id=ids[0]) if needs.traits else None
+            ever: set[str] = set()
+            for user_id in ids if needs.once else ():
+                ever |= await entered(session=session, user_id=user_id, campaign_ids=needs.once)
             return UserFacts(
                 traits=dict(profile.traits) if profile is not None else {},
-                entered=await entered(
-                    session=session, user_id=event.user_id, campaign_ids=needs.once
-                ),
+                entered=frozenset(ever),
                 started_by_event=await started_by(
                     session=session, entry_message_id=event.message_id, campaign_ids=needs.entries
                 ),
             )
 
     async def _start(self, campaign: ActiveCampaign, event: Event, jevent: JourneyEvent) -> None:
+        """Start the person's journey under their canonical id — unless one runs under
+        another of their ids (started before the ids were linked): a person has one
+        journey per campaign, and that one hears the event instead."""
         settings = self.settings
+        canonical, *others = await self._person(event)
+        for other in others:
+            if await self._tell(campaign.campaign_id, other, event, jevent):
+                return
         run_id = await start_journey(
             self.temporal.require(),
             task_queue=settings.task_queue,
@@ -169,16 +184,16 @@ class EventRouter:
             campaign_version=campaign.version,
             campaign_name=campaign.definition.name,
             plan=campaign.plan,
-            user_id=event.user_id,
+            user_id=canonical,
             entry_event=jevent,
         )
-        workflow_id = journey_id(campaign.campaign_id, event.user_id, settings.user_secret)
+        workflow_id = journey_id(campaign.campaign_id, canonical, settings.user_secret)
         async with self.sessions() as session:
             await record_entry(
                 session=session,
                 campaign_id=campaign.campaign_id,
                 campaign_version=campaign.version,
-                user_id=event.user_id,
+                user_id=canonical,
                 workflow_id=workflow_id,
                 run_id=run_id,
                 entry_message_id=event.message_id,
@@ -186,11 +201,21 @@ class EventRouter:
             await session.commit()
 
     async def _signal(self, action: Signal, event: Event, jevent: JourneyEvent) -> bool:
-        """Signal a running journey; whether it has the event. False when none runs,
-        unless an earlier attempt at this event reached it."""
+        """Signal the person's running journeys of the campaign — under any of their ids,
+        since one may have started before the ids were linked; whether one has the event.
+        False when none runs, unless an earlier attempt at this event reached it."""
+        heard = False
+        for user_id in await self._person(event):
+            heard = await self._tell(action.campaign_id, user_id, event, jevent) or heard
+        return heard
+
+    async def _tell(
+        self, campaign_id: str, user_id: str, event: Event, jevent: JourneyEvent
+    ) -> bool:
+        """Signal `journey/{campaign}/{user}`; whether it has the event (see `_signal`)."""
         client = self.temporal.require()
         handle = client.get_workflow_handle(
-            journey_id(action.campaign_id, event.user_id, self.settings.user_secret)
+            journey_id(campaign_id, user_id, self.settings.user_secret)
         )
         try:
             await handle.signal(SIGNAL_EVENT, jevent)

@@ -55,6 +55,7 @@ async def reserve_send(
     priority: str,
     caps: Sequence[CapCheck],
     at: datetime,
+    person: Sequence[str] = (),
 ) -> Reservation:
     """Reserve a send against every cap, or name the first cap it would exceed.
 
@@ -63,8 +64,13 @@ async def reserve_send(
     lock per user does), counted along with the rest, and deleted again when a cap is
     exceeded — so two journeys checking the same user at the same instant cannot both
     take the last slot. A key that reserved before is allowed again (a retried check).
+
+    `person`: every id of the person `user_id` is (store.identities.person_ids, the
+    canonical one first), so caps count the person once, whichever id each journey runs
+    under; the lock is the canonical id's. Empty: `user_id` alone.
     """
-    await _serialize_user(session, user_id)
+    ids = list(person) or [user_id]
+    await _serialize_user(session, ids[0])
     inserted = await session.execute(
         dialect_insert(session, SendReservation.__table__)
         .values(
@@ -83,7 +89,7 @@ async def reserve_send(
     if reservation_id is None:
         return Reservation(hit=None, existing=True)
     for cap in caps:
-        if await count_sends(session=session, user_id=user_id, cap=cap, at=at) > cap.limit:
+        if await count_sends(session=session, user_id=ids, cap=cap, at=at) > cap.limit:
             await session.execute(
                 delete(SendReservation).where(SendReservation.id == reservation_id)
             )
@@ -91,10 +97,14 @@ async def reserve_send(
     return Reservation(hit=None)
 
 
-async def count_sends(*, session: AsyncSession, user_id: str, cap: CapCheck, at: datetime) -> int:
-    """The user's reserved sends that `cap` counts, in the window ending at `at`."""
+async def count_sends(
+    *, session: AsyncSession, user_id: str | Sequence[str], cap: CapCheck, at: datetime
+) -> int:
+    """The user's reserved sends that `cap` counts, in the window ending at `at`; with
+    several ids (a person's), theirs together."""
+    ids = [user_id] if isinstance(user_id, str) else list(user_id)
     stmt = select(func.count()).where(
-        SendReservation.user_id == user_id, SendReservation.at > at - cap.window
+        SendReservation.user_id.in_(ids), SendReservation.at > at - cap.window
     )
     if cap.group is not None:
         stmt = stmt.where(SendReservation.subscription_group == cap.group)

@@ -14,14 +14,17 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from api import ingestion
 from api.deps import RelayDep, ServicesDep
-from api.ingestion import Parsed, TrackingError
+from api.ingestion import Incoming, Parsed, TrackingError, trait_changed_events
 from api.schemas import BatchAccepted, ProblemsResponse, RejectedItem, TrackingAccepted
 from core.events import MAX_PROBLEMS, Alias, Batch, Group, Identify, Page, Screen, Track
-from store.events import record_events
-from store.profiles import merge_traits
+from store.events import NewEvent, record_events
+from store.identities import canonical_user, link
+from store.models import Event
+from store.profiles import TraitChanges, merge_traits
 from store.rejected import record_rejections
 
 router = APIRouter(prefix="/v1", tags=["tracking"])
@@ -71,23 +74,72 @@ async def accept(services: ServicesDep, request: Request, kind: str) -> Parsed:
 
 
 async def store(services: ServicesDep, kind: str, parsed: Parsed) -> None:
-    """Write the events, merge the traits they carry and keep the refused messages, in one
-    transaction.
+    """Write the events, link the ids they say are one person, merge the traits they carry
+    into the person's profile, write a `Trait Changed` event per watched trait that changed
+    and keep the refused messages, in one transaction.
 
-    Traits of a message already stored (a retried request) are not merged again, so a
-    replayed old identify cannot overwrite newer traits.
+    Events stay under the id they came with (a user's events are routed in order by that
+    id); the router resolves the person. Traits and links of a message already stored (a
+    retried request) are not applied again, so a replayed old identify cannot overwrite
+    newer traits, nor write its `Trait Changed` twice.
     """
     incoming = parsed.accepted
     async with services.sessions() as session:
         if incoming:
             stored = await record_events(session=session, events=[i.event for i in incoming])
+            watched = _traits_watched(services)
+            changed: list[NewEvent] = []
             for item, (event, is_new) in zip(incoming, stored, strict=True):
-                if is_new and item.traits:
-                    await merge_traits(session=session, user_id=event.user_id, traits=item.traits)
+                if is_new:
+                    changed += await _apply_person(session, item, event, watched)
+            if changed:
+                await record_events(session=session, events=changed)
         await record_rejections(
             session=session, rejections=[r.rejection(kind) for r in parsed.rejected]
         )
         await session.commit()
+
+
+def _traits_watched(services: ServicesDep) -> frozenset[str] | None:
+    """The traits whose change some active campaign starts on; None (every trait) while
+    the routing index is not loaded: an unwanted `Trait Changed` is only ignored by the
+    relay, a missing one is lost."""
+    campaigns = services.campaigns
+    return campaigns.index.traits_watched if campaigns.loaded else None
+
+
+async def _apply_person(
+    session: AsyncSession, item: Incoming, event: Event, watched: frozenset[str] | None
+) -> list[NewEvent]:
+    """One new message's effect on the person: its links, then its traits merged into the
+    person's profile; the `Trait Changed` events that follow (one per trait, from its value
+    before this message to its value after)."""
+    changes: TraitChanges = {}
+    for anonymous_id, user_id in item.links:
+        linked = await link(
+            session, anonymous_id=anonymous_id, user_id=user_id, message_id=event.message_id
+        )
+        _add_changes(changes, linked.changes)
+    if not (item.traits or changes):
+        return []
+    owner = await canonical_user(session, event.user_id)
+    if item.traits:
+        merged: TraitChanges = {}
+        await merge_traits(session=session, user_id=owner, traits=item.traits, changes=merged)
+        _add_changes(changes, merged)
+    return trait_changed_events(
+        message_id=event.message_id,
+        timestamp=event.timestamp,
+        user_id=owner,
+        changes=changes,
+        watched=watched,
+    )
+
+
+def _add_changes(into: TraitChanges, more: TraitChanges) -> None:
+    """A trait changed twice by one message changed from the first old to the last new."""
+    for trait, (old, new) in more.items():
+        into[trait] = (into[trait][0], new) if trait in into else (old, new)
 
 
 def answer(kind: str, parsed: Parsed) -> Any:
@@ -132,7 +184,7 @@ ENDPOINTS: tuple[tuple[str, str, type[Any], str], ...] = (
     ("page", "p", Page, "Record a page view (Segment page; stored, not routed)"),
     ("screen", "s", Screen, "Record a mobile screen view (Segment screen; stored, not routed)"),
     ("group", "g", Group, "Associate a user with a group (Segment group; stored, not routed)"),
-    ("alias", "a", Alias, "Link two ids of one user (Segment alias; stored, not routed yet)"),
+    ("alias", "a", Alias, "Link two ids of one person (Segment alias; stored, not routed)"),
     ("batch", "b", Batch, "Several messages at once (Segment batch; up to 500 KB)"),
 )
 """Each Segment call: its path, Segment's one-letter short path, body model, summary."""

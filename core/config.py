@@ -190,6 +190,11 @@ class Settings(BaseSettings):
     """How often accepted events still pending (Temporal was unreachable) are retried."""
     campaign_refresh_seconds: float = Field(default=5.0, gt=0)
     """How often the router reloads active campaigns written by another API instance."""
+    date_lookback_hours: float = Field(default=24.0, gt=0, le=24 * 14)
+    """How late a date entry's moment (a birthday at 09:00 local) may still be greeted: each
+    minute's sweep looks this far back, so after an outage the next sweep catches up (a
+    late greeting is better than none) and a user who gets the trait after today's moment
+    is still greeted. Each (campaign, user, occurrence) is greeted once whatever it is."""
 
     trigger_token: str | None = None
     """A bearer token that may post external triggers (`POST /v1/triggers/{name}`) and

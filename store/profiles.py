@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.sms import normalise_phone
+from store.dates import record_date_traits
 from store.db import dialect_insert
 from store.models import Profile
 
@@ -53,6 +54,7 @@ async def merge_traits(
         if merged != profile.traits:
             profile.traits = merged
             await session.flush()
+    await record_date_traits(session, user_id, traits)
     return profile
 
 

@@ -15,6 +15,7 @@ from temporalio.client import Client
 from api.campaign_index import CampaignIndexLoader
 from api.relay import Relay
 from api.router import EventRouter
+from api.segment_index import SegmentIndexLoader
 from core.config import Settings
 from temporal.client import TemporalConnection
 
@@ -30,6 +31,7 @@ class Services:
     campaigns: CampaignIndexLoader
     router: EventRouter
     relay: Relay
+    segments: SegmentIndexLoader | None = None
 
 
 def get_services(request: Request) -> Services:
@@ -53,6 +55,10 @@ def get_campaign_index(services: ServicesDep) -> CampaignIndexLoader:
     return services.campaigns
 
 
+def get_segment_index(services: ServicesDep) -> SegmentIndexLoader | None:
+    return services.segments
+
+
 def get_relay(services: ServicesDep) -> Relay:
     return services.relay
 
@@ -71,6 +77,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 CampaignIndexDep = Annotated[CampaignIndexLoader, Depends(get_campaign_index)]
 RelayDep = Annotated[Relay, Depends(get_relay)]
+SegmentIndexDep = Annotated[SegmentIndexLoader | None, Depends(get_segment_index)]
 TemporalDep = Annotated[Client, Depends(get_temporal)]
 
 

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.router import EventRouter, Outcome
+from api.segment_index import SegmentIndexLoader
 from core.config import Settings
 from store.events import (
     EventStatus,
@@ -128,8 +129,10 @@ class Relay:
         max_attempts: int = MAX_ATTEMPTS,
         lease: timedelta = LEASE,
         relay_id: str | None = None,
+        segments: SegmentIndexLoader | None = None,
     ):
         self.router = router
+        self.segments = segments
         self.sessions = sessions
         self.settings = settings
         self.batch_size = batch_size
@@ -182,6 +185,8 @@ class Relay:
         results: list[PassResult] = []
         while True:
             await self.router.campaigns.refresh()
+            if self.segments is not None:
+                await self.segments.refresh()
             async with self.sessions() as session:
                 events = await claim_events(
                     session=session,
@@ -246,7 +251,18 @@ class Relay:
 
     async def _one(self, event: Event, result: PassResult) -> bool:
         """Route one event and settle it at once; False when it stays pending (and so
-        must its user's later events)."""
+        must its user's later events).
+
+        Segment membership takes the event in first, whether or not Temporal is reachable
+        (it needs only the database, and is done once however often the event comes by).
+        The internal events it writes for users entering or leaving a segment are routed
+        on a later pass, which the wake-up asks for."""
+        if self.segments is not None:
+            try:
+                if await self.segments.take_in(event):
+                    self.wake()
+            except Exception as exc:
+                return await self._failed(event, exc, result)
         if result.outage and self.router.needs_temporal(event):
             result.held += 1
             return False

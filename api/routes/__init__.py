@@ -10,6 +10,7 @@ from api.routes import (
     messages,
     preview,
     rejected,
+    segments,
     subscriptions,
     tracking,
     triggers,
@@ -18,6 +19,7 @@ from api.routes import (
 api_router = APIRouter()
 api_router.include_router(tracking.router)
 api_router.include_router(campaigns.router)
+api_router.include_router(segments.router)
 api_router.include_router(preview.router)
 api_router.include_router(journeys.router)
 api_router.include_router(messages.router)

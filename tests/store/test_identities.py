@@ -3,12 +3,14 @@ person: one canonical id, one profile, one set of counters, memberships due for 
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.policy import CapCheck
+from store.caps import reserve_send
 from store.identities import Linked, canonical_user, link, person_ids, person_profile
 from store.models import DateTrait, EventCounter, Identity, Segment, SegmentMembership
 from store.profiles import get_profile, merge_traits
@@ -172,3 +174,30 @@ async def test_nothing_commits_without_the_transaction(sessions: Sessions) -> No
         assert await person_ids(session, "real-9") == ["real-9"]
     assert await traits(sessions, "anon:v-1") == {"city": "Paris"}
     assert await traits(sessions, "real-9") is None
+
+
+async def test_caps_count_the_person_once(sessions: Sessions) -> None:
+    cap = CapCheck(limit=1, window=timedelta(hours=24), label="cap: 1 message per 24h")
+
+    async def reserve(key: str, user_id: str) -> bool:
+        async with sessions() as session, session.begin():
+            ids = await person_ids(session, user_id)
+            reservation = await reserve_send(
+                session=session,
+                idempotency_key=key,
+                user_id=user_id,
+                channel="email",
+                campaign_id="cart",
+                group="marketing",
+                priority="normal",
+                caps=[cap],
+                at=datetime.now(UTC),
+                person=ids,
+            )
+            return reservation.allowed
+
+    assert await reserve("k-visitor", "anon:v-1")
+    assert await reserve("k-user", "real-9")  # not yet one person
+    await linked(sessions, "anon:v-1", "real-10", "m1")
+    assert not await reserve("k-user-2", "real-10")  # the visitor's send counts
+    assert not await reserve("k-visitor-2", "anon:v-1")

@@ -24,21 +24,42 @@ from temporalio.client import (
     ScheduleUpdateInput,
 )
 
+from core.clock import WORKFLOW_CLOCK
 from core.housekeeping import WORKFLOW_PRUNE_LEDGER
 
 log = logging.getLogger("nudge.schedules")
 
 PRUNE_EVERY = timedelta(hours=1)
+CLOCK_EVERY = timedelta(minutes=1)
 
 
 def prune_ledger_id(task_queue: str) -> str:
     return f"nudge-prune-send-ledger/{task_queue}"
 
 
+def audience_clock_id(task_queue: str) -> str:
+    return f"nudge-audience-clock/{task_queue}"
+
+
 def schedules(task_queue: str) -> dict[str, Schedule]:
-    """Every schedule, by id: the send ledger pruned hourly."""
+    """Every schedule, by id: the send ledger pruned hourly; the audience clock every
+    minute (date entries due, segment windows, segment builds)."""
     schedule_id = prune_ledger_id(task_queue)
+    clock_id = audience_clock_id(task_queue)
     return {
+        clock_id: Schedule(
+            action=ScheduleActionStartWorkflow(
+                WORKFLOW_CLOCK,
+                id=clock_id,
+                task_queue=task_queue,
+                # A run nobody picks up (no worker) is dropped; the next minute's takes over.
+                execution_timeout=CLOCK_EVERY * 5,
+            ),
+            spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=CLOCK_EVERY)]),
+            # A slow minute is not doubled; missed minutes are not replayed one by one — the
+            # next run catches up (date entries look back NUDGE_DATE_LOOKBACK_HOURS).
+            policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP, catchup_window=CLOCK_EVERY),
+        ),
         schedule_id: Schedule(
             action=ScheduleActionStartWorkflow(
                 WORKFLOW_PRUNE_LEDGER,
@@ -49,7 +70,7 @@ def schedules(task_queue: str) -> dict[str, Schedule]:
             spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=PRUNE_EVERY)]),
             # A slow run is not doubled, and a worker that was away catches up once.
             policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP, catchup_window=PRUNE_EVERY),
-        )
+        ),
     }
 
 

@@ -16,6 +16,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.channels.registry import build_providers
+from activities.clock import ClockActivities
 from activities.fanout import FanOutActivities
 from activities.housekeeping import Housekeeping
 from activities.journey import JourneyActivities
@@ -23,6 +24,7 @@ from core.config import Settings
 from store.db import create_engine, session_factory
 from temporal.client import connect_with
 from temporal.schedules import ensure_schedules
+from workflows.clock import AudienceClock
 from workflows.fanout import FanOutWorkflow
 from workflows.housekeeping import PruneSendLedger
 from workflows.journey import JourneyWorkflow
@@ -37,9 +39,15 @@ class WorkerActivities:
     journeys: JourneyActivities
     housekeeping: Housekeeping
     fanout: FanOutActivities
+    clock: ClockActivities
 
     def all(self) -> list[Any]:
-        return [*self.journeys.all(), *self.housekeeping.all(), *self.fanout.all()]
+        return [
+            *self.journeys.all(),
+            *self.housekeeping.all(),
+            *self.fanout.all(),
+            *self.clock.all(),
+        ]
 
 
 @contextlib.asynccontextmanager
@@ -55,6 +63,7 @@ async def worker_activities(settings: Settings, client: Client) -> AsyncIterator
             journeys=JourneyActivities(sessions=sessions, providers=providers, settings=settings),
             housekeeping=Housekeeping(sessions=sessions, settings=settings),
             fanout=FanOutActivities(sessions=sessions, client=client, settings=settings),
+            clock=ClockActivities(sessions=sessions, settings=settings),
         )
     finally:
         for provider in providers.values():
@@ -67,7 +76,7 @@ def create_worker(client: Client, activities: WorkerActivities, *, task_queue: s
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[JourneyWorkflow, PruneSendLedger, FanOutWorkflow],
+        workflows=[JourneyWorkflow, PruneSendLedger, FanOutWorkflow, AudienceClock],
         activities=activities.all(),
         # Activities are async; the executor only serves the SDK's sync fallbacks.
         activity_executor=ThreadPoolExecutor(max_workers=4),

@@ -127,6 +127,56 @@ class NudgeClient:
         )
         return result
 
+    # -- segments ---------------------------------------------------------------------------
+
+    async def apply_segment(self, definition: str) -> dict[str, Any]:
+        """Save a segment (YAML or JSON text): a new version when it changed. Returns the
+        segment, with `new_version` saying whether a version was written."""
+        is_json = definition.lstrip().startswith("{")
+        saved = await self._call(
+            "POST",
+            "/v1/segments",
+            content=definition.encode(),
+            headers={
+                **self._admin(),
+                "Content-Type": "application/json" if is_json else "application/yaml",
+            },
+        )
+        return {**saved["segment"], "new_version": saved["new_version"]}
+
+    async def list_segments(self) -> list[dict[str, Any]]:
+        result = await self._call("GET", "/v1/segments", headers=self._admin())
+        data: list[dict[str, Any]] = result["data"]
+        return data
+
+    async def get_segment(self, segment_id: str) -> dict[str, Any]:
+        """Definition, version, status (building or ready) and member count."""
+        result: dict[str, Any] = await self._call(
+            "GET", f"/v1/segments/{_segment(segment_id)}", headers=self._admin()
+        )
+        return result
+
+    async def segment_members(
+        self, segment_id: str, *, after: str | None = None, limit: int = 100
+    ) -> dict[str, Any]:
+        """One page of members (`data`, in user id order) and `next_after` for the next."""
+        params: dict[str, Any] = {"limit": limit}
+        if after is not None:
+            params["after"] = after
+        result: dict[str, Any] = await self._call(
+            "GET",
+            f"/v1/segments/{_segment(segment_id)}/members",
+            params=params,
+            headers=self._admin(),
+        )
+        return result
+
+    async def delete_segment(self, segment_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(
+            "DELETE", f"/v1/segments/{_segment(segment_id)}", headers=self._admin()
+        )
+        return result
+
     async def sandbox_messages(
         self, *, user_id: str | None = None, limit: int = 50
     ) -> list[dict[str, Any]]:

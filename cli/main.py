@@ -191,6 +191,25 @@ def cmd_campaigns_stats(args: argparse.Namespace) -> None:
     _with_client(args, lambda c: c.campaign_stats(args.campaign_id))
 
 
+def cmd_segments_apply(args: argparse.Namespace) -> None:
+    text = _read_text(args.file)
+    _with_client(args, lambda c: c.apply_segment(text))
+
+
+def cmd_segments_list(args: argparse.Namespace) -> None:
+    _with_client(args, lambda c: c.list_segments())
+
+
+def cmd_segments_show(args: argparse.Namespace) -> None:
+    _with_client(args, lambda c: c.get_segment(args.segment_id))
+
+
+def cmd_segments_members(args: argparse.Namespace) -> None:
+    _with_client(
+        args, lambda c: c.segment_members(args.segment_id, after=args.after, limit=args.limit)
+    )
+
+
 def cmd_messages(args: argparse.Namespace) -> None:
     _with_client(args, lambda c: c.sandbox_messages(user_id=args.user, limit=args.limit))
 
@@ -255,6 +274,24 @@ def parser() -> argparse.ArgumentParser:
         sp = campaigns.add_parser(action)
         sp.add_argument("campaign_id")
         sp.set_defaults(func=cmd_campaigns_status)
+
+    segments = sub.add_parser("segments", help="manage segments").add_subparsers(
+        dest="action", required=True
+    )
+    apply_segment = segments.add_parser(
+        "apply", help="create or update a segment from a YAML/JSON file"
+    )
+    apply_segment.add_argument("file")
+    apply_segment.set_defaults(func=cmd_segments_apply)
+    segments.add_parser("list").set_defaults(func=cmd_segments_list)
+    show_segment = segments.add_parser("show", help="definition, version, status, member count")
+    show_segment.add_argument("segment_id")
+    show_segment.set_defaults(func=cmd_segments_show)
+    members = segments.add_parser("members", help="members in user id order, a page at a time")
+    members.add_argument("segment_id")
+    members.add_argument("--after", help="the last user id of the page before (next_after)")
+    members.add_argument("--limit", type=int, default=100)
+    members.set_defaults(func=cmd_segments_members)
 
     events = sub.add_parser("events", help="send events").add_subparsers(
         dest="action", required=True

@@ -56,6 +56,7 @@ from core.segments import (
 )
 from store.db import dialect_insert
 from store.events import EventStatus, NewEvent, record_events
+from store.identities import canonical_user
 from store.models import (
     Event,
     EventCounter,
@@ -239,13 +240,6 @@ async def is_member(*, session: AsyncSession, segment_id: str, user_id: str) -> 
 
 
 # -- identity and locks --------------------------------------------------------------------
-
-
-async def canonical_user(session: AsyncSession, user_id: str) -> str:
-    """The user id the person is known by (an anonymous id linked by identify or alias
-    counts as that user)."""
-    linked = await session.scalar(select(Identity.user_id).where(Identity.anonymous_id == user_id))
-    return linked or user_id
 
 
 async def _lock_users(session: AsyncSession, user_ids: Iterable[str]) -> None:

@@ -34,12 +34,16 @@ class DevOptions:
 
 
 async def apply_examples(settings: Settings, examples: Path) -> list[str]:
-    """Create (or update) and activate every example campaign through the real API."""
+    """Create (or update) and activate every example campaign through the real API, after
+    the example segments (`examples/segments/`, beside the campaigns) they reach."""
     from api.client import NudgeClient
 
     applied = []
     base = f"http://{settings.api_host}:{settings.api_port}"
     async with NudgeClient(base, admin_token=settings.admin_token) as client:
+        for path in sorted((examples.parent / "segments").glob("*.y*ml")):
+            segment = await client.apply_segment(path.read_text())
+            applied.append(f"segment {segment['id']} (v{segment['version']})")
         for path in sorted(examples.glob("*.y*ml")):
             campaign = await client.apply_campaign(path.read_text(), activate=True)
             applied.append(f"{campaign['id']} (v{campaign['current_version']})")

@@ -6,8 +6,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
+from api.client import NudgeClient, NudgeClientError
 from store.segments import build_step
-from tests.fixtures.api import ADMIN, RunningApi, eventually
+from tests.fixtures.api import ADMIN, ADMIN_TOKEN, RunningApi, eventually
 
 SHANGHAI: dict[str, Any] = {
     "id": "shanghai",
@@ -154,3 +157,23 @@ async def test_members_as_identify_and_track_arrive_counted_and_paged(
         ("u2", "shanghai"),
         ("u3", "shanghai"),
     ]
+
+
+async def test_the_client_the_cli_uses(api: RunningApi) -> None:
+    async with NudgeClient(api.url, admin_token=ADMIN_TOKEN) as client:
+        saved = await client.apply_segment(LOYAL_YAML)
+        assert (saved["id"], saved["version"], saved["new_version"]) == ("loyal-buyers", 1, True)
+        assert (await client.apply_segment(LOYAL_YAML))["new_version"] is False
+        assert [s["id"] for s in await client.list_segments()] == ["loyal-buyers"]
+        shown = await client.get_segment("loyal-buyers")
+        assert (shown["member_count"], shown["status"]) == (0, "building")
+        assert await client.segment_members("loyal-buyers", limit=10) == {
+            "data": [],
+            "next_after": None,
+        }
+        with pytest.raises(NudgeClientError) as caught:
+            await client.apply_segment(LOYAL_YAML.replace("within: 30d", "within: soon"))
+        assert caught.value.status_code == 422
+        assert "events[0].within" in str(caught.value)
+        await client.delete_segment("loyal-buyers")
+        assert await client.list_segments() == []

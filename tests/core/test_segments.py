@@ -4,6 +4,7 @@ look again, which segments an event can change, and definitions' errors."""
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -166,3 +167,19 @@ def test_parse_refuses_what_cannot_match_or_be_stored() -> None:
     with pytest.raises(DefinitionError, match="name"):
         parse_segment({"id": "x", "name": "X\u0000", "events": [{"event": "A"}]})
     assert parse_segment('{"id": "x", "name": "X", "events": [{"event": "A"}]}').id == "x"
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples" / "segments").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_the_example_segments_are_valid(path: Path) -> None:
+    assert parse_segment(path.read_text()).id in {"shanghai", "loyal-buyers", "digest-readers"}
+
+
+def test_there_are_example_segments() -> None:
+    assert {p.name for p in EXAMPLES} >= {
+        "shanghai.yaml",
+        "loyal-buyers.yaml",
+        "weekly-digest.yaml",
+    }

@@ -25,7 +25,7 @@ with workflow.unsafe.imports_passed_through():
     )
 
 PAGE_TIMEOUT = timedelta(minutes=10)
-PAGE_HEARTBEAT = timedelta(seconds=30)
+PAGE_HEARTBEAT = timedelta(seconds=10)
 """A worker that dies mid-page is noticed after this; the page is retried from its start
 (journeys it started are found recorded, or by their memo, and not started again)."""
 PAGE_RETRY = RetryPolicy(

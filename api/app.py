@@ -183,10 +183,10 @@ def create_app(settings: Settings) -> FastAPI:
             description=app.description,
             routes=app.routes,
         )
-        # The tracking routes read their bodies by hand (gzip, limits, Segment's 400s);
-        # their schemas are added here so /docs still shows what to send.
+        # The tracking and trigger routes read their bodies by hand (gzip, limits, 400s
+        # that name the field); their schemas are added here so /docs shows what to send.
         _, defs = models_json_schema(
-            [(model, "validation") for model in tracking.SCHEMAS],
+            [(model, "validation") for model in (*tracking.SCHEMAS, triggers.TriggerBody)],
             by_alias=True,
             ref_template="#/components/schemas/{model}",
         )

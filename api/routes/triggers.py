@@ -113,6 +113,14 @@ async def _body(request: Request) -> TriggerBody:
         404: {"model": Message, "description": "no active campaign starts on this trigger"},
     },
     summary="Post an external trigger's occurrence: its campaigns reach their audiences",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/TriggerBody"}}
+            },
+        }
+    },
 )
 async def post_trigger(
     request: Request,

@@ -10,7 +10,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from core.clock import (
@@ -81,8 +81,11 @@ class AudienceClock:
                 summary=summary,
             )
         except ActivityError as err:
-            cause = err.cause.message if err.cause is not None else str(err)
-            ticked.failed.append(f"{name}: {cause}")
+            cause = err.cause
+            reason = (
+                cause.message if isinstance(cause, FailureError) and cause.message else str(err)
+            )
+            ticked.failed.append(f"{name}: {reason}")
             return None
 
 

@@ -61,6 +61,11 @@ def _at(day: date, clock: time, tz: ZoneInfo) -> datetime:
     return local.astimezone(UTC)
 
 
+def wall_time(local: datetime, tz: ZoneInfo) -> datetime:
+    """A naive wall time read in `tz`, as UTC (DST gaps resolved as `_at` does)."""
+    return _at(local.date(), local.time(), tz)
+
+
 def next_local_time(now: datetime, clock: time, tz: ZoneInfo) -> datetime:
     """The first instant at or after `now` (UTC) when the wall clock in `tz` shows `clock`."""
     local_now = now.astimezone(tz)
@@ -323,3 +328,64 @@ def cron_of(text: str) -> str:
                     f"invalid schedule {text!r}: {number} is out of range {low}-{high}"
                 )
     return " ".join(words)
+
+
+def _cron_set(field: str, low: int, high: int) -> set[int]:
+    """The values one cron field allows: `*`, `*/n`, `a`, `a-b`, `a-b/n`, comma lists."""
+    values: set[int] = set()
+    for item in field.split(","):
+        span, _, step_text = item.partition("/")
+        step = int(step_text) if step_text else 1
+        if span == "*":
+            first, last = low, high
+        elif "-" in span:
+            first, last = (int(x) for x in span.split("-", 1))
+        else:
+            first = last = int(span)
+            if step_text:
+                last = high
+        values.update(range(first, last + 1, max(step, 1)))
+    return values
+
+
+def cron_matches(expression: str, local: datetime) -> bool:
+    """Whether a five-field cron expression fires at the wall-clock minute `local`. As in
+    cron, when both day of month and day of week are restricted, either one will do; day
+    of week 0 and 7 are Sunday."""
+    minute, hour, dom, month, dow = cron_of(expression).split()
+    weekday = (local.weekday() + 1) % 7
+    days = _cron_set(dow, 0, 7)
+    if 7 in days:
+        days.add(0)
+    in_month = local.day in _cron_set(dom, 1, 31)
+    in_week = weekday in days
+    if dom != "*" and dow != "*":
+        day_ok = in_month or in_week
+    else:
+        day_ok = in_month and in_week
+    return (
+        local.minute in _cron_set(minute, 0, 59)
+        and local.hour in _cron_set(hour, 0, 23)
+        and local.month in _cron_set(month, 1, 12)
+        and day_ok
+    )
+
+
+EARLIEST_ZONE = "Etc/GMT-14"
+"""UTC+14, where every wall time comes first: a broadcast at each user's local time fires
+here, and each user's journey is held until the same wall time in their own zone."""
+
+
+def cron_fires(expression: str, tz: ZoneInfo, start: datetime, end: datetime) -> list[datetime]:
+    """The instants (UTC, whole minutes) in (start, end] at which the expression fires in
+    `tz` — a minute a DST jump skips does not fire, one it repeats fires once."""
+    fires: list[datetime] = []
+    seen: set[datetime] = set()
+    minute = start.astimezone(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
+    while minute <= end:
+        local = minute.astimezone(tz).replace(tzinfo=None)
+        if local not in seen and cron_matches(expression, local):
+            seen.add(local)
+            fires.append(minute)
+        minute += timedelta(minutes=1)
+    return fires

@@ -14,20 +14,32 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from core.clock import ClockRequest
 from core.conditions import evaluate_all
 from core.config import Settings
-from core.definition import ReEntry
+from core.definition import ReEntry, ScheduleEntry
+from core.events import SCHEDULED
 from core.fanout import (
+    ACTIVITY_DUE_BROADCASTS,
     ACTIVITY_START_PAGE,
+    BROADCAST_LOOKBACK_MINUTES,
+    WORKFLOW_FANOUT,
+    BroadcastsDue,
+    FanOutInput,
+    FanOutTarget,
     PageRequest,
     PageResult,
     entry_event,
+    fanout_workflow_id,
 )
 from core.journey import journey_id
-from core.schedule import user_zone, wall_time
+from core.schedule import EARLIEST_ZONE, cron_fires, user_zone, wall_time, zone_named
 from core.segments import Audience, EventCriterion
+from store.campaigns import active_definitions
 from store.entries import record_entry
 from store.models import Event, Identity, JourneyEntry, Profile, SegmentMembership
 from temporal.journeys import MEMO_ENTRY, start_journey
@@ -127,7 +139,58 @@ class FanOutActivities:
         self._settings = settings
 
     def all(self) -> list[Any]:
-        return [self.start_audience_page]
+        return [self.start_audience_page, self.due_broadcasts]
+
+    @activity.defn(name=ACTIVITY_DUE_BROADCASTS)
+    async def due_broadcasts(self, request: ClockRequest) -> BroadcastsDue:
+        """Start the fan-out of every scheduled broadcast that fired in the lookback before
+        `request.now` (the clock's minute). One workflow per (campaign, firing), its id
+        from both: a firing seen by two clock runs, or a retried activity, is started
+        once. A broadcast at each user's local time fires in the earliest zone; each
+        journey is then held until that wall time in the user's own zone."""
+        async with self._sessions() as session:
+            campaigns = await active_definitions(session=session, entry_key="schedule")
+        due = BroadcastsDue()
+        start = request.now - timedelta(minutes=BROADCAST_LOOKBACK_MINUTES)
+        for campaign_id, version, definition in campaigns:
+            entry = definition.entry
+            assert isinstance(entry, ScheduleEntry)
+            local = entry.timezone == "user"
+            zone = zone_named(EARLIEST_ZONE if local else entry.timezone)
+            for fired in cron_fires(entry.schedule, zone, start, request.now):
+                wall = fired.astimezone(zone).replace(tzinfo=None)
+                occurrence = f"schedule/{campaign_id}/{wall.isoformat(timespec='minutes')}"
+                fan_out = FanOutInput(
+                    occurrence=occurrence,
+                    entry_name=SCHEDULED,
+                    properties={"occurrence": wall.isoformat(timespec="minutes")},
+                    fired_at=fired,
+                    targets=[
+                        FanOutTarget(
+                            campaign_id=campaign_id,
+                            campaign_version=version,
+                            campaign_name=definition.name,
+                            plan=definition.plan(),
+                            audience=entry.audience,
+                            local_time=wall if local else None,
+                        )
+                    ],
+                )
+                workflow_id = fanout_workflow_id(occurrence)
+                try:
+                    await self._client.start_workflow(
+                        WORKFLOW_FANOUT,
+                        fan_out,
+                        id=workflow_id,
+                        task_queue=self._settings.task_queue,
+                        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                        static_summary=f"{definition.name}: {entry.schedule} ({wall:%Y-%m-%d %H:%M})",
+                    )
+                except WorkflowAlreadyStartedError:
+                    pass  # fanned out by an earlier minute's run, and finished
+                due.started.append(workflow_id)
+        return due
 
     @activity.defn(name=ACTIVITY_START_PAGE)
     async def start_audience_page(self, request: PageRequest) -> PageResult:

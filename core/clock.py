@@ -9,6 +9,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from core.fanout import BroadcastsDue
+
 WORKFLOW_CLOCK = "audience-clock"
 ACTIVITY_DUE_DATES = "due_dates"
 ACTIVITY_RECHECK_SEGMENTS = "recheck_segments"
@@ -44,5 +46,6 @@ class ClockTicked(BaseModel):
     dates: DatesSwept | None = None
     segments_rechecked: SegmentsRechecked | None = None
     segments_built: SegmentsBuilt | None = None
+    broadcasts: BroadcastsDue | None = None
     failed: list[str] = Field(default_factory=list)
     """The jobs that failed this minute, with why; the others ran."""

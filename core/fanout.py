@@ -17,6 +17,11 @@ WORKFLOW_FANOUT = "fan-out"
 ACTIVITY_START_PAGE = "start_audience_page"
 ACTIVITY_DUE_BROADCASTS = "due_broadcasts"
 
+BROADCAST_LOOKBACK_MINUTES = 15
+"""A scheduled broadcast is started by the first clock run within this long after it
+fired: a clock held up a few minutes (a deploy, a busy server) misses nothing. A broadcast
+missed by more is not sent late: a Monday-morning digest on Monday night would surprise."""
+
 PAGES_PER_RUN = 40
 """A fan-out continues as new after this many pages: its history stays small whatever the
 audience (a page is a few events)."""
@@ -90,11 +95,6 @@ class PageResult(BaseModel):
     started: int = 0
     already: int = 0
     skipped: int = 0
-
-
-class BroadcastRequest(BaseModel):
-    now: datetime
-    lookback_minutes: int = 10
 
 
 class BroadcastsDue(BaseModel):

@@ -311,3 +311,31 @@ async def cap_windows(*, session: AsyncSession) -> dict[str, list[timedelta]]:
 async def latest_change(*, session: AsyncSession) -> datetime | None:
     """When any campaign last changed (status, name, version): a cheap 'reload?' check."""
     return await session.scalar(select(func.max(Campaign.updated_at)))
+
+
+async def active_definitions(
+    *, session: AsyncSession, entry_key: str
+) -> list[tuple[str, int, CampaignDefinition]]:
+    """(campaign id, version, definition) of every active campaign whose current version's
+    entry is of one kind (`schedule`, `trigger`, … the entry's key), in id order. A version
+    today's rules refuse is left out, as routing leaves it out."""
+    statement = (
+        select(CampaignVersion)
+        .join(
+            Campaign,
+            (Campaign.id == CampaignVersion.campaign_id)
+            & (Campaign.current_version == CampaignVersion.version),
+        )
+        .where(Campaign.status == CampaignStatus.active.value)
+        .order_by(CampaignVersion.campaign_id)
+    )
+    found = []
+    for row in await session.scalars(statement):
+        entry = row.definition.get("entry") if isinstance(row.definition, dict) else None
+        if not isinstance(entry, dict) or entry_key not in entry:
+            continue
+        try:
+            found.append((row.campaign_id, row.version, definition_of(row)))
+        except VersionUnavailable:
+            continue
+    return found

@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         SegmentsBuilt,
         SegmentsRechecked,
     )
+    from core.fanout import ACTIVITY_DUE_BROADCASTS, BroadcastsDue
 
 JOB_TIMEOUT = timedelta(minutes=2)
 JOB_HEARTBEAT = timedelta(seconds=30)
@@ -55,8 +56,9 @@ class AudienceClock:
         ticked.segments_built = await self._job(
             ACTIVITY_BUILD_SEGMENTS, request, SegmentsBuilt, "segments building", ticked
         )
-        # The lead's scheduled broadcasts (`due_broadcasts`, core.fanout) join here, behind
-        # a workflow.patched() so a run in flight during the deploy still replays.
+        ticked.broadcasts = await self._job(
+            ACTIVITY_DUE_BROADCASTS, request, BroadcastsDue, "scheduled broadcasts due", ticked
+        )
         workflow.set_current_details(_details(ticked))
         if ticked.failed:
             raise ApplicationError("; ".join(ticked.failed), type="ClockJobFailed")
@@ -97,5 +99,7 @@ def _details(ticked: ClockTicked) -> str:
         parts.append(f"{ticked.segments_rechecked.evaluated} memberships rechecked")
     if ticked.segments_built is not None:
         parts.append(f"{ticked.segments_built.users} users built into segments")
+    if ticked.broadcasts is not None and ticked.broadcasts.started:
+        parts.append(f"broadcasts fanning out: {', '.join(ticked.broadcasts.started)}")
     parts.extend(f"failed: {f}" for f in ticked.failed)
     return "; ".join(parts)

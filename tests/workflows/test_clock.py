@@ -22,6 +22,7 @@ from core.clock import (
     SegmentsBuilt,
     SegmentsRechecked,
 )
+from core.fanout import ACTIVITY_DUE_BROADCASTS, BroadcastsDue
 from workflows.clock import AudienceClock
 
 
@@ -45,6 +46,11 @@ class Jobs:
         self._ask(ACTIVITY_RECHECK_SEGMENTS, request)
         return SegmentsRechecked(evaluated=3)
 
+    @activity.defn(name=ACTIVITY_DUE_BROADCASTS)
+    async def broadcasts(self, request: ClockRequest) -> BroadcastsDue:
+        self._ask(ACTIVITY_DUE_BROADCASTS, request)
+        return BroadcastsDue(started=["fanout/schedule/digest/2026-11-30T10:00"])
+
     @activity.defn(name=ACTIVITY_BUILD_SEGMENTS)
     async def build(self, request: ClockRequest) -> SegmentsBuilt:
         self._ask(ACTIVITY_BUILD_SEGMENTS, request)
@@ -56,7 +62,7 @@ async def run(env, task_queue: str, jobs: Jobs) -> ClockTicked:
         env.client,
         task_queue=task_queue,
         workflows=[AudienceClock],
-        activities=[jobs.due_dates, jobs.recheck, jobs.build],
+        activities=[jobs.due_dates, jobs.recheck, jobs.build, jobs.broadcasts],
     ):
         return await env.client.execute_workflow(
             WORKFLOW_CLOCK,
@@ -73,11 +79,13 @@ async def test_each_minute_runs_every_job_as_of_the_run_time(time_skipping_env, 
         ACTIVITY_DUE_DATES,
         ACTIVITY_RECHECK_SEGMENTS,
         ACTIVITY_BUILD_SEGMENTS,
+        ACTIVITY_DUE_BROADCASTS,
     ]
     assert len({request.now for _, request in jobs.asked}) == 1  # one time for all
     assert ticked.dates == DatesSwept(campaigns=1, written=2)
     assert ticked.segments_rechecked == SegmentsRechecked(evaluated=3)
     assert ticked.segments_built == SegmentsBuilt(users=4)
+    assert ticked.broadcasts == BroadcastsDue(started=["fanout/schedule/digest/2026-11-30T10:00"])
 
 
 async def test_a_failing_job_does_not_stop_the_others_and_fails_the_run(
@@ -90,5 +98,6 @@ async def test_a_failing_job_does_not_stop_the_others_and_fails_the_run(
         ACTIVITY_DUE_DATES,
         ACTIVITY_RECHECK_SEGMENTS,
         ACTIVITY_BUILD_SEGMENTS,
+        ACTIVITY_DUE_BROADCASTS,
     ]
     assert "due_dates: database down" in str(failure.value.cause)

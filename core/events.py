@@ -297,7 +297,7 @@ class Group(SegmentMessage):
 
 
 class Alias(SegmentMessage):
-    """Two ids are the same user. Stored for now; profiles are not merged yet."""
+    """Two ids are the same person: `previousId` is linked to the user (store.identities)."""
 
     type: Literal["alias"] = "alias"
     previous_id: str = Field(alias="previousId", min_length=1, max_length=512)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,10 +37,10 @@ from core.fanout import (
 )
 from core.journey import journey_id
 from core.schedule import EARLIEST_ZONE, cron_fires, user_zone, wall_time, zone_named
-from core.segments import Audience, EventCriterion
+from store.audiences import audience_page, criterion_holds, traits_of
 from store.campaigns import active_definitions
 from store.entries import record_entry
-from store.models import Event, Identity, JourneyEntry, Profile, SegmentMembership
+from store.models import JourneyEntry
 from temporal.journeys import MEMO_ENTRY, start_journey
 
 CONCURRENT_STARTS = 16
@@ -63,67 +62,6 @@ class Pacer:
             self.next_at = max(self.next_at, now) + self.interval
         if delay > 0:
             await asyncio.sleep(delay)
-
-
-async def audience_page(
-    session: AsyncSession, audience: Audience | None, *, after: str | None, limit: int
-) -> list[str]:
-    """The next `limit` user ids of the audience's base (its segment's members, else
-    every profile that is not an anonymous id linked to a user), in id order."""
-    if audience is not None and audience.segment is not None:
-        statement = select(SegmentMembership.user_id).where(
-            SegmentMembership.segment_id == audience.segment,
-            SegmentMembership.member.is_(True),
-        )
-        column: Any = SegmentMembership.user_id
-    else:
-        linked = select(Identity.anonymous_id).where(Identity.anonymous_id == Profile.user_id)
-        statement = select(Profile.user_id).where(~linked.exists())
-        column = Profile.user_id
-    if after is not None:
-        statement = statement.where(column > after)
-    return list(await session.scalars(statement.order_by(column).limit(limit)))
-
-
-async def _traits(session: AsyncSession, user_ids: list[str]) -> dict[str, dict[str, Any]]:
-    rows = await session.execute(
-        select(Profile.user_id, Profile.traits).where(Profile.user_id.in_(user_ids))
-    )
-    return {user_id: dict(traits or {}) for user_id, traits in rows}
-
-
-async def _criterion_holds(
-    session: AsyncSession,
-    criterion: EventCriterion,
-    user_ids: list[str],
-    trigger: dict[str, Any],
-    now: datetime,
-) -> set[str]:
-    """Those of `user_ids` whose stored events meet `criterion`, whose conditions may read
-    the trigger (`value_from: trigger.properties.product_id`): one query per page."""
-    statement = select(Event.user_id, Event.message_id, Event.name, Event.timestamp, Event.payload)
-    statement = statement.where(
-        Event.user_id.in_(user_ids), Event.type == "track", Event.name == criterion.event
-    )
-    if criterion.days is not None:
-        today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        statement = statement.where(Event.timestamp >= today - timedelta(days=criterion.days - 1))
-    counts: dict[str, int] = defaultdict(int)
-    for user_id, message_id, name, timestamp, payload in await session.execute(statement):
-        properties = payload.get("properties") if isinstance(payload, dict) else None
-        context = {
-            "event": {
-                "name": name,
-                "message_id": message_id,
-                "timestamp": timestamp.isoformat(),
-                "properties": properties if isinstance(properties, dict) else {},
-            },
-            "trigger": trigger,
-        }
-        if evaluate_all(criterion.where, context):
-            counts[user_id] += 1
-    low, high = criterion.minimum, criterion.at_most
-    return {u for u in user_ids if counts[u] >= low and (high is None or counts[u] <= high)}
 
 
 class FanOutActivities:
@@ -208,7 +146,7 @@ class FanOutActivities:
             )
             if not users:
                 return PageResult(after=None)
-            traits = await _traits(session, users)
+            traits = await traits_of(session, users)
             chosen = [
                 u
                 for u in users
@@ -218,7 +156,7 @@ class FanOutActivities:
                 )
             ]
             for criterion in audience.events if audience is not None and chosen else ():
-                holding = await _criterion_holds(session, criterion, chosen, trigger, now)
+                holding = await criterion_holds(session, criterion, chosen, trigger, now)
                 chosen = [u for u in chosen if u in holding]
             ids = {u: entry_event(request, u).message_id for u in chosen}
             recorded = set(

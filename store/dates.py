@@ -45,6 +45,7 @@ from core.schedule import (
     parse_clock,
     user_zone,
 )
+from store.audiences import criterion_holds
 from store.db import dialect_insert
 from store.events import NewEvent
 from store.models import (
@@ -245,4 +246,13 @@ async def _due_for(
                     },
                 )
             )
+    if audience is not None and audience.events and found:
+        # Event-history criteria of the audience, read from stored events for just these
+        # users (a date entry has no trigger: `trigger.` paths read nothing).
+        users = sorted({event.user_id for event in found})
+        for criterion in audience.events:
+            holding = await criterion_holds(session, criterion, users, {}, end)
+            users = [u for u in users if u in holding]
+        kept = set(users)
+        found = [event for event in found if event.user_id in kept]
     return found

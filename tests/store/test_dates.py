@@ -190,6 +190,33 @@ async def test_the_audience_keeps_segment_members_meeting_its_conditions(
     assert [e.user_id for e in due] == ["in-fr"]
 
 
+async def test_the_audience_keeps_users_meeting_its_event_history(sessions: Sessions) -> None:
+    """Greet only who bought in the last 30 days: read from the stored events."""
+    campaign = birthday(
+        audience={"events": [{"event": "Order Completed", "at_least": 1, "within": "30d"}]}
+    )
+    for user in ("bought", "bought-long-ago", "never"):
+        await identify(sessions, user, {"birthday": "1990-05-17"})
+    orders = [("bought", "2026-05-10T12:00"), ("bought-long-ago", "2026-01-10T12:00")]
+    async with sessions() as session, session.begin():
+        await record_events(
+            session=session,
+            events=[
+                NewEvent(
+                    message_id=f"order-{user}",
+                    type="track",
+                    name="Order Completed",
+                    user_id=user,
+                    timestamp=utc(at),
+                    payload={"type": "track", "event": "Order Completed", "properties": {}},
+                )
+                for user, at in orders
+            ],
+        )
+    due = await sweep(sessions, utc("2026-05-17T09:00"), campaign)
+    assert [e.user_id for e in due] == ["bought"]
+
+
 async def test_an_anonymous_id_linked_to_a_user_is_not_greeted_apart(sessions: Sessions) -> None:
     await identify(sessions, "anon:x", {"birthday": "1990-05-17"})
     await identify(sessions, "real-9", {"birthday": "1990-05-17"})

@@ -11,10 +11,12 @@ from typing import Any
 
 from api.ingestion import links, trait_changed_events
 from core.events import TRAIT_CHANGED, Alias, Identify, Track
+from core.journey import journey_id
 from core.routing import INTERNAL_TYPE
 from store.events import NewEvent
 from store.identities import person_ids
-from tests.fixtures.api import RunningApi
+from tests.api.doubles import FINISH_EVENT
+from tests.fixtures.api import RoutingApi, RunningApi, eventually
 
 MOVED = {
     "id": "moved-house",
@@ -201,3 +203,64 @@ async def test_a_trait_gained_by_a_link_changes_for_the_person(api_db: RunningAp
         ("bo", {"trait": "city", "old": None, "new": "Oslo"}),
     ]
     assert await api_db.traits("bo") == {"city": "Oslo"}
+
+
+# -- routing by person, on a dev server with the journey double --------------------------------
+
+ONCE = {
+    "id": "welcome-once",
+    "name": "Welcome, once",
+    "entry": {
+        "event": "Signed Up",
+        "conditions": [{"path": "traits.plan", "op": "eq", "value": "pro"}],
+    },
+    "re_entry": "once",
+    "exits": [{"event": FINISH_EVENT}],
+    "steps": [{"id": "hello", "type": "send", "channel": "sandbox", "template": "hello"}],
+    "templates": {"hello": {"body": "Welcome!"}},
+}
+
+
+async def settled(api: RunningApi, *message_ids: str) -> dict[str, str]:
+    async def check() -> dict[str, str]:
+        now = {e.message_id: e.status for e in await api.events()}
+        assert all(now.get(m) not in (None, "pending") for m in message_ids), now
+        return {m: now[m] for m in message_ids}
+
+    return await eventually(check)
+
+
+async def test_re_entry_once_counts_every_id_of_the_person(routing_api: RoutingApi) -> None:
+    api, client = routing_api, routing_api.temporal()
+    await api.campaign(ONCE)
+    await send(api, "/v1/identify", {"anonymousId": "v-5", "traits": {"plan": "pro"}})
+    await send(api, "/v1/track", {"anonymousId": "v-5", "event": "Signed Up", "messageId": "s-1"})
+    assert await settled(api, "s-1") == {"s-1": "routed"}
+    handle = client.get_workflow_handle(journey_id("welcome-once", "anon:v-5"))
+    await send(api, "/v1/track", {"anonymousId": "v-5", "event": FINISH_EVENT, "messageId": "f-1"})
+    await handle.result()
+
+    await send(api, "/v1/identify", {"userId": "cy", "anonymousId": "v-5"})
+    await send(api, "/v1/track", {"userId": "cy", "event": "Signed Up", "messageId": "s-2"})
+    # The person entered once already, as a visitor; their profile (merged) says pro.
+    assert await settled(api, "s-2") == {"s-2": "ignored"}
+    assert [(e.user_id, e.entry_message_id) for e in await api.entries()] == [("anon:v-5", "s-1")]
+
+
+async def test_a_visitors_event_after_login_starts_under_the_person(
+    routing_api: RoutingApi,
+) -> None:
+    api, client = routing_api, routing_api.temporal()
+    await api.campaign({**ONCE, "id": "welcome-person", "re_entry": "after_exit"})
+    # The plan is the user's trait: the visitor's event reads the person's profile.
+    await send(
+        api, "/v1/identify", {"userId": "dee", "anonymousId": "v-6", "traits": {"plan": "pro"}}
+    )
+    await send(api, "/v1/track", {"anonymousId": "v-6", "event": "Signed Up", "messageId": "s-1"})
+    assert await settled(api, "s-1") == {"s-1": "routed"}
+    assert [e.user_id for e in await api.entries()] == ["dee"]
+    handle = client.get_workflow_handle(journey_id("welcome-person", "dee"))
+    started = await handle.describe()
+    assert started.status is not None
+    await send(api, "/v1/track", {"anonymousId": "v-6", "event": FINISH_EVENT, "messageId": "f-1"})
+    await handle.result()

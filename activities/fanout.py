@@ -45,6 +45,8 @@ from temporal.journeys import MEMO_ENTRY, start_journey
 
 CONCURRENT_STARTS = 16
 """Journeys being started at once by one page (each a round trip to Temporal)."""
+RECORD_EVERY = 100
+"""Journeys started between two writes of their entries (and two heartbeats)."""
 
 
 class Pacer:
@@ -190,24 +192,29 @@ class FanOutActivities:
         pacer = Pacer(self._settings.fanout_rate_per_second)
         gate = asyncio.Semaphore(CONCURRENT_STARTS)
 
-        async def one(user: str) -> None:
+        async def one(user: str) -> tuple[str, str] | None:
             async with gate:
                 if retried and await self._started_before(request, user, ids[user]):
                     result.already += 1
-                    return
+                    return None
                 await pacer.wait()
-                await self._start(request, user, traits.get(user, {}), now)
-                result.started += 1
-                activity.heartbeat(result.started)
+                return user, await self._start(request, user, traits.get(user, {}), now)
 
-        async with asyncio.TaskGroup() as group:
-            for user in todo:
-                group.create_task(one(user))
+        # Started a chunk at a time and recorded in one transaction per chunk: a worker
+        # that dies in between leaves journeys started but not recorded, which the retry
+        # finds by their memo (`_started_before`).
+        for first in range(0, len(todo), RECORD_EVERY):
+            chunk = todo[first : first + RECORD_EVERY]
+            started = [s for s in await asyncio.gather(*(one(u) for u in chunk)) if s]
+            await self._record(request, started)
+            result.started += len(started)
+            activity.heartbeat(result.started)
         return result
 
     async def _start(
         self, request: PageRequest, user: str, traits: dict[str, Any], now: datetime
-    ) -> None:
+    ) -> str:
+        """Start one user's journey; its first run id."""
         target = request.target
         settings = self._settings
         delay = None
@@ -229,20 +236,23 @@ class FanOutActivities:
             signal=False,
             start_delay=delay,
         )
-        await self._record(request, user, run_id)
+        return run_id
 
-    async def _record(self, request: PageRequest, user: str, run_id: str) -> None:
+    async def _record(self, request: PageRequest, started: list[tuple[str, str]]) -> None:
+        """Record journeys started, (user, run id) each, in one transaction."""
         target = request.target
+        secret = self._settings.user_secret
         async with self._sessions() as session:
-            await record_entry(
-                session=session,
-                campaign_id=target.campaign_id,
-                campaign_version=target.campaign_version,
-                user_id=user,
-                workflow_id=journey_id(target.campaign_id, user, self._settings.user_secret),
-                run_id=run_id,
-                entry_message_id=entry_event(request, user).message_id,
-            )
+            for user, run_id in started:
+                await record_entry(
+                    session=session,
+                    campaign_id=target.campaign_id,
+                    campaign_version=target.campaign_version,
+                    user_id=user,
+                    workflow_id=journey_id(target.campaign_id, user, secret),
+                    run_id=run_id,
+                    entry_message_id=entry_event(request, user).message_id,
+                )
             await session.commit()
 
     async def _started_before(self, request: PageRequest, user: str, message_id: str) -> bool:
@@ -257,5 +267,7 @@ class FanOutActivities:
             raise
         if await description.memo_value(MEMO_ENTRY, default=None) != message_id:
             return False
-        await self._record(request, user, description.raw_info.first_run_id or description.run_id)
+        await self._record(
+            request, [(user, description.raw_info.first_run_id or description.run_id)]
+        )
         return True

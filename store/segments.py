@@ -88,6 +88,9 @@ class LiveSegment:
     status: str
     build_cursor: str | None
     definition: SegmentDefinition
+    created_at: datetime | None = None
+    """When the segment was created: a segment deleted and created again under the same id
+    numbers its transitions anew, and its internal events must not repeat the old ids."""
 
     def evaluates(self, user_id: str) -> bool:
         """Whether membership of this user is kept now: always once the segment is
@@ -135,6 +138,7 @@ def live(row: Segment) -> LiveSegment:
         status=row.status,
         build_cursor=row.build_cursor,
         definition=definition_of(row),
+        created_at=row.created_at,
     )
 
 
@@ -280,7 +284,15 @@ async def _current(session: AsyncSession, cached: Sequence[LiveSegment]) -> list
         if base is None or base.version != r.version:
             continue  # changed again since the read above: the next event sees it
         out.append(
-            LiveSegment(base.id, base.name, r.version, r.status, r.build_cursor, base.definition)
+            LiveSegment(
+                base.id,
+                base.name,
+                r.version,
+                r.status,
+                r.build_cursor,
+                base.definition,
+                base.created_at,
+            )
         )
     return out
 
@@ -314,9 +326,14 @@ def utc_day(at: datetime) -> date:
     return at.astimezone(UTC).date()
 
 
-def message_id_for(segment_id: str, user_id: str, changes: int) -> str:
+def message_id_for(
+    segment_id: str, user_id: str, changes: int, created_at: datetime | None = None
+) -> str:
+    """The id of a transition's internal event: the segment (as created: a segment made
+    again under an old id starts its numbering anew), a hash of the user, the count."""
     digest = hashlib.sha256(user_id.encode()).hexdigest()[:16]
-    return f"nudge:segment:{segment_id}:{digest}:{changes}"
+    made = f"{int(created_at.timestamp() * 1000):x}:" if created_at is not None else ""
+    return f"nudge:segment:{segment_id}:{made}{digest}:{changes}"
 
 
 async def _read_counts(
@@ -382,7 +399,7 @@ async def _evaluate_user(
                     user_id=user_id,
                     entered=result.member,
                     changes=row.changes,
-                    message_id=message_id_for(segment.id, user_id, row.changes),
+                    message_id=message_id_for(segment.id, user_id, row.changes, segment.created_at),
                 )
             )
         if row.version != segment.version:
@@ -613,7 +630,13 @@ async def build_step(session: AsyncSession, *, now: datetime, limit: int = 500) 
     await _backfill(session, users, segment, now)
     # Evaluated as ready: the build has counted these users' past.
     ready = LiveSegment(
-        segment.id, segment.name, segment.version, "ready", None, segment.definition
+        segment.id,
+        segment.name,
+        segment.version,
+        "ready",
+        None,
+        segment.definition,
+        segment.created_at,
     )
     for user_id in users:
         rows = await _memberships(session, user_id, [segment.id])

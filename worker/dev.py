@@ -66,6 +66,8 @@ def banner(settings: Settings, options: DevOptions, applied: list[str]) -> str:
     nudge = nudge_command()
     ui = f"http://127.0.0.1:{options.ui_port}"
     query = "NudgeCampaign%3D%27cart-abandonment%27"
+    segments = [a.removeprefix("segment ") for a in applied if a.startswith("segment ")]
+    campaigns = [a for a in applied if not a.startswith("segment ")]
     return f"""
 Nudge is running (embedded: Temporal dev server + SQLite, sandbox channel).
 
@@ -73,7 +75,8 @@ Nudge is running (embedded: Temporal dev server + SQLite, sandbox channel).
   Temporal UI    {ui}/namespaces/default/workflows?query={query}
   write key      {settings.write_key}
   admin token    {settings.admin_token}
-  campaigns      {", ".join(applied) or "none"}
+  campaigns      {", ".join(campaigns) or "none"}
+  segments       {", ".join(segments) or "none"}
 
 Drive the cart-abandonment demo (Segment's HTTP Tracking API):
 
@@ -83,6 +86,14 @@ Drive the cart-abandonment demo (Segment's HTTP Tracking API):
   {nudge} events send --user ada --event "Product Added" --properties '{{"product_id": "sku-2", "name": "Raincoat"}}'
   {nudge} journeys show cart-abandonment ada
   {nudge} messages --user ada          (what the sandbox channel "sent")
+
+Rain in Shanghai (an external trigger: every user whose city is Shanghai gets the offer):
+
+  curl -u {settings.write_key}: {api}/v1/identify -H 'content-type: application/json' \
+    -d '{{"userId": "li", "traits": {{"city": "Shanghai"}}}}'
+  curl {api}/v1/triggers/rain -H 'Authorization: Bearer {settings.admin_token}' \
+    -H 'content-type: application/json' -d '{{"id": "rain-1", "properties": {{"city": "Shanghai", "mm": 12}}}}'
+  {nudge} messages --user li
 
 Stop with Ctrl-C.
 """

@@ -204,14 +204,14 @@ async def test_status_transitions(api_db: RunningApi) -> None:
 async def test_activating_reloads_the_routing_index_at_once(api: RunningApi) -> None:
     campaigns = api.services.campaigns
     await api.http.post("/v1/campaigns", json=CART, headers=ADMIN)
-    assert "Product Added" not in campaigns.index.entries
+    assert ("track", "Product Added") not in campaigns.index.entries
     # Reactions (goals, exits, wait_for) count from the first saved version.
     assert campaigns.index.reactions["Order Completed"] == {"cart"}
     await api.http.post("/v1/campaigns/cart/activate", headers=ADMIN)
     [entry] = campaigns.index.entries[("track", "Product Added")]
     assert (entry.campaign_id, entry.version) == ("cart", 1)
     await api.http.post("/v1/campaigns/cart/pause", headers=ADMIN)
-    assert "Product Added" not in campaigns.index.entries
+    assert ("track", "Product Added") not in campaigns.index.entries
     assert "Order Completed" in campaigns.index.reactions
 
 
@@ -224,7 +224,7 @@ async def test_another_api_process_sees_campaign_changes(api: RunningApi) -> Non
 
         async def other_sees(active: bool) -> bool:
             index = other.services.campaigns.index
-            assert ("Product Added" in index.entries) is active
+            assert (("track", "Product Added") in index.entries) is active
             return True
 
         await eventually(lambda: other_sees(True), timeout=10)

@@ -20,6 +20,7 @@ from store.segments import (
     apply_segment,
     build_step,
     count_members,
+    delete_segment,
     get_segment,
     list_members,
     live_segments,
@@ -184,6 +185,22 @@ async def test_a_user_enters_on_the_second_order_and_leaves_as_the_window_passes
         assert entered.status == "pending" and entered.counted is False
     # Nothing more is due: the sweep touches no row.
     assert await recheck(sessions, leaves + timedelta(days=365)) == 0
+
+
+async def test_a_segment_made_again_under_its_old_id_writes_new_transitions(
+    sessions: Sessions,
+) -> None:
+    await apply(sessions, LOYAL)
+    await arrive(sessions, "ada", "Order Completed", at=NOW - timedelta(days=1))
+    assert await arrive(sessions, "ada", "Order Completed") == ["+loyal-buyers"]
+    async with sessions() as session:
+        assert await delete_segment(session=session, segment_id="loyal-buyers")
+        await session.commit()
+    await apply(sessions, LOYAL, now=NOW + timedelta(seconds=5))
+    assert await internal_events(sessions, "ada") == [
+        ("Segment Entered", "loyal-buyers"),
+        ("Segment Entered", "loyal-buyers"),  # the new segment's: not taken for a repeat
+    ]
 
 
 async def test_an_event_processed_twice_is_counted_once(sessions: Sessions) -> None:

@@ -23,6 +23,7 @@ from core.journey import JourneyState, JourneyStatus
 from temporal.client import connect
 from temporal.servers import free_port, port_is_free
 from tests.fixtures.api import eventually
+from worker.dev import EXAMPLES as EXAMPLE_CAMPAIGNS
 from worker.dev import DevOptions, run_dev
 
 READY_WITHIN = 90.0
@@ -80,10 +81,11 @@ async def test_dev_stack_runs_the_shipped_cart_example_and_stops_cleanly(tmp_pat
         admin = {"Authorization": f"Bearer {settings.admin_token}"}
         async with httpx.AsyncClient(base_url=base, timeout=10) as http:
             listed = (await http.get("/v1/campaigns", headers=admin)).json()["data"]
-            assert {(c["id"], c["status"]) for c in listed} == {
-                ("cart-abandonment", "active"),
-                ("welcome-series", "active"),
-            }
+            shipped = {p.stem for p in EXAMPLE_CAMPAIGNS.glob("*.yaml")}
+            assert {"cart-abandonment", "welcome-series", "rain-promotion"} <= shipped
+            assert {(c["id"], c["status"]) for c in listed} == {(i, "active") for i in shipped}
+            segments = (await http.get("/v1/segments", headers=admin)).json()["data"]
+            assert {s["id"] for s in segments} == {"shanghai", "loyal-buyers", "digest-readers"}
             added = {
                 "userId": "ada",
                 "event": "Product Added",
@@ -240,7 +242,9 @@ def test_nudge_dev_command_starts_and_stops_on_ctrl_c_or_a_closed_terminal(
     with nudge_dev_command(tmp_path) as dev:
         assert "write key      printed-key" in dev.banner
         assert "curl -u printed-key:" in dev.banner
-        assert "cart-abandonment (v1), welcome-series (v1)" in dev.banner
+        assert "cart-abandonment (v1)" in dev.banner and "welcome-series (v1)" in dev.banner
+        assert "segments       loyal-buyers (v1), shanghai (v1), digest-readers (v1)" in dev.banner
+        assert "/v1/triggers/rain" in dev.banner
         assert running(dev.temporal_server())
         dev.process.send_signal(stop)
         rest, _ = dev.process.communicate(timeout=STOPPED_WITHIN)

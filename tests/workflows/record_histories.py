@@ -140,6 +140,11 @@ async def record(sessions) -> None:
             h = await start(env.client, queue, RENEWAL, user=user)
             await h.result()
             runs["wait_until"] = h
+            # A wait until a date trait the user does not have (patch
+            # wait-until-missing-v1): the journey exits instead of moving on at once.
+            h = await start(env.client, queue, RENEWAL, user="replay-wait-until-missing")
+            await h.result()
+            runs["wait_until_missing"] = h
             # An activity that fails for good (patch activity-failure-v1): the journey ends
             # failed and records its outcome.
             doubles.broken[ACTIVITY_LOAD_PROFILE] = "campaign 'branchy' version 1 is broken"

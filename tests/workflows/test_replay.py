@@ -76,6 +76,10 @@ GUARDED: dict[str, Callable[[WorkflowHistory], bool]] = {
     "branch_pro": lambda h: activities(h)[:2] == ["load_profile", "deliver"],
     "operator_exit": lambda h: kinds(h)["workflow_execution_update_completed"] == 1,
     "wait_until": lambda h: "resolve_wait" in activities(h),
+    # A date trait the user lacks (wait-until-missing-v1): resolved, no timer, no send.
+    "wait_until_missing": lambda h: (
+        activities(h) == ["resolve_wait", "record_outcome"] and kinds(h)["timer_started"] == 0
+    ),
     # Before activity-failure-v1 a failed activity failed the run; from it on, the journey
     # records its outcome and completes.
     "profile_failed_unpatched": lambda h: kinds(h)["workflow_execution_failed"] == 1,

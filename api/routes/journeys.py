@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, status
+from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import (
     Client,
     RPCTimeoutOrCancelledError,
@@ -15,10 +16,11 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import AdminDep, SettingsDep, TemporalDep
+from api.deps import AdminDep, SessionDep, SettingsDep, TemporalDep
 from api.schemas import CampaignId, Message
 from core.events import StoredUserId
 from core.journey import QUERY_STATE, UPDATE_EXIT, ExitRequest, JourneyState, journey_id
+from store.identities import person_ids
 from temporal.client import is_outage
 
 router = APIRouter(prefix="/v1/journeys", tags=["journeys"], dependencies=[AdminDep])
@@ -56,19 +58,39 @@ def temporal_error(exc: Exception, workflow_id: str) -> HTTPException:
     summary="A journey's state: current step, what it waits for, history",
 )
 async def get_journey(
-    campaign_id: CampaignId, user_id: StoredUserId, client: TemporalDep, settings: SettingsDep
+    campaign_id: CampaignId,
+    user_id: StoredUserId,
+    client: TemporalDep,
+    settings: SettingsDep,
+    session: SessionDep,
 ) -> JourneyState:
-    workflow_id = journey_id(campaign_id, user_id, settings.user_secret)
-    handle = client.get_workflow_handle(workflow_id)
-    try:
-        state: JourneyState = await handle.query(
-            QUERY_STATE, result_type=JourneyState, rpc_timeout=RPC_TIMEOUT
-        )
-    except WorkflowQueryFailedError as exc:
-        raise HTTPException(status.HTTP_502_BAD_GATEWAY, f"the state query failed: {exc}") from exc
-    except (RPCError, RPCTimeoutOrCancelledError) as exc:
-        raise temporal_error(exc, workflow_id) from exc
-    return state
+    """The journey of the person: under the id asked for, else under another id of theirs
+    (a cart journey a visitor started before logging in is found by the user id too)."""
+    ids = await person_journey_ids(session, campaign_id, user_id, settings.user_secret)
+    for workflow_id in ids:
+        handle = client.get_workflow_handle(workflow_id)
+        try:
+            state: JourneyState = await handle.query(
+                QUERY_STATE, result_type=JourneyState, rpc_timeout=RPC_TIMEOUT
+            )
+        except WorkflowQueryFailedError as exc:
+            raise HTTPException(
+                status.HTTP_502_BAD_GATEWAY, f"the state query failed: {exc}"
+            ) from exc
+        except (RPCError, RPCTimeoutOrCancelledError) as exc:
+            if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND:
+                continue
+            raise temporal_error(exc, workflow_id) from exc
+        return state
+    raise HTTPException(status.HTTP_404_NOT_FOUND, f"no journey {ids[0]!r}")
+
+
+async def person_journey_ids(
+    session: AsyncSession, campaign_id: str, user_id: str, secret: bytes | None
+) -> list[str]:
+    """The journey ids of the person `user_id` is, the one asked for first."""
+    others = [i for i in await person_ids(session, user_id) if i != user_id]
+    return [journey_id(campaign_id, i, secret) for i in (user_id, *others)]
 
 
 async def _ended(client: Client, workflow_id: str) -> WorkflowExecutionStatus | None:

@@ -142,8 +142,10 @@ async def test_an_anonymous_cart_converts_when_the_person_pays_logged_in(cart: S
     await eventually(lambda: settled(api))
     # One journey for the person, the one the visitor started; no reminder.
     assert [(e.user_id, e.status) for e in await api.entries()] == [(anon, "converted")]
-    missing = await api.http.get(f"/v1/journeys/cart-anon/{user}", headers=ADMIN)
-    assert missing.status_code == 404
+    # Asked for by the user id, the person's journey is the visitor's.
+    found = await api.http.get(f"/v1/journeys/cart-anon/{user}", headers=ADMIN)
+    assert found.status_code == 200 and found.json()["status"] == "converted"
+    assert (await api.http.get("/v1/journeys/cart-anon/nobody", headers=ADMIN)).status_code == 404
     assert [hit["body"] for hit in await received(receiver, 1)] == ["Umbrella is in your cart"]
 
 

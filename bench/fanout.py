@@ -191,14 +191,16 @@ async def run(args: argparse.Namespace) -> int:
                 NUDGE_LOG_LEVEL="INFO",
             )
             url = f"http://127.0.0.1:{port}"
-            processes = {
-                "api": nudge("api", env, folder / "api.log"),
-                "worker": nudge("worker", env, folder / "worker.log"),
-            }
+            processes = {"api": nudge("api", env, folder / "api.log")}
+            for i in range(args.workers):
+                name = "worker" if args.workers == 1 else f"worker-{i + 1}"
+                processes[name] = nudge("worker", env, folder / f"{name}.log")
             rss = {name: Rss() for name in processes}
             sampler = asyncio.create_task(sample(processes, rss))
             try:
-                await wait_ready(url, folder / "worker.log")
+                for name in processes:
+                    if name.startswith("worker"):
+                        await wait_ready(url, folder / f"{name}.log")
                 headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
                 async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as http:
                     applied = await http.post("/v1/campaigns?activate=true", json=CAMPAIGN)
@@ -237,6 +239,7 @@ async def run(args: argparse.Namespace) -> int:
         figures = {
             "users": args.users,
             "page_size": args.page_size,
+            "workers": args.workers,
             "baseline_starts_per_s": round(base_rate, 1),
             "fanout_journeys_per_s": round(rate, 1),
             "ratio": round(rate / base_rate, 2),
@@ -251,7 +254,8 @@ async def run(args: argparse.Namespace) -> int:
             },
         }
         print(
-            f"fan-out of one trigger to {args.users:,} users (pages of {args.page_size}):\n"
+            f"fan-out of one trigger to {args.users:,} users (pages of {args.page_size}, "
+            f"{args.workers} worker process{'es' if args.workers > 1 else ''}):\n"
             f"  baseline signal-with-start ({args.baseline:,}, {CONCURRENCY} at a time): "
             f"{base_rate:,.0f} starts/s\n"
             f"  fan-out: {rate:,.0f} journeys/s ({took:,.1f} s) = {rate / base_rate:.2f}x the baseline\n"
@@ -277,6 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--baseline", type=int, default=2_000, help="workflows the baseline starts")
     parser.add_argument("--page-size", type=int, default=500)
+    parser.add_argument("--workers", type=int, default=1, help="nudge worker processes")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -604,11 +604,20 @@ def _read_text(text: str) -> Any:
 
 
 def parse_campaign(data: Any) -> CampaignDefinition:
-    """Validate a definition from a dict, or from YAML/JSON text.
+    """Validate a definition from a dict, or from YAML/JSON text (`parse_document`)."""
+    return parse_document(data, CampaignDefinition, "campaign")
+
+
+Document = TypeVar("Document", bound=BaseModel)
+
+
+def parse_document(data: Any, model: type[Document], what: str) -> Document:
+    """Validate a definition (a campaign, a segment) from a dict, or from YAML/JSON text.
 
     A definition is stored as JSON, on SQLite or PostgreSQL alike: what either cannot hold
     (NaN, 64-bit overflow, NUL, lone surrogates, YAML's binary) is refused with its path
-    before the model sees it, and so is nesting that recursive code must not meet."""
+    before the model sees it, and so is nesting that recursive code must not meet; then
+    each problem the model finds names its path. Raises `DefinitionError`."""
     if isinstance(data, bytes):
         try:
             data = data.decode("utf-8")
@@ -617,13 +626,13 @@ def parse_campaign(data: Any) -> CampaignDefinition:
     if isinstance(data, str):
         data = _read_text(data)
     if not isinstance(data, dict):
-        raise DefinitionError(["a campaign definition must be a mapping"])
+        raise DefinitionError([f"a {what} definition must be a mapping"])
     problems = json_problems(data)
     if problems:
         raise DefinitionError(
             [f"{format_path(loc)}: {message}" if loc else message for loc, message in problems]
         )
     try:
-        return CampaignDefinition.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise DefinitionError(format_validation_error(exc)) from exc

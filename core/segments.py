@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.conditions import Condition, evaluate
 from core.durations import Duration
-from core.events import format_path, json_problems
 
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
@@ -255,27 +254,10 @@ def affected_by(
 
 
 def parse_segment(data: Any) -> SegmentDefinition:
-    """Validate a segment from a dict or from YAML/JSON text, as campaigns are: what JSON
-    cannot store is refused with its path, then each problem names its path
+    """Validate a segment from a dict or from YAML/JSON text, as campaigns are
+    (`core.definition.parse_document`): problems name their paths
     (`events[0].where[0].op: ...`). Raises core.definition.DefinitionError."""
     # core.definition imports this module (an audience is part of a campaign's entry).
-    from core.definition import DefinitionError, _read_text, format_validation_error
+    from core.definition import parse_document
 
-    if isinstance(data, bytes):
-        try:
-            data = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise DefinitionError([f"not valid UTF-8 text: {exc}"]) from exc
-    if isinstance(data, str):
-        data = _read_text(data)
-    if not isinstance(data, dict):
-        raise DefinitionError(["a segment definition must be a mapping"])
-    problems = json_problems(data)
-    if problems:
-        raise DefinitionError(
-            [f"{format_path(loc)}: {message}" if loc else message for loc, message in problems]
-        )
-    try:
-        return SegmentDefinition.model_validate(data)
-    except ValidationError as exc:
-        raise DefinitionError(format_validation_error(exc)) from exc
+    return parse_document(data, SegmentDefinition, "segment")

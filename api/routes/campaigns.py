@@ -43,16 +43,22 @@ MAX_DEFINITION_BYTES = 1024 * 1024
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 
 
-SAVE_DOC: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "description": "A campaign definition, as JSON or as YAML (`Content-Type: application/yaml`).",
-        "content": {
-            "application/json": {"schema": {"type": "object"}},
-            "application/yaml": {"schema": {"type": "string"}},
-        },
+def definition_body(what: str) -> dict[str, Any]:
+    """OpenAPI for a definition posted as JSON or YAML (read by hand, like the routes do)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "description": f"A {what} definition, as JSON or as YAML "
+            "(`Content-Type: application/yaml`).",
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "application/yaml": {"schema": {"type": "string"}},
+            },
+        }
     }
-}
+
+
+SAVE_DOC = definition_body("campaign")
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Message, "description": "missing or wrong admin token"},
     404: {"model": Message, "description": "no such campaign"},

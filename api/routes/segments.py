@@ -17,7 +17,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, st
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import AdminDep, SegmentIndexDep, SessionDep
-from api.routes.campaigns import MAX_DEFINITION_BYTES, YAML_TYPES
+from api.routes.campaigns import MAX_DEFINITION_BYTES, YAML_TYPES, definition_body
 from api.schemas import Message, ProblemsResponse
 from core.definition import DefinitionError
 from core.events import MAX_JSON_DEPTH, loads, safe_text
@@ -33,16 +33,7 @@ SegmentId = Annotated[
 """An id no segment can have is refused (422) before it reaches the database."""
 MAX_PAGE = 1000
 
-SAVE_DOC: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "description": "A segment definition, as JSON or as YAML (`Content-Type: application/yaml`).",
-        "content": {
-            "application/json": {"schema": {"type": "object"}},
-            "application/yaml": {"schema": {"type": "string"}},
-        },
-    }
-}
+SAVE_DOC = definition_body("segment")
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Message, "description": "missing or wrong admin token"},
     404: {"model": Message, "description": "no such segment"},

@@ -7,7 +7,8 @@ the next event sees it; other API processes notice within `campaign_refresh_seco
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
@@ -72,14 +73,23 @@ SAVE_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 async def read_definition(request: Request) -> CampaignDefinition:
-    """The body as a definition; 422 `{"detail": {"problems": [...]}}` when it is wrong."""
+    """The body as a campaign definition (`read_document`)."""
+    return await read_document(request, parse_campaign)
+
+
+Parsed = TypeVar("Parsed")
+
+
+async def read_document(request: Request, parse: Callable[[Any], Parsed]) -> Parsed:
+    """The body as a definition (JSON, or YAML by its content type) read by `parse`; 422
+    `{"detail": {"problems": [...]}}` naming each path when it is wrong."""
     body = await request.body()
     if len(body) > MAX_DEFINITION_BYTES:
         raise HTTPException(413, f"a definition is at most {MAX_DEFINITION_BYTES // 1024} KB")
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     try:
         if content_type in YAML_TYPES:
-            return parse_campaign(body.decode())
+            return parse(body)
         try:
             data = loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -90,11 +100,10 @@ async def read_definition(request: Request) -> CampaignDefinition:
             raise DefinitionError(
                 [f"the definition nests deeper than {MAX_JSON_DEPTH} levels"]
             ) from None
-        return parse_campaign(data)
-    except (DefinitionError, UnicodeDecodeError) as exc:
-        problems = exc.problems if isinstance(exc, DefinitionError) else [str(exc)]
+        return parse(data)
+    except DefinitionError as exc:
         # A problem can quote what was sent; the answer must still encode as JSON.
-        raise HTTPException(422, {"problems": [safe_text(p) for p in problems]}) from exc
+        raise HTTPException(422, {"problems": [safe_text(p) for p in exc.problems]}) from exc
 
 
 def not_found(exc: CampaignNotFound) -> HTTPException:

@@ -9,7 +9,6 @@ users who were there before it (store.segments.build_step); then it is `ready`.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -17,10 +16,8 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, st
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import AdminDep, SegmentIndexDep, SessionDep
-from api.routes.campaigns import MAX_DEFINITION_BYTES, YAML_TYPES, definition_body
+from api.routes.campaigns import definition_body, read_document
 from api.schemas import Message, ProblemsResponse
-from core.definition import DefinitionError
-from core.events import MAX_JSON_DEPTH, loads, safe_text
 from core.segments import SLUG, SegmentDefinition, parse_segment
 from store import segments as store
 from store.models import Segment
@@ -73,26 +70,7 @@ class SegmentMembers(BaseModel):
 
 async def read_segment(request: Request) -> SegmentDefinition:
     """The body as a segment; 422 `{"detail": {"problems": [...]}}` naming each path."""
-    body = await request.body()
-    if len(body) > MAX_DEFINITION_BYTES:
-        raise HTTPException(413, f"a definition is at most {MAX_DEFINITION_BYTES // 1024} KB")
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    try:
-        if content_type in YAML_TYPES:
-            return parse_segment(body)
-        try:
-            data = loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DefinitionError(
-                [f"not valid JSON: {exc} (send YAML with Content-Type: application/yaml)"]
-            ) from exc
-        except RecursionError:
-            raise DefinitionError(
-                [f"the definition nests deeper than {MAX_JSON_DEPTH} levels"]
-            ) from None
-        return parse_segment(data)
-    except DefinitionError as exc:
-        raise HTTPException(422, {"problems": [safe_text(p) for p in exc.problems]}) from exc
+    return await read_document(request, parse_segment)
 
 
 def not_found(segment_id: str) -> HTTPException:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import Insert as PostgresInsert
 from sqlalchemy.dialects.sqlite import Insert as SQLiteInsert
@@ -120,3 +121,23 @@ async def migrate(url: str) -> None:
                 await connection.run_sync(_upgrade_to_head, url)
         finally:
             await engine.dispose()
+
+
+async def lock_users(session: AsyncSession, namespace: int, user_ids: Iterable[str]) -> None:
+    """Transaction-scoped advisory locks, one per user (PostgreSQL; SQLite's single writer
+    serialises transactions already), held until commit. One statement takes them all in
+    the order of their keys, so two transactions naming the same users in different orders
+    wait for each other instead of deadlocking; two users whose keys collide merely take
+    turns. `namespace` keeps each use's locks apart."""
+    users = sorted(set(user_ids))
+    if not users or session.get_bind().dialect.name != "postgresql":
+        return
+    await session.execute(
+        text(
+            "SELECT count(pg_advisory_xact_lock(:ns, key)) FROM ("
+            " SELECT DISTINCT hashtext(user_id) AS key"
+            " FROM unnest(CAST(:user_ids AS text[])) AS user_id ORDER BY key"
+            ") AS keys"
+        ),
+        {"ns": namespace, "user_ids": users},
+    )

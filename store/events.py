@@ -13,12 +13,12 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import case, exists, literal, or_, select, text, update
+from sqlalchemy import case, exists, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
 
-from store.db import dialect_insert
+from store.db import dialect_insert, lock_users
 from store.models import Event, now
 
 MAX_ERROR_CHARS = 2000
@@ -131,17 +131,7 @@ async def _serialize_users(session: AsyncSession, user_ids: set[str]) -> None:
     users in different orders wait for each other instead of deadlocking. Two users whose
     keys collide merely take turns too.
     """
-    if not user_ids or session.get_bind().dialect.name != "postgresql":
-        return
-    await session.execute(
-        text(
-            "SELECT count(pg_advisory_xact_lock(:ns, key)) FROM ("
-            " SELECT DISTINCT hashtext(user_id) AS key"
-            " FROM unnest(CAST(:user_ids AS text[])) AS user_id ORDER BY key"
-            ") AS keys"
-        ),
-        {"ns": OUTBOX_LOCK_NAMESPACE, "user_ids": sorted(user_ids)},
-    )
+    await lock_users(session, OUTBOX_LOCK_NAMESPACE, user_ids)
 
 
 async def _by_message_id(session: AsyncSession, message_ids: list[str]) -> dict[str, Event]:

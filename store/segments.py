@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, text, union, update
+from sqlalchemy import delete, func, or_, select, union, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.conditions import evaluate_all
@@ -54,7 +54,7 @@ from core.segments import (
     evaluate_segment,
     window_start,
 )
-from store.db import dialect_insert
+from store.db import dialect_insert, lock_users
 from store.events import EventStatus, NewEvent, record_events
 from store.identities import canonical_user
 from store.models import (
@@ -247,21 +247,8 @@ async def is_member(*, session: AsyncSession, segment_id: str, user_id: str) -> 
 
 
 async def _lock_users(session: AsyncSession, user_ids: Iterable[str]) -> None:
-    """Serialise the work on these users' counters and memberships until commit
-    (PostgreSQL; on SQLite the transaction already holds the only write lock). Taken in
-    key order, so two callers locking several users wait instead of deadlocking."""
-    users = sorted(set(user_ids))
-    if not users or session.get_bind().dialect.name != "postgresql":
-        return
-    await session.execute(
-        text(
-            "SELECT count(pg_advisory_xact_lock(:ns, key)) FROM ("
-            " SELECT DISTINCT hashtext(user_id) AS key"
-            " FROM unnest(CAST(:user_ids AS text[])) AS user_id ORDER BY key"
-            ") AS keys"
-        ),
-        {"ns": SEGMENT_LOCK_NAMESPACE, "user_ids": users},
-    )
+    """Serialise the work on these users' counters and memberships until commit."""
+    await lock_users(session, SEGMENT_LOCK_NAMESPACE, user_ids)
 
 
 async def _current(session: AsyncSession, cached: Sequence[LiveSegment]) -> list[LiveSegment]:

@@ -160,7 +160,9 @@ async def test_a_watched_trait_change_is_written_once_with_old_and_new(
     await send(api_db, "/v1/identify", first)
     assert await trait_events(api_db) == [("ada", {"trait": "city", "old": None, "new": "Paris"})]
     moved = await api_db.event("nudge:trait:" + hashlib.sha256(b"i-1\ncity").hexdigest()[:40])
-    assert moved.timestamp == WHEN and moved.status == "pending"
+    # In the outbox at the identify's time; the relay may have routed it already (Paris is
+    # not Berlin: it starts nothing), or not yet.
+    assert moved.timestamp == WHEN and moved.status in ("pending", "ignored")
 
     # The same identify again (an SDK retry), and one that changes nothing watched.
     await send(api_db, "/v1/identify", first)

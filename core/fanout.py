@@ -78,6 +78,8 @@ class FanOutInput(BaseModel):
     fired_at: datetime
     targets: list[FanOutTarget]
     cursor: FanOutCursor = Field(default_factory=FanOutCursor)
+    pages_per_run: int = PAGES_PER_RUN
+    """Continue as new after this many pages."""
 
 
 class PageRequest(BaseModel):

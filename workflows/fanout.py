@@ -16,7 +16,6 @@ from temporalio.common import RetryPolicy
 with workflow.unsafe.imports_passed_through():
     from core.fanout import (
         ACTIVITY_START_PAGE,
-        PAGES_PER_RUN,
         WORKFLOW_FANOUT,
         FanOutCursor,
         FanOutInput,
@@ -52,7 +51,8 @@ class FanOutWorkflow:
         while cursor.target < len(input.targets):
             target = input.targets[cursor.target]
             self._show(input, "paging")
-            if pages_this_run >= PAGES_PER_RUN or workflow.info().is_continue_as_new_suggested():
+            suggested = workflow.info().is_continue_as_new_suggested()
+            if pages_this_run >= input.pages_per_run or suggested:
                 workflow.continue_as_new(input.model_copy(update={"cursor": cursor}))
             result: PageResult = await workflow.execute_activity(
                 ACTIVITY_START_PAGE,

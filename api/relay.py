@@ -254,7 +254,8 @@ class Relay:
         must its user's later events).
 
         Segment membership takes the event in first, whether or not Temporal is reachable
-        (it needs only the database, and is done once however often the event comes by).
+        (it needs only the database, and is done once however often the event comes by);
+        when it cannot — the database is out of reach — the event waits like any other.
         The internal events it writes for users entering or leaving a segment are routed
         on a later pass, which the wake-up asks for."""
         if self.segments is not None:
@@ -262,7 +263,15 @@ class Relay:
                 if await self.segments.take_in(event):
                     self.wake()
             except Exception as exc:
-                return await self._failed(event, exc, result)
+                if retry_later(exc):
+                    return await self._failed(event, exc, result)
+                # A bug in membership must not cost the event its journeys: it is routed,
+                # uncounted (its `counted` flag stays false), and said loudly.
+                log.exception(
+                    "segment membership could not take in event %s (id %d); routed without it",
+                    event.message_id,
+                    event.id,
+                )
         if result.outage and self.router.needs_temporal(event):
             result.held += 1
             return False

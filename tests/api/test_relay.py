@@ -23,9 +23,12 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.campaign_index import CampaignIndexLoader
 from api.relay import GAVE_UP, REFUSED, Relay
 from api.router import EventRouter, Outcome
+from api.segment_index import SegmentIndexLoader
+from core.segments import SegmentDefinition
 from store.db import create_engine, session_factory
 from store.events import NewEvent, claim_events, record_events
 from store.models import Event
+from store.segments import Transition, apply_segment
 from temporal.client import TemporalConnection
 from temporal.servers import free_port
 from tests.api.crashing_relay import HANG
@@ -381,3 +384,50 @@ async def test_a_relay_killed_mid_pass_leaves_only_the_events_it_had_not_settled
     assert {e.status for e in events.values()} == {"routed"}
     assert events["a-3"].attempts == 1
     assert (events["a-3"].last_error or "").startswith("relay crashed claimed the event")
+
+
+class BuggySegments(SegmentIndexLoader):
+    """The real segment index, except that an event named `Boom` hits a bug in it."""
+
+    async def take_in(self, event: Event) -> list[Transition]:
+        if event.name == "Boom":
+            raise ValueError("a bug in membership")
+        return await super().take_in(event)
+
+
+async def test_a_membership_bug_costs_the_event_its_count_not_its_routing(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(sqlite_url, f"127.0.0.1:{free_port()}")
+    engine = create_engine(sqlite_url)
+    sessions = session_factory(engine)
+    try:
+        async with sessions() as session:
+            await apply_segment(
+                session=session,
+                definition=SegmentDefinition.model_validate(
+                    {"id": "any", "name": "Any", "events": [{"event": "Something"}]}
+                ),
+            )
+            await record_events(
+                session=session,
+                events=[track("a-1", "ada", "Boom"), track("a-2", "ada", "Something")],
+            )
+            await session.commit()
+        segments = BuggySegments(sessions=sessions, settings=settings)
+        router = EventRouter(
+            sessions=sessions,
+            temporal=TemporalConnection(settings.temporal_address),
+            campaigns=CampaignIndexLoader(sessions=sessions, settings=settings),
+            settings=settings,
+        )
+        relay = Relay(router=router, sessions=sessions, settings=settings, segments=segments)
+        with caplog.at_level(logging.ERROR, logger="nudge.relay"):
+            await relay.drain()
+        events = await outbox(sessions)
+        # Routed (no campaign cares: ignored), not held and given up as `failed`.
+        assert (events["a-1"].status, events["a-1"].counted) == ("ignored", False)
+        assert (events["a-2"].status, events["a-2"].counted) == ("ignored", True)
+        assert any("could not take in event a-1" in r.getMessage() for r in caplog.records)
+    finally:
+        await engine.dispose()

@@ -155,9 +155,16 @@ async def wait_ready(url: str, worker_log: Path, timeout: float = 60.0) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    options = DevServerOptions(dynamic_config=UNTHROTTLED)
     with tempfile.TemporaryDirectory(prefix="nudge-bench-fanout-") as directory:
         folder = Path(directory)
+        # Its output kept; its workflows in memory, or in a database file as `make dev` keeps
+        # them (slower: the figure to expect from the embedded stack).
+        server_log = Path(args.server_log) if args.server_log else folder / "temporal.log"
+        options = DevServerOptions(
+            dynamic_config=UNTHROTTLED,
+            db_file=folder / "temporal.db" if args.temporal_db == "file" else None,
+            log_file=server_log,
+        )
         database = f"sqlite+aiosqlite:///{folder}/nudge.db"
         await migrate(database)
         engine = create_engine(database)
@@ -240,6 +247,7 @@ async def run(args: argparse.Namespace) -> int:
             "users": args.users,
             "page_size": args.page_size,
             "workers": args.workers,
+            "temporal_db": args.temporal_db,
             "baseline_starts_per_s": round(base_rate, 1),
             "fanout_journeys_per_s": round(rate, 1),
             "ratio": round(rate / base_rate, 2),
@@ -283,6 +291,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--page-size", type=int, default=500)
     parser.add_argument("--workers", type=int, default=1, help="nudge worker processes")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--server-log", help="keep the dev server's output in this file")
+    parser.add_argument(
+        "--temporal-db",
+        choices=("memory", "file"),
+        default="memory",
+        help="where the dev server keeps workflows (make dev: file)",
+    )
     args = parser.parse_args(argv)
     try:
         code = asyncio.run(run(args))

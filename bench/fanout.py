@@ -202,8 +202,10 @@ async def run(args: argparse.Namespace) -> int:
             for i in range(args.workers):
                 name = "worker" if args.workers == 1 else f"worker-{i + 1}"
                 processes[name] = nudge("worker", env, folder / f"{name}.log")
-            rss = {name: Rss() for name in processes}
-            sampler = asyncio.create_task(sample(processes, rss))
+            # The dev server too: it keeps every waiting journey (in memory by default).
+            watched = {**processes, "temporal": server.process}
+            rss = {name: Rss() for name in watched}
+            sampler = asyncio.create_task(sample(watched, rss))
             try:
                 for name in processes:
                     if name.startswith("worker"):
@@ -214,7 +216,7 @@ async def run(args: argparse.Namespace) -> int:
                     applied.raise_for_status()
                     await http.post("/v1/campaigns/bench-rain/activate")
                     idle = {name: r.last_mb for name, r in rss.items()}
-                    cpu_before = {n: cpu_seconds(p.pid) for n, p in processes.items()}
+                    cpu_before = {n: cpu_seconds(p.pid) for n, p in watched.items()}
                     began = time.perf_counter()
                     posted = await http.post(
                         "/v1/triggers/bench-rain", json={"id": "r-1", "properties": {}}
@@ -229,7 +231,7 @@ async def run(args: argparse.Namespace) -> int:
                         done = await asyncio.wait_for(handle.result(), timeout=5)
                         break
                 took = time.perf_counter() - began
-                cpu = {n: cpu_seconds(p.pid) - cpu_before[n] for n, p in processes.items()}
+                cpu = {n: cpu_seconds(p.pid) - cpu_before[n] for n, p in watched.items()}
                 async with sessions() as session:
                     entered = await session.scalar(
                         select(func.count()).where(JourneyEntry.campaign_id == "bench-rain")
@@ -271,7 +273,7 @@ async def run(args: argparse.Namespace) -> int:
             + "".join(
                 f"  {name} CPU: {1000 * cpu[name] / args.users:.1f} ms per journey "
                 f"({cpu[name]:.1f} s of {took:.1f} s)\n"
-                for name in processes
+                for name in watched
             )
             + "".join(
                 f"  {name} RSS: {idle[name]:,.0f} MB idle, {r.peak_mb:,.0f} MB peak, "

@@ -11,9 +11,12 @@ from temporalio import activity
 
 from core.config import Settings
 from core.housekeeping import (
+    ACTIVITY_PRUNE_COUNTERS,
     ACTIVITY_PRUNE_LEDGER,
     ACTIVITY_PRUNE_REJECTED,
+    CountersPruned,
     LedgerPruned,
+    PruneCountersRequest,
     PruneLedgerRequest,
     PruneRejectedRequest,
     RejectedPruned,
@@ -22,6 +25,7 @@ from core.policy import ledger_horizon
 from store.campaigns import cap_windows
 from store.caps import prune_ledger
 from store.rejected import prune_rejections
+from store.segments import prune_counters
 
 
 class Housekeeping:
@@ -52,5 +56,14 @@ class Housekeeping:
         activity.logger.info("rejected events: %d older than %s forgotten", deleted, before)
         return RejectedPruned(deleted=deleted, kept_since=before)
 
+    @activity.defn(name=ACTIVITY_PRUNE_COUNTERS)
+    async def prune_event_counters(self, request: PruneCountersRequest) -> CountersPruned:
+        """Delete segment event counters no segment reads: days before every window that
+        counts them, and criteria no segment has any more (store.segments.prune_counters)."""
+        async with self._sessions() as session, session.begin():
+            deleted = await prune_counters(session, now=request.now)
+        activity.logger.info("segment counters: %d rows no segment reads forgotten", deleted)
+        return CountersPruned(deleted=deleted)
+
     def all(self) -> list[Any]:
-        return [self.prune_send_ledger, self.prune_rejected_events]
+        return [self.prune_send_ledger, self.prune_rejected_events, self.prune_event_counters]

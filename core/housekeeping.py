@@ -11,6 +11,8 @@ WORKFLOW_PRUNE_LEDGER = "prune_send_ledger"
 ACTIVITY_PRUNE_LEDGER = "prune_send_ledger"
 ACTIVITY_PRUNE_REJECTED = "prune_rejected_events"
 PATCH_PRUNE_REJECTED = "prune-rejected-v1"
+ACTIVITY_PRUNE_COUNTERS = "prune_event_counters"
+PATCH_PRUNE_COUNTERS = "prune-counters-v1"
 
 
 class PruneLedgerRequest(BaseModel):
@@ -27,6 +29,8 @@ class LedgerPruned(BaseModel):
     rejected_deleted: int = 0
     """Refused ingestion messages older than NUDGE_REJECTED_EVENTS_DAYS, forgotten in the
     same run."""
+    counters_deleted: int = 0
+    """Segment event counters no segment reads any more, forgotten in the same run."""
 
 
 class PruneRejectedRequest(BaseModel):
@@ -36,3 +40,11 @@ class PruneRejectedRequest(BaseModel):
 class RejectedPruned(BaseModel):
     deleted: int
     kept_since: datetime
+
+
+class PruneCountersRequest(BaseModel):
+    now: datetime
+
+
+class CountersPruned(BaseModel):
+    deleted: int

@@ -634,3 +634,37 @@ async def build_step(session: AsyncSession, *, now: datetime, limit: int = 500) 
         row.status = "ready"
     await session.flush()
     return BuildProgress(segment.id, len(users), done, row.build_cursor)
+
+
+# -- housekeeping --------------------------------------------------------------------------
+
+
+async def prune_counters(session: AsyncSession, *, now: datetime) -> int:
+    """Forget the per-day counters no segment reads any more: those of criteria no segment
+    has (deleted or changed segments), and days before the longest window any segment
+    counts them in (a criterion counted `ever` keeps all its days). Returns the rows
+    deleted. Reads every segment's definition, never the counters as a whole."""
+    today = utc_day(now)
+    horizon: dict[str, date | None] = {}
+    for row in await session.scalars(select(Segment)):
+        try:
+            criteria = definition_of(row).events
+        except ValueError:
+            return 0  # a segment that no longer reads: keep everything rather than guess
+        for criterion in criteria:
+            key = criterion.counter_key()
+            start = window_start(criterion, today)
+            if key not in horizon:
+                horizon[key] = start
+                continue
+            current = horizon[key]
+            horizon[key] = None if current is None or start is None else min(current, start)
+    deleted = 0
+    unused = delete(EventCounter).where(EventCounter.counter.not_in(list(horizon)))
+    deleted += (await session.execute(unused)).rowcount or 0
+    for key, start in horizon.items():
+        if start is None:
+            continue
+        old = delete(EventCounter).where(EventCounter.counter == key, EventCounter.day < start)
+        deleted += (await session.execute(old)).rowcount or 0
+    return deleted

@@ -1,5 +1,6 @@
 """The hourly housekeeping run also forgets refused ingestion messages past their retention
-(NUDGE_REJECTED_EVENTS_DAYS), on the real dev server with the real worker."""
+(NUDGE_REJECTED_EVENTS_DAYS) and segment counters no segment reads (store.segments:
+prune_counters), on the real dev server with the real worker."""
 
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ from sqlalchemy import select, update
 
 from core.housekeeping import WORKFLOW_PRUNE_LEDGER, LedgerPruned
 from store.db import create_engine, session_factory
-from store.models import RejectedEvent
+from store.models import EventCounter, RejectedEvent
 from store.rejected import Rejection, record_rejections
 from temporal.servers import DevServer
 from tests.fixtures.api import make_settings
 from worker.build import create_worker, worker_activities
 
 
-async def test_a_housekeeping_run_forgets_rejections_past_retention(
+async def test_a_housekeeping_run_forgets_rejections_and_unread_counters(
     dev_server: DevServer, database_url: str
 ) -> None:
     settings = make_settings(database_url, dev_server.address, rejected_events_days=7)
@@ -35,6 +36,8 @@ async def test_a_housekeeping_run_forgets_rejections_past_retention(
                     for name in ages
                 ],
             )
+            # A counter of a criterion no segment has (its segment was deleted).
+            session.add(EventCounter(user_id="u", counter=f"gone-{tag}", day=now.date(), count=2))
             for name, age in ages.items():
                 await session.execute(
                     update(RejectedEvent)
@@ -52,6 +55,7 @@ async def test_a_housekeeping_run_forgets_rejections_past_retention(
                 result_type=LedgerPruned,
             )
         assert pruned.rejected_deleted >= 1
+        assert pruned.counters_deleted == 1
         async with sessions() as session:
             left = await session.scalars(
                 select(RejectedEvent.message_id).where(RejectedEvent.message_id.like(f"{tag}-%"))

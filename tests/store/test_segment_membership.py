@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from core.segments import SegmentDefinition
+from core.segments import EventCriterion, SegmentDefinition
 from store.events import NewEvent, record_events
 from store.models import Event, EventCounter, Identity, Segment, SegmentMembership
 from store.profiles import merge_traits
@@ -24,6 +24,7 @@ from store.segments import (
     get_segment,
     list_members,
     live_segments,
+    prune_counters,
     recheck_due,
     update_for_event,
 )
@@ -344,3 +345,37 @@ async def test_build_evaluates_existing_users_and_counts_each_event_once(
     assert counts == {"u1": 2, "u2": 1, "u3": 2, "u4": 1}
     assert {r.version for r in rows} == {2}
     assert segment is not None and segment.status == "ready"
+
+
+async def test_housekeeping_forgets_counters_no_segment_reads(sessions: Sessions) -> None:
+    ever = {
+        "id": "ever-bought",
+        "name": "Ever bought a gift card",
+        "events": [{"event": "Gift Card Bought"}],
+    }
+    week = {
+        "id": "weekly-buyers",
+        "name": "Bought this week",
+        "events": [{"event": "Order Completed", "within": "7d"}],
+    }
+    await apply(sessions, LOYAL, week, ever)
+    loyal_key = EventCriterion.model_validate(LOYAL["events"][0]).counter_key()
+    week_key = EventCriterion.model_validate(week["events"][0]).counter_key()
+    assert loyal_key == week_key  # one criterion, two windows: the longer one keeps
+    ever_key = EventCriterion.model_validate(ever["events"][0]).counter_key()
+    today = NOW.date()
+    rows = [
+        (loyal_key, today - timedelta(days=29)),  # in the 30-day window: kept
+        (loyal_key, today - timedelta(days=30)),  # before it: forgotten
+        (ever_key, today - timedelta(days=3000)),  # counted ever: kept
+        ("no-segment-reads-this", today),  # a criterion no segment has: forgotten
+    ]
+    async with sessions() as session:
+        session.add_all(EventCounter(user_id="ada", counter=c, day=d, count=1) for c, d in rows)
+        await session.commit()
+    async with sessions() as session:
+        assert await prune_counters(session, now=NOW) == 2
+        await session.commit()
+    async with sessions() as session:
+        left = {(c.counter, c.day) for c in await session.scalars(select(EventCounter))}
+    assert left == {rows[0], rows[2]}

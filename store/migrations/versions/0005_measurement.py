@@ -1,0 +1,108 @@
+"""measurement: engagement per delivery (delivered, opened, clicked, bounced, spam), the
+journey's group (holdout or split variant), the stats aggregates and conversions
+
+Revision ID: 0005
+Revises: 0004
+Created: 2026-11-30
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0005"
+down_revision: str | None = "0004"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+# Frozen copies of the model types: a revision must not change when store/models.py does.
+UTC_TIME = sa.DateTime(timezone=True)
+BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+DELIVERY_TIMES = (
+    "delivered_at",
+    "opened_at",
+    "human_opened_at",
+    "clicked_at",
+    "human_clicked_at",
+    "bounced_at",
+    "complained_at",
+)
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("journey_entries") as batch:
+        batch.add_column(sa.Column("variant", sa.String(63), nullable=True))
+    with op.batch_alter_table("deliveries") as batch:
+        batch.add_column(sa.Column("variant", sa.String(63), nullable=True))
+        for name in DELIVERY_TIMES:
+            batch.add_column(sa.Column(name, UTC_TIME, nullable=True))
+        batch.add_column(sa.Column("opens", sa.Integer(), nullable=False, server_default="0"))
+        batch.add_column(sa.Column("clicks", sa.Integer(), nullable=False, server_default="0"))
+    # What was sent before engagement was tracked counts as delivered when it was sent.
+    op.execute("UPDATE deliveries SET delivered_at = sent_at WHERE status = 'sent'")
+    op.create_index("ix_deliveries_campaign_id_id", "deliveries", ["campaign_id", "id"])
+    op.create_index("ix_deliveries_provider_message_id", "deliveries", ["provider_message_id"])
+    op.create_table(
+        "campaign_counts",
+        sa.Column("campaign_id", sa.String(63), nullable=False),
+        sa.Column("campaign_version", sa.Integer(), nullable=False),
+        sa.Column("step_id", sa.String(63), nullable=False),
+        sa.Column("variant", sa.String(63), nullable=False),
+        sa.Column("metric", sa.String(63), nullable=False),
+        sa.Column("hour", UTC_TIME, nullable=False),
+        sa.Column("count", sa.BigInteger(), nullable=False),
+        sa.Column("amount", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint(
+            "campaign_id",
+            "campaign_version",
+            "step_id",
+            "variant",
+            "metric",
+            "hour",
+            name="pk_campaign_counts",
+        ),
+    )
+    op.create_table(
+        "conversions",
+        sa.Column("id", BIG_ID, autoincrement=True, nullable=False),
+        sa.Column("delivery_id", BIG_ID, nullable=False),
+        sa.Column("campaign_id", sa.String(63), nullable=False),
+        sa.Column("campaign_version", sa.Integer(), nullable=False),
+        sa.Column("step_id", sa.String(63), nullable=False),
+        sa.Column("variant", sa.String(63), nullable=True),
+        sa.Column("user_id", sa.String(520), nullable=False),
+        sa.Column("message_id", sa.String(512), nullable=False),
+        sa.Column("goal", sa.String(200), nullable=False),
+        sa.Column("revenue", sa.Float(), nullable=True),
+        sa.Column("currency", sa.String(8), nullable=True),
+        sa.Column("at", UTC_TIME, nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_conversions"),
+        sa.ForeignKeyConstraint(
+            ["delivery_id"],
+            ["deliveries.id"],
+            name="fk_conversions_delivery_id_deliveries",
+            ondelete="CASCADE",
+        ),
+        sa.UniqueConstraint("delivery_id", name="uq_conversions_delivery_id"),
+        sa.UniqueConstraint(
+            "campaign_id", "message_id", name="uq_conversions_campaign_id_message_id"
+        ),
+    )
+    op.create_index("ix_conversions_campaign_at", "conversions", ["campaign_id", "at"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_conversions_campaign_at", table_name="conversions")
+    op.drop_table("conversions")
+    op.drop_table("campaign_counts")
+    op.drop_index("ix_deliveries_provider_message_id", table_name="deliveries")
+    op.drop_index("ix_deliveries_campaign_id_id", table_name="deliveries")
+    with op.batch_alter_table("deliveries") as batch:
+        for name in ("clicks", "opens", *reversed(DELIVERY_TIMES), "variant"):
+            batch.drop_column(name)
+    with op.batch_alter_table("journey_entries") as batch:
+        batch.drop_column("variant")

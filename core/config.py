@@ -163,8 +163,19 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8000"
     """Where users reach the API (unsubscribe links)."""
     link_secret: str = DEV_LINK_SECRET
-    """Signs unsubscribe links."""
+    """Signs unsubscribe links, and (under a key derived from it) tracking links."""
     unsubscribe_link_days: int = Field(default=60, ge=1)
+    machine_click_seconds: float = Field(default=2.0, ge=0)
+    """A click this soon after the message was sent is counted as a link scanner's."""
+    machine_open_seconds: float = Field(default=1.0, ge=0)
+    """An open this soon after the message was sent is counted as a mail proxy's."""
+    sendgrid_webhook_public_key: str | None = None
+    """The verification key of SendGrid's signed Event Webhook (base64, as the SendGrid
+    console shows it). Unset: the webhook is refused in production, unsigned allowed in dev."""
+    temporal_ui_url: str | None = "http://127.0.0.1:8233"
+    """Where operators open the Temporal UI: the dashboard links each journey there."""
+    dashboard_session_hours: float = Field(default=12.0, gt=0)
+    """How long a dashboard login lasts."""
 
     payload_keys: str = DEV_PAYLOAD_KEYS
     """Encrypts what Nudge puts in Temporal (workflow inputs, signals, activity arguments

@@ -5,6 +5,8 @@ from fastapi import APIRouter
 from api.routes import (
     campaigns,
     codec,
+    dashboard,
+    engagement,
     health,
     journeys,
     messages,
@@ -28,3 +30,5 @@ api_router.include_router(subscriptions.router)
 api_router.include_router(triggers.router)
 api_router.include_router(health.router)
 api_router.include_router(codec.router)
+api_router.include_router(engagement.router)
+api_router.include_router(dashboard.router)

@@ -11,6 +11,7 @@ from api.routes import (
     journeys,
     messages,
     preview,
+    provider_webhooks,
     rejected,
     segments,
     subscriptions,
@@ -31,4 +32,5 @@ api_router.include_router(triggers.router)
 api_router.include_router(health.router)
 api_router.include_router(codec.router)
 api_router.include_router(engagement.router)
+api_router.include_router(provider_webhooks.router)
 api_router.include_router(dashboard.router)

@@ -17,7 +17,7 @@ from temporalio.exceptions import ApplicationError
 from activities.channels.base import OutgoingMessage, Provider, ProviderError
 from activities.policy import check_send_policy
 from core.config import Settings
-from core.definition import CampaignDefinition, Priority
+from core.definition import CampaignDefinition, Channel, Priority
 from core.journey import (
     ACTIVITY_CHECK_POLICY,
     ACTIVITY_DELIVER,
@@ -39,6 +39,7 @@ from core.journey import (
 )
 from core.schedule import resolve_local_wait
 from core.templates.render import RenderError, message_context, render_message
+from core.tracking import tracked_html
 from store import deliveries
 from store.campaigns import VersionUnavailable, load_definition
 from store.entries import record_outcome
@@ -266,6 +267,17 @@ class JourneyActivities:
         # refuses what would hold the interpreter in one step): off the event loop, so
         # heartbeats and other activities keep going meanwhile.
         rendered = await asyncio.to_thread(render_message, template, context, name=request.template)
+        html = rendered.html
+        tracking = definition.tracking
+        if html and request.channel == Channel.email and (tracking.opens or tracking.clicks):
+            html = tracked_html(
+                html,
+                secret=self._settings.link_secret,
+                public_url=self._settings.public_url,
+                delivery_id=delivery_id,
+                opens=tracking.opens,
+                clicks=tracking.clicks,
+            )
         transactional = definition.priority is Priority.transactional
         return OutgoingMessage(
             idempotency_key=request.idempotency_key,
@@ -278,7 +290,7 @@ class JourneyActivities:
             subject=rendered.subject,
             body=rendered.body,
             data=rendered.data,
-            html=rendered.html,
+            html=html,
             traits=context["traits"],
             subscription_group=None if transactional else definition.subscription_group,
             priority=definition.priority.value,

@@ -91,6 +91,9 @@ class Provider(ABC):
 
     channel: str
     """The channel it serves."""
+    reports_delivery: bool = False
+    """Whether the provider reports delivery later (a status webhook). When it does not, a
+    message it accepted counts as delivered at once."""
 
     @abstractmethod
     async def send(self, message: OutgoingMessage) -> Receipt: ...

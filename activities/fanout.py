@@ -252,6 +252,7 @@ class FanOutActivities:
                     workflow_id=journey_id(target.campaign_id, user, secret),
                     run_id=run_id,
                     entry_message_id=entry_event(request, user).message_id,
+                    holdout=target.plan.holdout,
                 )
             await session.commit()
 

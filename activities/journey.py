@@ -17,23 +17,27 @@ from temporalio.exceptions import ApplicationError
 from activities.channels.base import OutgoingMessage, Provider, ProviderError
 from activities.policy import check_send_policy
 from core.config import Settings
-from core.definition import CampaignDefinition, Channel, Priority
+from core.definition import CampaignDefinition, Channel, Priority, SplitStep
 from core.journey import (
     ACTIVITY_CHECK_POLICY,
     ACTIVITY_DELIVER,
     ACTIVITY_FAIL_DELIVERY,
+    ACTIVITY_HOLD_OUT,
     ACTIVITY_LOAD_PROFILE,
     ACTIVITY_RECORD_OUTCOME,
+    ACTIVITY_RECORD_VARIANT,
     ACTIVITY_RESOLVE_WAIT,
     DeliverRequest,
     DeliverResult,
     DeliveryFailure,
     DeliveryStatus,
+    HoldOut,
     JourneyOutcome,
     PolicyDecision,
     PolicyRequest,
     Profile,
     ProfileRequest,
+    VariantTaken,
     WaitRequest,
     WaitResolution,
 )
@@ -42,7 +46,7 @@ from core.templates.render import RenderError, message_context, render_message
 from core.tracking import tracked_html
 from store import deliveries
 from store.campaigns import VersionUnavailable, load_definition
-from store.entries import record_outcome
+from store.entries import record_outcome, record_variant
 from store.identities import canonical_user, person_profile
 from store.profiles import get_profile
 from store.subscriptions import add_suppression
@@ -127,6 +131,24 @@ class JourneyActivities:
         async with self._sessions() as session, session.begin():
             await record_outcome(session=session, outcome=outcome)
 
+    @activity.defn(name=ACTIVITY_RECORD_VARIANT)
+    @final_errors
+    async def record_variant(self, taken: VariantTaken) -> None:
+        """Count the journey as an entrant of the `split` variant it took."""
+        async with self._sessions() as session, session.begin():
+            definition = await load_definition(
+                session=session, campaign_id=taken.campaign_id, version=taken.campaign_version
+            )
+            step = definition.step(taken.step_id)
+            names = [v.name for v in step.variants] if isinstance(step, SplitStep) else []
+            await record_variant(session=session, taken=taken, names=names)
+
+    @activity.defn(name=ACTIVITY_HOLD_OUT)
+    async def hold_out(self, request: HoldOut) -> None:
+        """Record a send the holdout is not sent, as `held_out`, for attribution."""
+        async with self._sessions() as session, session.begin():
+            await deliveries.record_held_out(session=session, send=request.send, at=request.at)
+
     @activity.defn(name=ACTIVITY_FAIL_DELIVERY)
     async def fail_delivery(self, failure: DeliveryFailure) -> None:
         """Close a send the journey gave up on (its retries ran out), so it does not stay
@@ -208,6 +230,7 @@ class JourneyActivities:
                 status=DeliveryStatus.sent,
                 provider_message_id=receipt.provider_message_id,
                 provider_response=receipt.response,
+                delivered=not provider.reports_delivery,
             )
         return DeliverResult(
             status=DeliveryStatus.sent,
@@ -304,6 +327,8 @@ class JourneyActivities:
             self.record_outcome,
             self.resolve_wait,
             self.check_policy,
+            self.record_variant,
+            self.hold_out,
         ]
 
 

@@ -11,18 +11,38 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.conditions import Condition
 from core.config import Settings
-from core.definition import CampaignDefinition, JourneyPlan
+from core.definition import Attribution, CampaignDefinition, JourneyPlan
 from core.routing import ActiveCampaign, CampaignIndex
 from store import campaigns as store
 from store.campaigns import VersionUnavailable
 from store.models import CampaignVersion
 
 log = logging.getLogger("nudge.routing")
+
+
+@dataclass(frozen=True)
+class GoalWatch:
+    campaign_id: str
+    conditions: list[Condition]
+    attribution: Attribution
+
+
+def goal_watches(definitions: Iterable[CampaignDefinition]) -> dict[str, list[GoalWatch]]:
+    watches: dict[str, list[GoalWatch]] = {}
+    for definition in definitions:
+        for goal in definition.goals:
+            watches.setdefault(goal.event, []).append(
+                GoalWatch(definition.id, goal.conditions, definition.attribution)
+            )
+    return watches
 
 
 class IndexNotLoaded(RuntimeError):
@@ -42,6 +62,9 @@ class CampaignIndexLoader:
         """Every version read so far, with its plan; None for one today's rules refuse
         (logged once)."""
         self._lock = asyncio.Lock()
+        self.goals: dict[str, list[GoalWatch]] = {}
+        """By event name: the campaigns (any status: a message sent before a pause still
+        converts) whose latest version has it as a goal, for attribution."""
 
     @property
     def index(self) -> CampaignIndex:
@@ -65,15 +88,18 @@ class CampaignIndexLoader:
                     self._parsed[(row.campaign_id, row.version)] = self._parse(row)
             active = []
             versions = []
+            latest: dict[str, CampaignDefinition] = {}
             for key in keys:
                 parsed = self._parsed.get(key.key)
                 if parsed is None:
                     continue
                 definition, plan = parsed
+                latest[key.campaign_id] = definition  # keys come in version order
                 versions.append((key.campaign_id, plan))
                 if key.live:
                     active.append(ActiveCampaign(key.campaign_id, key.version, definition, plan))
             self._index = CampaignIndex.build(active=active, versions=versions)
+            self.goals = goal_watches(latest.values())
             self._changed_at = changed_at
             self._checked_at = time.monotonic()
             return self._index

@@ -27,6 +27,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.service import RPCError, RPCStatusCode
 
+from api.attribution import attribute_goal
 from api.router import EventRouter, Outcome
 from api.segment_index import SegmentIndexLoader
 from core.config import Settings
@@ -272,6 +273,17 @@ class Relay:
                     event.message_id,
                     event.id,
                 )
+        try:
+            await attribute_goal(self.sessions, self.router.campaigns.goals, event)
+        except Exception as exc:
+            if retry_later(exc):
+                return await self._failed(event, exc, result)
+            # As for segments: the event still reaches its journeys.
+            log.exception(
+                "conversion attribution failed for event %s (id %d); routed without it",
+                event.message_id,
+                event.id,
+            )
         if result.outage and self.router.needs_temporal(event):
             result.held += 1
             return False

@@ -197,6 +197,7 @@ class EventRouter:
                 workflow_id=workflow_id,
                 run_id=run_id,
                 entry_message_id=event.message_id,
+                holdout=campaign.plan.holdout,
             )
             await session.commit()
 

@@ -114,20 +114,6 @@ class Readiness(BaseModel):
     temporal: str
 
 
-class CampaignStats(BaseModel):
-    """A campaign's funnel: journeys entered and how they ended, and its deliveries."""
-
-    campaign_id: str
-    entered: int
-    journeys: dict[str, int] = Field(
-        description="by status: running, completed, converted, exited, failed"
-    )
-    deliveries: dict[str, int] = Field(description="by status: pending, sent, failed")
-    conversion_rate: float | None = Field(
-        description="converted / entered; null before anyone entered"
-    )
-
-
 class SandboxMessagePublic(_Public):
     id: int
     delivery_id: int

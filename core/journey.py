@@ -97,6 +97,10 @@ class JourneyState(BaseModel):
     runs: int = 1
     exit_reason: str | None = None
     ended_at: datetime | None = None
+    holdout: bool = False
+    """In the campaign's holdout: goes through the steps, is sent nothing."""
+    variant: str | None = None
+    """The `split` variant the journey took last (None before any split)."""
 
 
 class JourneyInput(BaseModel):
@@ -134,6 +138,8 @@ class Send(BaseModel):
     visit: int
     channel: str
     user_id: str
+    variant: str | None = None
+    """The journey's group when it sends: `holdout`, the `split` variant it took, or None."""
 
 
 class DeliverRequest(Send):
@@ -149,6 +155,9 @@ class DeliveryStatus(StrEnum):
     failed = "failed"
     suppressed = "suppressed"
     """The send policy said no (unsubscribed, capped, bounced): recorded with its reason."""
+    held_out = "held_out"
+    """Not sent because the journey is in the campaign's holdout; recorded at the moment it
+    would have gone, for attribution."""
 
 
 class DeliverResult(BaseModel):
@@ -168,6 +177,27 @@ class DeliveryFailure(BaseModel):
     reason: str
 
 
+class VariantTaken(BaseModel):
+    """A journey took a variant at a `split`: counted as the variant's entrant."""
+
+    workflow_id: str
+    run_id: str
+    campaign_id: str
+    campaign_version: int
+    user_id: str
+    entry_message_id: str
+    step_id: str
+    variant: str
+    at: datetime
+
+
+class HoldOut(BaseModel):
+    """A send a journey in the holdout is not sent, recorded for attribution."""
+
+    send: Send
+    at: datetime
+
+
 class JourneyOutcome(BaseModel):
     """How a journey ended, for the campaign's funnel in the store."""
 
@@ -180,6 +210,11 @@ class JourneyOutcome(BaseModel):
     status: JourneyStatus
     exit_reason: str | None = None
     ended_at: datetime
+    variant: str | None = None
+    """`holdout` or the journey's last `split` variant (None before either existed)."""
+    goal_event: JourneyEvent | None = None
+    """The goal that converted it: attributed to the campaign's last message within its
+    attribution window, or recorded as reached without one."""
 
 
 class PolicyRequest(Send):
@@ -259,3 +294,5 @@ ACTIVITY_RECORD_OUTCOME = "record_outcome"
 ACTIVITY_FAIL_DELIVERY = "fail_delivery"
 ACTIVITY_CHECK_POLICY = "check_policy"
 ACTIVITY_RESOLVE_WAIT = "resolve_wait"
+ACTIVITY_RECORD_VARIANT = "record_variant"
+ACTIVITY_HOLD_OUT = "hold_out"

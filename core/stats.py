@@ -221,7 +221,7 @@ def build_funnel(
         funnel=total.finish(),
         versions={v: f.finish() for v, f in sorted(versions.items())},
         steps=[
-            StepFunnel(step_id=s, type=step_types.get(s), funnel=f.finish())
+            StepFunnel(step_id=s, type=step_types.get(s), funnel=_step_entered(f).finish())
             for s, f in sorted(steps.items(), key=lambda item: _order(item[0], step_types))
         ],
         groups=_groups(groups, splits),
@@ -230,6 +230,14 @@ def build_funnel(
             **{k: v for k, v in ended.items() if k in JourneyCounts.model_fields},
         ),
     )
+
+
+def _step_entered(funnel: Funnel) -> Funnel:
+    """A send step's entrants are the sends it tried, whatever became of them (a split's
+    are counted as such; other steps are not counted, so no step costs an activity)."""
+    if not funnel.entered:
+        funnel.entered = funnel.sent + funnel.failed + funnel.suppressed + funnel.held_out
+    return funnel
 
 
 def _order(step_id: str, step_types: dict[str, str]) -> tuple[int, str]:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.engagement import EngagementKind
 from core.journey import DeliverRequest, DeliveryStatus, PolicyRequest, Send
+from core.stats import FAILED, HELD_OUT, suppression_metric
 from store.caps import release_send
 from store.db import dialect_insert
 from store.models import Delivery, SandboxMessage, now
+from store.stats import Bump, bump
 
 MAX_ERROR_CHARS = 2000
 
@@ -42,10 +46,32 @@ async def record_suppressed(
     """Record a send the policy stopped: a `suppressed` row with its reason, keyed by the
     send's idempotency key, so stats and operators see it and `deliver` never sends it.
     A row that exists already (a retried check) is left as it is."""
-    await _insert_once(session, request, DeliveryStatus.suppressed, error=reason)
+    if await _insert_once(session, request, DeliveryStatus.suppressed, error=reason):
+        await bump(session, _count(request, suppression_metric(reason)))
     row = await get_delivery(session=session, idempotency_key=request.idempotency_key)
     assert row is not None
     return row
+
+
+async def record_held_out(*, session: AsyncSession, send: Send, at: datetime) -> Delivery:
+    """Record a send the holdout is not sent: a `held_out` row at the moment it would have
+    gone, which the campaign's attribution window counts from, as for a delivered one."""
+    if await _insert_once(session, send, DeliveryStatus.held_out, at=at):
+        await bump(session, _count(send, HELD_OUT, at=at))
+    row = await get_delivery(session=session, idempotency_key=send.idempotency_key)
+    assert row is not None
+    return row
+
+
+def _count(send: Send | Delivery, metric: str, *, at: datetime | None = None) -> Bump:
+    return Bump(
+        campaign_id=send.campaign_id,
+        campaign_version=send.campaign_version,
+        step_id=send.step_id,
+        variant=send.variant,
+        metric=metric,
+        at=at or now(),
+    )
 
 
 async def _insert_once(
@@ -54,10 +80,14 @@ async def _insert_once(
     status: DeliveryStatus,
     *,
     error: str | None = None,
-) -> None:
-    """The row for this send, unless one exists under its key (ON CONFLICT DO NOTHING)."""
-    await session.execute(
-        dialect_insert(session, Delivery)
+    at: datetime | None = None,
+) -> bool:
+    """The row for this send, unless one exists under its key (ON CONFLICT DO NOTHING);
+    True when this call wrote it."""
+    at = at or now()
+    table = Delivery.__table__
+    result = await session.execute(
+        dialect_insert(session, table)
         .values(
             idempotency_key=request.idempotency_key,
             workflow_id=request.workflow_id,
@@ -70,11 +100,16 @@ async def _insert_once(
             status=status.value,
             attempts=0,
             error=error[:MAX_ERROR_CHARS] if error else None,
-            created_at=now(),
-            updated_at=now(),
+            variant=request.variant,
+            opens=0,
+            clicks=0,
+            created_at=at,
+            updated_at=at,
         )
         .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(table.c.id)
     )
+    return result.first() is not None
 
 
 async def get_delivery(*, session: AsyncSession, idempotency_key: str) -> Delivery | None:
@@ -94,22 +129,41 @@ async def complete_delivery(
     provider_message_id: str | None = None,
     provider_response: dict[str, Any] | None = None,
     error: str | None = None,
+    delivered: bool = False,
 ) -> None:
-    """Record the outcome. Only a pending row changes: a finished send stays finished."""
+    """Record the outcome. Only a pending row changes: a finished send stays finished, and
+    the stats count the change once. `delivered`: the provider reports nothing after
+    accepting (no status webhook), so accepted counts as delivered."""
+    at = now()
     values: dict[str, Any] = {
         "status": status.value,
         "provider_message_id": provider_message_id,
         "provider_response": provider_response,
         "error": error[:MAX_ERROR_CHARS] if error else None,
-        "updated_at": now(),
+        "updated_at": at,
     }
     if status is DeliveryStatus.sent:
-        values["sent_at"] = now()
-    await session.execute(
+        values["sent_at"] = at
+        if delivered:
+            values["delivered_at"] = at
+    changed = await session.execute(
         update(Delivery)
         .where(Delivery.id == delivery_id, Delivery.status == DeliveryStatus.pending.value)
         .values(**values)
+        .returning(
+            Delivery.campaign_id,
+            Delivery.campaign_version,
+            Delivery.step_id,
+            Delivery.variant,
+        )
     )
+    row = changed.first()
+    if row is None:
+        return
+    metrics = [status.value]
+    if status is DeliveryStatus.sent and delivered:
+        metrics.append(EngagementKind.delivered.value)
+    await bump(session, *(_count(row, metric, at=at) for metric in metrics))
 
 
 async def fail_delivery(
@@ -134,9 +188,17 @@ async def fail_delivery(
             error=error[:MAX_ERROR_CHARS],
             updated_at=now(),
         )
+        .returning(
+            Delivery.campaign_id,
+            Delivery.campaign_version,
+            Delivery.step_id,
+            Delivery.variant,
+        )
     )
-    if not closed.rowcount:  # type: ignore[attr-defined]
+    row = closed.first()
+    if row is None:
         return False
+    await bump(session, _count(row, FAILED))
     if release:
         await release_send(session=session, idempotency_key=idempotency_key)
     return True

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.journey import JourneyOutcome
+from core.experiments import HOLDOUT, in_holdout
+from core.journey import JourneyOutcome, JourneyStatus, VariantTaken
+from core.stats import ENDED, ENTERED, GOAL_WITHOUT_MESSAGE
+from store.attribution import Attributed, Goal, attribute
+from store.campaigns import load_definition
 from store.db import dialect_insert
-from store.models import JourneyEntry
+from store.identities import person_ids
+from store.models import JourneyEntry, now
+from store.stats import Bump, bump
 
 ENTRY_FIELDS = {
     "campaign_id",
@@ -31,29 +38,54 @@ async def record_entry(
     workflow_id: str,
     run_id: str,
     entry_message_id: str,
+    holdout: float = 0.0,
 ) -> bool:
-    """Record that a journey started; True when this call wrote the row.
+    """Record that a journey started; True when this call wrote the row (and counted the
+    entrant, in the holdout when the campaign's `holdout` share takes the user).
 
     False when the run is already recorded (a signal-with-start that joined the running
     journey returns its run id) or this entry event was already recorded for the campaign
-    (the router retried). ON CONFLICT DO NOTHING covers both unique keys, so racing
-    routers agree instead of failing.
+    (the router retried, or the journey recorded itself first). ON CONFLICT DO NOTHING
+    covers both unique keys, so racing routers agree instead of failing.
     """
+    variant = HOLDOUT if in_holdout(campaign_id, user_id, holdout) else None
+    return await _insert_entry(
+        session,
+        {
+            "campaign_id": campaign_id,
+            "campaign_version": campaign_version,
+            "user_id": user_id,
+            "workflow_id": workflow_id,
+            "run_id": run_id,
+            "entry_message_id": entry_message_id,
+            "variant": variant,
+        },
+    )
+
+
+async def _insert_entry(session: AsyncSession, values: dict[str, Any]) -> bool:
+    """Insert a journey's row unless it exists; count its entrant when this call wrote it."""
     table = JourneyEntry.__table__
+    at = values.setdefault("entered_at", now())
     statement = (
         dialect_insert(session, table)
-        .values(
-            campaign_id=campaign_id,
-            campaign_version=campaign_version,
-            user_id=user_id,
-            workflow_id=workflow_id,
-            run_id=run_id,
-            entry_message_id=entry_message_id,
-        )
+        .values(**values)
         .on_conflict_do_nothing()
         .returning(table.c.id)
     )
-    return (await session.execute(statement)).first() is not None
+    if (await session.execute(statement)).first() is None:
+        return False
+    await bump(
+        session,
+        Bump(
+            campaign_id=values["campaign_id"],
+            campaign_version=values["campaign_version"],
+            variant=values.get("variant") if values.get("variant") == HOLDOUT else None,
+            metric=ENTERED,
+            at=at,
+        ),
+    )
+    return True
 
 
 async def started_by(
@@ -89,22 +121,105 @@ async def count_entries(*, session: AsyncSession, campaign_id: str) -> int:
 
 
 async def record_outcome(*, session: AsyncSession, outcome: JourneyOutcome) -> None:
-    """Record how a journey ended (converted, exited, …) for the campaign's funnel.
+    """Record how a journey ended (converted, exited, …) for the campaign's funnel, once.
 
-    An upsert: a journey can end before the router got to write its entry row (a journey
-    that sends at once and ends), and the router's later insert then does nothing.
+    A journey can end before the router wrote its entry row (it sends at once and ends):
+    then this writes the row, and the router's later insert does nothing. Ending is
+    counted when the row changes from running to ended, so a retried call counts nothing;
+    a journey that converted is credited to the campaign's last message within the
+    attribution window, or counted as a goal reached without one.
     """
     ended = {
         "status": outcome.status.value,
         "exit_reason": outcome.exit_reason,
         "ended_at": outcome.ended_at,
     }
-    insert = dialect_insert(session, JourneyEntry.__table__).values(
-        **outcome.model_dump(include=ENTRY_FIELDS), **ended
+    changed = await session.execute(
+        update(JourneyEntry)
+        .where(
+            JourneyEntry.campaign_id == outcome.campaign_id,
+            JourneyEntry.entry_message_id == outcome.entry_message_id,
+            JourneyEntry.ended_at.is_(None),
+        )
+        .values(**ended)
+        .returning(JourneyEntry.id)
     )
-    await session.execute(
-        insert.on_conflict_do_update(index_elements=["campaign_id", "entry_message_id"], set_=ended)
+    if changed.first() is None:
+        values = {**outcome.model_dump(include=ENTRY_FIELDS), **ended}
+        values["variant"] = outcome.variant
+        if not await _insert_entry(session, values):
+            return  # ended and counted already
+    group = HOLDOUT if outcome.variant == HOLDOUT else None
+    counts = [
+        Bump(
+            campaign_id=outcome.campaign_id,
+            campaign_version=outcome.campaign_version,
+            variant=group,
+            metric=ENDED + outcome.status.value,
+            at=outcome.ended_at,
+        )
+    ]
+    goal = outcome.goal_event
+    if outcome.status is JourneyStatus.converted and goal is not None:
+        definition = await load_definition(
+            session=session, campaign_id=outcome.campaign_id, version=outcome.campaign_version
+        )
+        found = await attribute(
+            session,
+            campaign_id=outcome.campaign_id,
+            attribution=definition.attribution,
+            user_ids=await person_ids(session, outcome.user_id),
+            goal=Goal(goal.message_id, goal.name, goal.timestamp, dict(goal.properties)),
+        )
+        if found is Attributed.none:
+            counts.append(
+                Bump(
+                    campaign_id=outcome.campaign_id,
+                    campaign_version=outcome.campaign_version,
+                    variant=group,
+                    metric=GOAL_WITHOUT_MESSAGE,
+                    at=outcome.ended_at,
+                )
+            )
+    await bump(session, *counts)
+
+
+async def record_variant(
+    *, session: AsyncSession, taken: VariantTaken, names: Sequence[str]
+) -> bool:
+    """Record that a journey took a `split` variant, and count it as the variant's entrant
+    — once per journey and split (a retried call, or the split visited again, counts
+    nothing: the row already holds one of this split's variants). True when counted."""
+    changed = await session.execute(
+        update(JourneyEntry)
+        .where(
+            JourneyEntry.campaign_id == taken.campaign_id,
+            JourneyEntry.entry_message_id == taken.entry_message_id,
+            or_(JourneyEntry.variant.is_(None), JourneyEntry.variant.not_in(list(names))),
+        )
+        .values(variant=taken.variant)
+        .returning(JourneyEntry.id)
     )
+    if changed.first() is None and not await _insert_entry(
+        session,
+        {
+            **taken.model_dump(include=ENTRY_FIELDS),
+            "variant": taken.variant,
+        },
+    ):
+        return False
+    await bump(
+        session,
+        Bump(
+            campaign_id=taken.campaign_id,
+            campaign_version=taken.campaign_version,
+            step_id=taken.step_id,
+            variant=taken.variant,
+            metric=ENTERED,
+            at=taken.at,
+        ),
+    )
+    return True
 
 
 async def count_outcomes(*, session: AsyncSession, campaign_id: str) -> dict[str, int]:

@@ -17,18 +17,22 @@ with workflow.unsafe.imports_passed_through():
         FailureRule,
         JourneyPlan,
         SendStep,
+        SplitStep,
         Step,
         WaitForStep,
         WaitStep,
     )
     from core.durations import format_duration
     from core.events import JourneyEvent
+    from core.experiments import HOLDOUT, choose_variant, in_holdout
     from core.journey import (
         ACTIVITY_CHECK_POLICY,
         ACTIVITY_DELIVER,
         ACTIVITY_FAIL_DELIVERY,
+        ACTIVITY_HOLD_OUT,
         ACTIVITY_LOAD_PROFILE,
         ACTIVITY_RECORD_OUTCOME,
+        ACTIVITY_RECORD_VARIANT,
         ACTIVITY_RESOLVE_WAIT,
         MAX_RECENT_EVENTS,
         MAX_SEEN_EVENT_IDS,
@@ -43,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
         DeliveryFailure,
         DeliveryStatus,
         ExitRequest,
+        HoldOut,
         JourneyInput,
         JourneyOutcome,
         JourneyResult,
@@ -55,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
         ProfileRequest,
         Send,
         StepRecord,
+        VariantTaken,
         WaitRequest,
         WaitResolution,
         idempotency_key,
@@ -129,8 +135,9 @@ class JourneyWorkflow:
                 seen_event_ids=[input.entry_event.message_id],
                 last_event=input.entry_event,
                 steps_executed=1,
+                holdout=in_holdout(input.campaign_id, input.user_id, self.plan.holdout),
             )
-            self._record(start, "entered")
+            self._record(start, "entered" + (" (holdout)" if self.state.holdout else ""))
 
     # -- messages ----------------------------------------------------------------------
 
@@ -220,6 +227,8 @@ class JourneyWorkflow:
             return await self._wait_for(step)
         if isinstance(step, BranchStep):
             return await self._branch(step)
+        if isinstance(step, SplitStep):
+            return await self._split(step)
         assert isinstance(step, ExitStep)
         self._end(JourneyStatus.completed, f"exit step {step.id!r}")
         return None, "exit"
@@ -239,7 +248,18 @@ class JourneyWorkflow:
             visit=visit,
             channel=step.channel,
             user_id=self.input.user_id,
+            variant=self._group(),
         )
+        if state.holdout:
+            # Sent nothing, but recorded: the holdout's goals are attributed from here.
+            await workflow.execute_activity(
+                ACTIVITY_HOLD_OUT,
+                HoldOut(send=send, at=workflow.now()),
+                start_to_close_timeout=RECORD_TIMEOUT,
+                retry_policy=RECORD_RETRY,
+                summary=f"{step.channel}: {step.template} held out",
+            )
+            return step.next, "held out: the journey is in the campaign's holdout"
         # Journeys started before the send policy existed replay without it.
         if workflow.patched(PATCH_SEND_POLICY):
             verdict = await self._check_policy(step, send)
@@ -420,6 +440,34 @@ class JourneyWorkflow:
                 return branch.next, f"branch {i} holds"
         return step.else_, "no branch holds: else"
 
+    async def _split(self, step: SplitStep) -> tuple[str | None, str]:
+        """Take the user's variant (a hash: the same on every replay and re-entry) and count
+        the journey as its entrant. The holdout takes the variant's path too, so its timing
+        matches, but stays counted as the holdout."""
+        variant = choose_variant(self.input.campaign_id, step.id, self.input.user_id, step.variants)
+        if self.state.holdout:
+            return variant.next, f"variant {variant.name} (holdout: counted there)"
+        self.state.variant = variant.name
+        info = workflow.info()
+        await workflow.execute_activity(
+            ACTIVITY_RECORD_VARIANT,
+            VariantTaken(
+                workflow_id=info.workflow_id,
+                run_id=info.first_execution_run_id,
+                campaign_id=self.input.campaign_id,
+                campaign_version=self.input.campaign_version,
+                user_id=self.input.user_id,
+                entry_message_id=self.input.entry_event.message_id,
+                step_id=step.id,
+                variant=variant.name,
+                at=workflow.now(),
+            ),
+            start_to_close_timeout=RECORD_TIMEOUT,
+            retry_policy=RECORD_RETRY,
+            summary=f"split {step.id}: {variant.name}",
+        )
+        return variant.next, f"variant {variant.name}"
+
     async def _ask(
         self,
         activity: str,
@@ -463,6 +511,8 @@ class JourneyWorkflow:
                 status=state.status,
                 exit_reason=state.exit_reason,
                 ended_at=state.ended_at or workflow.now(),
+                variant=self._group(),
+                goal_event=state.last_event if state.status is JourneyStatus.converted else None,
             ),
             start_to_close_timeout=RECORD_TIMEOUT,
             retry_policy=RECORD_RETRY,
@@ -470,6 +520,10 @@ class JourneyWorkflow:
         )
 
     # -- helpers -----------------------------------------------------------------------
+
+    def _group(self) -> str | None:
+        """What the stats count this journey under: the holdout, its variant, or nothing."""
+        return HOLDOUT if self.state.holdout else self.state.variant
 
     def _current(self) -> Step | None:
         step_id = self.state.current_step
@@ -564,4 +618,6 @@ def _describe(step: Step, started: datetime) -> str:
         return f"sending {step.template} via {step.channel}"
     if isinstance(step, BranchStep):
         return "choosing a branch"
+    if isinstance(step, SplitStep):
+        return "choosing a variant"
     return "exiting"

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, TypeVar
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 
 from api.deps import AdminDep, CampaignIndexDep, SessionDep
 from api.schemas import (
@@ -19,13 +20,13 @@ from api.schemas import (
     CampaignPublic,
     CampaignSaved,
     CampaignsPublic,
-    CampaignStats,
     CampaignVersionPublic,
     CampaignVersionSummary,
     Message,
     ProblemsResponse,
     VersionNumber,
 )
+from api.stats import campaign_funnel
 from core.definition import (
     CampaignDefinition,
     CampaignStatus,
@@ -33,10 +34,9 @@ from core.definition import (
     parse_campaign,
 )
 from core.events import MAX_JSON_DEPTH, loads, safe_text
+from core.stats import CampaignFunnel
 from store import campaigns as store
 from store.campaigns import CampaignNotFound, CampaignStateError
-from store.deliveries import count_deliveries
-from store.entries import count_entries, count_outcomes
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"], dependencies=[AdminDep])
 
@@ -209,22 +209,36 @@ async def get_campaign(campaign_id: CampaignId, session: SessionDep) -> Campaign
 
 @router.get(
     "/{campaign_id}/stats",
-    response_model=CampaignStats,
+    response_model=CampaignFunnel,
     responses=ERRORS,
-    summary="A campaign's funnel: entered, how journeys ended, deliveries",
+    summary="A campaign's funnel: entered, sent, delivered, opened, clicked, converted",
 )
-async def get_stats(campaign_id: CampaignId, session: SessionDep) -> CampaignStats:
+async def get_stats(
+    campaign_id: CampaignId,
+    session: SessionDep,
+    since: Annotated[
+        datetime | None, Query(description="from this instant (rounded down to its hour)")
+    ] = None,
+    until: Annotated[
+        datetime | None, Query(description="before this instant (rounded up to its hour)")
+    ] = None,
+) -> CampaignFunnel:
+    """From the stats aggregates, kept current as things happen: per campaign, version,
+    step and group (the holdout, everyone messaged, each `split` variant, with its lift
+    over the holdout and the control), and how journeys ended."""
     if await store.get_campaign(session=session, campaign_id=campaign_id) is None:
         raise not_found(CampaignNotFound(campaign_id))
-    entered = await count_entries(session=session, campaign_id=campaign_id)
-    journeys = await count_outcomes(session=session, campaign_id=campaign_id)
-    return CampaignStats(
-        campaign_id=campaign_id,
-        entered=entered,
-        journeys=journeys,
-        deliveries=await count_deliveries(session=session, campaign_id=campaign_id),
-        conversion_rate=journeys.get("converted", 0) / entered if entered else None,
-    )
+    since, until = (_aware(since, "since"), _aware(until, "until"))
+    if since is not None and until is not None and since >= until:
+        raise HTTPException(400, "since must be before until")
+    return await campaign_funnel(session, campaign_id=campaign_id, since=since, until=until)
+
+
+def _aware(at: datetime | None, name: str) -> datetime | None:
+    """Query instants without a zone are UTC."""
+    if at is None:
+        return None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 @router.get(

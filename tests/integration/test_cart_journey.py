@@ -28,7 +28,9 @@ from tests.fixtures.api import (
     WRITE_KEY,
     RunningApi,
     Stack,
+    delivery_counts,
     eventually,
+    nonzero,
     webhook_stack,
 )
 from tests.fixtures.servers import WebhookReceiver
@@ -139,8 +141,10 @@ async def test_batch_starts_journey_and_webhook_gets_one_signed_request(stack: S
     await eventually(counted)
     assert len(receiver.received) == 1
     stats = (await api.http.get("/v1/campaigns/cart-e2e/stats", headers=ADMIN)).json()
-    assert stats["entered"] == 1 and stats["journeys"] == {"converted": 1}
-    assert stats["deliveries"] == {"sent": 1} and stats["conversion_rate"] == 1.0
+    funnel = stats["funnel"]
+    assert funnel["entered"] == 1 and nonzero(stats["journeys"]) == {"converted": 1}
+    assert delivery_counts(stats) == {"sent": 1} and funnel["conversion_rate"] == 1.0
+    assert funnel["converted"] == 1 and funnel["goal_without_message"] == 0
 
 
 async def test_bad_write_key_and_oversized_event_are_refused(stack: Stack):
@@ -226,7 +230,7 @@ async def test_cli_drives_a_sandbox_journey(stack: Stack, tmp_path: Path):
         stats = await asyncio.to_thread(nudge, api, tmp_path, "campaigns", "stats", "welcome-e2e")
         assert stats.returncode == 0, stats.stderr
         figures = json.loads(stats.stdout)
-        assert figures["journeys"] == {"completed": 1}
+        assert nonzero(figures["journeys"]) == {"completed": 1}
         return figures
 
     figures = await eventually(done, timeout=30)
@@ -273,5 +277,6 @@ async def test_an_unsubscribed_user_gets_nothing_and_the_suppression_is_recorded
 
     await eventually(suppressed, timeout=30)
     stats = (await api.http.get("/v1/campaigns/cart-e2e/stats", headers=ADMIN)).json()
-    assert stats["deliveries"] == {"suppressed": 1}
+    assert delivery_counts(stats) == {"suppressed": 1}
+    assert stats["funnel"]["suppressed_by_reason"] == {"unsubscribed": 1}
     assert receiver.received == []  # nothing reached the provider

@@ -26,8 +26,10 @@ from core.journey import (
     ACTIVITY_CHECK_POLICY,
     ACTIVITY_DELIVER,
     ACTIVITY_FAIL_DELIVERY,
+    ACTIVITY_HOLD_OUT,
     ACTIVITY_LOAD_PROFILE,
     ACTIVITY_RECORD_OUTCOME,
+    ACTIVITY_RECORD_VARIANT,
     ACTIVITY_RESOLVE_WAIT,
     QUERY_STATE,
     SIGNAL_EVENT,
@@ -37,6 +39,7 @@ from core.journey import (
     DeliveryFailure,
     DeliveryStatus,
     ExitRequest,
+    HoldOut,
     JourneyInput,
     JourneyOutcome,
     JourneyState,
@@ -46,6 +49,7 @@ from core.journey import (
     PolicyRequest,
     Profile,
     ProfileRequest,
+    VariantTaken,
     WaitRequest,
     WaitResolution,
     idempotency_key,
@@ -98,6 +102,8 @@ class ActivityDoubles:
         """When set, recording the outcome waits for it: the journey has ended, its workflow
         still runs."""
         self.recording = asyncio.Event()
+        self.variants: list[VariantTaken] = []
+        self.held_out: list[HoldOut] = []
 
     def all(self, **real: Callable[..., Any]) -> list[Callable[..., Any]]:
         """The doubles to register, any of them replaced by a real activity given by the
@@ -109,6 +115,8 @@ class ActivityDoubles:
             "record_outcome": self.record_outcome,
             "check_policy": self.check_policy,
             "resolve_wait": self.resolve_wait,
+            "record_variant": self.record_variant,
+            "hold_out": self.hold_out,
         }
         unknown = set(real) - set(doubles)
         assert not unknown, f"no double named {sorted(unknown)}"
@@ -170,6 +178,14 @@ class ActivityDoubles:
         if self.outcome_gate is not None:
             await self.outcome_gate.wait()
         self.outcomes.append(outcome)
+
+    @activity.defn(name=ACTIVITY_RECORD_VARIANT)
+    async def record_variant(self, taken: VariantTaken) -> None:
+        self.variants.append(taken)
+
+    @activity.defn(name=ACTIVITY_HOLD_OUT)
+    async def hold_out(self, request: HoldOut) -> None:
+        self.held_out.append(request)
 
     @activity.defn(name=ACTIVITY_LOAD_PROFILE)
     async def load_profile(self, request: ProfileRequest) -> Profile:

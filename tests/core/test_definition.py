@@ -23,6 +23,7 @@ from core.definition import (
     JourneyPlan,
     ReEntry,
     SendStep,
+    SplitStep,
     WaitForStep,
     WaitStep,
     parse_campaign,
@@ -146,8 +147,12 @@ def test_cart_abandonment_example_is_the_reference_scenario() -> None:
     assert definition.re_entry is ReEntry.after_exit
     first = definition.step(definition.start_step)
     assert isinstance(first, WaitStep) and first.duration == timedelta(hours=24)
-    reminder = definition.step(first.next or "")
-    assert isinstance(reminder, SendStep) and reminder.channel == "sandbox"
+    split = definition.step(first.next or "")
+    assert isinstance(split, SplitStep) and [v.name for v in split.variants] == ["coupon", "plain"]
+    for variant in split.variants:
+        reminder = definition.step(variant.next or "")
+        assert isinstance(reminder, SendStep) and reminder.channel == "sandbox"
+    assert definition.holdout == 0.1 and definition.attribution.window == timedelta(days=3)
     # The goal ends the journey in any step, so the order is never waited for in a step.
     assert "Order Completed" in definition.plan().event_names()
 

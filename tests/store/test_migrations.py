@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import Any
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -96,3 +97,177 @@ async def test_downgrade_to_base_and_back(blank_database_url: str) -> None:
 async def test_sqlite_url_fixture_is_migrated(sqlite_url: str) -> None:
     assert sqlite_url.startswith("sqlite+aiosqlite:///")
     assert await _revision(sqlite_url) == _head()
+
+
+async def test_the_funnel_starts_from_what_was_recorded_before_the_aggregates(
+    blank_database_url: str,
+) -> None:
+    """Upgrading to 0005 counts the journeys and deliveries already recorded, into the same
+    hourly rows later counts add to."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import JSON, Integer, String, column, insert, table
+
+    from api.stats import campaign_funnel
+    from core.stats import SENT
+    from store.db import session_factory
+    from store.models import UTCDateTime
+    from store.stats import Bump, bump
+    from tests.store.test_attribution import campaign
+
+    def to_0004(connection: Connection) -> None:
+        config = alembic_config(blank_database_url)
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0004")
+
+    def old(table_name: str, /, **types: Any) -> Any:
+        return table(table_name, *(column(n, t) for n, t in types.items()))
+
+    at = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
+    definition = campaign()
+    await migrate(blank_database_url)
+    engine = create_engine(blank_database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(to_0004)
+            text_, time_, int_ = String(), UTCDateTime(), Integer()
+            await connection.execute(
+                insert(
+                    old(
+                        "campaigns",
+                        id=text_,
+                        name=text_,
+                        status=text_,
+                        current_version=int_,
+                        created_at=time_,
+                        updated_at=time_,
+                    )
+                ),
+                [
+                    dict(
+                        id="cart",
+                        name="Cart",
+                        status="active",
+                        current_version=1,
+                        created_at=at,
+                        updated_at=at,
+                    )
+                ],
+            )
+            await connection.execute(
+                insert(
+                    old(
+                        "campaign_versions",
+                        campaign_id=text_,
+                        version=int_,
+                        definition=JSON(),
+                        definition_hash=text_,
+                        created_at=time_,
+                    )
+                ),
+                [
+                    dict(
+                        campaign_id="cart",
+                        version=1,
+                        definition=definition.model_dump(mode="json", by_alias=True),
+                        definition_hash="x",
+                        created_at=at,
+                    )
+                ],
+            )
+            await connection.execute(
+                insert(
+                    old(
+                        "journey_entries",
+                        campaign_id=text_,
+                        campaign_version=int_,
+                        user_id=text_,
+                        workflow_id=text_,
+                        run_id=text_,
+                        entry_message_id=text_,
+                        entered_at=time_,
+                        status=text_,
+                        ended_at=time_,
+                    )
+                ),
+                [
+                    dict(
+                        campaign_id="cart",
+                        campaign_version=1,
+                        user_id=f"u{i}",
+                        workflow_id=f"journey/cart/u{i}",
+                        run_id=f"r{i}",
+                        entry_message_id=f"m{i}",
+                        entered_at=at,
+                        status="converted" if i == 0 else "running",
+                        ended_at=at + timedelta(hours=1) if i == 0 else None,
+                    )
+                    for i in range(3)
+                ],
+            )
+            rows = [
+                ("sent", None),
+                ("sent", None),
+                ("failed", "smtp said no"),
+                ("suppressed", "cap: 3 messages per 24h"),
+            ]
+            await connection.execute(
+                insert(
+                    old(
+                        "deliveries",
+                        idempotency_key=text_,
+                        workflow_id=text_,
+                        campaign_id=text_,
+                        campaign_version=int_,
+                        step_id=text_,
+                        visit=int_,
+                        channel=text_,
+                        user_id=text_,
+                        status=text_,
+                        attempts=int_,
+                        error=text_,
+                        created_at=time_,
+                        updated_at=time_,
+                        sent_at=time_,
+                    )
+                ),
+                [
+                    dict(
+                        idempotency_key=f"k{i}",
+                        workflow_id="w",
+                        campaign_id="cart",
+                        campaign_version=1,
+                        step_id="remind",
+                        visit=1,
+                        channel="sandbox",
+                        user_id=f"u{i}",
+                        status=status,
+                        attempts=1,
+                        error=error,
+                        created_at=at,
+                        updated_at=at,
+                        sent_at=at if status == "sent" else None,
+                    )
+                    for i, (status, error) in enumerate(rows)
+                ],
+            )
+    finally:
+        await engine.dispose()
+    await migrate(blank_database_url)
+
+    engine = create_engine(blank_database_url)
+    try:
+        sessions = session_factory(engine)
+        async with sessions() as session, session.begin():
+            # A send counted after the upgrade, in the same hour, adds to the same row.
+            await bump(session, Bump("cart", 1, SENT, at + timedelta(minutes=10), step_id="remind"))
+        async with sessions() as session:
+            found = await campaign_funnel(session, campaign_id="cart")
+    finally:
+        await engine.dispose()
+    funnel = found.funnel
+    assert (funnel.entered, funnel.sent, funnel.delivered, funnel.failed) == (3, 3, 2, 1)
+    assert funnel.suppressed_by_reason == {"frequency_cap": 1}
+    assert (found.journeys.converted, found.journeys.running) == (1, 2)
+    [step] = found.steps
+    assert step.step_id == "remind" and step.funnel.sent == 3

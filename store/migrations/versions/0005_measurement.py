@@ -93,6 +93,48 @@ def upgrade() -> None:
         ),
     )
     op.create_index("ix_conversions_campaign_at", "conversions", ["campaign_id", "at"])
+    backfill_counts()
+
+
+# What existed before the aggregates, counted into them once, so a campaign's funnel does not
+# start from zero on upgrade. (Conversions then were not attributed to messages: they show
+# as journeys ended `converted`, not as the campaign's conversions.)
+SUPPRESSION_CATEGORY = """CASE
+    WHEN error LIKE 'unsubscribed%' THEN 'suppressed:unsubscribed'
+    WHEN error LIKE 'suppressed on%' THEN 'suppressed:suppression_list'
+    WHEN error LIKE 'cap:%' THEN 'suppressed:frequency_cap'
+    WHEN error LIKE 'quiet hours%' OR error LIKE 'still deferred%' THEN 'suppressed:quiet_hours'
+    ELSE 'suppressed:other' END"""
+
+
+def backfill_counts() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+
+        def hour(column: str) -> str:
+            return f"date_trunc('hour', {column})"
+
+    else:
+
+        def hour(column: str) -> str:
+            # As SQLAlchemy writes a SQLite DATETIME, so later bumps meet the same rows.
+            return f"strftime('%Y-%m-%d %H:00:00.000000', {column})"
+
+    sources = [
+        ("journey_entries", "''", "'entered'", "entered_at", "1 = 1"),
+        ("journey_entries", "''", "'ended:' || status", "ended_at", "ended_at IS NOT NULL"),
+        ("deliveries", "step_id", "'sent'", "sent_at", "status = 'sent'"),
+        ("deliveries", "step_id", "'delivered'", "sent_at", "status = 'sent'"),
+        ("deliveries", "step_id", "'failed'", "updated_at", "status = 'failed'"),
+        ("deliveries", "step_id", SUPPRESSION_CATEGORY, "created_at", "status = 'suppressed'"),
+    ]
+    for table, step, metric, at, where in sources:
+        op.execute(
+            f"""INSERT INTO campaign_counts
+                (campaign_id, campaign_version, step_id, variant, metric, hour, count, amount)
+            SELECT campaign_id, campaign_version, {step}, '', {metric}, {hour(at)}, COUNT(*), 0
+            FROM {table} WHERE {where} AND {at} IS NOT NULL
+            GROUP BY 1, 2, 3, 5, 6"""
+        )
 
 
 def downgrade() -> None:

@@ -195,7 +195,8 @@ async def _run(url: str, backend: str, users: int, count: int, seed: int) -> Fig
 
 
 @asynccontextmanager
-async def _postgres(server_url: str) -> AsyncIterator[str]:
+async def scratch_postgres(server_url: str) -> AsyncIterator[str]:
+    """A database made for one bench run on the server at `server_url`, dropped after."""
     name = f"nudge_bench_{secrets.token_hex(4)}"
     admin = create_async_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:
@@ -233,7 +234,7 @@ async def _main(args: argparse.Namespace) -> None:
         url = f"sqlite+aiosqlite:///{Path(directory) / 'bench.db'}"
         print(render(await _run(url, "SQLite", args.users, args.events, args.seed)))
     if args.postgres:
-        async with _postgres(args.postgres) as url:
+        async with scratch_postgres(args.postgres) as url:
             print(render(await _run(url, "PostgreSQL", args.users, args.events, args.seed)))
 
 

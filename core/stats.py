@@ -59,6 +59,11 @@ def suppression_metric(reason: str) -> str:
     return SUPPRESSED + "other"
 
 
+ALL_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+"""The `hour` of the rows that count over all time: every count goes to its hour's row and
+to this one, so a funnel with no time range reads a few rows however long the history."""
+
+
 def hour_of(at: datetime) -> datetime:
     """The aggregate's bucket: the UTC hour `at` falls in."""
     return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)

@@ -242,6 +242,7 @@ class CampaignCount(Base):
     so a funnel is a read of a few rows, never a scan of deliveries."""
 
     __tablename__ = "campaign_counts"
+    __table_args__ = (Index("ix_campaign_counts_campaign_hour", "campaign_id", "hour"),)
 
     campaign_id: Mapped[str] = mapped_column(String(63), primary_key=True)
     campaign_version: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.stats import NO_STEP, NO_VARIANT, CountRow, hour_of
+from core.stats import ALL_TIME, NO_STEP, NO_VARIANT, CountRow, hour_of
 from store.db import dialect_insert
 from store.models import CampaignCount
 
@@ -37,17 +37,17 @@ async def bump(session: AsyncSession, *bumps: Bump) -> None:
     count is recorded. Bumps of one row are summed first, so a row is written once."""
     merged: dict[tuple[str, int, str, str, str, datetime], list[float]] = {}
     for b in bumps:
-        key = (
+        row = (
             b.campaign_id,
             b.campaign_version,
             b.step_id or NO_STEP,
             b.variant or NO_VARIANT,
             b.metric,
-            hour_of(b.at),
         )
-        total = merged.setdefault(key, [0, 0.0])
-        total[0] += b.count
-        total[1] += b.amount
+        for hour in (hour_of(b.at), ALL_TIME):
+            total = merged.setdefault((*row, hour), [0, 0.0])
+            total[0] += b.count
+            total[1] += b.amount
     if not merged:
         return
     table = CampaignCount.__table__
@@ -76,7 +76,7 @@ async def count_rows(
     until: datetime | None = None,
 ) -> list[CountRow]:
     """The campaign's counts summed over the hours in [since, until) (whole hours: `since`
-    rounds down to its hour, `until` up)."""
+    rounds down to its hour, `until` up); with neither, the all-time rows."""
     c = CampaignCount
     statement = (
         select(
@@ -113,14 +113,21 @@ async def series(
         .group_by(c.hour, c.metric)
         .order_by(c.hour)
     )
-    statement = _in_range(statement, since, until)
+    statement = _in_range(statement, since, until, totals=False)
     return [
         (hour, metric, int(n or 0), float(amount or 0.0))
         for hour, metric, n, amount in (await session.execute(statement)).all()
     ]
 
 
-def _in_range(statement: Any, since: datetime | None, until: datetime | None) -> Any:
+def _in_range(
+    statement: Any, since: datetime | None, until: datetime | None, *, totals: bool = True
+) -> Any:
+    """Hours in [since, until); with neither, the all-time rows (unless `totals` is False:
+    a series is by hour)."""
+    if totals and since is None and until is None:
+        return statement.where(CampaignCount.hour == ALL_TIME)
+    statement = statement.where(CampaignCount.hour > ALL_TIME)
     if since is not None:
         statement = statement.where(CampaignCount.hour >= hour_of(since))
     if until is not None:

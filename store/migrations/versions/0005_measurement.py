@@ -66,6 +66,8 @@ def upgrade() -> None:
             name="pk_campaign_counts",
         ),
     )
+    # A funnel reads one campaign's all-time rows, or its hours in a range.
+    op.create_index("ix_campaign_counts_campaign_hour", "campaign_counts", ["campaign_id", "hour"])
     op.create_table(
         "conversions",
         sa.Column("id", BIG_ID, autoincrement=True, nullable=False),
@@ -113,11 +115,15 @@ def backfill_counts() -> None:
         def hour(column: str) -> str:
             return f"date_trunc('hour', {column})"
 
+        all_time = "TIMESTAMPTZ '1970-01-01 00:00:00+00'"
+
     else:
 
         def hour(column: str) -> str:
             # As SQLAlchemy writes a SQLite DATETIME, so later bumps meet the same rows.
             return f"strftime('%Y-%m-%d %H:00:00.000000', {column})"
+
+        all_time = "'1970-01-01 00:00:00.000000'"
 
     sources = [
         ("journey_entries", "''", "'entered'", "entered_at", "1 = 1"),
@@ -135,11 +141,19 @@ def backfill_counts() -> None:
             FROM {table} WHERE {where} AND {at} IS NOT NULL
             GROUP BY 1, 2, 3, 5, 6"""
         )
+    # And the all-time rows (hour 1970-01-01) a funnel without a time range reads.
+    op.execute(
+        f"""INSERT INTO campaign_counts
+            (campaign_id, campaign_version, step_id, variant, metric, hour, count, amount)
+        SELECT campaign_id, campaign_version, step_id, variant, metric, {all_time}, SUM(count), 0
+        FROM campaign_counts GROUP BY 1, 2, 3, 4, 5"""
+    )
 
 
 def downgrade() -> None:
     op.drop_index("ix_conversions_campaign_at", table_name="conversions")
     op.drop_table("conversions")
+    op.drop_index("ix_campaign_counts_campaign_hour", table_name="campaign_counts")
     op.drop_table("campaign_counts")
     op.drop_index("ix_deliveries_provider_message_id", table_name="deliveries")
     op.drop_index("ix_deliveries_campaign_id_id", table_name="deliveries")

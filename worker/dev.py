@@ -72,6 +72,7 @@ def banner(settings: Settings, options: DevOptions, applied: list[str]) -> str:
 Nudge is running (embedded: Temporal dev server + SQLite, sandbox channel).
 
   API            {api}          (docs: {api}/docs)
+  dashboard      {api}/dashboard    (log in with the admin token below)
   Temporal UI    {ui}/namespaces/default/workflows?query={query}
   write key      {settings.write_key}
   admin token    {settings.admin_token}
@@ -145,6 +146,8 @@ async def run_dev(
             raise SystemExit(str(exc)) from exc
         # The launcher owns the dev server: the stack talks to the port it started it on.
         update = {"temporal_address": server.address}
+        if server.ui_url:
+            update["temporal_ui_url"] = server.ui_url  # the dashboard links journeys there
         if server.ui_url and server.ui_url not in settings.codec_origins:
             # The UI decodes through the API from the browser: its origin must be allowed.
             update["codec_cors_origins"] = ",".join([*settings.codec_origins, server.ui_url])

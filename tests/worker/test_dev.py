@@ -245,6 +245,7 @@ def test_nudge_dev_command_starts_and_stops_on_ctrl_c_or_a_closed_terminal(
         assert "cart-abandonment (v1)" in dev.banner and "welcome-series (v1)" in dev.banner
         assert "segments       loyal-buyers (v1), shanghai (v1), digest-readers (v1)" in dev.banner
         assert "/v1/triggers/rain" in dev.banner
+        assert "/dashboard" in dev.banner
         assert running(dev.temporal_server())
         dev.process.send_signal(stop)
         rest, _ = dev.process.communicate(timeout=STOPPED_WITHIN)

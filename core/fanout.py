@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -73,7 +74,7 @@ class FanOutInput(BaseModel):
     occurrence: str
     """`trigger/{name}/{id}` or `schedule/{campaign}/{time}`: names the journeys' entries."""
     entry_name: str
-    properties: dict = Field(default_factory=dict)
+    properties: dict[str, Any] = Field(default_factory=dict)
     """The trigger's properties: the entry event's, for conditions and templates."""
     fired_at: datetime
     targets: list[FanOutTarget]
@@ -85,7 +86,7 @@ class FanOutInput(BaseModel):
 class PageRequest(BaseModel):
     occurrence: str
     entry_name: str
-    properties: dict = Field(default_factory=dict)
+    properties: dict[str, Any] = Field(default_factory=dict)
     fired_at: datetime
     target: FanOutTarget
     after: str | None = None

@@ -277,8 +277,8 @@ def _groups(
         control_name = names[0] if names else None
         control = groups.get((split, control_name)) if control_name else None
         for name in names:
-            funnel = groups.get((split, name))
-            if funnel is None:
+            found = groups.get((split, name))
+            if found is None:
                 continue
             baselines: list[tuple[str, Funnel]] = []
             if holdout is not None:
@@ -286,7 +286,7 @@ def _groups(
             if control is not None and name != control_name and control_name is not None:
                 baselines.append((control_name, control))
             out.append(
-                GroupFunnel(group=name, split=split, funnel=funnel, lift=_lifts(funnel, baselines))
+                GroupFunnel(group=name, split=split, funnel=found, lift=_lifts(found, baselines))
             )
     return out
 

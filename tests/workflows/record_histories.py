@@ -32,6 +32,7 @@ from core.journey import (
 from store.db import create_engine, migrate, session_factory
 from temporal.servers import time_skipping_server
 from tests.fixtures.dst import eu_spring_forward, next_year
+from tests.workflows.test_experiments import AB, users_for
 from tests.workflows.test_journey import (
     BRANCHY,
     CART,
@@ -151,6 +152,17 @@ async def record(sessions) -> None:
             h = await start(env.client, queue, BRANCHY, user="replay-profile-failed")
             await h.result()
             runs["profile_failed"] = h
+            doubles.broken.clear()
+            # A split: the hashed variant is recorded, then its message sent.
+            [user] = users_for(holdout=False, variant="coupon")
+            h = await start(env.client, queue, AB, user=user)
+            await h.result()
+            runs["split_variant"] = h
+            # The holdout: the send is held out (recorded, not delivered), the goal counted.
+            [user] = users_for(holdout=True, variant="plain")
+            h = await start(env.client, queue, AB, user=user)
+            await h.result()
+            runs["holdout"] = h
             for name, handle in runs.items():
                 path = HISTORIES / f"{name}.json"
                 if path.exists():

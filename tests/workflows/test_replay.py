@@ -86,6 +86,18 @@ GUARDED: dict[str, Callable[[WorkflowHistory], bool]] = {
     "profile_failed": lambda h: (
         kinds(h)["activity_task_failed"] == 1 and activities(h)[-1] == "record_outcome"
     ),
+    # A split: the variant recorded, its message sent.
+    "split_variant": lambda h: (
+        activities(h)
+        == [
+            "record_variant",
+            "check_policy",
+            "deliver",
+            "record_outcome",
+        ]
+    ),
+    # The holdout: no policy, no delivery; the send held out, and the split not counted.
+    "holdout": lambda h: activities(h) == ["hold_out", "record_outcome"],
 }
 """The behaviours the recorded histories guard, and how each history shows its own."""
 

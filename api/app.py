@@ -19,7 +19,15 @@ from api.limits import BodyLimit, RequestGuard, endpoint_routes, is_admin_route
 from api.methods import add_method_answers
 from api.relay import Relay
 from api.router import EventRouter
-from api.routes import api_router, campaigns, codec, subscriptions, tracking, triggers
+from api.routes import (
+    api_router,
+    campaigns,
+    codec,
+    provider_webhooks,
+    subscriptions,
+    tracking,
+    triggers,
+)
 from api.segment_index import SegmentIndexLoader
 from core.config import Settings
 from core.events import MAX_BATCH_BYTES
@@ -42,6 +50,8 @@ BODY_LIMITS: dict[str, BodyLimit] = {
     "/v1/campaigns/{campaign_id}/preview": BodyLimit(campaigns.MAX_DEFINITION_BYTES),
     "/v1/segments": BodyLimit(campaigns.MAX_DEFINITION_BYTES),
     "/v1/webhooks/twilio/sms": BodyLimit(subscriptions.MAX_WEBHOOK_BYTES),
+    "/v1/webhooks/twilio/status": BodyLimit(provider_webhooks.MAX_TWILIO_STATUS_BYTES),
+    "/v1/webhooks/sendgrid": BodyLimit(provider_webhooks.MAX_SENDGRID_BYTES),
     "/v1/triggers/{name}": BodyLimit(triggers.MAX_TRIGGER_BYTES),
     # The codec answers its own 413, with the CORS headers the Temporal UI needs to read it.
     "/codec/decode": BodyLimit(codec.MAX_BODY_BYTES, route_refuses=True),

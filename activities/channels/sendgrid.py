@@ -33,6 +33,9 @@ class SendGridProvider(Provider):
     """
 
     channel = "email"
+    reports_delivery = True
+    """SendGrid's Event Webhook (api/routes/provider_webhooks.py) says when the receiving
+    server took the message; 202 only means SendGrid queued it."""
 
     def __init__(
         self,

@@ -19,6 +19,8 @@ from core.config import Settings
 from core.sms import count_segments
 
 PROVIDER = "twilio"
+STATUS_PATH = "/v1/webhooks/twilio/status"
+"""Nudge's route for Twilio's status callbacks (api/routes/provider_webhooks.py)."""
 
 
 class TwilioProvider(Provider):
@@ -33,6 +35,9 @@ class TwilioProvider(Provider):
     """
 
     channel = "sms"
+    reports_delivery = True
+    """Twilio's status callbacks (api/routes/provider_webhooks.py) say when the carrier
+    delivered the message; 201 only means Twilio queued it."""
 
     def __init__(
         self,
@@ -42,6 +47,7 @@ class TwilioProvider(Provider):
         account_sid: str,
         auth_token: str,
         sender: str,
+        public_url: str | None = None,
     ):
         self._client = client
         self._url = (
@@ -52,6 +58,8 @@ class TwilioProvider(Provider):
         # A Messaging Service SID (MG…) lets Twilio pick the sender from its pool.
         self._sender_field = "MessagingServiceSid" if sender.startswith("MG") else "From"
         self._sender = sender
+        self._status_url = f"{public_url.rstrip('/')}{STATUS_PATH}" if public_url else None
+        """Where Twilio reports the message's status; None asks for no report."""
 
     @classmethod
     def from_settings(cls, settings: Settings, http: httpx.AsyncClient) -> TwilioProvider:
@@ -71,7 +79,17 @@ class TwilioProvider(Provider):
             account_sid=account_sid,
             auth_token=auth_token,
             sender=sender,
+            public_url=settings.public_url,
         )
+
+    def form(self, message: OutgoingMessage, to: str) -> dict[str, str]:
+        """The Messages API form for one message to `to`."""
+        form = {"To": to, self._sender_field: self._sender, "Body": message.body}
+        if self._status_url:
+            # The delivery's id rides in the URL, which Twilio signs: its reports find the
+            # delivery even before `deliver` has recorded the SID Twilio answered with.
+            form["StatusCallback"] = f"{self._status_url}?delivery_id={message.delivery_id}"
+        return form
 
     async def send(self, message: OutgoingMessage) -> Receipt:
         to = address(message, "phone", "sms")
@@ -80,7 +98,7 @@ class TwilioProvider(Provider):
                 self._client,
                 PROVIDER,
                 self._url,
-                data={"To": to, self._sender_field: self._sender, "Body": message.body},
+                data=self.form(message, to),
                 auth=self._auth,
                 headers={"idempotency-key": message.idempotency_key},
             )

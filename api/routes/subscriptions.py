@@ -9,12 +9,8 @@ fetch URLs); only a POST — the page's button, or a mailbox provider's one-clic
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import html
 import logging
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl
 
@@ -24,7 +20,8 @@ from pydantic import BaseModel, Field
 
 from api.deps import AdminDep, SessionDep, SettingsDep
 from api.schemas import Message
-from core.config import Environment, Settings
+from api.twilio import check_twilio_headers, verify_twilio
+from core.config import Settings
 from core.definition import SLUG, Channel
 from core.events import StoredUserId
 from core.links import LinkError, UnsubscribeLink, read_token
@@ -133,48 +130,6 @@ async def unsubscribe(token: str, settings: SettingsDep, session: SessionDep) ->
 # -- SMS: STOP and START through Twilio -----------------------------------------------------
 
 
-def twilio_signature(auth_token: str, url: str, params: Iterable[tuple[str, str]]) -> str:
-    """Twilio's `X-Twilio-Signature`: base64 HMAC-SHA1, keyed with the auth token, of the
-    URL Twilio called followed by every POST parameter's name and value, sorted by name."""
-    data = url + "".join(name + value for name, value in sorted(params))
-    digest = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
-    return base64.b64encode(digest).decode()
-
-
-def _signed_urls(request: Request, settings: Settings) -> list[str]:
-    """The URLs Twilio may have signed: the one configured for it (`public_url` + path),
-    and the one this request arrived at (no proxy in between)."""
-    query = f"?{request.url.query}" if request.url.query else ""
-    configured = f"{settings.public_url.rstrip('/')}{request.url.path}{query}"
-    return list(dict.fromkeys([configured, str(request.url)]))
-
-
-def _check_twilio_headers(request: Request, settings: Settings) -> None:
-    """What can be refused before the body is read: the signature covers the body, but
-    whether one is needed, and sent, is in the headers."""
-    if not settings.twilio_auth_token:
-        if settings.environment is Environment.production:
-            # Unsigned, anyone could opt any number in or out.
-            raise HTTPException(
-                status.HTTP_403_FORBIDDEN,
-                "set NUDGE_TWILIO_AUTH_TOKEN to accept Twilio webhooks in production",
-            )
-        return
-    if not request.headers.get("x-twilio-signature"):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "X-Twilio-Signature is missing")
-
-
-def _verify_twilio(request: Request, settings: Settings, params: list[tuple[str, str]]) -> None:
-    token = settings.twilio_auth_token
-    if not token:
-        return  # allowed outside production by `_check_twilio_headers`
-    given = request.headers.get("x-twilio-signature", "")
-    for url in _signed_urls(request, settings):
-        if hmac.compare_digest(twilio_signature(token, url, params).encode(), given.encode()):
-            return
-    raise HTTPException(status.HTTP_403_FORBIDDEN, "X-Twilio-Signature does not match")
-
-
 TWILIO_FORM = {
     "requestBody": {
         "required": True,
@@ -207,12 +162,12 @@ async def twilio_sms(request: Request, settings: SettingsDep, session: SessionDe
     """STOP (STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT) unsubscribes every user whose `phone`
     trait is the sender from all `sms` groups; START or UNSTOP subscribes them again. Any
     other text is ignored. The answer is empty TwiML: Twilio sends its own confirmation."""
-    _check_twilio_headers(request, settings)
+    check_twilio_headers(request, settings)
     # The request guard (api.limits) streams this body with a cap of MAX_WEBHOOK_BYTES and
     # answers 413 past it: the whole of a larger one is never read, signed or not.
     raw = await request.body()
     params = parse_qsl(raw.decode("utf-8", errors="replace"), keep_blank_values=True)
-    _verify_twilio(request, settings, params)
+    verify_twilio(request, settings, params)
     form = dict(params)
     sender = form.get("From", "").strip()
     word = form.get("Body", "").strip().upper()

@@ -97,6 +97,7 @@ def settings_for(twilio: ProviderDouble, fcm: ProviderDouble, **overrides: Any) 
         "twilio_url": twilio.base_url,
         "twilio_account_sid": ACCOUNT_SID,
         "twilio_auth_token": AUTH_TOKEN,
+        "public_url": "https://nudge.example",
         "push_provider": "fcm",
         "fcm_url": fcm.base_url,
         "fcm_project_id": FCM_PROJECT,
@@ -177,6 +178,10 @@ async def test_sms_is_a_form_post_with_basic_auth_and_a_receipt(activities, twil
         "To": ["+4915112345678"],
         "From": [SENDER],
         "Body": ["Hi Ada, your Umbrella waits"],
+        # Twilio reports delivery to Nudge's status webhook, at the public URL.
+        "StatusCallback": [
+            f"https://nudge.example/v1/webhooks/twilio/status?delivery_id={result.delivery_id}"
+        ],
     }
     assert result.provider_message_id == twilio.respond.sids[0]
     row = await delivery_row(sessions, req)

@@ -9,7 +9,8 @@ from urllib.parse import urlencode
 
 import pytest
 
-from api.routes.subscriptions import EMPTY_TWIML, twilio_signature
+from api.routes.subscriptions import EMPTY_TWIML
+from api.twilio import twilio_signature
 from core.links import make_token
 from store.profiles import merge_traits
 from store.subscriptions import add_suppression, list_subscriptions, unsubscribed_from

@@ -33,9 +33,6 @@ class SendGridProvider(Provider):
     """
 
     channel = "email"
-    reports_delivery = True
-    """SendGrid's Event Webhook (api/routes/provider_webhooks.py) says when the receiving
-    server took the message; 202 only means SendGrid queued it."""
 
     def __init__(
         self,
@@ -45,7 +42,12 @@ class SendGridProvider(Provider):
         api_key: str,
         sender: str,
         extra_headers: HeaderHook | None = None,
+        reports_delivery: bool = True,
     ):
+        self.reports_delivery = reports_delivery
+        """With the Event Webhook set up (api/routes/provider_webhooks.py), SendGrid says
+        when the receiving server took the message (202 only means it queued it); without
+        it, accepted counts as delivered, or nothing ever would."""
         self._client = client
         self._url = url
         self._api_key = api_key
@@ -75,6 +77,7 @@ class SendGridProvider(Provider):
             api_key=api_key,
             sender=settings.email_from,
             extra_headers=extra_headers,
+            reports_delivery=bool(settings.sendgrid_webhook_public_key),
         )
 
     def payload(self, message: OutgoingMessage) -> dict[str, Any]:

@@ -35,9 +35,6 @@ class TwilioProvider(Provider):
     """
 
     channel = "sms"
-    reports_delivery = True
-    """Twilio's status callbacks (api/routes/provider_webhooks.py) say when the carrier
-    delivered the message; 201 only means Twilio queued it."""
 
     def __init__(
         self,
@@ -60,6 +57,10 @@ class TwilioProvider(Provider):
         self._sender = sender
         self._status_url = f"{public_url.rstrip('/')}{STATUS_PATH}" if public_url else None
         """Where Twilio reports the message's status; None asks for no report."""
+        self.reports_delivery = self._status_url is not None
+        """Twilio's status callbacks (api/routes/provider_webhooks.py) say when the carrier
+        delivered the message (201 only means Twilio queued it); asked for none, accepted
+        counts as delivered."""
 
     @classmethod
     def from_settings(cls, settings: Settings, http: httpx.AsyncClient) -> TwilioProvider:

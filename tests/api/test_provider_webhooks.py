@@ -626,7 +626,6 @@ def message(delivery_id: int) -> OutgoingMessage:
 
 async def test_twilio_is_asked_to_report_to_the_status_webhook(api: RunningApi) -> None:
     """The provider's StatusCallback, posted back as Twilio would sign it, is recorded."""
-    assert TwilioProvider.reports_delivery and SendGridProvider.reports_delivery
     delivery = await sent(api, "texts", provider_message_id=None)
     double = keyless(TwilioResponder()).start()
     try:
@@ -638,7 +637,8 @@ async def test_twilio_is_asked_to_report_to_the_status_webhook(api: RunningApi) 
             }
         )
         async with httpx.AsyncClient(timeout=5) as http:
-            await TwilioProvider.from_settings(settings, http).send(message(delivery.id))
+            configured = TwilioProvider.from_settings(settings, http)
+            await configured.send(message(delivery.id))
             unconfigured = TwilioProvider(
                 http,
                 base_url=double.base_url,
@@ -647,6 +647,21 @@ async def test_twilio_is_asked_to_report_to_the_status_webhook(api: RunningApi) 
                 sender=SENDER,
             )
             await unconfigured.send(message(delivery.id))
+            # Delivery is left to the callback only when one is asked for; likewise
+            # SendGrid's to its Event Webhook, only when its key is set.
+            assert configured.reports_delivery and not unconfigured.reports_delivery
+            sendgrid = {
+                "sendgrid_api_key": "k",
+                "sendgrid_url": double.base_url,
+                "sendgrid_webhook_public_key": None,
+            }
+            assert not SendGridProvider.from_settings(
+                settings.model_copy(update=sendgrid), http
+            ).reports_delivery
+            keyed = {**sendgrid, "sendgrid_webhook_public_key": "a-key"}
+            assert SendGridProvider.from_settings(
+                settings.model_copy(update=keyed), http
+            ).reports_delivery
     finally:
         double.close()
     first, second = (parse_qs(r.body.decode()) for r in double.received)

@@ -53,17 +53,20 @@ def event_message_id(delivery_id: int, kind: EngagementKind, key: str = "") -> s
 
 
 MACHINE_CLICK_WITHIN = timedelta(seconds=2)
-"""A click this soon after the message was delivered is a link scanner's, not a person's:
-nobody opens, reads and clicks that fast."""
+"""A click this soon after the message was sent is a link scanner's, not a person's:
+nobody opens, reads and clicks that fast (settings: `machine_click_seconds`)."""
 MACHINE_OPEN_WITHIN = timedelta(seconds=1)
+"""An open this soon after sending is a mail proxy's or a gateway's fetching the images
+as the message arrives (settings: `machine_open_seconds`)."""
 
 _MACHINE_AGENTS = re.compile(
     "|".join(
         (
             r"GoogleImageProxy",  # Gmail's image proxy fetches every image it shows
             r"YahooMailProxy",
-            r"Mozilla/5\.0$",  # Apple Mail Privacy Protection's bare agent
+            r"^Mozilla/5\.0$",  # Apple Mail Privacy Protection's bare agent
             r"Microsoft Office/.*Outlook",  # Outlook's link previews
+            r"BingPreview",
             r"Barracuda",
             r"Mimecast",
             r"Proofpoint",
@@ -72,8 +75,12 @@ _MACHINE_AGENTS = re.compile(
             r"[Ss]canner",
             r"[Ss]pider",
             r"[Cc]rawler",
+            r"facebookexternalhit",
             r"python-requests",
+            r"python-httpx",
+            r"aiohttp",
             r"curl/",
+            r"Wget",
             r"Go-http-client",
             r"HeadlessChrome",
         )
@@ -82,15 +89,23 @@ _MACHINE_AGENTS = re.compile(
 
 
 def is_machine(
-    *, kind: EngagementKind, user_agent: str | None, at: datetime, sent_at: datetime | None
+    *,
+    kind: EngagementKind,
+    user_agent: str | None,
+    at: datetime,
+    sent_at: datetime | None,
+    method: str = "GET",
+    click_within: timedelta = MACHINE_CLICK_WITHIN,
+    open_within: timedelta = MACHINE_OPEN_WITHIN,
 ) -> bool:
     """Whether an open or a click looks like a machine's: a known proxy's or scanner's
-    user agent, none at all, or faster after sending than a person could be. Counted
-    either way; the stats show both counts."""
+    user agent, none at all, a request a browser following a link or showing an image
+    does not make (HEAD), or faster after sending than a person could be (`click_within`,
+    `open_within`; zero turns timing off). Counted either way; the stats show both."""
     agent = (user_agent or "").strip()
-    if not agent or _MACHINE_AGENTS.search(agent):
+    if method.upper() != "GET" or not agent or _MACHINE_AGENTS.search(agent):
         return True
     if sent_at is None:
         return False
-    within = MACHINE_CLICK_WITHIN if kind is EngagementKind.clicked else MACHINE_OPEN_WITHIN
-    return at - sent_at < within
+    within = click_within if kind is EngagementKind.clicked else open_within
+    return within > timedelta(0) and at - sent_at < within

@@ -36,16 +36,35 @@ class UnsubscribeLink:
     expires_at: datetime
 
 
-def _b64encode(raw: bytes) -> str:
+# Shared with core.tracking, whose tokens are made the same way under another key.
+
+
+def b64encode(raw: bytes) -> str:
+    """base64url without padding."""
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-def _b64decode(text: str) -> bytes:
+def b64decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _sign(secret: str, payload: str) -> str:
-    return _b64encode(hmac.new(secret.encode(), payload.encode("ascii"), hashlib.sha256).digest())
+def sign(secret: str | bytes, payload: str) -> str:
+    """base64url HMAC-SHA256 of the (ASCII) payload under `secret`."""
+    key = secret.encode() if isinstance(secret, str) else secret
+    return b64encode(hmac.new(key, payload.encode("ascii"), hashlib.sha256).digest())
+
+
+def signature_matches(secret: str | bytes, payload: str, signature: str) -> bool:
+    """Whether `signature` is the payload's, compared in constant time. Both parts are
+    base64url, so ASCII; they are compared as bytes, since compare_digest refuses str
+    holding anything else (a link mangled by a mail client, or forged): such a token
+    matches nothing."""
+    try:
+        expected = sign(secret, payload).encode("ascii")
+        given = signature.encode("ascii")
+    except UnicodeEncodeError:
+        return False
+    return hmac.compare_digest(expected, given)
 
 
 def make_token(*, secret: str, user_id: str, channel: str, group: str, expires_at: datetime) -> str:
@@ -60,8 +79,8 @@ def make_token(*, secret: str, user_id: str, channel: str, group: str, expires_a
         "g": group,
         "e": int(expires_at.timestamp()),
     }
-    payload = _b64encode(json.dumps(document, separators=(",", ":")).encode())
-    return f"{payload}.{_sign(secret, payload)}"
+    payload = b64encode(json.dumps(document, separators=(",", ":")).encode())
+    return f"{payload}.{sign(secret, payload)}"
 
 
 def read_token(*, secret: str, token: str, now: datetime | None = None) -> UnsubscribeLink:
@@ -75,14 +94,14 @@ def read_token(*, secret: str, token: str, now: datetime | None = None) -> Unsub
     try:
         # Both parts are base64url, so ASCII; compared as bytes, since compare_digest
         # refuses str holding anything else (a link mangled by a mail client, or forged).
-        expected = _sign(secret, payload).encode("ascii")
+        expected = sign(secret, payload).encode("ascii")
         given = signature.encode("ascii")
     except UnicodeEncodeError:
         raise LinkError("malformed", "this unsubscribe link is not valid") from None
     if not hmac.compare_digest(expected, given):
         raise LinkError("tampered", "this unsubscribe link has been altered or is not one of ours")
     try:
-        document = json.loads(_b64decode(payload))
+        document = json.loads(b64decode(payload))
         link = UnsubscribeLink(
             user_id=str(document["u"]),
             channel=str(document["c"]),

@@ -292,7 +292,8 @@ class JourneyActivities:
         rendered = await asyncio.to_thread(render_message, template, context, name=request.template)
         html = rendered.html
         tracking = definition.tracking
-        if html and request.channel == Channel.email and (tracking.opens or tracking.clicks):
+        if html and request.channel == Channel.email:
+            # Also with tracking off: it takes the `data-nudge-track` marks out.
             html = tracked_html(
                 html,
                 secret=self._settings.link_secret,

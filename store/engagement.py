@@ -80,8 +80,11 @@ async def record_engagement(session: AsyncSession, engagement: Engagement) -> Re
     values: dict[str, Any] = {}
     if totals is not None:
         values[totals[0].key] = totals[0] + 1
+    first_at = FIRST_AT.get(kind)
+    human_at = HUMAN_AT.get(kind) if not engagement.machine else None
     # The first statement locks the row until commit (PostgreSQL), so two engagements of
-    # one delivery take turns and the conditional updates below see each other.
+    # one delivery take turns; it returns when the kind was first seen (the UPDATE leaves
+    # those columns alone), so a repeat costs this one statement and no more.
     touched = await session.execute(
         update(Delivery)
         .where(Delivery.id == engagement.delivery_id)
@@ -93,8 +96,9 @@ async def record_engagement(session: AsyncSession, engagement: Engagement) -> Re
             Delivery.variant,
             Delivery.user_id,
             Delivery.channel,
-            Delivery.status,
             Delivery.provider_message_id,
+            (first_at if first_at is not None else Delivery.id).label("first_at"),
+            (human_at if human_at is not None else Delivery.id).label("human_at"),
         )
     )
     row = touched.first()
@@ -116,81 +120,93 @@ async def record_engagement(session: AsyncSession, engagement: Engagement) -> Re
 
     if totals is not None:
         count(totals[1])
-    first = await _first(session, engagement.delivery_id, FIRST_AT.get(kind), engagement.at)
+    first = False
     if kind is EngagementKind.unsubscribed:
         first = True  # no column: each report is the user's choice, the event dedups it
-    elif first:
-        count(engagement_metric(kind))
+    elif first_at is not None and row.first_at is None:
+        first = await _first(session, engagement.delivery_id, first_at, engagement.at)
+        if first:
+            count(engagement_metric(kind))
     human_first = False
-    if kind in HUMAN_AT and not engagement.machine:
-        human_first = await _first(session, engagement.delivery_id, HUMAN_AT[kind], engagement.at)
+    if human_at is not None and row.human_at is None:
+        human_first = await _first(session, engagement.delivery_id, human_at, engagement.at)
         if human_first:
             count(HUMAN_METRIC[kind])
-    await bump(session, *counts)
 
-    person = await canonical_user(session, row.user_id)
-    if kind in SUPPRESSES and first:
-        await add_suppression(
-            session=session,
-            user_id=person,
-            channel=row.channel,
-            reason=f"{event_name(row.channel, kind).lower()} (delivery {engagement.delivery_id})",
-        )
-    if kind is EngagementKind.unsubscribed:
-        await set_subscription_status(
-            session=session,
-            user_id=person,
-            channel=row.channel,
-            group=engagement.subscription_group or "*",
-            status=SubscriptionStatus.unsubscribed,
-            source=SubscriptionSource.link,
-            at=engagement.at,
-        )
+    if (kind in SUPPRESSES and first) or kind is EngagementKind.unsubscribed:
+        person = await canonical_user(session, row.user_id)
+        if kind is EngagementKind.unsubscribed:
+            await set_subscription_status(
+                session=session,
+                user_id=person,
+                channel=row.channel,
+                group=engagement.subscription_group or "*",
+                status=SubscriptionStatus.unsubscribed,
+                source=SubscriptionSource.link,
+                at=engagement.at,
+            )
+        else:
+            reason = event_name(row.channel, kind).lower()
+            await add_suppression(
+                session=session,
+                user_id=person,
+                channel=row.channel,
+                reason=f"{reason} (delivery {engagement.delivery_id})",
+            )
 
     written = False
     # A click event per link (a journey may wait for one link), an open event once: each
     # once for a person and once for a machine, by its messageId.
     if first or human_first or kind is EngagementKind.clicked:
-        who = "machine" if engagement.machine else "human"
-        key = ":".join(part for part in (engagement.key, who if kind in HUMAN_AT else "") if part)
-        message_id = event_message_id(engagement.delivery_id, kind, key)
-        name = event_name(row.channel, kind)
-        properties = {
-            "delivery_id": engagement.delivery_id,
-            "email_id": row.provider_message_id or str(engagement.delivery_id),
-            "campaign_id": row.campaign_id,
-            "campaign_version": row.campaign_version,
-            "step_id": row.step_id,
-            "variant": row.variant,
-            "channel": row.channel,
-            "machine": engagement.machine,
-            "source": engagement.source,
-            **engagement.properties,
-        }
-        stored = await record_events(
-            session=session,
-            events=[
-                NewEvent(
-                    message_id=message_id,
-                    type="track",
-                    name=name,
-                    user_id=row.user_id,
-                    timestamp=engagement.at,
-                    payload={
-                        "type": "track",
-                        "event": name,
-                        "userId": row.user_id,
-                        "messageId": message_id,
-                        "timestamp": engagement.at.isoformat(),
-                        "properties": properties,
-                    },
-                )
-            ],
-        )
-        written = stored[0][1]
+        written = await _write_event(session, engagement, row)
+    # Last: the aggregate rows are the ones every engagement of the campaign touches, so
+    # their locks are held for as short a time as the transaction allows.
+    await bump(session, *counts)
     return Recorded(
         found=True, first=first or human_first, event_written=written, user_id=row.user_id
     )
+
+
+async def _write_event(session: AsyncSession, engagement: Engagement, row: Any) -> bool:
+    """The user event of an engagement (Segment's Email spec name), into the outbox."""
+    kind = engagement.kind
+    who = "machine" if engagement.machine else "human"
+    key = ":".join(part for part in (engagement.key, who if kind in HUMAN_AT else "") if part)
+    message_id = event_message_id(engagement.delivery_id, kind, key)
+    name = event_name(row.channel, kind)
+    properties = {
+        "delivery_id": engagement.delivery_id,
+        "email_id": row.provider_message_id or str(engagement.delivery_id),
+        "campaign_id": row.campaign_id,
+        "campaign_version": row.campaign_version,
+        "step_id": row.step_id,
+        "variant": row.variant,
+        "channel": row.channel,
+        "machine": engagement.machine,
+        "source": engagement.source,
+        **engagement.properties,
+    }
+    stored = await record_events(
+        session=session,
+        events=[
+            NewEvent(
+                message_id=message_id,
+                type="track",
+                name=name,
+                user_id=row.user_id,
+                timestamp=engagement.at,
+                payload={
+                    "type": "track",
+                    "event": name,
+                    "userId": row.user_id,
+                    "messageId": message_id,
+                    "timestamp": engagement.at.isoformat(),
+                    "properties": properties,
+                },
+            )
+        ],
+    )
+    return stored[0][1]
 
 
 async def _first(

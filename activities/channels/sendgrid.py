@@ -104,6 +104,12 @@ class SendGridProvider(Provider):
                 "Message-ID": message_id(message.idempotency_key, self._sender_address),
                 **extra_headers(self.extra_headers, message),
             },
+            # Nudge tracks opens and clicks itself (core/tracking.py): SendGrid's own would
+            # rewrite the links again and count every open twice.
+            "tracking_settings": {
+                "click_tracking": {"enable": False, "enable_text": False},
+                "open_tracking": {"enable": False},
+            },
         }
 
     async def send(self, message: OutgoingMessage) -> Receipt:

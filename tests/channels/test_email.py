@@ -354,6 +354,9 @@ DEFINITION = parse_campaign(
         "name": "Welcome",
         "entry": {"event": "Signed Up"},
         "steps": [{"id": "hello", "type": "send", "channel": "email", "template": "hello"}],
+        # The HTML is compared as rendered: no pixel, no tracked links (tests/api/
+        # test_engagement_tracking.py is about those).
+        "tracking": {"opens": False, "clicks": False},
         "templates": {
             "hello": {
                 "subject": "Welcome, {{ traits.first_name }}",
@@ -554,6 +557,11 @@ async def test_sendgrid_posts_v3_mail_send_once(sendgrid, sessions):
             {"type": "text/html", "value": "<h1>Hi Ada</h1><p>Pro</p>"},
         ],
         "headers": {"Message-ID": f"<{req.idempotency_key}@shop.example>"},
+        # Nudge tracks opens and clicks itself.
+        "tracking_settings": {
+            "click_tracking": {"enable": False, "enable_text": False},
+            "open_tracking": {"enable": False},
+        },
     }
 
 

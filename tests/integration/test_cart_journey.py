@@ -234,7 +234,7 @@ async def test_cli_drives_a_sandbox_journey(stack: Stack, tmp_path: Path):
         return figures
 
     figures = await eventually(done, timeout=30)
-    assert figures["entered"] == 1 and figures["deliveries"] == {"sent": 1}
+    assert figures["funnel"]["entered"] == 1 and delivery_counts(figures) == {"sent": 1}
 
     missing = await asyncio.to_thread(
         nudge, api, tmp_path, "journeys", "show", "welcome-e2e", "nobody"

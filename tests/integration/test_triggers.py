@@ -9,9 +9,11 @@ with SIGKILL), SQLite or PostgreSQL.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from core.fanout import FanOutCursor, fanout_workflow_id, trigger_occurrence
@@ -21,8 +23,19 @@ from temporal.servers import DevServer
 from tests.fixtures.api import ADMIN, eventually, make_settings, running_api
 from tests.fixtures.processes import WorkerProcess
 
-MEMBERS = 2000
 OTHERS = 50
+
+
+@dataclass(frozen=True)
+class Scale:
+    members: int
+    kill_after: int
+    """The worker is killed once this many journeys have started."""
+
+
+QUICK = Scale(members=500, kill_after=120)
+FULL = Scale(members=2000, kill_after=300)
+"""`make test` runs the quick count; `make test-slow` (`pytest -m slow`) the full one."""
 
 
 def rain_campaign(campaign_id: str) -> dict[str, Any]:
@@ -41,19 +54,28 @@ def rain_campaign(campaign_id: str) -> dict[str, Any]:
     }
 
 
+@pytest.mark.parametrize(
+    "scale",
+    [
+        pytest.param(QUICK, id="quick"),
+        pytest.param(FULL, id="full", marks=[pytest.mark.slow, pytest.mark.timeout(900)]),
+    ],
+)
 async def test_a_trigger_reaches_its_audience_once_whatever_happens_to_the_worker(
     database_url: str,
     dev_server: DevServer,
     worker_process: type[WorkerProcess],
     tmp_path: Path,
+    scale: Scale,
 ) -> None:
+    members_count = scale.members
     # A page at a time, slowly enough that the kill lands in the middle of the fan-out.
     settings = make_settings(
         database_url, dev_server.address, fanout_page_size=100, fanout_rate_per_second=400
     )
     run = uuid.uuid4().hex[:8]
     campaign_id = f"rain-{run}"
-    members = [f"{run}-sh-{i:05d}" for i in range(MEMBERS)]
+    members = [f"{run}-sh-{i:05d}" for i in range(members_count)]
     others = [f"{run}-bj-{i:03d}" for i in range(OTHERS)]
     worker = worker_process(settings, tmp_path)
     client = dev_server.client
@@ -77,10 +99,10 @@ async def test_a_trigger_reaches_its_audience_once_whatever_happens_to_the_worke
                 return int(await session.scalar(statement) or 0)
 
         # Kill the worker once the fan-out is under way, well before it is done.
-        await eventually(lambda: _at_least(entered, 300), timeout=60)
+        await eventually(lambda: _at_least(entered, scale.kill_after), timeout=60)
         worker.kill()
         partial = await entered()
-        assert partial < MEMBERS, "the fan-out ended before the kill: nothing was tested"
+        assert partial < members_count, "the fan-out ended before the kill: nothing was tested"
         again = await api.http.post("/v1/triggers/rain", json=body, headers=ADMIN)
         assert again.status_code == 202 and again.json()["duplicate"] is True
         await worker.start()
@@ -89,7 +111,7 @@ async def test_a_trigger_reaches_its_audience_once_whatever_happens_to_the_worke
             fanout_workflow_id(trigger_occurrence("rain", f"rain-{run}")), result_type=FanOutCursor
         )
         progress = await eventually(lambda: _finished(handle), timeout=120, interval=0.5)
-        assert progress.started + progress.already == MEMBERS
+        assert progress.started + progress.already == members_count
         # Everyone with a profile is looked at; the Beijing users are left out (counted on
         # each attempt of the page they are on, so at least once).
         assert progress.skipped >= OTHERS
@@ -103,10 +125,10 @@ async def test_a_trigger_reaches_its_audience_once_whatever_happens_to_the_worke
                 )
             ).all()
         assert sorted(u for u, _ in rows) == members, "exactly the members, once each"
-        assert len({m for _, m in rows}) == MEMBERS
+        assert len({m for _, m in rows}) == members_count
 
         # Temporal agrees: one journey per member, none for the others.
-        for user in members[:: MEMBERS // 20] + members[-1:]:
+        for user in members[:: members_count // 20] + members[-1:]:
             description = await client.get_workflow_handle(journey_id(campaign_id, user)).describe()
             assert description.run_id is not None
         for user in others[:5]:
@@ -121,7 +143,7 @@ async def test_a_trigger_reaches_its_audience_once_whatever_happens_to_the_worke
         # Posted again after it finished: still nothing new.
         third = await api.http.post("/v1/triggers/rain", json=body, headers=ADMIN)
         assert third.status_code == 202 and third.json()["duplicate"] is True
-        assert await entered() == MEMBERS
+        assert await entered() == members_count
         worker.stop()
 
 

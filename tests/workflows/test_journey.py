@@ -20,8 +20,9 @@ from temporalio.worker import Worker
 
 from activities.journey import JourneyActivities
 from core.config import Settings
-from core.definition import parse_campaign
+from core.definition import CampaignDefinition, SplitStep, parse_campaign
 from core.events import JourneyEvent
+from core.experiments import HOLDOUT, choose_variant, in_holdout
 from core.journey import (
     ACTIVITY_CHECK_POLICY,
     ACTIVITY_DELIVER,
@@ -464,30 +465,56 @@ def example(name: str):
     return parse_campaign((EXAMPLES / f"{name}.yaml").read_text())
 
 
-async def test_shipped_cart_example_reminds_once_at_24h_then_closes_after_attribution(
-    time_skipping_env, task_queue, doubles, worker
+def cart_user(cart: CampaignDefinition, *, holdout: bool, variant: str | None = None) -> str:
+    """A user the example's hashes put in (or out of) its holdout, and in `variant`."""
+    split = next(s for s in cart.steps if isinstance(s, SplitStep))
+    for i in range(10_000):
+        user = f"shopper-{i}"
+        if in_holdout(cart.id, user, cart.holdout) is not holdout:
+            continue
+        if (
+            variant is None
+            or choose_variant(cart.id, split.id, user, split.variants).name == variant
+        ):
+            return user
+    raise AssertionError("no such user in 10,000")
+
+
+@pytest.mark.parametrize(
+    ("variant", "step", "template"),
+    [
+        ("coupon", "remind-with-coupon", "cart_reminder"),
+        ("plain", "remind-without-coupon", "cart_reminder_plain"),
+    ],
+)
+async def test_shipped_cart_example_reminds_once_at_24h_with_the_users_variant(
+    time_skipping_env, task_queue, doubles, worker, variant, step, template
 ):
     cart = example("cart-abandonment")
+    user = cart_user(cart, holdout=False, variant=variant)
     began = await time_skipping_env.get_current_time()
     entry = event("Product Added", product_id="p-1", name="Umbrella", price=19.5)
-    handle = await start(time_skipping_env.client, task_queue, cart, entry=entry)
+    handle = await start(time_skipping_env.client, task_queue, cart, user=user, entry=entry)
     result = await handle.result()
     assert result.status is JourneyStatus.completed
     [(request, sent_at)] = doubles.sends
-    assert (request.step_id, request.template) == ("remind", "cart_reminder")
+    assert (request.step_id, request.template, request.variant) == (step, template, variant)
     assert timedelta(hours=24) <= sent_at - began < timedelta(hours=24, minutes=1)
+    [taken] = doubles.variants
+    assert (taken.step_id, taken.variant) == ("remind", variant)
 
 
-async def test_shipped_cart_example_order_after_reminder_still_converts(
+async def test_shipped_cart_example_holds_out_its_holdout(
     time_skipping_env, task_queue, doubles, worker
 ):
     cart = example("cart-abandonment")
+    user = cart_user(cart, holdout=True)
     entry = event("Product Added", product_id="p-1")
-    handle = await start(time_skipping_env.client, task_queue, cart, entry=entry)
-    await time_skipping_env.sleep(timedelta(days=2))
-    assert len(doubles.sends) == 1
-    await handle.signal(SIGNAL_EVENT, event("Order Completed"))
-    assert (await handle.result()).status is JourneyStatus.converted
+    handle = await start(time_skipping_env.client, task_queue, cart, user=user, entry=entry)
+    assert (await handle.result()).status is JourneyStatus.completed
+    assert doubles.sends == [] and doubles.variants == []
+    [held] = doubles.held_out
+    assert held.send.variant == HOLDOUT and held.send.step_id.startswith("remind-")
 
 
 @pytest.mark.parametrize(("active", "sent"), [(True, ["welcome"]), (False, ["welcome", "tips"])])

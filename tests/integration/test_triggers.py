@@ -68,6 +68,10 @@ async def test_a_trigger_reaches_its_audience_once_whatever_happens_to_the_worke
     tmp_path: Path,
     scale: Scale,
 ) -> None:
+    if scale is QUICK and not database_url.startswith("postgresql"):
+        # The suite's time: `make test` runs the quick count on PostgreSQL only;
+        # `make test-slow` runs the full count on both.
+        pytest.skip("quick count on postgresql only; make test-slow runs both backends")
     members_count = scale.members
     # A page at a time, slowly enough that the kill lands in the middle of the fan-out.
     settings = make_settings(

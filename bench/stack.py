@@ -101,7 +101,12 @@ async def running_stack(
 
         activities = await stack.enter_async_context(worker_activities(settings, client))
         await stack.enter_async_context(
-            create_worker(client, activities, task_queue=settings.task_queue)
+            create_worker(
+                client,
+                activities,
+                task_queue=settings.task_queue,
+                workflow_cache_size=settings.workflow_cache_size,
+            )
         )
 
         floor_task_queue = f"bench-floor-{uuid.uuid4().hex[:8]}"

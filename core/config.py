@@ -217,6 +217,12 @@ class Settings(BaseSettings):
     providers."""
     fanout_page_size: int = Field(default=500, ge=1, le=10_000)
     """Users per fan-out page: one activity call, heartbeating as it goes."""
+    workflow_cache_size: int = Field(default=1000, ge=0)
+    """How many workflows one worker process keeps in memory (Temporal's
+    `max_cached_workflows`; its default, 1000). The worker's RSS is bounded by this, not by
+    the number of journeys: a waiting journey lives in Temporal, and one evicted from the
+    cache is replayed from its history when its timer fires or an event reaches it. 0
+    caches none (every task replays)."""
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:

@@ -72,7 +72,17 @@ async def worker_activities(settings: Settings, client: Client) -> AsyncIterator
         await engine.dispose()
 
 
-def create_worker(client: Client, activities: WorkerActivities, *, task_queue: str) -> Worker:
+def create_worker(
+    client: Client,
+    activities: WorkerActivities,
+    *,
+    task_queue: str,
+    workflow_cache_size: int | None = None,
+) -> Worker:
+    """The Nudge worker; `workflow_cache_size` is `Settings.workflow_cache_size` (None: its
+    default), what bounds the worker's memory however many journeys wait."""
+    if workflow_cache_size is None:
+        workflow_cache_size = Settings.model_fields["workflow_cache_size"].default
     return Worker(
         client,
         task_queue=task_queue,
@@ -80,6 +90,7 @@ def create_worker(client: Client, activities: WorkerActivities, *, task_queue: s
         activities=activities.all(),
         # Activities are async; the executor only serves the SDK's sync fallbacks.
         activity_executor=ThreadPoolExecutor(max_workers=4),
+        max_cached_workflows=workflow_cache_size,
     )
 
 
@@ -97,10 +108,19 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     stop = stop or _stop_on_signals()
     client = await connect_with(settings)
     async with worker_activities(settings, client) as activities:
-        worker = create_worker(client, activities, task_queue=settings.task_queue)
+        worker = create_worker(
+            client,
+            activities,
+            task_queue=settings.task_queue,
+            workflow_cache_size=settings.workflow_cache_size,
+        )
         async with worker:
             await put_schedules_in_place(client, settings)
-            log.info("worker polling task queue %r", settings.task_queue)
+            log.info(
+                "worker polling task queue %r (workflow cache: %d)",
+                settings.task_queue,
+                settings.workflow_cache_size,
+            )
             await stop.wait()
     log.info("worker stopped")
 

@@ -154,7 +154,12 @@ async def run_dev(
         settings = settings.model_copy(update=update)
         activities = await stack.enter_async_context(worker_activities(settings, server.client))
         await stack.enter_async_context(
-            create_worker(server.client, activities, task_queue=settings.task_queue)
+            create_worker(
+                server.client,
+                activities,
+                task_queue=settings.task_queue,
+                workflow_cache_size=settings.workflow_cache_size,
+            )
         )
         await put_schedules_in_place(server.client, settings)
         served = await stack.enter_async_context(

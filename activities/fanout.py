@@ -39,14 +39,15 @@ from core.journey import journey_id
 from core.schedule import EARLIEST_ZONE, cron_fires, user_zone, wall_time, zone_named
 from store.audiences import audience_page, criterion_holds, traits_of
 from store.campaigns import active_definitions
-from store.entries import record_entry
+from store.entries import confirm_entries, reserve_entries
 from store.models import JourneyEntry
 from temporal.journeys import MEMO_ENTRY, start_journey
 
 CONCURRENT_STARTS = 16
 """Journeys being started at once by one page (each a round trip to Temporal)."""
 RECORD_EVERY = 100
-"""Journeys started between two writes of their entries (and two heartbeats)."""
+"""Journeys whose entries are written in one transaction before they start, and confirmed
+in one after (between two heartbeats)."""
 
 
 class Pacer:
@@ -134,10 +135,21 @@ class FanOutActivities:
 
     @activity.defn(name=ACTIVITY_START_PAGE)
     async def start_audience_page(self, request: PageRequest) -> PageResult:
-        """Start the journeys of one page of the target's audience. A retried page (the
-        worker died, Temporal hiccupped) skips the journeys it finds recorded for this
-        occurrence, and asks Temporal about the rest before starting them again: a
-        journey started but not yet recorded carries its entry id in its memo."""
+        """Start the journeys of one page of the target's audience, a chunk at a time:
+        write the chunk's entry rows, start its journeys, confirm the rows (run ids, the
+        entrant counts) — see `store.entries.reserve_entries`.
+
+        The rows come first because they are the router's membership index: it signals a
+        user's goal, exit or `wait_for` event only to the journeys whose row says they
+        run. Were a journey started first and recorded after, an event of its user routed
+        in between would miss it (a chunk takes up to RECORD_EVERY paced starts). Written
+        first, in their own committed transaction, a row is visible before its journey
+        exists, so any event routed once the journey runs reaches it.
+
+        A retried page (the worker died, Temporal hiccupped) skips the journeys it finds
+        confirmed for this occurrence, and asks Temporal about the rest before starting
+        them again: a journey started but not yet confirmed carries its entry id in its
+        memo."""
         target = request.target
         audience = target.audience
         now = datetime.now(UTC)
@@ -161,14 +173,16 @@ class FanOutActivities:
                 holding = await criterion_holds(session, criterion, chosen, trigger, now)
                 chosen = [u for u in chosen if u in holding]
             ids = {u: entry_event(request, u).message_id for u in chosen}
-            recorded = set(
-                await session.scalars(
-                    select(JourneyEntry.entry_message_id).where(
-                        JourneyEntry.campaign_id == target.campaign_id,
-                        JourneyEntry.entry_message_id.in_(list(ids.values())),
-                    )
+            rows = await session.execute(
+                select(JourneyEntry.entry_message_id, JourneyEntry.run_id).where(
+                    JourneyEntry.campaign_id == target.campaign_id,
+                    JourneyEntry.entry_message_id.in_(list(ids.values())),
                 )
             )
+            recorded: set[str] = set()
+            reserved: set[str] = set()  # written by an attempt that died before confirming
+            for message_id, run_id in rows.all():
+                (recorded if run_id is not None else reserved).add(message_id)
             entered: set[str] = set()
             if target.plan.re_entry is ReEntry.once:
                 entered = set(
@@ -184,11 +198,13 @@ class FanOutActivities:
         for user in chosen:
             if ids[user] in recorded:
                 result.already += 1
+            elif ids[user] in reserved:
+                todo.append(user)  # its own row, not an earlier entry
             elif user in entered:
                 result.skipped += 1
             else:
                 todo.append(user)
-        retried = activity.info().attempt > 1
+        retried = activity.info().attempt > 1 or bool(reserved)
         pacer = Pacer(self._settings.fanout_rate_per_second)
         gate = asyncio.Semaphore(CONCURRENT_STARTS)
 
@@ -200,11 +216,12 @@ class FanOutActivities:
                 await pacer.wait()
                 return user, await self._start(request, user, traits.get(user, {}), now)
 
-        # Started a chunk at a time and recorded in one transaction per chunk: a worker
-        # that dies in between leaves journeys started but not recorded, which the retry
-        # finds by their memo (`_started_before`).
+        # Written, started, confirmed a chunk at a time: a worker that dies in between
+        # leaves rows unconfirmed (journeys started or not), which the retry sorts out by
+        # the journeys' memo (`_started_before`).
         for first in range(0, len(todo), RECORD_EVERY):
             chunk = todo[first : first + RECORD_EVERY]
+            await self._reserve(request, chunk)
             started = [s for s in await asyncio.gather(*(one(u) for u in chunk)) if s]
             await self._record(request, started)
             result.started += len(started)
@@ -238,23 +255,49 @@ class FanOutActivities:
         )
         return run_id
 
+    async def _reserve(self, request: PageRequest, users: list[str]) -> None:
+        """Write the entry rows of journeys about to start, in one committed transaction
+        (`store.entries.reserve_entries`)."""
+        if users:
+            async with self._sessions() as session:
+                await self._write_rows(session, request, users)
+                await session.commit()
+
     async def _record(self, request: PageRequest, started: list[tuple[str, str]]) -> None:
-        """Record journeys started, (user, run id) each, in one transaction."""
+        """Confirm journeys started, (user, run id) each, in one transaction: their rows
+        get their run ids and their entrants are counted (`store.entries.confirm_entries`)."""
+        if not started:
+            return
+        async with self._sessions() as session:
+            # A no-op for the rows `_reserve` wrote; writes those it did not (a journey
+            # started by a worker of the version that recorded after starting).
+            await self._write_rows(session, request, [user for user, _ in started])
+            await confirm_entries(
+                session=session,
+                campaign_id=request.target.campaign_id,
+                started=[(entry_event(request, u).message_id, run_id) for u, run_id in started],
+            )
+            await session.commit()
+
+    async def _write_rows(
+        self, session: AsyncSession, request: PageRequest, users: list[str]
+    ) -> None:
         target = request.target
         secret = self._settings.user_secret
-        async with self._sessions() as session:
-            for user, run_id in started:
-                await record_entry(
-                    session=session,
-                    campaign_id=target.campaign_id,
-                    campaign_version=target.campaign_version,
-                    user_id=user,
-                    workflow_id=journey_id(target.campaign_id, user, secret),
-                    run_id=run_id,
-                    entry_message_id=entry_event(request, user).message_id,
-                    holdout=target.plan.holdout,
+        await reserve_entries(
+            session=session,
+            campaign_id=target.campaign_id,
+            campaign_version=target.campaign_version,
+            entries=[
+                (
+                    user,
+                    journey_id(target.campaign_id, user, secret),
+                    entry_event(request, user).message_id,
                 )
-            await session.commit()
+                for user in users
+            ],
+            holdout=target.plan.holdout,
+        )
 
     async def _started_before(self, request: PageRequest, user: str, message_id: str) -> bool:
         """Whether the user's journey (running or ended) is this occurrence's: started by

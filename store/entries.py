@@ -1,11 +1,12 @@
-"""store: journey entries — one row per journey started, read by re-entry rules and counts."""
+"""store: journey entries — one row per journey started, read by re-entry rules, counts, and
+the router as its membership index (who is in which journey)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.experiments import HOLDOUT, in_holdout
@@ -86,6 +87,128 @@ async def _insert_entry(session: AsyncSession, values: dict[str, Any]) -> bool:
         ),
     )
     return True
+
+
+async def reserve_entries(
+    *,
+    session: AsyncSession,
+    campaign_id: str,
+    campaign_version: int,
+    entries: Sequence[tuple[str, str, str]],
+    holdout: float = 0.0,
+) -> None:
+    """Write the rows of journeys about to start, (user, workflow id, entry message id)
+    each, run id unknown and entrant not counted yet: `confirm_entries` does both once
+    they started.
+
+    Why before: the router signals only the journeys its membership index (these rows)
+    says run (`running_journeys`). A row written after the start would leave a window in
+    which the user's events are routed past a journey already running; written first, any
+    event routed once the journey runs sees it. A row whose journey never starts (the
+    starter died and was not retried) is harmless: its signal finds no journey. A row
+    already there (a retried page) is kept as it is.
+    """
+    if not entries:
+        return
+    table = JourneyEntry.__table__
+    at = now()
+    rows = [
+        {
+            "campaign_id": campaign_id,
+            "campaign_version": campaign_version,
+            "user_id": user_id,
+            "workflow_id": workflow_id,
+            "run_id": None,
+            "entry_message_id": message_id,
+            "entered_at": at,
+            "status": JourneyStatus.running.value,
+            "variant": HOLDOUT if in_holdout(campaign_id, user_id, holdout) else None,
+        }
+        for user_id, workflow_id, message_id in entries
+    ]
+    await session.execute(dialect_insert(session, table).on_conflict_do_nothing(), rows)
+
+
+async def confirm_entries(
+    *, session: AsyncSession, campaign_id: str, started: Sequence[tuple[str, str]]
+) -> int:
+    """Complete the rows `reserve_entries` wrote, once their journeys were started:
+    (entry message id, first run id) each. A start that joined a journey already running
+    (its run id recorded by another row) adds no entry: that row is deleted, the running
+    journey's own row stays. The others get their run id and count their entrant — once:
+    a row confirmed before is left alone. Returns how many were counted."""
+    if not started:
+        return 0
+    runs = [run_id for _, run_id in started]
+    joined = set(
+        await session.scalars(
+            select(JourneyEntry.run_id).where(
+                JourneyEntry.run_id.in_(runs), JourneyEntry.run_id.is_not(None)
+            )
+        )
+    )
+    counts: list[Bump] = []
+    for message_id, run_id in started:
+        reserved = (
+            JourneyEntry.campaign_id == campaign_id,
+            JourneyEntry.entry_message_id == message_id,
+            JourneyEntry.run_id.is_(None),
+        )
+        if run_id in joined:
+            await session.execute(delete(JourneyEntry).where(*reserved))
+            continue
+        changed = await session.execute(
+            update(JourneyEntry)
+            .where(*reserved)
+            .values(run_id=run_id)
+            .returning(JourneyEntry.campaign_version, JourneyEntry.variant, JourneyEntry.entered_at)
+        )
+        row = changed.first()
+        if row is not None:
+            version, variant, at = row
+            counts.append(
+                Bump(
+                    campaign_id=campaign_id,
+                    campaign_version=version,
+                    variant=HOLDOUT if variant == HOLDOUT else None,
+                    metric=ENTERED,
+                    at=at,
+                )
+            )
+    await bump(session, *counts)
+    return len(counts)
+
+
+async def running_journeys(
+    *,
+    session: AsyncSession,
+    campaign_ids: Sequence[str],
+    user_ids: Sequence[str],
+    ended_too: bool = False,
+) -> frozenset[tuple[str, str]]:
+    """The membership index: the (campaign, user id) pairs of `campaign_ids` and `user_ids`
+    with a running journey — one query, no Temporal call.
+
+    Every starter writes a journey's row so that an event routed after the start sees it
+    (the router: before the user's next event, which the relay routes after this one; the
+    fan-out: before starting, `reserve_entries`). A row still 'running' whose journey has
+    ended (its outcome not recorded yet) only costs a signal that finds nobody.
+    `ended_too`: journeys that ended count as well (an event tried before may have ended
+    its journey itself: see `EventRouter._heard`).
+    """
+    if not campaign_ids or not user_ids:
+        return frozenset()
+    statement = (
+        select(JourneyEntry.campaign_id, JourneyEntry.user_id)
+        .where(
+            JourneyEntry.campaign_id.in_(list(campaign_ids)),
+            JourneyEntry.user_id.in_(list(user_ids)),
+        )
+        .distinct()
+    )
+    if not ended_too:
+        statement = statement.where(JourneyEntry.status == JourneyStatus.running.value)
+    return frozenset((c, u) for c, u in (await session.execute(statement)).all())
 
 
 async def started_by(

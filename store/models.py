@@ -159,13 +159,14 @@ class RejectedEvent(Base):
 
 
 class JourneyEntry(Base):
-    """One row per journey started: re-entry rules and the 'entered' count read it."""
+    """One row per journey started: re-entry rules, the 'entered' count and the router's
+    membership index (which journeys run for a user: store.entries.running_journeys) read it."""
 
     __tablename__ = "journey_entries"
     __table_args__ = (
         UniqueConstraint("campaign_id", "entry_message_id"),
         UniqueConstraint("run_id"),
-        Index("ix_journey_entries_campaign_user", "campaign_id", "user_id"),
+        Index("ix_journey_entries_campaign_user_status", "campaign_id", "user_id", "status"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -173,8 +174,10 @@ class JourneyEntry(Base):
     campaign_version: Mapped[int] = mapped_column(Integer)
     user_id: Mapped[str] = mapped_column(String(520))
     workflow_id: Mapped[str] = mapped_column(String(700))
-    run_id: Mapped[str] = mapped_column(String(64))
-    """Temporal's run id: a signal-with-start that joined a running journey adds no row."""
+    run_id: Mapped[str | None] = mapped_column(String(64))
+    """Temporal's (first) run id: a start that joined a running journey adds no row. None
+    while the fan-out is starting the journey (written before the start, so the router
+    already sees it: store.entries.reserve_entries)."""
     entry_message_id: Mapped[str] = mapped_column(String(512))
     entered_at: Mapped[datetime] = mapped_column(default=now)
     status: Mapped[str] = mapped_column(String(16), default="running")

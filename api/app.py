@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic.json_schema import models_json_schema
 
+from api.backlog import Backlog
 from api.campaign_index import CampaignIndexLoader
 from api.deps import AdminDep, Services
 from api.limits import BodyLimit, RequestGuard, endpoint_routes, is_admin_route
@@ -107,6 +108,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             router=router,
             relay=relay,
             segments=segment_index,
+            backlog=Backlog(sessions=sessions, limit=settings.ingest_backlog_limit),
         )
         yield
     finally:

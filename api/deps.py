@@ -12,6 +12,7 @@ from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
+from api.backlog import Backlog
 from api.campaign_index import CampaignIndexLoader
 from api.relay import Relay
 from api.router import EventRouter
@@ -32,6 +33,8 @@ class Services:
     router: EventRouter
     relay: Relay
     segments: SegmentIndexLoader | None = None
+    backlog: Backlog | None = None
+    """The outbox's backlog, which refuses ingestion at its limit (None: never refused)."""
 
 
 def get_services(request: Request) -> Services:

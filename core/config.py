@@ -199,6 +199,11 @@ class Settings(BaseSettings):
 
     relay_interval_seconds: float = Field(default=2.0, gt=0)
     """How often accepted events still pending (Temporal was unreachable) are retried."""
+    ingest_backlog_limit: int | None = Field(default=50_000, ge=0)
+    """While this many events (or more) wait in the outbox to be routed, the tracking routes
+    answer 429 with `Retry-After` and store nothing of the request, so a relay that routes
+    slower than events arrive is not buried. Each API process counts at most once a second.
+    0 (or None): no limit."""
     campaign_refresh_seconds: float = Field(default=5.0, gt=0)
     """How often the router reloads active campaigns written by another API instance."""
     date_lookback_hours: float = Field(default=24.0, gt=0, le=24 * 14)

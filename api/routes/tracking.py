@@ -5,6 +5,8 @@ Accepted means written: the events are committed to the `events` table before th
 answer, and the relay routes them afterwards. A repeated messageId is a no-op. A refused
 message is written too, to `rejected_events`: a single call answers 400 naming its fields; a
 batch answers 200 with the good messages stored and the refused ones listed, as Segment does.
+While the outbox's backlog is at its limit, a request carrying events is answered 429 before
+anything of it is written (`api.backlog`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         "description": "bad body (a single call: also a bad message): which field, which limit",
     },
     401: {"model": ProblemsResponse, "description": "missing or wrong write key"},
+    429: {
+        "model": ProblemsResponse,
+        "description": "too many events wait to be routed (NUDGE_INGEST_BACKLOG_LIMIT): "
+        "nothing was stored; send the request again after `Retry-After` seconds",
+    },
 }
 
 
@@ -170,6 +177,8 @@ def problems_response(exc: TrackingError) -> JSONResponse:
 async def handle(services: ServicesDep, relay: RelayDep, request: Request, kind: str) -> Any:
     try:
         parsed = await accept(services, request, kind)
+        if parsed.accepted and services.backlog is not None:
+            await services.backlog.admit()
     except TrackingError as exc:
         return problems_response(exc)
     await store(services, kind, parsed)

@@ -74,7 +74,7 @@ class Shape:
 
 SHAPES = (Shape(1, 1), Shape(1, 2), Shape(2, 2))
 QUICK_SHAPES = (Shape(1, 1),)
-JOURNEYS, QUICK_JOURNEYS = 400, 30
+JOURNEYS, QUICK_JOURNEYS = 200, 20
 
 
 @dataclass
@@ -108,6 +108,9 @@ class ScaleOutFigures:
     database: str
     shapes: list[ShapeFigures] = field(default_factory=list)
     duration_s: float = 0.0
+    load: tuple[float, float] = (0.0, 0.0)
+    """The machine's 1-minute load average at the start and at the end: others may share
+    these cores, and every figure here is CPU-bound."""
 
     @property
     def complete(self) -> bool:
@@ -141,13 +144,18 @@ class ScaleOutFigures:
         for s in self.shapes:
             per = ", ".join(f"{k} {v:.1f}" for k, v in s.cpu_ms_per_journey.items())
             rss = ", ".join(f"{k} {v:.0f}" for k, v in s.rss_mb.items())
-            lines.append(f"  {s.shape.name}: CPU ms/journey {per}; RSS MB {rss}")
+            lines.append(
+                f"  {s.shape.name}: ready in {s.start_s:.1f} s; CPU ms/journey {per}; RSS MB {rss}"
+            )
             if not s.exactly_once:
                 lines.append(
                     f"    missing {s.missing}, duplicated {s.duplicated}, "
                     f"unexpected {s.unexpected} of {s.expected}"
                 )
-        lines.append(f"took {self.duration_s:.1f} s")
+        lines.append(
+            f"took {self.duration_s:.1f} s; load average {self.load[0]:.1f} at the start, "
+            f"{self.load[1]:.1f} at the end"
+        )
         return "\n".join(lines)
 
 
@@ -352,7 +360,7 @@ async def measure_shape(
                 if len(apis) > 1:  # the other replicas reload active campaigns this often
                     await asyncio.sleep(5.0 + 1.0)
             warm, _ = await journeys(
-                apis, recorder, tag=f"{tag}-warm", n=WARMUP * len(apis), concurrency=len(apis)
+                apis, recorder, tag=f"{tag}-warm", n=WARMUP * len(apis), concurrency=CONCURRENCY
             )
             await settle(server, warm)
 
@@ -396,13 +404,18 @@ async def measure(
     n = journeys_per_shape or (QUICK_JOURNEYS if quick else JOURNEYS)
     postgres_url = postgres_url or os.environ.get(POSTGRES_ENV, DEFAULT_POSTGRES)
     figures = ScaleOutFigures(machine=machine(), database="PostgreSQL")
+    load = os.getloadavg()[0]
     async with contextlib.AsyncExitStack() as stack:
-        if server is None:
-            server = await stack.enter_async_context(
-                dev_server(DevServerOptions(dynamic_config=UNTHROTTLED))
-            )
         database_url = await stack.enter_async_context(scratch_postgres(postgres_url))
-        await migrate(database_url)
+        # The schema is migrated while the dev server starts.
+        migrating = asyncio.ensure_future(migrate(database_url))
+        try:
+            if server is None:
+                server = await stack.enter_async_context(
+                    dev_server(DevServerOptions(dynamic_config=UNTHROTTLED))
+                )
+        finally:
+            await migrating
         recorder = WebhookRecorder().start()
         stack.callback(recorder.close)
         if log_directory is not None:
@@ -427,6 +440,7 @@ async def measure(
                 )
             )
     figures.duration_s = time.monotonic() - begin
+    figures.load = (load, os.getloadavg()[0])
     return figures
 
 

@@ -3,12 +3,12 @@
 The embedded stack: a dev server (its workflows in memory, as the other benches; `make dev`
 keeps them in a file: `--temporal-db file`, several times slower to start journeys), Nudge's
 SQLite, and `nudge worker` as its own process (so its RSS is its own). The
-campaign: an entry event → wait 7d → a webhook send. Each journey is started as the router
+campaign: an entry event → a branch on that event (no activity) → wait 7d → a webhook send. Each journey is started as the router
 starts one (`temporal.journeys.start_journey`: signal-with-start), `START_CONCURRENCY` at a
 time, from this process.
 
-- start: N journeys, from the first start call until the worker has taken every one to its
-  timer (its CPU gone quiet; a sample of histories checked for the timer): journeys/s;
+- start: N journeys, from the first start call until every one waits on its timer (counted
+  by a visibility query on the step the journey shows): journeys/s;
 - memory: the worker's and the dev server's RSS (/proc) before and after, once per worker
   cache size (`--cache-sizes`, `NUDGE_WORKFLOW_CACHE_SIZE`): the worker keeps at most that
   many journeys in memory, whatever N is;
@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import random
+import os
 import tempfile
 import time
 import traceback
@@ -35,7 +35,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from bench.fanout import cpu_seconds, rss_mb
@@ -49,6 +48,7 @@ from core.events import JourneyEvent
 from core.journey import idempotency_key, journey_id
 from store.campaigns import save_campaign, set_status
 from store.db import create_engine, migrate, session_factory
+from temporal import search_attributes
 from temporal.journeys import start_journey
 from temporal.servers import DevServer, DevServerOptions, dev_server, time_skipping_server
 from temporal.shutdown import exit_process
@@ -61,7 +61,22 @@ CAMPAIGN: dict[str, Any] = {
     "id": CAMPAIGN_ID,
     "name": "Bench: wait a week, then a webhook",
     "entry": {"event": ENTRY_EVENT},
+    # The branch, decided on the entry event alone, makes the journey's first workflow task
+    # move its NudgeStep search attribute to `week`: the count of journeys at their timer
+    # is then one visibility query.
+    "start": "go",
     "steps": [
+        {
+            "id": "go",
+            "type": "branch",
+            "branches": [
+                {
+                    "conditions": [{"path": "event.name", "op": "eq", "value": ENTRY_EVENT}],
+                    "next": "week",
+                }
+            ],
+            "else": "week",
+        },
         {"id": "week", "type": "wait", "duration": "7d", "next": "send"},
         {"id": "send", "type": "send", "channel": "webhook", "template": "hello"},
     ],
@@ -73,7 +88,6 @@ QUIET_CPU = 0.05
 """The worker is done with the starts when it spends less than this share of a core over
 `QUIET_WINDOW` seconds (it polls, and the audience clock ticks once a minute)."""
 QUIET_WINDOW = 1.0
-SAMPLED_HISTORIES = 20
 
 
 @dataclass
@@ -84,9 +98,11 @@ class CacheFigures:
     """From the first start call until the worker went quiet: every journey at its timer."""
     calls_s: float
     """The start calls alone (the server accepted them)."""
-    waiting_sampled: int
-    sampled: int
+    at_timer: int
+    """Journeys counted at their timer (NudgeStep = week) when the phase ended."""
     worker_rss_idle_mb: float
+    worker_rss_half_mb: float
+    """With the first half of the journeys waiting."""
     worker_rss_mb: float
     temporal_rss_mb: float
     """The dev server's, after this cache size's journeys (it keeps all of them so far)."""
@@ -120,13 +136,16 @@ class WaitingFigures:
     wake: WakeFigures | None = None
     temporal_rss_idle_mb: float = 0.0
     duration_s: float = 0.0
+    load: tuple[float, float] = (0.0, 0.0)
+    """The machine's 1-minute load average at the start and at the end: others may share
+    these cores, and the rates here are CPU-bound."""
 
     @property
     def complete(self) -> bool:
         woke = self.wake is None or (
             self.wake.received == self.wake.journeys and not self.wake.duplicated
         )
-        return woke and all(c.waiting_sampled == c.sampled for c in self.caches)
+        return woke and all(c.at_timer == c.journeys for c in self.caches)
 
     def render(self) -> str:
         cores = self.machine.get("usable_cores") or self.machine.get("cores")
@@ -140,12 +159,13 @@ class WaitingFigures:
                 f"  worker cache {c.cache_size:>6}: {c.journeys:,} started in {c.start_s:.1f} s "
                 f"= {c.journeys_per_s:,.0f} journeys/s (start calls alone {c.calls_s:.1f} s); "
                 f"worker CPU {c.worker_cpu_ms_per_journey:.1f} ms/journey; "
-                f"{c.waiting_sampled}/{c.sampled} sampled at their timer"
+                f"{c.at_timer:,} at their timer"
             )
             lines.append(
-                f"      worker RSS {c.worker_rss_idle_mb:.0f} MB idle → {c.worker_rss_mb:.0f} MB "
-                f"with {c.journeys:,} waiting; dev server RSS {c.temporal_rss_mb:.0f} MB "
-                f"(all journeys started so far)"
+                f"      worker RSS {c.worker_rss_idle_mb:.0f} MB idle, "
+                f"{c.worker_rss_half_mb:.0f} MB with {c.journeys // 2:,} waiting, "
+                f"{c.worker_rss_mb:.0f} MB with {c.journeys:,}; dev server RSS "
+                f"{c.temporal_rss_mb:.0f} MB (every journey started so far)"
             )
         w = self.wake
         if w is not None:
@@ -156,7 +176,10 @@ class WaitingFigures:
                 f"{w.wake_s:.1f} s = {w.journeys_per_s:,.0f} journeys/s"
                 + (f" ({w.duplicated} duplicated!)" if w.duplicated else "")
             )
-        lines.append(f"took {self.duration_s:.1f} s")
+        lines.append(
+            f"took {self.duration_s:.1f} s; load average {self.load[0]:.1f} at the start, "
+            f"{self.load[1]:.1f} at the end"
+        )
         return "\n".join(lines)
 
 
@@ -227,15 +250,20 @@ async def quiet(pid: int, *, timeout: float) -> None:
     raise TimeoutError(f"process {pid} still busy after {timeout:.0f} s")
 
 
-async def at_timer(client: Client, users: list[str]) -> tuple[int, int]:
-    """How many of a random sample of journeys have started their timer, of how many."""
-    sample = random.sample(users, min(SAMPLED_HISTORIES, len(users)))
-    waiting = 0
-    for user in sample:
-        history = await client.get_workflow_handle(journey_id(CAMPAIGN_ID, user)).fetch_history()
-        if any(e.event_type == EventType.EVENT_TYPE_TIMER_STARTED for e in history.events):
-            waiting += 1
-    return waiting, len(sample)
+async def at_timer(client: Client, task_queue: str) -> int:
+    """How many journeys on `task_queue` wait on their timer (visibility)."""
+    query = f"TaskQueue = '{task_queue}' AND {search_attributes.STEP.name} = 'week'"
+    return (await client.count_workflows(query)).count
+
+
+async def all_at_timer(client: Client, task_queue: str, n: int, *, timeout: float) -> int:
+    """Wait until `n` journeys on `task_queue` wait on their timer (or `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        count = await at_timer(client, task_queue)
+        if count >= n or time.monotonic() > deadline:
+            return count
+        await asyncio.sleep(0.25)
 
 
 async def measure_starts(
@@ -282,28 +310,35 @@ async def measure_starts(
                     idle = rss_mb(pid)
                     users = [f"user-{task_queue}-{i:07d}" for i in range(n)]
                     cpu = cpu_seconds(pid)
-                    began = time.monotonic()
-                    calls = await start_all(
-                        server.client,
-                        task_queue=task_queue,
-                        definition=definition,
-                        version=version,
-                        users=users,
-                    )
-                    await quiet(pid, timeout=max(120.0, n / 10))
-                    took = time.monotonic() - began - QUIET_WINDOW
+                    # In two halves, the worker's RSS read after each: with N/2 and with N
+                    # waiting (the same, once the cache is full).
+                    took = calls = 0.0
+                    rss: list[float] = []
+                    for done, part in ((n // 2, users[: n // 2]), (n, users[n // 2 :])):
+                        began = time.monotonic()
+                        calls += await start_all(
+                            server.client,
+                            task_queue=task_queue,
+                            definition=definition,
+                            version=version,
+                            users=part,
+                        )
+                        waiting = await all_at_timer(
+                            server.client, task_queue, done, timeout=max(120.0, n / 10)
+                        )
+                        took += time.monotonic() - began
+                        rss.append(rss_mb(pid))
                     cpu = cpu_seconds(pid) - cpu
-                    waiting, sampled = await at_timer(server.client, users)
                     figures.caches.append(
                         CacheFigures(
                             cache_size=cache_size,
                             journeys=n,
                             start_s=took,
                             calls_s=calls,
-                            waiting_sampled=waiting,
-                            sampled=sampled,
+                            at_timer=waiting,
                             worker_rss_idle_mb=idle,
-                            worker_rss_mb=rss_mb(pid),
+                            worker_rss_half_mb=rss[0],
+                            worker_rss_mb=rss[1],
                             temporal_rss_mb=rss_mb(server.process.pid),
                             worker_cpu_ms_per_journey=1000 * cpu / n,
                         )
@@ -405,6 +440,7 @@ async def measure(
     started here, its workflows in `temporal_db`), then wake `wake` of them on the
     time-skipping server (0: no wake)."""
     begin = time.monotonic()
+    load = os.getloadavg()[0]
     figures = WaitingFigures(
         machine=machine(), temporal_db="the caller's server" if server else temporal_db
     )
@@ -414,6 +450,7 @@ async def measure(
     if wake:
         figures.wake = await measure_wake(wake, max(cache_sizes))
     figures.duration_s = time.monotonic() - begin
+    figures.load = (load, os.getloadavg()[0])
     return figures
 
 

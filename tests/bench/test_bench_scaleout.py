@@ -49,7 +49,7 @@ async def test_waiting_journeys_start_wait_and_wake_once(dev_server: DevServer) 
 
     (cache,) = figures.caches
     assert cache.cache_size == 10 and cache.journeys == 20
-    assert cache.waiting_sampled == cache.sampled == 20
+    assert cache.at_timer == 20
     assert cache.worker_rss_mb > 0 and cache.temporal_rss_mb > 0
     assert figures.wake is not None
     assert figures.wake.received == 10 and not figures.wake.duplicated

@@ -18,13 +18,24 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from temporalio.client import Client, Interceptor, OutboundInterceptor
+from temporalio.client import (
+    Client,
+    Interceptor,
+    OutboundInterceptor,
+    StartWorkflowInput,
+    WorkflowHandle,
+)
+from temporalio.testing import ActivityEnvironment
 
-from core.journey import JourneyState, journey_id
+from activities.fanout import FanOutActivities
+from core.definition import CampaignDefinition
+from core.fanout import FanOutTarget, PageRequest, entry_event
+from core.journey import JourneyInput, JourneyState, journey_id
 from core.stats import ENTERED
 from store.entries import confirm_entries, record_entry, reserve_entries, running_journeys
-from store.models import CampaignCount, JourneyEntry, Profile
+from store.models import CampaignCount, JourneyEntry, Profile, now
 from temporal.client import TemporalConnection
+from temporal.journeys import start_journey
 from temporal.servers import DevServer
 from tests.api.conftest import end_journeys_left
 from tests.fixtures.api import ADMIN, RunningApi, eventually, make_settings, running_api
@@ -177,35 +188,10 @@ async def test_only_journeys_that_run_are_signalled(
         assert (await settled(api, goal), await settled(api, leave)) == ("ignored", "ignored")
         assert calls == []
 
-        # A journey started by its entry event hears the goal, and converts.
-        ada = f"{m.run}-ada"
-        await settled(api, await track(api, "Product Added", userId=ada))
-        assert calls == ["start_workflow"]
-        calls.clear()
-        assert await settled(api, await track(api, "Order Completed", userId=ada)) == "routed"
-        assert calls == ["signal_workflow"]
-        await eventually(lambda: ended(api, "member-cart", ada, "converted"))
-        # Once it ended, its user is in no journey again: no call.
-        calls.clear()
-        assert await settled(api, await track(api, "Account Deleted", userId=ada)) == "ignored"
-        assert calls == []
-
-        # A visitor's journey, reached by the person's user id once they are linked: one
-        # signal, to the journey that runs (none to the user id, which has none).
-        visitor, user = f"{m.run}-v", f"{m.run}-u"
-        await settled(api, await track(api, "Product Added", anonymousId=visitor))
-        identified = await api.post(
-            "/v1/identify",
-            {"userId": user, "anonymousId": visitor, "messageId": f"m-{uuid.uuid4()}"},
-        )
-        assert identified.status_code == 200, identified.text
-        calls.clear()
-        assert await settled(api, await track(api, "Account Deleted", userId=user)) == "routed"
-        assert calls == ["signal_workflow"]
-        await eventually(lambda: ended(api, "member-cart", f"anon:{visitor}", "exited"))
-
-        # A journey the trigger's fan-out started hears the goal too.
-        bergen = f"{m.run}-bergen"
+        # Journeys of three kinds (side by side, for the suite's time): one started by its
+        # entry event, a visitor's (whose person then logs in), one a trigger's fan-out
+        # started.
+        ada, visitor, user, bergen = (f"{m.run}-{name}" for name in ("ada", "v", "u", "bergen"))
         async with api.services.sessions() as session:
             session.add(Profile(user_id=bergen, traits={"city": "Bergen"}))
             await session.commit()
@@ -213,11 +199,40 @@ async def test_only_journeys_that_run_are_signalled(
             "/v1/triggers/storm", json={"id": f"storm-{m.run}"}, headers=ADMIN
         )
         assert posted.status_code == 202, posted.text
+        entries = [
+            await track(api, "Product Added", userId=ada),
+            await track(api, "Product Added", anonymousId=visitor),
+        ]
+        for message_id in entries:
+            assert await settled(api, message_id) == "routed"
+        identified = await api.post(
+            "/v1/identify",
+            {"userId": user, "anonymousId": visitor, "messageId": f"m-{uuid.uuid4()}"},
+        )
+        assert identified.status_code == 200, identified.text
         await eventually(lambda: journey(api, "member-storm", bergen), timeout=30)
+        # The entry events' two journeys and the fan-out's workflow.
+        assert calls == ["start_workflow"] * 3
         calls.clear()
-        assert await settled(api, await track(api, "Order Completed", userId=bergen)) == "routed"
-        assert calls == ["signal_workflow"]
+
+        # Each hears its goal or exit: one signal each — the person's exit under their user
+        # id goes to the visitor's journey only, the user id having none.
+        ends = [
+            await track(api, "Order Completed", userId=ada),
+            await track(api, "Account Deleted", userId=user),
+            await track(api, "Order Completed", userId=bergen),
+        ]
+        for message_id in ends:
+            assert await settled(api, message_id) == "routed"
+        assert calls == ["signal_workflow"] * 3
+        await eventually(lambda: ended(api, "member-cart", ada, "converted"))
+        await eventually(lambda: ended(api, "member-cart", f"anon:{visitor}", "exited"))
         await eventually(lambda: ended(api, "member-storm", bergen, "converted"))
+
+        # Once its journey ended, a user is in none again: no call.
+        calls.clear()
+        assert await settled(api, await track(api, "Account Deleted", userId=ada)) == "ignored"
+        assert calls == []
 
 
 async def test_a_user_in_no_journey_is_settled_while_temporal_is_down(api: RunningApi) -> None:
@@ -317,3 +332,111 @@ async def test_the_fan_outs_rows_are_visible_before_its_journeys_start(
         )
         # c's first entry, a and b: each in its hour's row and the all-time row.
         assert sum(entered) == 2 * 3
+
+
+class RowsAtStart(Interceptor):
+    """At each journey start, reads from the database whether the router would already
+    see the user in the journey: the order the fan-out writes and starts in, observed."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]):
+        self.sessions = sessions
+        self.seen: dict[str, bool] = {}
+
+    def intercept_client(self, next: OutboundInterceptor) -> OutboundInterceptor:
+        return _RowsAtStart(next, self)
+
+
+class _RowsAtStart(OutboundInterceptor):
+    def __init__(self, next: OutboundInterceptor, outer: RowsAtStart):
+        super().__init__(next)
+        self.outer = outer
+
+    async def start_workflow(self, input: StartWorkflowInput) -> WorkflowHandle[Any, Any]:
+        [journey_input] = input.args
+        assert isinstance(journey_input, JourneyInput)
+        async with self.outer.sessions() as session:
+            found = await running_journeys(
+                session=session,
+                campaign_ids=[journey_input.campaign_id],
+                user_ids=[journey_input.user_id],
+            )
+        self.outer.seen[journey_input.user_id] = bool(found)
+        return await self.next.start_workflow(input)
+
+
+async def test_the_fan_out_writes_each_row_before_starting_its_journey(
+    sessions: async_sessionmaker[AsyncSession], dev_server: DevServer
+) -> None:
+    """The real page activity, on the dev server: at each start, the router would already
+    see the user in the journey. A user whose journey runs (started before, by another
+    occurrence) is joined, and keeps only that journey's row."""
+    settings = make_settings("sqlite://", dev_server.address)
+    run = uuid.uuid4().hex[:8]
+    users = [f"{run}-{i}" for i in range(3)]
+    definition = CampaignDefinition.model_validate(STORM)
+    target = FanOutTarget(
+        campaign_id="member-storm",
+        campaign_version=1,
+        campaign_name="Storm warning",
+        plan=definition.plan(),
+        audience=definition.entry.audience,  # type: ignore[union-attr]
+    )
+    async with sessions() as session:
+        session.add_all(Profile(user_id=u, traits={"city": "Bergen"}) for u in users)
+        session.add(Profile(user_id=f"{run}-oslo", traits={"city": "Oslo"}))
+        await session.commit()
+    client = dev_server.client
+    try:
+        # The last user is in a journey of the campaign already.
+        earlier = PageRequest(
+            occurrence=f"trigger/storm/{run}-0", entry_name="storm", fired_at=now(), target=target
+        )
+        first_run = await start_journey(
+            client,
+            task_queue=settings.task_queue,
+            secret=None,
+            campaign_id="member-storm",
+            campaign_version=1,
+            campaign_name="Storm warning",
+            plan=target.plan,
+            user_id=users[2],
+            entry_event=entry_event(earlier, users[2]),
+            signal=False,
+        )
+        async with sessions() as session:
+            await record_entry(
+                session=session,
+                campaign_id="member-storm",
+                campaign_version=1,
+                user_id=users[2],
+                workflow_id=journey_id("member-storm", users[2]),
+                run_id=first_run,
+                entry_message_id=entry_event(earlier, users[2]).message_id,
+            )
+            await session.commit()
+
+        watcher = RowsAtStart(sessions)
+        config = client.config()
+        config["interceptors"] = [*config["interceptors"], watcher]
+        fan_out = FanOutActivities(sessions=sessions, client=Client(**config), settings=settings)
+        request = PageRequest(
+            occurrence=f"trigger/storm/{run}-1", entry_name="storm", fired_at=now(), target=target
+        )
+        result = await ActivityEnvironment().run(fan_out.start_audience_page, request)
+        assert (result.started, result.skipped) == (3, 1)
+        assert watcher.seen == dict.fromkeys(users, True)
+        async with sessions() as session:
+            rows = await session.execute(
+                select(JourneyEntry.user_id, JourneyEntry.entry_message_id, JourneyEntry.run_id)
+                .where(JourneyEntry.campaign_id == "member-storm")
+                .order_by(JourneyEntry.user_id)
+            )
+            stored = rows.all()
+        assert [(u, m) for u, m, _ in stored] == [
+            (users[0], entry_event(request, users[0]).message_id),
+            (users[1], entry_event(request, users[1]).message_id),
+            (users[2], entry_event(earlier, users[2]).message_id),
+        ]
+        assert stored[2][2] == first_run and None not in [r for _, _, r in stored]
+    finally:
+        await end_journeys_left(client, settings.task_queue)

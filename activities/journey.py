@@ -8,14 +8,14 @@ import contextlib
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.channels.base import OutgoingMessage, Provider, ProviderError
-from activities.policy import check_send_policy
+from activities.policy import check_send_policy, read_facts
 from core.config import Settings
 from core.definition import CampaignDefinition, Channel, Priority, SplitStep
 from core.journey import (
@@ -27,16 +27,21 @@ from core.journey import (
     ACTIVITY_RECORD_OUTCOME,
     ACTIVITY_RECORD_VARIANT,
     ACTIVITY_RESOLVE_WAIT,
+    ACTIVITY_SEND,
+    VERSION_UNAVAILABLE,
     DeliverRequest,
     DeliverResult,
     DeliveryFailure,
     DeliveryStatus,
     HoldOut,
     JourneyOutcome,
+    PolicyAction,
     PolicyDecision,
     PolicyRequest,
     Profile,
     ProfileRequest,
+    SendRequest,
+    SendResult,
     VariantTaken,
     WaitRequest,
     WaitResolution,
@@ -45,14 +50,14 @@ from core.schedule import resolve_local_wait
 from core.templates.render import RenderError, message_context, render_message
 from core.tracking import tracked_html
 from store import deliveries
-from store.campaigns import VersionUnavailable, load_definition
+from store.campaigns import DefinitionCache, VersionUnavailable
 from store.entries import record_outcome, record_variant
 from store.identities import canonical_user, person_profile
+from store.models import Profile as ProfileRow
 from store.profiles import get_profile
 from store.subscriptions import add_suppression
 
 PROVIDER_UNAVAILABLE = "ProviderUnavailable"
-VERSION_UNAVAILABLE = "CampaignVersionUnavailable"
 
 Activity = TypeVar("Activity", bound=Callable[..., Awaitable[Any]])
 
@@ -84,6 +89,7 @@ class JourneyActivities:
         self._sessions = sessions
         self._providers = providers
         self._settings = settings or Settings(_env_file=None)
+        self._definitions = DefinitionCache()
 
     @activity.defn(name=ACTIVITY_RESOLVE_WAIT)
     async def resolve_wait(self, request: WaitRequest) -> WaitResolution:
@@ -113,8 +119,36 @@ class JourneyActivities:
             sessions=self._sessions,
             settings=self._settings,
             request=request,
-            now=max(request.now or datetime.now(UTC), datetime.now(UTC)),
+            now=_policy_time(request),
+            definition_of=self._definitions.get,
         )
+
+    @activity.defn(name=ACTIVITY_SEND)
+    @final_errors
+    async def send(self, request: SendRequest) -> SendResult:
+        """The send policy, then the delivery, as one activity (journeys since the workflow's
+        `PATCH_LEAN`; `check_policy` and `deliver` before): one task, and one read of
+        the person where there were two. A retry that finds the delivery row goes straight
+        to the delivery: the policy allowed it, and `deliver`'s rules apply from there."""
+        async with _heartbeating():
+            async with self._sessions() as session:
+                facts = await read_facts(session, request, self._definitions.get)
+            recorded = facts.recorded
+            if recorded is not None and recorded.status != DeliveryStatus.suppressed.value:
+                return SendResult(decision=ALLOWED, delivery=await self._deliver(request))
+            decision = await check_send_policy(
+                sessions=self._sessions,
+                settings=self._settings,
+                request=request,
+                now=_policy_time(request),
+                definition_of=self._definitions.get,
+                facts=facts,
+            )
+            if decision.action is not PolicyAction.allow:
+                return SendResult(decision=decision)
+            assert facts.definition is not None
+            known = _Known(facts.definition, facts.person[0], facts.profile)
+            return SendResult(decision=decision, delivery=await self._deliver(request, known))
 
     @activity.defn(name=ACTIVITY_LOAD_PROFILE)
     async def load_profile(self, request: ProfileRequest) -> Profile:
@@ -136,8 +170,8 @@ class JourneyActivities:
     async def record_variant(self, taken: VariantTaken) -> None:
         """Count the journey as an entrant of the `split` variant it took."""
         async with self._sessions() as session, session.begin():
-            definition = await load_definition(
-                session=session, campaign_id=taken.campaign_id, version=taken.campaign_version
+            definition = await self._definitions.get(
+                session, taken.campaign_id, taken.campaign_version
             )
             step = definition.step(taken.step_id)
             names = [v.name for v in step.variants] if isinstance(step, SplitStep) else []
@@ -175,18 +209,19 @@ class JourneyActivities:
         async with _heartbeating():
             return await self._deliver(request)
 
-    async def _deliver(self, request: DeliverRequest) -> DeliverResult:
-        # Before the row: a send on a version that cannot be used is never tried.
-        async with self._sessions() as session:
-            definition = await load_definition(
-                session=session,
-                campaign_id=request.campaign_id,
-                version=request.campaign_version,
-            )
-            # The person's: a journey that began under an anonymous id sends to the
-            # address (and names the user, in unsubscribe links) of the person it became.
-            person = await canonical_user(session, request.user_id)
-            profile = await get_profile(session=session, user_id=person)
+    async def _deliver(self, request: DeliverRequest, known: _Known | None = None) -> DeliverResult:
+        if known is None:
+            # Before the row: a send on a version that cannot be used is never tried.
+            async with self._sessions() as session:
+                definition = await self._definitions.get(
+                    session, request.campaign_id, request.campaign_version
+                )
+                # The person's: a journey that began under an anonymous id sends to the
+                # address (and names the user, in unsubscribe links) of the person it became.
+                person = await canonical_user(session, request.user_id)
+                profile = await get_profile(session=session, user_id=person)
+        else:
+            definition, person, profile = known
         async with self._sessions() as session, session.begin():
             row = await deliveries.claim_delivery(session=session, request=request)
         if row.status != DeliveryStatus.pending.value:
@@ -330,7 +365,26 @@ class JourneyActivities:
             self.check_policy,
             self.record_variant,
             self.hold_out,
+            self.send,
         ]
+
+
+ALLOWED = PolicyDecision(action=PolicyAction.allow)
+
+
+class _Known(NamedTuple):
+    """What `send` read already and `_deliver` would read again."""
+
+    definition: CampaignDefinition
+    person: str
+    profile: ProfileRow | None
+
+
+def _policy_time(request: PolicyRequest) -> datetime:
+    """The policy decides at the later of the journey's time and the clock: a time-skipping
+    server's days count, and a late retry is never early."""
+    now = datetime.now(UTC)
+    return max(request.now or now, now)
 
 
 @contextlib.asynccontextmanager

@@ -244,6 +244,17 @@ class PolicyDecision(BaseModel):
     defer_until: datetime | None = None
 
 
+class SendRequest(DeliverRequest, PolicyRequest):
+    """One `send` activity: the send policy, then (when it allows) the delivery — what
+    `check_policy` and `deliver` did as two activities before it."""
+
+
+class SendResult(BaseModel):
+    decision: PolicyDecision
+    """What the policy said; `allow` when the delivery was tried (`delivery`)."""
+    delivery: DeliverResult | None = None
+
+
 class WaitRequest(BaseModel):
     """Resolve a `wait until` to an instant, from the user's profile (zone, date traits)."""
 
@@ -296,3 +307,7 @@ ACTIVITY_CHECK_POLICY = "check_policy"
 ACTIVITY_RESOLVE_WAIT = "resolve_wait"
 ACTIVITY_RECORD_VARIANT = "record_variant"
 ACTIVITY_HOLD_OUT = "hold_out"
+ACTIVITY_SEND = "send"
+VERSION_UNAVAILABLE = "CampaignVersionUnavailable"
+"""The type of an activity's final failure when the journey's campaign version is missing
+or no longer validates: nothing of that version can ever be sent."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -93,6 +94,33 @@ async def load_definition(
     if row is None:
         raise VersionUnavailable(campaign_id, version, "is not in the store", missing=True)
     return definition_of(row)
+
+
+class DefinitionCache:
+    """Parsed campaign versions, read and validated once per process: a stored version never
+    changes (`save_campaign` only adds versions), so what a journey runs on is safe to keep.
+    The least recently used are dropped past `size`; a version that cannot be used is never
+    kept (it raises each time)."""
+
+    def __init__(self, size: int = 256):
+        self.size = size
+        self._items: OrderedDict[tuple[str, int], CampaignDefinition] = OrderedDict()
+
+    async def get(
+        self, session: AsyncSession, campaign_id: str, version: int
+    ) -> CampaignDefinition:
+        key = (campaign_id, version)
+        definition = self._items.get(key)
+        if definition is not None:
+            self._items.move_to_end(key)
+            return definition
+        definition = await load_definition(
+            session=session, campaign_id=campaign_id, version=version
+        )
+        self._items[key] = definition
+        if len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return definition
 
 
 async def save_campaign(

@@ -24,9 +24,18 @@ async def claim_delivery(*, session: AsyncSession, request: DeliverRequest) -> D
 
     Inserting is idempotent (unique key, ON CONFLICT DO NOTHING), so two attempts racing
     each other see one row. The caller commits before calling the provider: the row is the
-    record that a send was tried, whatever happens next.
+    record that a send was tried, whatever happens next. A first attempt is one statement.
     """
-    await _insert_once(session, request, DeliveryStatus.pending)
+    written = await session.scalars(
+        dialect_insert(session, Delivery)
+        .values(**_row(request, DeliveryStatus.pending, attempts=1))
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(Delivery),
+        execution_options={"populate_existing": True},
+    )
+    row = written.first()
+    if row is not None:
+        return row
     await session.execute(
         update(Delivery)
         .where(
@@ -84,32 +93,43 @@ async def _insert_once(
 ) -> bool:
     """The row for this send, unless one exists under its key (ON CONFLICT DO NOTHING);
     True when this call wrote it."""
-    at = at or now()
     table = Delivery.__table__
     result = await session.execute(
         dialect_insert(session, table)
-        .values(
-            idempotency_key=request.idempotency_key,
-            workflow_id=request.workflow_id,
-            campaign_id=request.campaign_id,
-            campaign_version=request.campaign_version,
-            step_id=request.step_id,
-            visit=request.visit,
-            channel=request.channel,
-            user_id=request.user_id,
-            status=status.value,
-            attempts=0,
-            error=error[:MAX_ERROR_CHARS] if error else None,
-            variant=request.variant,
-            opens=0,
-            clicks=0,
-            created_at=at,
-            updated_at=at,
-        )
+        .values(**_row(request, status, error=error, at=at))
         .on_conflict_do_nothing(index_elements=["idempotency_key"])
         .returning(table.c.id)
     )
     return result.first() is not None
+
+
+def _row(
+    request: Send,
+    status: DeliveryStatus,
+    *,
+    attempts: int = 0,
+    error: str | None = None,
+    at: datetime | None = None,
+) -> dict[str, Any]:
+    at = at or now()
+    return {
+        "idempotency_key": request.idempotency_key,
+        "workflow_id": request.workflow_id,
+        "campaign_id": request.campaign_id,
+        "campaign_version": request.campaign_version,
+        "step_id": request.step_id,
+        "visit": request.visit,
+        "channel": request.channel,
+        "user_id": request.user_id,
+        "status": status.value,
+        "attempts": attempts,
+        "error": error[:MAX_ERROR_CHARS] if error else None,
+        "variant": request.variant,
+        "opens": 0,
+        "clicks": 0,
+        "created_at": at,
+        "updated_at": at,
+    }
 
 
 async def get_delivery(*, session: AsyncSession, idempotency_key: str) -> Delivery | None:

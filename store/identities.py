@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from store.db import dialect_insert
@@ -58,14 +58,23 @@ async def canonical_user(session: AsyncSession, user_id: str) -> str:
 
 async def person_ids(session: AsyncSession, user_id: str) -> list[str]:
     """Every id of the person `user_id` is: the canonical id first, then the ids linked to
-    it (sorted)."""
-    canonical = await canonical_user(session, user_id)
-    linked = await session.scalars(
-        select(Identity.anonymous_id)
-        .where(Identity.user_id == canonical, Identity.anonymous_id != canonical)
-        .order_by(Identity.anonymous_id)
-    )
-    return [canonical, *linked]
+    it (sorted). One statement when `user_id` is the canonical id (the common case)."""
+    rows = (
+        await session.execute(
+            select(Identity.anonymous_id, Identity.user_id).where(
+                or_(Identity.anonymous_id == user_id, Identity.user_id == user_id)
+            )
+        )
+    ).all()
+    if any(anonymous == user_id and linked != user_id for anonymous, linked in rows):
+        canonical = await canonical_user(session, user_id)
+        linked_ids = await session.scalars(
+            select(Identity.anonymous_id)
+            .where(Identity.user_id == canonical, Identity.anonymous_id != canonical)
+            .order_by(Identity.anonymous_id)
+        )
+        return [canonical, *linked_ids]
+    return [user_id, *sorted(a for a, linked in rows if linked == user_id and a != user_id)]
 
 
 async def person_profile(session: AsyncSession, user_id: str) -> Profile | None:

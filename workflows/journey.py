@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, FailureError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from core.conditions import evaluate_all
@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         ACTIVITY_RECORD_OUTCOME,
         ACTIVITY_RECORD_VARIANT,
         ACTIVITY_RESOLVE_WAIT,
+        ACTIVITY_SEND,
         MAX_RECENT_EVENTS,
         MAX_SEEN_EVENT_IDS,
         MAX_STEP_RECORDS,
@@ -41,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         QUERY_STATE,
         SIGNAL_EVENT,
         UPDATE_EXIT,
+        VERSION_UNAVAILABLE,
         WORKFLOW_NAME,
         DeliverRequest,
         DeliverResult,
@@ -59,6 +61,8 @@ with workflow.unsafe.imports_passed_through():
         Profile,
         ProfileRequest,
         Send,
+        SendRequest,
+        SendResult,
         StepRecord,
         VariantTaken,
         WaitRequest,
@@ -97,6 +101,12 @@ failed for good; from it on, they end `failed` with the reason and record their 
 PATCH_WAIT_UNTIL_MISSING = "wait-until-missing-v1"
 """Journeys before it waited on a 1 ms timer when a `wait until`'s date was missing or
 gone; from it on, the step's `missing`/`past` rule skips the wait or ends the journey."""
+PATCH_LEAN = "lean-journey-v1"
+"""Journeys before it asked `check_policy`, then ran `deliver` (two activities, two workflow
+tasks per send), and recorded their outcome with an activity task. From it on, one `send`
+activity does the policy and the delivery, and the outcome is a local activity, run by the
+worker in the workflow task that ends the journey. One patch for both: one marker event
+per journey."""
 PROFILE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1)
 )
@@ -260,6 +270,8 @@ class JourneyWorkflow:
                 summary=f"{step.channel}: {step.template} held out",
             )
             return step.next, "held out: the journey is in the campaign's holdout"
+        if workflow.patched(PATCH_LEAN):
+            return await self._send_once(step, send)
         # Journeys started before the send policy existed replay without it.
         if workflow.patched(PATCH_SEND_POLICY):
             verdict = await self._check_policy(step, send)
@@ -283,19 +295,74 @@ class JourneyWorkflow:
                 summary=f"{step.channel}: {step.template}",
             )
         except ActivityError as err:
-            failure = f"{step.channel} failed: {_reason(err)}"
-            await workflow.execute_activity(
-                ACTIVITY_FAIL_DELIVERY,
-                DeliveryFailure(idempotency_key=request.idempotency_key, reason=failure),
-                start_to_close_timeout=RECORD_TIMEOUT,
-                retry_policy=RECORD_RETRY,
-                summary=f"{step.channel}: {step.template} failed",
-            )
-        else:
-            if result.status is DeliveryStatus.sent:
-                state.sends += 1
-                return step.next, f"sent via {step.channel} (delivery {result.delivery_id})"
-            failure = f"{step.channel} failed: {result.reason}"
+            return await self._give_up(step, request.idempotency_key, err)
+        return self._delivered(step, result)
+
+    async def _send_once(self, step: SendStep, send: Send) -> tuple[str | None, str] | _Stay:
+        """The send policy and the delivery in one `send` activity, asked again after each
+        deferral (quiet hours) as `_check_policy` does."""
+        state = self.state
+        request = SendRequest(
+            **dict(send),
+            template=step.template,
+            entry_event=self.input.entry_event,
+            last_event=state.last_event,
+            max_attempts=MAX_DEFERRALS,
+        )
+        for attempt in range(1, MAX_DEFERRALS + 1):
+            request.now = workflow.now()
+            request.attempt = attempt
+            try:
+                result: SendResult = await workflow.execute_activity(
+                    ACTIVITY_SEND,
+                    request,
+                    result_type=SendResult,
+                    start_to_close_timeout=DELIVER_TIMEOUT,
+                    heartbeat_timeout=DELIVER_HEARTBEAT,
+                    schedule_to_close_timeout=DELIVER_GIVE_UP,
+                    retry_policy=DELIVER_RETRY,
+                    summary=f"{step.channel}: {step.template}",
+                )
+            except ActivityError as err:
+                if _unusable(err):
+                    # Nothing of this version can ever be sent (nor was anything tried).
+                    failure = f"{ACTIVITY_SEND} failed: {_reason(err)}"
+                    self._end(JourneyStatus.failed, failure)
+                    return None, failure
+                return await self._give_up(step, request.idempotency_key, err)
+            decision = result.decision
+            if decision.action is PolicyAction.allow:
+                state.deferred_until = None
+                assert result.delivery is not None
+                return self._delivered(step, result.delivery)
+            if decision.action is PolicyAction.suppress:
+                state.deferred_until = None
+                return step.next, f"suppressed: {decision.reason}"
+            if not await self._deferred(step, decision):
+                return STAY
+        return step.next, f"suppressed: still deferred after {MAX_DEFERRALS} tries"
+
+    def _delivered(self, step: SendStep, result: DeliverResult) -> tuple[str | None, str]:
+        if result.status is DeliveryStatus.sent:
+            self.state.sends += 1
+            return step.next, f"sent via {step.channel} (delivery {result.delivery_id})"
+        return self._send_failed(step, f"{step.channel} failed: {result.reason}")
+
+    async def _give_up(
+        self, step: SendStep, idempotency_key: str, err: ActivityError
+    ) -> tuple[str | None, str]:
+        """The send's retries ran out (or its error was final): close its row as failed."""
+        failure = f"{step.channel} failed: {_reason(err)}"
+        await workflow.execute_activity(
+            ACTIVITY_FAIL_DELIVERY,
+            DeliveryFailure(idempotency_key=idempotency_key, reason=failure),
+            start_to_close_timeout=RECORD_TIMEOUT,
+            retry_policy=RECORD_RETRY,
+            summary=f"{step.channel}: {step.template} failed",
+        )
+        return self._send_failed(step, failure)
+
+    def _send_failed(self, step: SendStep, failure: str) -> tuple[str | None, str]:
         if step.on_failure is FailureRule.exit:
             self._end(JourneyStatus.failed, failure)
             return None, failure
@@ -328,23 +395,30 @@ class JourneyWorkflow:
             if decision.action is PolicyAction.suppress:
                 state.deferred_until = None
                 return step.next, f"suppressed: {decision.reason}"
-            until = decision.defer_until or workflow.now()
-            state.deferred_until = until
-            note = f"deferred until {until:%Y-%m-%d %H:%M} UTC: {decision.reason}"
-            self._note(note)
-            state.waiting_for = note
-            workflow.set_current_details(f"step **{step.id}** (send): {note}")
-            try:
-                await workflow.wait_condition(
-                    lambda: self._interrupted(),
-                    timeout=max(until - workflow.now(), timedelta(milliseconds=1)),
-                    timeout_summary=f"deferred: {decision.reason}",
-                )
-            except TimeoutError:
-                continue
-            return STAY
+            if not await self._deferred(step, decision):
+                return STAY
         # Journeys whose policy answered before `max_attempts` existed end up here.
         return step.next, f"suppressed: still deferred after {MAX_DEFERRALS} tries"
+
+    async def _deferred(self, step: SendStep, decision: PolicyDecision) -> bool:
+        """Wait out a deferral on a durable timer: True when it ended (ask again), False
+        when the journey was interrupted meanwhile (a goal, an exit, continue-as-new)."""
+        state = self.state
+        until = decision.defer_until or workflow.now()
+        state.deferred_until = until
+        note = f"deferred until {until:%Y-%m-%d %H:%M} UTC: {decision.reason}"
+        self._note(note)
+        state.waiting_for = note
+        workflow.set_current_details(f"step **{step.id}** (send): {note}")
+        try:
+            await workflow.wait_condition(
+                lambda: self._interrupted(),
+                timeout=max(until - workflow.now(), timedelta(milliseconds=1)),
+                timeout_summary=f"deferred: {decision.reason}",
+            )
+        except TimeoutError:
+            return True
+        return False
 
     async def _wait(self, step: WaitStep) -> tuple[str | None, str] | _Stay:
         state = self.state
@@ -499,24 +573,35 @@ class JourneyWorkflow:
     async def _record_outcome(self) -> None:
         state = self.state
         info = workflow.info()
+        outcome = JourneyOutcome(
+            workflow_id=info.workflow_id,
+            run_id=info.first_execution_run_id,
+            campaign_id=self.input.campaign_id,
+            campaign_version=self.input.campaign_version,
+            user_id=self.input.user_id,
+            entry_message_id=self.input.entry_event.message_id,
+            status=state.status,
+            exit_reason=state.exit_reason,
+            ended_at=state.ended_at or workflow.now(),
+            variant=self._group(),
+            goal_event=state.last_event if state.status is JourneyStatus.converted else None,
+        )
+        summary = f"record outcome: {state.status.value}"
+        if workflow.patched(PATCH_LEAN):
+            await workflow.execute_local_activity(
+                ACTIVITY_RECORD_OUTCOME,
+                outcome,
+                start_to_close_timeout=RECORD_TIMEOUT,
+                retry_policy=RECORD_RETRY,
+                summary=summary,
+            )
+            return
         await workflow.execute_activity(
             ACTIVITY_RECORD_OUTCOME,
-            JourneyOutcome(
-                workflow_id=info.workflow_id,
-                run_id=info.first_execution_run_id,
-                campaign_id=self.input.campaign_id,
-                campaign_version=self.input.campaign_version,
-                user_id=self.input.user_id,
-                entry_message_id=self.input.entry_event.message_id,
-                status=state.status,
-                exit_reason=state.exit_reason,
-                ended_at=state.ended_at or workflow.now(),
-                variant=self._group(),
-                goal_event=state.last_event if state.status is JourneyStatus.converted else None,
-            ),
+            outcome,
             start_to_close_timeout=RECORD_TIMEOUT,
             retry_policy=RECORD_RETRY,
-            summary=f"record outcome: {state.status.value}",
+            summary=summary,
         )
 
     # -- helpers -----------------------------------------------------------------------
@@ -597,6 +682,12 @@ def _reason(err: ActivityError) -> str:
     """Why an activity failed for good, as its last attempt said."""
     cause = err.cause
     return cause.message if isinstance(cause, FailureError) and cause.message else str(err)
+
+
+def _unusable(err: ActivityError) -> bool:
+    """The activity failed because the journey's campaign version cannot be used."""
+    cause = err.cause
+    return isinstance(cause, ApplicationError) and cause.type == VERSION_UNAVAILABLE
 
 
 def _matches(step: WaitForStep, event: JourneyEvent) -> bool:

@@ -1,8 +1,9 @@
 """The worker process SIGKILLed again and again while journeys send — some kills land after
 the provider took a message and before the worker heard back. Every journey's message still
 arrives, once: the deliveries row and the idempotency key (`webhook-id`) see to it. And the
-death is noticed within seconds: `deliver` heartbeats, so Temporal gives up on the dead
-worker's attempt after the heartbeat timeout, not after the 60 s start-to-close timeout.
+death is noticed within seconds: `send` (the policy and the delivery) heartbeats, so Temporal
+gives up on the dead worker's attempt after the heartbeat timeout, not after the 60 s
+start-to-close timeout.
 
 Real parts: the dev server, the API over HTTP, `nudge worker` as its own process, SQLite or
 PostgreSQL, a webhook provider double that dedupes by `webhook-id` as real receivers do.
@@ -31,7 +32,7 @@ from temporalio.api.enums.v1 import TimeoutType
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from core.journey import (
-    ACTIVITY_DELIVER,
+    ACTIVITY_SEND,
     DeliveryStatus,
     JourneyState,
     JourneyStatus,
@@ -352,9 +353,9 @@ async def test_worker_killed_mid_send_every_message_arrives_once(
             # start-to-close timeout.
             assert None not in retried_after, counts
             assert retried_after[-1] < NOTICED_WITHIN, counts
-            deliver = {k: n for k, n in timed_out.items() if k.startswith(f"{ACTIVITY_DELIVER}:")}
-            assert deliver.get(f"{ACTIVITY_DELIVER}: heartbeat", 0) >= len(dict(caught_at)), counts
-            assert set(deliver) == {f"{ACTIVITY_DELIVER}: heartbeat"}, counts
+            send = {k: n for k, n in timed_out.items() if k.startswith(f"{ACTIVITY_SEND}:")}
+            assert send.get(f"{ACTIVITY_SEND}: heartbeat", 0) >= len(dict(caught_at)), counts
+            assert set(send) == {f"{ACTIVITY_SEND}: heartbeat"}, counts
     finally:
         provider.disarm()
         worker.stop()

@@ -163,6 +163,29 @@ async def record(sessions) -> None:
             h = await start(env.client, queue, AB, user=user)
             await h.result()
             runs["holdout"] = h
+            # One `send` activity for the policy and the delivery, the outcome a local
+            # activity (patch lean-journey-v1): a reminder; a deferral past the 24 h wait,
+            # asked again by `send`; a suppression, and the journey goes on.
+            h = await start(env.client, queue, CART, user="replay-lean-reminder")
+            await h.result()
+            runs["lean_reminder"] = h
+            began = await env.get_current_time()
+            doubles.policy = [
+                PolicyDecision(
+                    action=PolicyAction.defer,
+                    reason="quiet hours",
+                    defer_until=began + timedelta(hours=33),
+                )
+            ]
+            h = await start(env.client, queue, CART, user="replay-lean-deferred")
+            await h.result()
+            runs["lean_deferred"] = h
+            doubles.policy = [
+                PolicyDecision(action=PolicyAction.suppress, reason="unsubscribed from marketing")
+            ]
+            h = await start(env.client, queue, BRANCHY, user="replay-lean-suppressed")
+            await h.result()
+            runs["lean_suppressed"] = h
             for name, handle in runs.items():
                 path = HISTORIES / f"{name}.json"
                 if path.exists():

@@ -32,6 +32,7 @@ from core.journey import (
     ACTIVITY_RECORD_OUTCOME,
     ACTIVITY_RECORD_VARIANT,
     ACTIVITY_RESOLVE_WAIT,
+    ACTIVITY_SEND,
     QUERY_STATE,
     SIGNAL_EVENT,
     UPDATE_EXIT,
@@ -50,6 +51,8 @@ from core.journey import (
     PolicyRequest,
     Profile,
     ProfileRequest,
+    SendRequest,
+    SendResult,
     VariantTaken,
     WaitRequest,
     WaitResolution,
@@ -118,6 +121,7 @@ class ActivityDoubles:
             "resolve_wait": self.resolve_wait,
             "record_variant": self.record_variant,
             "hold_out": self.hold_out,
+            "send": self.send,
         }
         unknown = set(real) - set(doubles)
         assert not unknown, f"no double named {sorted(unknown)}"
@@ -156,6 +160,15 @@ class ActivityDoubles:
         if self.policy:
             return self.policy.pop(0)
         return PolicyDecision(action=PolicyAction.allow)
+
+    @activity.defn(name=ACTIVITY_SEND)
+    async def send(self, request: SendRequest) -> SendResult:
+        """The policy double, then, when it allows, the delivery double: as the real `send`
+        runs the real policy and delivery."""
+        decision = await self.check_policy(request)
+        if decision.action is not PolicyAction.allow:
+            return SendResult(decision=decision)
+        return SendResult(decision=decision, delivery=await self.deliver(request))
 
     @activity.defn(name=ACTIVITY_RESOLVE_WAIT)
     async def resolve_wait(self, request: WaitRequest) -> WaitResolution:
@@ -555,7 +568,8 @@ async def test_a_send_whose_retries_run_out_is_closed_and_the_journey_goes_on(
 @pytest.mark.parametrize(
     ("broken", "definition"),
     [
-        (ACTIVITY_CHECK_POLICY, "CART"),
+        # The send policy fails for good inside `send`: that is a send whose retries ran
+        # out (the step's `on_failure`, tested above), not this.
         (ACTIVITY_LOAD_PROFILE, "BRANCHY"),
         (ACTIVITY_RESOLVE_WAIT, "RENEWAL"),
     ],

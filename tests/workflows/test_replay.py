@@ -98,6 +98,13 @@ GUARDED: dict[str, Callable[[WorkflowHistory], bool]] = {
     ),
     # The holdout: no policy, no delivery; the send held out, and the split not counted.
     "holdout": lambda h: activities(h) == ["hold_out", "record_outcome"],
+    # lean-journey-v1: one `send` where `check_policy` and `deliver` were, the outcome a
+    # local activity (a marker, no activity task).
+    "lean_reminder": lambda h: activities(h) == ["send"] and kinds(h)["marker_recorded"] >= 2,
+    "lean_deferred": lambda h: activities(h) == ["send", "send"] and kinds(h)["timer_fired"] == 2,
+    "lean_suppressed": lambda h: (
+        activities(h)[:2] == ["load_profile", "send"] and "record_outcome" not in activities(h)
+    ),
 }
 """The behaviours the recorded histories guard, and how each history shows its own."""
 

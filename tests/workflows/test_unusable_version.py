@@ -37,7 +37,7 @@ async def test_a_version_that_no_longer_validates_fails_the_journey_on_the_recor
     assert result.status is JourneyStatus.failed
     assert result.exit_reason is not None
     assert result.exit_reason.startswith(
-        "check_policy failed: campaign 'cart' version 1 no longer validates"
+        "send failed: campaign 'cart' version 1 no longer validates"
     )
     async with sessions() as session:
         [entry] = (

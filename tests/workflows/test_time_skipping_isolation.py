@@ -80,7 +80,11 @@ async def test_a_test_leaves_a_workflow_with_a_task_nobody_takes(
     await handle.signal(Sleeper.poke)
     assert (await handle.describe()).status is WorkflowExecutionStatus.RUNNING
     last = (await handle.fetch_history()).events[-1]
-    assert last.HasField("workflow_task_scheduled_event_attributes"), last
+    # Scheduled, or handed to a long poll the closing worker still had open on the server
+    # (which the server only notices when the task times out): either way, never completed.
+    assert last.HasField("workflow_task_scheduled_event_attributes") or last.HasField(
+        "workflow_task_started_event_attributes"
+    ), last
 
 
 async def test_the_next_test_still_sees_a_day_pass_in_moments(

@@ -1,14 +1,23 @@
-"""api: the relay — drains the events outbox in id order, one background task per API
-process, handing each event to the router.
+"""api: the relay — drains the events outbox in id order per user, two background tasks
+per API process (two lanes), handing each event to the router.
 
 Ingestion writes an event to the outbox and answers; the relay routes it afterwards, woken
 right after the write and every `relay_interval_seconds` otherwise. Every API process runs
 a relay on the same outbox, so each relay first claims what it routes (`claim_events`): an
 event is routed by one relay, and a user's events by one relay at a time, oldest first.
-Each event is settled — `routed`, `ignored` or `failed` — in its own short transaction as
-soon as its routing is done, so a relay that dies repeats at most the events in flight
-(their journeys drop the repeated signal by message id). Order per user: once an event of a
-user fails, that user's later events wait behind it; other users go on.
+
+Two lanes, each claiming under an id of its own: the lane takes the `track` events no
+active campaign starts on but a journey may react to (a goal, an exit, a `wait_for`), the
+main lane all the others, oldest first. So a user's `Order Completed` does not wait behind
+thousands of other users' entry events; it does wait behind the user's own earlier events,
+whichever lane holds them (order per user holds across lanes as across relays).
+
+Events are settled — `routed`, `ignored` or `failed` — as soon as their routing is done, in
+transactions shared by the events done meanwhile (`Settler`, a group commit): a user's next
+event is routed only once the previous one is settled, and a relay that dies repeats at most
+the events in flight, routed but not yet committed as settled (their journeys drop the
+repeated signal by message id). Order per user: once an event of a user fails, that user's
+later events wait behind it; other users go on.
 """
 
 from __future__ import annotations
@@ -31,13 +40,18 @@ from api.attribution import attribute_goal
 from api.router import EventRouter, Outcome
 from api.segment_index import SegmentIndexLoader
 from core.config import Settings
+from core.routing import CampaignIndex
 from store.events import (
+    LANE_TYPE,
     EventStatus,
+    LaneWork,
     claim_events,
     extend_claims,
+    lane_work,
     record_attempt_failure,
     release_claims,
     settle_event,
+    settle_events,
 )
 from store.models import Event
 from temporal.client import is_outage, is_transient
@@ -61,6 +75,10 @@ LEASE = timedelta(seconds=30)
 while it routes them, so only a relay that died (or stalled that long) loses them; then
 another relay takes its events over after at most this long. Leases are compared with each
 API host's clock: hosts must agree on the time to well within it (NTP does)."""
+
+LANE_RECHECK_SECONDS = 0.1
+"""How soon the lane looks again while its events wait behind their users' earlier events
+(routed by the main lane meanwhile): one cheap read, until they are through."""
 
 FINAL_CODES = frozenset({RPCStatusCode.INVALID_ARGUMENT})
 """RPC codes that say the request itself is wrong — a workflow id over Temporal's length
@@ -91,6 +109,94 @@ def new_relay_id() -> str:
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
+def lane_names(index: CampaignIndex) -> frozenset[str]:
+    """The `track` event names of the lane: some journey may react to them, and no active
+    campaign starts a journey on them."""
+    return frozenset(name for name in index.reactions if (LANE_TYPE, name) not in index.entries)
+
+
+def lane_id(relay_id: str) -> str:
+    """The id the lane claims under (`claimed_by`, 64 characters at most)."""
+    return f"{relay_id[:58]}/lane"
+
+
+Settling = tuple[str, int, EventStatus, str | None]
+"""(relay id, event id, status, error) of one event to settle."""
+
+
+class Settler:
+    """Settles events in groups: a group commit. A writer task writes what is waiting in
+    one transaction and, while it writes, the next events queue up for the next one; each
+    caller learns whether its own event was still its relay's to settle.
+
+    The writer runs only while something waits, and apart from the callers, so a caller
+    cancelled mid-write (its pass failed) leaves the write to finish for the others. A
+    write that fails fails every caller in it."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]):
+        self.sessions = sessions
+        self._queue: list[tuple[Settling, asyncio.Future[bool]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self.transactions = 0
+        """How many transactions settled events (for tests and the bench)."""
+
+    async def settle(
+        self, relay_id: str, event_id: int, status: EventStatus, error: str | None = None
+    ) -> bool:
+        settled: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.append(((relay_id, event_id, status, error), settled))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_all(), name="nudge-relay-settle")
+        return await settled
+
+    async def stop(self) -> None:
+        """Let the write under way finish."""
+        if self._writer is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+
+    async def _write_all(self) -> None:
+        while self._queue:
+            group, self._queue = self._queue, []
+            try:
+                await self._write(group)
+            except Exception as exc:
+                for _, waiting in group:
+                    if not waiting.done():
+                        waiting.set_exception(exc)
+            except BaseException:
+                for _, waiting in [*group, *self._queue]:
+                    waiting.cancel()
+                self._queue = []
+                raise
+
+    async def _write(self, group: list[tuple[Settling, asyncio.Future[bool]]]) -> None:
+        plain: dict[tuple[str, EventStatus], set[int]] = defaultdict(set)
+        done: set[int] = set()
+        async with self.sessions() as session:
+            for (relay_id, event_id, status, error), _ in group:
+                if error is None:
+                    plain[(relay_id, status)].add(event_id)
+                elif await settle_event(
+                    session=session,
+                    event_id=event_id,
+                    relay_id=relay_id,
+                    status=status,
+                    error=error,
+                ):
+                    done.add(event_id)
+            for (relay_id, status), event_ids in plain.items():
+                done |= await settle_events(
+                    session=session, event_ids=event_ids, relay_id=relay_id, status=status
+                )
+            await session.commit()
+        self.transactions += 1
+        for (_, event_id, _, _), waiting in group:
+            if not waiting.done():
+                waiting.set_result(event_id in done)
+
+
 @dataclass
 class PassResult:
     """What one relay pass over (at most) `batch_size` claimed events did."""
@@ -109,7 +215,8 @@ class PassResult:
 
 
 class Relay:
-    """Drains the outbox in id order: one background task per API process.
+    """Drains the outbox, users side by side and each user's events in order: two
+    background tasks per API process, one per lane.
 
     Woken right after an ingestion request commits, and every `relay_interval_seconds`
     otherwise (to retry what was held back). Order per user: once an event of a user
@@ -126,7 +233,7 @@ class Relay:
         sessions: async_sessionmaker[AsyncSession],
         settings: Settings,
         batch_size: int = 500,
-        concurrency: int = 16,
+        concurrency: int | None = None,
         max_attempts: int = MAX_ATTEMPTS,
         lease: timedelta = LEASE,
         relay_id: str | None = None,
@@ -137,76 +244,113 @@ class Relay:
         self.sessions = sessions
         self.settings = settings
         self.batch_size = batch_size
-        self.concurrency = concurrency
+        self.concurrency = concurrency or settings.relay_concurrency
         self.max_attempts = max_attempts
         self.lease = lease
         self.relay_id = relay_id or new_relay_id()
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self.lane_id = lane_id(self.relay_id)
+        self.settler = Settler(sessions)
+        self._wakeups = {False: asyncio.Event(), True: asyncio.Event()}
+        """By lane: the main lane's (False) and the lane's (True)."""
+        self._tasks: list[asyncio.Task[None]] = []
         self._outage = False
+        self._lane_waits = False
+        """The lane's events wait behind earlier events of their users: look again soon."""
 
     def wake(self) -> None:
-        self._wakeup.set()
+        for wakeup in self._wakeups.values():
+            wakeup.set()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name="nudge-relay")
+        self._tasks = [
+            asyncio.create_task(self.run(lane=False), name="nudge-relay"),
+            asyncio.create_task(self.run(lane=True), name="nudge-relay-lane"),
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._tasks = []
+        await self.settler.stop()
 
-    async def run(self) -> None:
+    async def run(self, *, lane: bool = False) -> None:
         last_error = None
+        wakeup = self._wakeups[lane]
         while True:
-            self._wakeup.clear()
+            wakeup.clear()
             try:
-                await self.drain()
+                await self.drain_lane(lane=lane)
                 last_error = None
             except Exception as exc:
                 # The database being down fails every pass: say so once, not every tick.
                 if describe(exc) != last_error:
                     log.exception("relay pass failed; retrying every %ss", self._interval)
                 last_error = describe(exc)
+            interval = self._interval
+            if lane and self._lane_waits:
+                interval = min(interval, LANE_RECHECK_SECONDS)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=self._interval)
+                await asyncio.wait_for(wakeup.wait(), timeout=interval)
 
     @property
     def _interval(self) -> float:
         return self.settings.relay_interval_seconds
 
+    def lane_names(self) -> frozenset[str]:
+        campaigns = self.router.campaigns
+        return lane_names(campaigns.index) if campaigns.loaded else frozenset()
+
     async def drain(self) -> list[PassResult]:
-        """Pass over the outbox until a claim comes back empty or what is left must wait.
+        """Both lanes, the main one first, until what is left must wait: what the
+        background tasks do side by side, one after the other."""
+        return [*await self.drain_lane(lane=False), *await self.drain_lane(lane=True)]
+
+    async def drain_lane(self, *, lane: bool) -> list[PassResult]:
+        """Pass over one lane until a claim comes back empty or what is left must wait.
 
         Claiming again after a short batch is what picks up a user's events that arrived
         while this relay held the user's earlier ones (another relay left them alone).
         """
+        relay_id = self.lane_id if lane else self.relay_id
         results: list[PassResult] = []
         while True:
             await self.router.campaigns.refresh()
             if self.segments is not None:
                 await self.segments.refresh()
+            names = self.lane_names()
             async with self.sessions() as session:
+                if lane:
+                    work = await lane_work(session=session, relay_id=relay_id, lane_names=names)
+                    self._lane_waits = work is LaneWork.waiting
+                    if work is not LaneWork.ready:
+                        return results
                 events = await claim_events(
                     session=session,
-                    relay_id=self.relay_id,
+                    relay_id=relay_id,
                     lease=self.lease,
                     limit=self.batch_size,
+                    lane_names=names,
+                    lane=lane,
                 )
                 await session.commit()
             if not events:
                 return results
-            result = await self.relay(events)
+            result = await self.relay(events, relay_id=relay_id)
             results.append(result)
+            if not lane and names:
+                # The lane's events that waited behind this pass's may go now.
+                self._wakeups[True].set()
             # Held events would come back first in the next batch: wait for the next tick.
             if result.held or result.failures:
                 return results
 
-    async def relay(self, events: list[Event]) -> PassResult:
+    async def relay(self, events: list[Event], *, relay_id: str | None = None) -> PassResult:
         """Route one claimed batch: users side by side, each user's events one after
         another. The claims are renewed meanwhile and given back at the end."""
+        relay_id = relay_id or self.relay_id
         result = PassResult()
         by_user: dict[str, list[Event]] = defaultdict(list)
         for event in events:
@@ -216,11 +360,11 @@ class Relay:
         async def one_user(queue: list[Event]) -> None:
             async with gate:
                 for i, event in enumerate(queue):
-                    if not await self._one(event, result):
+                    if not await self._one(event, result, relay_id):
                         result.held += len(queue) - i - 1
                         return
 
-        renewing = asyncio.create_task(self._renew_claims(), name="nudge-relay-lease")
+        renewing = asyncio.create_task(self._renew_claims(relay_id), name="nudge-relay-lease")
         try:
             async with asyncio.TaskGroup() as group:
                 for queue in by_user.values():
@@ -232,7 +376,7 @@ class Relay:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
-            await self._release_claims()
+            await self._release_claims(relay_id)
         self._log_pass(result)
         return result
 
@@ -250,7 +394,7 @@ class Relay:
                 result.held,
             )
 
-    async def _one(self, event: Event, result: PassResult) -> bool:
+    async def _one(self, event: Event, result: PassResult, relay_id: str) -> bool:
         """Route one event and settle it at once; False when it stays pending (and so
         must its user's later events).
 
@@ -265,7 +409,7 @@ class Relay:
                     self.wake()
             except Exception as exc:
                 if retry_later(exc):
-                    return await self._failed(event, exc, result)
+                    return await self._failed(event, exc, result, relay_id)
                 # A bug in membership must not cost the event its journeys: it is routed,
                 # uncounted (its `counted` flag stays false), and said loudly.
                 log.exception(
@@ -277,7 +421,7 @@ class Relay:
             await attribute_goal(self.sessions, self.router.campaigns.goals, event)
         except Exception as exc:
             if retry_later(exc):
-                return await self._failed(event, exc, result)
+                return await self._failed(event, exc, result, relay_id)
             # As for segments: the event still reaches its journeys.
             log.exception(
                 "conversion attribution failed for event %s (id %d); routed without it",
@@ -290,15 +434,17 @@ class Relay:
         try:
             outcome = await self.router.route(event)
         except Exception as exc:
-            return await self._failed(event, exc, result)
+            return await self._failed(event, exc, result, relay_id)
         status = EventStatus.routed if outcome is Outcome.routed else EventStatus.ignored
-        if not await self._settle(event, status):
+        if not await self._settle(event, status, relay_id):
             result.lost.append(event.id)
             return False
         (result.routed if status is EventStatus.routed else result.ignored).append(event.id)
         return True
 
-    async def _failed(self, event: Event, exc: Exception, result: PassResult) -> bool:
+    async def _failed(
+        self, event: Event, exc: Exception, result: PassResult, relay_id: str
+    ) -> bool:
         """Count a failed attempt in the event's row; give up when retrying cannot help or
         has not helped `max_attempts` times. False when the event stays pending."""
         error = describe(exc)
@@ -337,7 +483,7 @@ class Relay:
             exc_info=exc,
         )
         result.failures.append((event.id, error))
-        if not await self._settle(event, EventStatus.failed, error=error):
+        if not await self._settle(event, EventStatus.failed, relay_id, error=error):
             result.lost.append(event.id)
             return False
         result.gave_up.append(event.id)
@@ -351,18 +497,12 @@ class Relay:
             await session.commit()
         return failures
 
-    async def _settle(self, event: Event, status: EventStatus, error: str | None = None) -> bool:
-        """Settle one event in its own transaction; False when this relay's claim lapsed
-        and another relay took the event over (it settles the event then)."""
-        async with self.sessions() as session:
-            settled = await settle_event(
-                session=session,
-                event_id=event.id,
-                relay_id=self.relay_id,
-                status=status,
-                error=error,
-            )
-            await session.commit()
+    async def _settle(
+        self, event: Event, status: EventStatus, relay_id: str, error: str | None = None
+    ) -> bool:
+        """Settle one event, in the next group of settles; False when this relay's claim
+        lapsed and another relay took the event over (it settles the event then)."""
+        settled = await self.settler.settle(relay_id, event.id, status, error)
         if not settled:
             log.warning(
                 "the claim on event %s (id %d) lapsed while it was routed; the relay that "
@@ -372,22 +512,22 @@ class Relay:
             )
         return settled
 
-    async def _renew_claims(self) -> None:
+    async def _renew_claims(self, relay_id: str) -> None:
         while True:
             await asyncio.sleep(self.lease.total_seconds() / 3)
             try:
                 async with self.sessions() as session:
-                    await extend_claims(session=session, relay_id=self.relay_id, lease=self.lease)
+                    await extend_claims(session=session, relay_id=relay_id, lease=self.lease)
                     await session.commit()
             except Exception as exc:
                 log.warning("renewing this relay's claims failed; retrying: %s", describe(exc))
 
-    async def _release_claims(self) -> None:
+    async def _release_claims(self, relay_id: str) -> None:
         """Give back the claims on what this pass leaves pending, so that another relay
         need not wait for the lease; if that fails, the lease lapses by itself."""
         try:
             async with self.sessions() as session:
-                await release_claims(session=session, relay_id=self.relay_id)
+                await release_claims(session=session, relay_id=relay_id)
                 await session.commit()
         except Exception as exc:
             log.warning("releasing this relay's claims failed: %s", describe(exc))

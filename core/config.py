@@ -206,6 +206,8 @@ class Settings(BaseSettings):
     0 (or None): no limit."""
     campaign_refresh_seconds: float = Field(default=5.0, gt=0)
     """How often the router reloads active campaigns written by another API instance."""
+    relay_concurrency: int = Field(default=32, ge=1, le=256)
+    """How many users' events the relay routes side by side (each user's in order)."""
     date_lookback_hours: float = Field(default=24.0, gt=0, le=24 * 14)
     """How late a date entry's moment (a birthday at 09:00 local) may still be greeted: each
     minute's sweep looks this far back, so after an outage the next sweep catches up (a

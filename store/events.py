@@ -1,19 +1,22 @@
 """store: the event outbox — accepted events, deduplicated by messageId, until routed.
 
 Several relays (one per API process) drain one outbox. Each claims the events it routes
-(`claim_events`), so every event is routed by one relay at a time, and settles each one as
-soon as it is routed (`settle_event`), so a crash repeats at most the events in flight.
+(`claim_events`), so every event is routed by one relay at a time, and settles them as soon
+as they are routed, a few to a transaction (`settle_events`), so a crash repeats at most the
+events in flight. A relay claims in two lanes: the lane's events (by name: those that only
+reach running journeys, a goal or an exit) and all the others, oldest first; a user's events
+are claimed in order whichever lane they are in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import case, exists, literal, or_, select, update
+from sqlalchemy import case, exists, literal, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
@@ -166,15 +169,68 @@ def _claimable(relay_id: str, at: datetime) -> ColumnElement[bool]:
     )
 
 
+LANE_TYPE = "track"
+"""The lane takes `track` events only: internal events start journeys (segments, traits,
+dates), and the rest never reach one."""
+
+
+def _in_lane(names: Collection[str]) -> ColumnElement[bool]:
+    return (Event.type == LANE_TYPE) & Event.name.in_(sorted(names))
+
+
+def _older_pending(candidate_id: Any, candidate_user: Any) -> Any:
+    older = aliased(Event)
+    return exists().where(
+        older.user_id == candidate_user,
+        older.status == EventStatus.pending.value,
+        older.id < candidate_id,
+    )
+
+
+class LaneWork(StrEnum):
+    none = "none"
+    """No pending event of the lane that this relay could claim."""
+    waiting = "waiting"
+    """Some, but each waits behind an earlier pending event of its user."""
+    ready = "ready"
+    """A claim in the lane would take something."""
+
+
+async def lane_work(
+    *, session: AsyncSession, relay_id: str, lane_names: Collection[str]
+) -> LaneWork:
+    """What a claim in the lane would find. Reads only, so that a lane with nothing to take
+    costs no write lock."""
+    if not lane_names:
+        return LaneWork.none
+    pending = select(Event.id).where(_claimable(relay_id, now()), _in_lane(lane_names))
+    first = pending.where(~_older_pending(Event.id, Event.user_id)).limit(1)
+    if await session.scalar(first) is not None:
+        return LaneWork.ready
+    return LaneWork.waiting if await session.scalar(pending.limit(1)) else LaneWork.none
+
+
 async def claim_events(
-    *, session: AsyncSession, relay_id: str, lease: timedelta, limit: int = 500
+    *,
+    session: AsyncSession,
+    relay_id: str,
+    lease: timedelta,
+    limit: int = 500,
+    lane_names: Collection[str] = (),
+    lane: bool = False,
 ) -> list[Event]:
     """Claim the oldest pending events nobody else holds, for `lease`; commit right after.
 
+    `lane_names` name the `track` events of the lane (those that only reach running
+    journeys: goals, exits, what a `wait_for` waits for). With `lane`, only those are
+    claimed; without, all but those. Each lane is claimed by a relay id of its own, so
+    that neither takes the other's claims for its own.
+
     Returns them in id order. A user's events are claimed only as a prefix of that user's
     pending events: an event whose user has an older pending event this claim does not
-    take — held by another relay's live claim, or locked by a claim being made right now —
-    is left, so a user's events are never routed by two relays at once, nor out of order.
+    take — held by another relay's live claim, or locked by a claim being made right now,
+    or in the other lane — is left, so a user's events are never routed by two relays (or
+    two lanes) at once, nor out of order.
 
     One statement. On PostgreSQL the candidates are locked FOR UPDATE SKIP LOCKED, so
     relays claiming at the same instant take different rows instead of waiting for each
@@ -187,10 +243,18 @@ async def claim_events(
     that failed — counts as a failed attempt: that relay may have told Temporal before it
     stopped, and the router wants to know (`EventRouter._heard`).
     """
+    if lane and not lane_names:
+        return []
     at = now()
+    if not lane_names:
+        which: ColumnElement[bool] = true()
+    elif lane:
+        which = _in_lane(lane_names)
+    else:
+        which = or_(Event.name.is_(None), ~_in_lane(lane_names))
     candidates = (
         select(Event.id, Event.user_id)
-        .where(_claimable(relay_id, at))
+        .where(_claimable(relay_id, at), which)
         .order_by(Event.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -279,11 +343,39 @@ async def settle_event(
     return _rowcount(result) == 1
 
 
+async def settle_events(
+    *,
+    session: AsyncSession,
+    event_ids: Collection[int],
+    relay_id: str,
+    status: EventStatus,
+) -> set[int]:
+    """Settle claimed events, several at once, as `settle_event` does one: the ids this
+    relay still held and settled; the others were taken over (their leases lapsed) and
+    are left to the relay that holds them now."""
+    if status is EventStatus.pending:
+        raise ValueError("settle_events takes 'routed', 'ignored' or 'failed'")
+    if not event_ids:
+        return set()
+    result = await session.execute(
+        update(Event)
+        .where(
+            Event.id.in_(sorted(event_ids)),
+            Event.claimed_by == relay_id,
+            Event.status == EventStatus.pending.value,
+        )
+        .values(status=status.value, routed_at=now(), claimed_by=None, claimed_until=None)
+        .returning(Event.id)
+        .execution_options(synchronize_session=False)
+    )
+    return set(result.scalars())
+
+
 async def mark_events(*, session: AsyncSession, event_ids: list[int], status: str) -> None:
     """Take events out of the outbox whoever holds them: `routed` to Temporal, `ignored`
     by every campaign, or `failed` (given up). Only pending events change, so a final
-    label is never overwritten. (The relay settles its claimed events one by one with
-    `settle_event`.)"""
+    label is never overwritten. (The relay settles its claimed events with `settle_events`,
+    which leaves those another relay has taken over.)"""
     final = EventStatus(status)
     if final is EventStatus.pending:
         raise ValueError(

@@ -186,6 +186,8 @@ class NudgeProcess:
     name: str
     process: subprocess.Popen[bytes]
     log: Path
+    offset: int = 0
+    """Where this incarnation's output starts in `log` (appended to by each)."""
     url: str | None = None
     """An API's base URL."""
 
@@ -193,18 +195,24 @@ class NudgeProcess:
         if self.process.poll() is not None:
             raise RuntimeError(f"{self.name} exited ({self.process.returncode}):\n{self.tail()}")
         if self.url is None:
-            return WORKER_READY in self.log.read_text(errors="replace")
+            return WORKER_READY in self.output()
         with contextlib.suppress(httpx.TransportError):
             return (await http.get(f"{self.url}/healthz")).status_code == 200
         return False
 
+    def output(self) -> str:
+        with self.log.open(errors="replace") as log:
+            log.seek(self.offset)
+            return log.read()
+
     def tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(self.output().splitlines()[-lines:])
 
 
 def spawn(name: str, command: str, env: dict[str, str], directory: Path) -> NudgeProcess:
     log = directory / f"{name}.log"
     with log.open("ab") as out:
+        offset = out.tell()
         # cwd: a directory of its own, so no developer's .env is read.
         process = subprocess.Popen(
             nudge_command(command),
@@ -214,7 +222,7 @@ def spawn(name: str, command: str, env: dict[str, str], directory: Path) -> Nudg
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-    return NudgeProcess(name, process, log)
+    return NudgeProcess(name, process, log, offset)
 
 
 async def stop(processes: list[NudgeProcess]) -> None:

@@ -35,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from temporalio.api.testservice.v1 import SleepRequest
 from temporalio.client import Client
 
 from bench.fanout import cpu_seconds, rss_mb
@@ -83,10 +84,11 @@ CAMPAIGN: dict[str, Any] = {
     "templates": {"hello": {"body": "A week later: {{ event.properties.item }}"}},
 }
 START_CONCURRENCY = 64
-JOURNEYS, CACHE_SIZES, WAKE = 2_000, (1000, 100), 500
+JOURNEYS, CACHE_SIZES, WAKE = 2_000, (1000, 100), 200
+WAKE_CACHE = 1000
 QUIET_CPU = 0.05
-"""The worker is done with the starts when it spends less than this share of a core over
-`QUIET_WINDOW` seconds (it polls, and the audience clock ticks once a minute)."""
+"""The worker has settled after its start-up when it spends less than this share of a core
+over `QUIET_WINDOW` seconds (it polls, and the audience clock ticks once a minute)."""
 QUIET_WINDOW = 1.0
 
 
@@ -134,6 +136,7 @@ class WaitingFigures:
     temporal_db: str
     caches: list[CacheFigures] = field(default_factory=list)
     wake: WakeFigures | None = None
+    wake_error: str | None = None
     temporal_rss_idle_mb: float = 0.0
     duration_s: float = 0.0
     load: tuple[float, float] = (0.0, 0.0)
@@ -142,8 +145,9 @@ class WaitingFigures:
 
     @property
     def complete(self) -> bool:
-        woke = self.wake is None or (
-            self.wake.received == self.wake.journeys and not self.wake.duplicated
+        w = self.wake
+        woke = self.wake_error is None and (
+            w is None or (w.received == w.journeys and not w.duplicated)
         )
         return woke and all(c.at_timer == c.journeys for c in self.caches)
 
@@ -168,6 +172,8 @@ class WaitingFigures:
                 f"{c.temporal_rss_mb:.0f} MB (every journey started so far)"
             )
         w = self.wake
+        if self.wake_error:
+            lines.append(f"  wake failed: {self.wake_error}")
         if w is not None:
             lines.append(
                 f"  wake, on the time-skipping test server (not the dev server), a real worker "
@@ -239,15 +245,16 @@ async def start_all(
     return time.monotonic() - began
 
 
-async def quiet(pid: int, *, timeout: float) -> None:
-    """Return once process `pid` spends less than QUIET_CPU of a core over QUIET_WINDOW."""
+async def quiet(pid: int, *, timeout: float) -> bool:
+    """Wait until process `pid` spends less than QUIET_CPU of a core over QUIET_WINDOW (its
+    start-up done); False if it did not within `timeout`: the idle figure is then a busy one."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         before = cpu_seconds(pid)
         await asyncio.sleep(QUIET_WINDOW)
         if cpu_seconds(pid) - before < QUIET_CPU * QUIET_WINDOW:
-            return
-    raise TimeoutError(f"process {pid} still busy after {timeout:.0f} s")
+            return True
+    return False
 
 
 async def at_timer(client: Client, task_queue: str) -> int:
@@ -301,7 +308,7 @@ async def measure_starts(
                 worker = spawn(f"worker-cache-{cache_size}", "worker", env, folder)
                 try:
                     deadline = time.monotonic() + 60
-                    while WORKER_READY not in worker.log.read_text(errors="replace"):
+                    while WORKER_READY not in worker.output():
                         if worker.process.poll() is not None or time.monotonic() > deadline:
                             raise RuntimeError(f"nudge worker did not start:\n{worker.tail()}")
                         await asyncio.sleep(0.05)
@@ -383,9 +390,7 @@ async def measure_wake(n: int, cache_size: int) -> WakeFigures:
                         version=version,
                         users=users,
                     )
-                    # The server moves its clock only once no workflow task is outstanding:
-                    # this returns when every journey waits on its timer (and an hour passed).
-                    await env.sleep(timedelta(hours=1))
+                    await all_waiting(env.client, users, timeout=max(300.0, n))
                     start_s = time.monotonic() - began
                     expected = [
                         recorder.expect(
@@ -396,14 +401,22 @@ async def measure_wake(n: int, cache_size: int) -> WakeFigures:
                         for u in users
                     ]
                     began = time.monotonic()
-                    await env.sleep(WAIT)
+                    # The server moves its clock only while nothing is outstanding: the call
+                    # returns once it is 7 days on, the wakes' work done or under way.
+                    request = SleepRequest()
+                    request.duration.FromTimedelta(WAIT + timedelta(minutes=1))
+                    await env.client.test_service.unlock_time_skipping_with_sleep(
+                        request, timeout=timedelta(seconds=max(600.0, n))
+                    )
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.gather(*expected), max(120.0, n / 5))
+                        await asyncio.wait_for(asyncio.gather(*expected), max(300.0, n))
                     arrivals = [a.monotonic for arr in recorder.arrivals.values() for a in arr]
                     wake_s = (max(arrivals) if arrivals else time.monotonic()) - began
                     # The journeys record their outcome after the send: let them finish
-                    # before the worker goes.
-                    await _finish(env.client, users)
+                    # before the worker goes, in real time (waiting on a result would skip
+                    # time again and time out their activities).
+                    with env.auto_time_skipping_disabled():
+                        await _finish(env.client, users)
         finally:
             recorder.close()
         return WakeFigures(
@@ -414,6 +427,32 @@ async def measure_wake(n: int, cache_size: int) -> WakeFigures:
             received=len(recorder.ids()),
             duplicated=sum(1 for arr in recorder.arrivals.values() if len(arr) > 1),
         )
+
+
+async def all_waiting(client: Client, users: list[str], *, timeout: float) -> None:
+    """Wait until every journey of `users` has no workflow task pending: at its timer (the
+    steps before it run no activity). Described one by one; each found waiting is not
+    asked again."""
+    left = list(users)
+    deadline = time.monotonic() + timeout
+    gate = asyncio.Semaphore(START_CONCURRENCY)
+
+    async def waits(user: str) -> bool:
+        async with gate:
+            handle = client.get_workflow_handle(journey_id(CAMPAIGN_ID, user))
+            raw = (await handle.describe()).raw_description
+            return (
+                not raw.HasField("pending_workflow_task")
+                and raw.workflow_execution_info.history_length > 3
+            )
+
+    while left:
+        found = await asyncio.gather(*(waits(u) for u in left))
+        left = [u for u, ok in zip(left, found, strict=True) if not ok]
+        if left and time.monotonic() > deadline:
+            raise TimeoutError(f"{len(left)} journeys not at their timer after {timeout:.0f} s")
+        if left:
+            await asyncio.sleep(0.25)
 
 
 async def _finish(client: Client, users: list[str]) -> None:
@@ -448,7 +487,10 @@ async def measure(
         journeys, cache_sizes, temporal_db=temporal_db, figures=figures, server=server
     )
     if wake:
-        figures.wake = await measure_wake(wake, max(cache_sizes))
+        try:
+            figures.wake = await measure_wake(wake, max(cache_sizes, default=WAKE_CACHE))
+        except Exception as exc:  # the start figures stand on their own
+            figures.wake_error = f"{type(exc).__name__}: {exc}"
     figures.duration_s = time.monotonic() - begin
     figures.load = (load, os.getloadavg()[0])
     return figures

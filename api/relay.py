@@ -28,6 +28,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -44,12 +45,11 @@ from core.routing import CampaignIndex
 from store.events import (
     LANE_TYPE,
     EventStatus,
-    LaneWork,
     claim_events,
     extend_claims,
-    lane_work,
     record_attempt_failure,
     release_claims,
+    scan_lane,
     settle_event,
     settle_events,
 )
@@ -254,8 +254,11 @@ class Relay:
         """By lane: the main lane's (False) and the lane's (True)."""
         self._tasks: list[asyncio.Task[None]] = []
         self._outage = False
-        self._lane_waits = False
-        """The lane's events wait behind earlier events of their users: look again soon."""
+        self._lane_mark = 0
+        self._lane_waiting: set[int] = set()
+        """The lane's events that wait behind earlier events of their users: looked at
+        again soon, and at every lane pass."""
+        self._lane_full_at = 0.0
 
     def wake(self) -> None:
         for wakeup in self._wakeups.values():
@@ -290,7 +293,7 @@ class Relay:
                     log.exception("relay pass failed; retrying every %ss", self._interval)
                 last_error = describe(exc)
             interval = self._interval
-            if lane and self._lane_waits:
+            if lane and self._lane_waiting:
                 interval = min(interval, LANE_RECHECK_SECONDS)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), timeout=interval)
@@ -322,11 +325,12 @@ class Relay:
                 await self.segments.refresh()
             names = self.lane_names()
             async with self.sessions() as session:
+                from_id, ready = 0, []
                 if lane:
-                    work = await lane_work(session=session, relay_id=relay_id, lane_names=names)
-                    self._lane_waits = work is LaneWork.waiting
-                    if work is not LaneWork.ready:
+                    ready = await self._scan_lane(session, names)
+                    if not ready:
                         return results
+                    from_id = min(ready)
                 events = await claim_events(
                     session=session,
                     relay_id=relay_id,
@@ -334,8 +338,12 @@ class Relay:
                     limit=self.batch_size,
                     lane_names=names,
                     lane=lane,
+                    from_id=from_id,
                 )
                 await session.commit()
+            if lane:
+                # One taken meanwhile by another relay is looked at again, like one waiting.
+                self._lane_waiting |= {*ready} - {event.id for event in events}
             if not events:
                 return results
             result = await self.relay(events, relay_id=relay_id)
@@ -346,6 +354,24 @@ class Relay:
             # Held events would come back first in the next batch: wait for the next tick.
             if result.held or result.failures:
                 return results
+
+    async def _scan_lane(self, session: AsyncSession, names: frozenset[str]) -> list[int]:
+        """The lane's events a claim would take now. Between full reads (one a relay
+        interval: a claim lapsed, an event another process's lane left), only the events
+        written since the last read and those that waited are read."""
+        full = time.monotonic() >= self._lane_full_at
+        scan = await scan_lane(
+            session=session,
+            relay_id=self.lane_id,
+            lane_names=names,
+            after_id=0 if full else self._lane_mark,
+            among=self._lane_waiting,
+        )
+        if full:
+            self._lane_full_at = time.monotonic() + self._interval
+        self._lane_mark = scan.mark
+        self._lane_waiting = set(scan.waiting)
+        return scan.ready
 
     async def relay(self, events: list[Event], *, relay_id: str | None = None) -> PassResult:
         """Route one claimed batch: users side by side, each user's events one after
@@ -358,11 +384,10 @@ class Relay:
         gate = asyncio.Semaphore(self.concurrency)
 
         async def one_user(queue: list[Event]) -> None:
-            async with gate:
-                for i, event in enumerate(queue):
-                    if not await self._one(event, result, relay_id):
-                        result.held += len(queue) - i - 1
-                        return
+            for i, event in enumerate(queue):
+                if not await self._one(event, result, relay_id, gate):
+                    result.held += len(queue) - i - 1
+                    return
 
         renewing = asyncio.create_task(self._renew_claims(relay_id), name="nudge-relay-lease")
         try:
@@ -394,9 +419,25 @@ class Relay:
                 result.held,
             )
 
-    async def _one(self, event: Event, result: PassResult, relay_id: str) -> bool:
-        """Route one event and settle it at once; False when it stays pending (and so
-        must its user's later events).
+    async def _one(
+        self, event: Event, result: PassResult, relay_id: str, gate: asyncio.Semaphore
+    ) -> bool:
+        """Route one event (holding a place at the `gate`) and settle it at once (having
+        left the gate to the next user: the settle waits for its group's commit); False
+        when it stays pending (and so must its user's later events)."""
+        async with gate:
+            routed = await self._route(event, result, relay_id)
+        if isinstance(routed, bool):
+            return routed
+        if not await self._settle(event, routed, relay_id):
+            result.lost.append(event.id)
+            return False
+        (result.routed if routed is EventStatus.routed else result.ignored).append(event.id)
+        return True
+
+    async def _route(self, event: Event, result: PassResult, relay_id: str) -> EventStatus | bool:
+        """Take one event in and route it: the label to settle it with, or, when routing
+        failed, whether its user's later events go on (`_failed`).
 
         Segment membership takes the event in first, whether or not Temporal is reachable
         (it needs only the database, and is done once however often the event comes by);
@@ -435,12 +476,7 @@ class Relay:
             outcome = await self.router.route(event)
         except Exception as exc:
             return await self._failed(event, exc, result, relay_id)
-        status = EventStatus.routed if outcome is Outcome.routed else EventStatus.ignored
-        if not await self._settle(event, status, relay_id):
-            result.lost.append(event.id)
-            return False
-        (result.routed if status is EventStatus.routed else result.ignored).append(event.id)
-        return True
+        return EventStatus.routed if outcome is Outcome.routed else EventStatus.ignored
 
     async def _failed(
         self, event: Event, exc: Exception, result: PassResult, relay_id: str

@@ -11,12 +11,12 @@ are claimed in order whichever lane they are in.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import case, exists, literal, or_, select, true, update
+from sqlalchemy import case, exists, func, literal, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
@@ -187,27 +187,46 @@ def _older_pending(candidate_id: Any, candidate_user: Any) -> Any:
     )
 
 
-class LaneWork(StrEnum):
-    none = "none"
-    """No pending event of the lane that this relay could claim."""
-    waiting = "waiting"
-    """Some, but each waits behind an earlier pending event of its user."""
-    ready = "ready"
-    """A claim in the lane would take something."""
+@dataclass
+class LaneScan:
+    """What a claim in the lane would find, by a read: no write lock for nothing."""
+
+    mark: int
+    """The highest event id when the scan began: the next one need look only past it."""
+    ready: list[int] = field(default_factory=list)
+    """Pending events of the lane that are their users' oldest pending ones: a claim takes
+    these."""
+    waiting: list[int] = field(default_factory=list)
+    """Pending events of the lane behind an earlier pending event of their user."""
 
 
-async def lane_work(
-    *, session: AsyncSession, relay_id: str, lane_names: Collection[str]
-) -> LaneWork:
-    """What a claim in the lane would find. Reads only, so that a lane with nothing to take
-    costs no write lock."""
+async def scan_lane(
+    *,
+    session: AsyncSession,
+    relay_id: str,
+    lane_names: Collection[str],
+    after_id: int = 0,
+    among: Collection[int] = (),
+) -> LaneScan:
+    """The lane's claimable pending events with ids past `after_id` (0: all of them) or
+    among `among` (those that waited before). Past a mark the read walks the new rows only
+    (the index on status and id), so a relay woken by every ingestion request does not
+    read the whole backlog each time."""
+    mark = await session.scalar(select(func.max(Event.id))) or 0
     if not lane_names:
-        return LaneWork.none
-    pending = select(Event.id).where(_claimable(relay_id, now()), _in_lane(lane_names))
-    first = pending.where(~_older_pending(Event.id, Event.user_id)).limit(1)
-    if await session.scalar(first) is not None:
-        return LaneWork.ready
-    return LaneWork.waiting if await session.scalar(pending.limit(1)) else LaneWork.none
+        return LaneScan(mark)
+    older = _older_pending(Event.id, Event.user_id)
+    read = select(Event.id, older.label("waits")).where(
+        _claimable(relay_id, now()), _in_lane(lane_names), Event.id <= mark
+    )
+    rows = list((await session.execute(read.where(Event.id > after_id))).all())
+    earlier = sorted(i for i in among if i <= after_id)
+    if earlier:
+        rows += (await session.execute(read.where(Event.id.in_(earlier)))).all()
+    scan = LaneScan(mark)
+    for event_id, waits in sorted(rows):
+        (scan.waiting if waits else scan.ready).append(event_id)
+    return scan
 
 
 async def claim_events(
@@ -218,13 +237,15 @@ async def claim_events(
     limit: int = 500,
     lane_names: Collection[str] = (),
     lane: bool = False,
+    from_id: int = 0,
 ) -> list[Event]:
     """Claim the oldest pending events nobody else holds, for `lease`; commit right after.
 
     `lane_names` name the `track` events of the lane (those that only reach running
     journeys: goals, exits, what a `wait_for` waits for). With `lane`, only those are
     claimed; without, all but those. Each lane is claimed by a relay id of its own, so
-    that neither takes the other's claims for its own.
+    that neither takes the other's claims for its own. `from_id`: none older than this
+    (what a lane scan found ready), so that the claim need not walk the whole backlog.
 
     Returns them in id order. A user's events are claimed only as a prefix of that user's
     pending events: an event whose user has an older pending event this claim does not
@@ -254,7 +275,7 @@ async def claim_events(
         which = or_(Event.name.is_(None), ~_in_lane(lane_names))
     candidates = (
         select(Event.id, Event.user_id)
-        .where(_claimable(relay_id, at), which)
+        .where(_claimable(relay_id, at), which, Event.id >= from_id)
         .order_by(Event.id)
         .limit(limit)
         .with_for_update(skip_locked=True)

@@ -99,8 +99,54 @@ class Figures:
         data = dataclasses.asdict(self)
         data["delivery"]["exactly_once"] = self.delivery.exactly_once
         data["ratios_nudge_over_baseline"] = self.ratios()
+        data["targets"] = [{**dataclasses.asdict(t), "met": t.met} for t in targets(self)]
         data["complete"] = self.complete
         return data
+
+
+@dataclass(frozen=True)
+class Target:
+    """One of issue 11's targets: a ratio of Nudge to the baseline measured in the same run."""
+
+    name: str
+    value: float | None
+    bound: float
+    at_most: bool
+    """True: met when `value` ≤ `bound`; False: when ≥."""
+
+    @property
+    def met(self) -> bool:
+        if self.value is None:
+            return False
+        return self.value <= self.bound if self.at_most else self.value >= self.bound
+
+
+def targets(figures: Figures) -> list[Target]:
+    """CPU per journey and concurrent journeys/s (the concurrent rows: where a process's CPU
+    is what bounds it), sequential p50."""
+    ratios = figures.ratios()
+    phases = {p.phase for p in figures.phases}
+    found: list[Target] = []
+    if "concurrent" in phases:
+        cpu = _ratio(
+            figures.get("nudge", "concurrent").cpu_ms_per_journey,
+            figures.get("baseline", "concurrent").cpu_ms_per_journey,
+        )
+        found.append(Target("Python CPU per journey (concurrent)", cpu, 2.0, at_most=True))
+        found.append(
+            Target("concurrent journeys/s", ratios["concurrent"]["throughput"], 0.6, at_most=False)
+        )
+    if "sequential" in phases:
+        found.append(Target("sequential event → send p50", ratios["sequential"]["p50"], 2.0, True))
+    return found
+
+
+def render_targets(figures: Figures) -> list[str]:
+    lines = [f"{'targets: nudge / baseline':<44}{'measured':>10}{'target':>10}  met"]
+    for t in targets(figures):
+        bound = f"{'≤' if t.at_most else '≥'} {t.bound:.2f}x"
+        lines.append(f"{t.name:<44}{_x(t.value):>10}{bound:>10}  {'yes' if t.met else 'NO'}")
+    return lines
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -206,6 +252,7 @@ def render(figures: Figures) -> str:
 
     cells = "".join(f"{_ms(p.cpu_ms_per_journey):>15}" for p, _ in columns)
     lines.append(f"{'CPU of this process per journey (all its work)':<44}{cells}")
+    lines += ["", *render_targets(figures)]
 
     verdict = (
         "every journey's message received exactly once, nothing unexpected"

@@ -28,7 +28,7 @@ from bench.recorder import WebhookRecorder
 from core.config import Environment, Settings
 from store.db import migrate
 from temporal.servers import FAST_TRANSFER_QUEUE, DevServer, DevServerOptions, dev_server
-from worker.build import create_worker, worker_activities
+from worker.build import WORKFLOW_RUNNER, create_worker, worker_activities
 
 UNTHROTTLED = (FAST_TRANSFER_QUEUE,)
 """The bench lifts the dev server's transfer-queue throttle by default (see
@@ -117,6 +117,8 @@ async def running_stack(
                 task_queue=floor_task_queue,
                 workflows=[FloorWorkflow],
                 activities=[FloorActivities(floor_http, recorder.url).post],
+                # The same workflow runner as Nudge's worker: the ratio is Nudge's own cost.
+                workflow_runner=WORKFLOW_RUNNER,
             )
         )
 

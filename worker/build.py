@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
 
 from activities.channels.registry import build_providers
 from activities.clock import ClockActivities
@@ -30,6 +30,15 @@ from workflows.housekeeping import PruneSendLedger
 from workflows.journey import JourneyWorkflow
 
 log = logging.getLogger("nudge.worker")
+
+WORKFLOW_RUNNER: WorkflowRunner = UnsandboxedWorkflowRunner()
+"""How Nudge's workers run workflow code: without Temporal's sandbox, which re-imports the
+workflow's module for every workflow it creates and runs each activation through `exec` —
+measured (bench/, py-spy) at about a third of a journey's CPU, more than all of Nudge's
+own workflow code. Determinism does not rest on it: the workflow tests run JourneyWorkflow
+in the sandbox with its default restrictions (tests/workflows build their own `Worker`), so
+a clock, random or I/O call there fails in the tests, and every recorded history in
+tests/histories/ replays. The workflows keep no module state to isolate."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,7 @@ def create_worker(
         activities=activities.all(),
         # Activities are async; the executor only serves the SDK's sync fallbacks.
         activity_executor=ThreadPoolExecutor(max_workers=4),
+        workflow_runner=WORKFLOW_RUNNER,
         max_cached_workflows=workflow_cache_size,
     )
 

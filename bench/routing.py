@@ -87,7 +87,7 @@ class Sizes:
 
 
 FULL = Sizes(burst=5000, ignored=5000, settle_timeout=600.0)
-QUICK = Sizes(burst=500, ignored=1000, settle_timeout=60.0)
+QUICK = Sizes(burst=200, ignored=500, settle_timeout=60.0)
 
 
 @dataclass
@@ -408,7 +408,7 @@ async def _main(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="python -m bench.routing", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="500 events, not 5,000")
+    parser.add_argument("--quick", action="store_true", help="200 events, not 5,000")
     parser.add_argument("--postgres", default=DEFAULT_POSTGRES, metavar="URL")
     parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here")

@@ -70,6 +70,9 @@ GAVE_UP = "gave up after {n} attempts: "
 REFUSED = "gave up at once, Temporal refuses it as invalid: "
 """How `last_error` starts for an event Temporal refused with INVALID_ARGUMENT."""
 
+STOP_WAIT_SECONDS = 5.0
+"""How long stopping waits for a settle under way (see `Settler.stop`)."""
+
 LEASE = timedelta(seconds=30)
 """How long a claim holds without renewal. A relay renews its claims every third of it
 while it routes them, so only a relay that died (or stalled that long) loses them; then
@@ -150,10 +153,12 @@ class Settler:
         return await settled
 
     async def stop(self) -> None:
-        """Let the write under way finish."""
+        """Let the write under way finish, for a few seconds at most: one stuck behind
+        another connection's lock (SQLite's busy wait) is cancelled, and the events it would
+        have settled are routed again later (their journeys drop the repeat)."""
         if self._writer is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await self._writer
+                await asyncio.wait_for(self._writer, timeout=STOP_WAIT_SECONDS)
             self._writer = None
 
     async def _write_all(self) -> None:

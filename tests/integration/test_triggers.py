@@ -33,7 +33,7 @@ class Scale:
     """The worker is killed once this many journeys have started."""
 
 
-QUICK = Scale(members=500, kill_after=120)
+QUICK = Scale(members=250, kill_after=120)
 FULL = Scale(members=2000, kill_after=300)
 """`make test` runs the quick count; `make test-slow` (`pytest -m slow`) the full one."""
 

@@ -224,6 +224,7 @@ async def start(
     user: str | None = None,
     entry: JourneyEvent | None = None,
     history_limit: int | None = None,
+    task_timeout: timedelta | None = None,
     version: int = 1,
     state: JourneyState | None = None,
 ) -> WorkflowHandle:
@@ -254,6 +255,7 @@ async def start(
         start_signal=SIGNAL_EVENT,
         start_signal_args=[entry],
         static_summary=f"{definition.name} for {user}",
+        task_timeout=task_timeout,
     )
 
 
@@ -366,7 +368,9 @@ async def test_wait_survives_continue_as_new_with_its_deadline(
 
 async def test_operator_exit_update_and_validator(time_skipping_env, task_queue, doubles, worker):
     doubles.outcome_gate = asyncio.Event()
-    handle = await start(time_skipping_env.client, task_queue)
+    # The outcome is a local activity: while the gate holds it, the workflow task stays open
+    # and an update waits for the task's heartbeat (80% of its timeout), so a short timeout.
+    handle = await start(time_skipping_env.client, task_queue, task_timeout=timedelta(seconds=2))
     try:
         state = await handle.execute_update(
             UPDATE_EXIT, ExitRequest(reason="customer asked"), result_type=JourneyState

@@ -46,7 +46,7 @@ class Scale:
         return self.users / self.per_second
 
 
-QUICK = Scale(users=40, per_second=2.0)
+QUICK = Scale(users=24, per_second=2.0)
 FULL = Scale(users=300, per_second=4.0)
 
 ORDER_AFTER = 1.0

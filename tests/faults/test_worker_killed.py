@@ -71,7 +71,7 @@ class Scale:
         return self.kills // 4
 
 
-QUICK = Scale(kills=12, journeys=48)
+QUICK = Scale(kills=8, journeys=32)
 FULL = Scale(kills=100, journeys=200)
 
 NOTICED_WITHIN = 4 * DELIVER_HEARTBEAT.total_seconds()

@@ -8,51 +8,10 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Any
 
-from core.config import Settings
+from cli import lifecycle, migrate, operators, simulate
+from cli.common import WRITE_KEY, read_text, settings_or_exit, with_client
 from temporal.shutdown import exit_process
-
-
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValueError as exc:
-        raise SystemExit(f"configuration error: {exc}") from exc
-
-
-def _api_url(args: argparse.Namespace, settings: Settings) -> str:
-    return (
-        args.url
-        or os.environ.get("NUDGE_URL")
-        or (f"http://{settings.api_host}:{settings.api_port}")
-    )
-
-
-def _print(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
-
-
-def _read_text(name: str) -> str:
-    """A file the user named, as text; a one-line error saying why it cannot be read."""
-    try:
-        return Path(name).read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise SystemExit(f"error: cannot read {name}: no such file") from exc
-    except IsADirectoryError as exc:
-        raise SystemExit(f"error: cannot read {name}: it is a directory, not a file") from exc
-    except PermissionError as exc:
-        raise SystemExit(f"error: cannot read {name}: permission denied") from exc
-    except UnicodeDecodeError as exc:
-        raise SystemExit(
-            f"error: cannot read {name}: not UTF-8 text (byte {exc.start}); "
-            "save the definition as UTF-8 YAML or JSON"
-        ) from exc
-    except OSError as exc:
-        raise SystemExit(f"error: cannot read {name}: {exc.strerror or exc}") from exc
-
 
 # -- processes ---------------------------------------------------------------------------
 
@@ -60,7 +19,7 @@ def _read_text(name: str) -> str:
 def cmd_dev(args: argparse.Namespace) -> None:
     from worker.dev import DevOptions, run_dev
 
-    settings = _settings()
+    settings = settings_or_exit()
     options = DevOptions(
         temporal_port=args.temporal_port,
         ui_port=args.ui_port,
@@ -72,7 +31,7 @@ def cmd_dev(args: argparse.Namespace) -> None:
 def cmd_worker(args: argparse.Namespace) -> None:
     from worker.build import run_worker
 
-    asyncio.run(run_worker(_settings()))
+    asyncio.run(run_worker(settings_or_exit()))
 
 
 def cmd_api(args: argparse.Namespace) -> None:
@@ -80,7 +39,7 @@ def cmd_api(args: argparse.Namespace) -> None:
 
     from api.app import create_app
 
-    settings = _settings()
+    settings = settings_or_exit()
     uvicorn.run(
         create_app(settings),
         host=settings.api_host,
@@ -93,7 +52,7 @@ def cmd_api(args: argparse.Namespace) -> None:
 def cmd_migrate(args: argparse.Namespace) -> None:
     from store.db import migrate
 
-    settings = _settings()
+    settings = settings_or_exit()
     asyncio.run(migrate(settings.database_url))
     print("database is at the latest schema")
 
@@ -101,121 +60,52 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 # -- API calls ---------------------------------------------------------------------------
 
 
-ADMIN_TOKEN = "NUDGE_ADMIN_TOKEN"
-WRITE_KEY = "NUDGE_WRITE_KEY"
-POINT_AT_IT = "is it running? Point at it with NUDGE_URL or --url"
-
-
-def _with_client(
-    args: argparse.Namespace,
-    call: Callable[[Any], Awaitable[Any]],
-    *,
-    credential: str = ADMIN_TOKEN,
-) -> None:
-    """Call the API; what goes wrong ends the command with one line on stderr. `credential`
-    names the setting the call authenticates with, for a 401's message."""
-    import httpx
-
-    from api.client import NudgeClient, NudgeClientError
-
-    settings = _settings()
-    url = _api_url(args, settings)
-
-    async def run() -> Any:
-        async with NudgeClient(
-            url,
-            write_key=settings.write_key,
-            admin_token=settings.admin_token,
-        ) as client:
-            return await call(client)
-
-    try:
-        result = asyncio.run(run())
-    except NudgeClientError as exc:
-        raise SystemExit(_refused(exc, url=url, credential=credential)) from exc
-    except httpx.InvalidURL as exc:
-        raise SystemExit(f"error: {url!r} is not a URL ({exc}); {POINT_AT_IT}") from exc
-    except json.JSONDecodeError as exc:  # a success answer that is not JSON
-        raise SystemExit(
-            f"error: {url} did not answer as the Nudge API (its answer is not JSON); "
-            "check NUDGE_URL or --url"
-        ) from exc
-    if result is not None:
-        _print(result)
-
-
-def _refused(exc: Any, *, url: str, credential: str) -> str:
-    """The one line (or, for a definition's problems, one line each) a `NudgeClientError`
-    becomes: no answer at all, the API's refusal, or a server that is not the API."""
-    import httpx
-
-    if isinstance(exc.__cause__, httpx.HTTPError):
-        reason = str(exc.__cause__).rstrip(".")
-        return f"error: cannot reach the Nudge API at {url}: {reason}; {POINT_AT_IT}"
-    detail = exc.detail
-    if exc.status_code == 0:  # refused before any request: a setting is missing
-        return f"error: {detail}"
-    if isinstance(detail, dict) and isinstance(detail.get("problems"), list):
-        problems = [str(p) for p in detail["problems"]]
-        text = problems[0] if len(problems) == 1 else "\n  " + "\n  ".join(problems)
-    elif isinstance(detail, str) and ("<html" in detail.lower() or "\n" in detail.strip()):
-        return (
-            f"error: {url} answered {exc.status_code} with a page, not as the Nudge API; "
-            "check NUDGE_URL or --url"
-        )
-    else:
-        text = str(detail)
-    if exc.status_code == 401:
-        text += f" (set {credential} to the one the API was started with)"
-    return f"error: {exc.status_code}: {text}"
-
-
 def cmd_campaigns_apply(args: argparse.Namespace) -> None:
-    text = _read_text(args.file)
-    _with_client(args, lambda c: c.apply_campaign(text, activate=args.activate))
+    text = read_text(args.file)
+    with_client(args, lambda c: c.apply_campaign(text, activate=args.activate))
 
 
 def cmd_campaigns_list(args: argparse.Namespace) -> None:
-    _with_client(args, lambda c: c.list_campaigns())
+    with_client(args, lambda c: c.list_campaigns())
 
 
 def cmd_campaigns_show(args: argparse.Namespace) -> None:
-    _with_client(args, lambda c: c.get_campaign(args.campaign_id))
+    with_client(args, lambda c: c.get_campaign(args.campaign_id))
 
 
 def cmd_campaigns_status(args: argparse.Namespace) -> None:
-    _with_client(args, lambda c: c.set_campaign_status(args.campaign_id, args.action))
+    with_client(args, lambda c: c.set_campaign_status(args.campaign_id, args.action))
 
 
 def cmd_campaigns_stats(args: argparse.Namespace) -> None:
-    _with_client(args, lambda c: c.campaign_stats(args.campaign_id))
+    with_client(args, lambda c: c.campaign_stats(args.campaign_id))
 
 
 def cmd_segments_apply(args: argparse.Namespace) -> None:
-    text = _read_text(args.file)
-    _with_client(args, lambda c: c.apply_segment(text))
+    text = read_text(args.file)
+    with_client(args, lambda c: c.apply_segment(text))
 
 
 def cmd_segments_list(args: argparse.Namespace) -> None:
-    _with_client(args, lambda c: c.list_segments())
+    with_client(args, lambda c: c.list_segments())
 
 
 def cmd_segments_show(args: argparse.Namespace) -> None:
-    _with_client(args, lambda c: c.get_segment(args.segment_id))
+    with_client(args, lambda c: c.get_segment(args.segment_id))
 
 
 def cmd_segments_members(args: argparse.Namespace) -> None:
-    _with_client(
+    with_client(
         args, lambda c: c.segment_members(args.segment_id, after=args.after, limit=args.limit)
     )
 
 
 def cmd_messages(args: argparse.Namespace) -> None:
-    _with_client(args, lambda c: c.sandbox_messages(user_id=args.user, limit=args.limit))
+    with_client(args, lambda c: c.sandbox_messages(user_id=args.user, limit=args.limit))
 
 
 def cmd_rejected(args: argparse.Namespace) -> None:
-    _with_client(args, lambda c: c.rejected_events(limit=args.limit, before=args.before))
+    with_client(args, lambda c: c.rejected_events(limit=args.limit, before=args.before))
 
 
 def cmd_events_send(args: argparse.Namespace) -> None:
@@ -225,7 +115,7 @@ def cmd_events_send(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: --properties is not JSON: {exc}") from exc
     if not isinstance(properties, dict):
         raise SystemExit('error: --properties must be a JSON object, e.g. \'{"order_id": "o-1"}\'')
-    _with_client(
+    with_client(
         args,
         lambda c: c.track(user_id=args.user, event=args.event, properties=properties),
         credential=WRITE_KEY,
@@ -233,11 +123,11 @@ def cmd_events_send(args: argparse.Namespace) -> None:
 
 
 def cmd_journeys_show(args: argparse.Namespace) -> None:
-    _with_client(args, lambda c: c.journey_state(args.campaign_id, args.user_id))
+    with_client(args, lambda c: c.journey_state(args.campaign_id, args.user_id))
 
 
 def cmd_journeys_exit(args: argparse.Namespace) -> None:
-    _with_client(args, lambda c: c.exit_journey(args.campaign_id, args.user_id, args.reason))
+    with_client(args, lambda c: c.exit_journey(args.campaign_id, args.user_id, args.reason))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -324,6 +214,10 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("user_id")
     ex.add_argument("--reason", required=True)
     ex.set_defaults(func=cmd_journeys_exit)
+    # Each group of commands below registers its own subcommands (new groups, or more
+    # `campaigns` subcommands).
+    for module in (simulate, lifecycle, migrate, operators):
+        module.register(sub, campaigns)
     return p
 
 

@@ -10,13 +10,17 @@ from api.routes import (
     health,
     journeys,
     messages,
+    migrations,
+    operations,
     preview,
     provider_webhooks,
     rejected,
     segments,
+    simulate,
     subscriptions,
     tracking,
     triggers,
+    users,
 )
 
 api_router = APIRouter()
@@ -29,6 +33,10 @@ api_router.include_router(messages.router)
 api_router.include_router(rejected.router)
 api_router.include_router(subscriptions.router)
 api_router.include_router(triggers.router)
+api_router.include_router(simulate.router)
+api_router.include_router(migrations.router)
+api_router.include_router(users.router)
+api_router.include_router(operations.router)
 api_router.include_router(health.router)
 api_router.include_router(codec.router)
 api_router.include_router(engagement.router)

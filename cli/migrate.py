@@ -1,0 +1,10 @@
+"""cli: move waiting journeys to a newer campaign version."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction, campaigns: argparse._SubParsersAction) -> None:
+    """Add this module's commands: `sub` holds the top-level commands, `campaigns` the
+    `nudge campaigns` ones."""

@@ -64,7 +64,8 @@ class CampaignIndexLoader:
         self._lock = asyncio.Lock()
         self.goals: dict[str, list[GoalWatch]] = {}
         """By event name: the campaigns (any status: a message sent before a pause still
-        converts) whose latest version has it as a goal, for attribution."""
+        converts) whose current version has it as a goal, for attribution (a draft
+        version's goals count once it is published)."""
 
     @property
     def index(self) -> CampaignIndex:
@@ -88,18 +89,19 @@ class CampaignIndexLoader:
                     self._parsed[(row.campaign_id, row.version)] = self._parse(row)
             active = []
             versions = []
-            latest: dict[str, CampaignDefinition] = {}
+            current: dict[str, CampaignDefinition] = {}
             for key in keys:
                 parsed = self._parsed.get(key.key)
                 if parsed is None:
                     continue
                 definition, plan = parsed
-                latest[key.campaign_id] = definition  # keys come in version order
+                if key.current:
+                    current[key.campaign_id] = definition
                 versions.append((key.campaign_id, plan))
                 if key.live:
                     active.append(ActiveCampaign(key.campaign_id, key.version, definition, plan))
             self._index = CampaignIndex.build(active=active, versions=versions)
-            self.goals = goal_watches(latest.values())
+            self.goals = goal_watches(current.values())
             self._changed_at = changed_at
             self._checked_at = time.monotonic()
             return self._index

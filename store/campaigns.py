@@ -1,4 +1,5 @@
-"""store: campaigns, their immutable versions, and the status each campaign is in."""
+"""store: campaigns, their immutable versions (draft until published), and the status each
+campaign is in."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import and_, func, select, tuple_, update
@@ -17,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.definition import CampaignDefinition, CampaignStatus, Cap, format_validation_error
 from store.db import dialect_insert
-from store.models import Campaign, CampaignVersion
+from store.models import Campaign, CampaignVersion, now
 
 Status = CampaignStatus
 
@@ -127,10 +128,15 @@ async def save_campaign(
     *, session: AsyncSession, definition: CampaignDefinition
 ) -> tuple[Campaign, CampaignVersion, bool]:
     """Store a definition: a new campaign starts as draft at version 1; a changed one gets
-    the next version and points at it. The bool says whether a version was written.
+    the next version. The bool says whether a version was written.
 
-    Saving an unchanged definition writes nothing, so a deploy script can save every
-    campaign on each run without piling up versions.
+    While the campaign is a draft (never activated, nothing runs on it) the new version is
+    current at once. Once it has left draft, the new version is a draft version: stored,
+    readable, simulatable, but new journeys keep entering the current version until
+    `publish_version` — so saving never changes live traffic.
+
+    Saving a definition equal to the latest version or to the current one writes nothing,
+    so a deploy script can save every campaign on each run without piling up versions.
     """
     digest = definition_hash(definition)
     if await _insert_campaign(session, definition):
@@ -146,17 +152,20 @@ async def save_campaign(
             f"campaign {campaign.id!r} is archived and takes no new versions; "
             "save the definition under a new id"
         )
-    current = await get_version(
-        session=session, campaign_id=campaign.id, version=campaign.current_version
-    )
-    if current is not None and current.definition_hash == digest:
-        return campaign, current, False
+    latest = await _latest_version(session, campaign.id)
+    for number in dict.fromkeys((latest, campaign.current_version)):
+        same = await get_version(session=session, campaign_id=campaign.id, version=number)
+        if same is not None and same.definition_hash == digest:
+            return campaign, same, False
 
-    number = await _latest_version(session, campaign.id) + 1
+    number = latest + 1
     version = _new_version(definition, number, digest)
     session.add(version)
-    campaign.current_version = number
-    campaign.name = definition.name
+    if campaign.status == Status.draft:
+        campaign.current_version = number
+        campaign.name = definition.name
+    else:
+        campaign.updated_at = now()  # a new draft's reactions reach every routing index
     try:
         await session.flush()
     except IntegrityError as exc:
@@ -166,6 +175,70 @@ async def save_campaign(
             "save at the same time; roll back and save again"
         ) from exc
     return campaign, version, True
+
+
+@dataclass(frozen=True)
+class Published:
+    """What `publish_version` did."""
+
+    campaign: Campaign
+    version: CampaignVersion
+    previous: int
+    """The version that was current before."""
+    changed: bool
+    """False: that version was live already; nothing was written."""
+
+
+async def publish_version(
+    *, session: AsyncSession, campaign_id: str, version: int | None = None
+) -> Published:
+    """Make a version (default: the latest) the one new journeys enter: a draft goes live,
+    an older version comes back (a rollback). Publishing the live version again is a no-op.
+
+    `CampaignNotFound`; `VersionUnavailable` (missing: no such version; otherwise it no
+    longer validates, and routing would skip it); `CampaignStateError` when archived.
+    Running journeys keep the version they started on.
+    """
+    campaign = await _locked_for_write(session, campaign_id)
+    if campaign.status == Status.archived:
+        raise CampaignStateError(
+            f"campaign {campaign_id!r} is archived: none of its versions can be published; "
+            "save the definition under a new id"
+        )
+    latest = await _latest_version(session, campaign_id)
+    number = latest if version is None else version
+    row = await get_version(session=session, campaign_id=campaign_id, version=number)
+    if row is None:
+        raise VersionUnavailable(
+            campaign_id, number, f"does not exist (versions: 1 to {latest})", missing=True
+        )
+    definition = definition_of(row)
+    previous = campaign.current_version
+    if previous == number and row.published_at is not None:
+        return Published(campaign, row, previous, changed=False)
+    at = now()
+    campaign.current_version = number
+    campaign.name = definition.name
+    campaign.updated_at = at
+    row.published_at = at
+    await session.flush()
+    return Published(campaign, row, previous, changed=True)
+
+
+VersionState = Literal["live", "draft", "retired"]
+
+
+def version_state(campaign: Campaign, version: CampaignVersion) -> VersionState:
+    """`live`: published and current — new journeys enter it while the campaign is active;
+    `draft`: never published; `retired`: published before, not current now."""
+    if version.published_at is None:
+        return "draft"
+    return "live" if version.version == campaign.current_version else "retired"
+
+
+async def latest_version(*, session: AsyncSession, campaign_id: str) -> int:
+    """The highest version number stored (0: no campaign)."""
+    return await _latest_version(session, campaign_id)
 
 
 async def _insert_campaign(session: AsyncSession, definition: CampaignDefinition) -> bool:
@@ -196,6 +269,21 @@ async def _locked(session: AsyncSession, campaign_id: str) -> Campaign:
     if campaign is None:
         raise CampaignNotFound(campaign_id)
     return campaign
+
+
+async def _locked_for_write(session: AsyncSession, campaign_id: str) -> Campaign:
+    """The campaign, with the write lock taken first: an UPDATE that changes nothing locks
+    the row on PostgreSQL and takes SQLite's write lock, so no save or status change can
+    interleave between what the caller reads and what it writes."""
+    statement = (
+        update(Campaign)
+        .where(Campaign.id == campaign_id)
+        .values(updated_at=Campaign.updated_at)
+        .execution_options(synchronize_session=False)
+    )
+    if (await session.execute(statement)).rowcount == 0:  # type: ignore[attr-defined]
+        raise CampaignNotFound(campaign_id)
+    return await _locked(session, campaign_id)
 
 
 async def _latest_version(session: AsyncSession, campaign_id: str) -> int:
@@ -269,6 +357,18 @@ async def set_status(
             f"campaign {campaign_id!r} is {campaign.status} and cannot become {target.value}; "
             f"allowed: {ALLOWED_TRANSITIONS}"
         )
+    if moved and target == Status.active:
+        # A draft campaign's first activation is its current version's first publication.
+        await session.execute(
+            update(CampaignVersion)
+            .where(
+                CampaignVersion.campaign_id == campaign_id,
+                CampaignVersion.version == campaign.current_version,
+                CampaignVersion.published_at.is_(None),
+            )
+            .values(published_at=now())
+            .execution_options(synchronize_session=False)
+        )
     return campaign
 
 
@@ -278,6 +378,8 @@ class VersionKey:
     version: int
     live: bool
     """The current version of an active campaign: new journeys enter it."""
+    current: bool = False
+    """The campaign's current version, whatever its status (a draft version is not)."""
 
     @property
     def key(self) -> tuple[str, int]:
@@ -291,14 +393,15 @@ async def version_keys(*, session: AsyncSession) -> list[VersionKey]:
     live = and_(
         Campaign.status == Status.active.value, Campaign.current_version == CampaignVersion.version
     )
+    current = Campaign.current_version == CampaignVersion.version
     statement = (
-        select(CampaignVersion.campaign_id, CampaignVersion.version, live)
+        select(CampaignVersion.campaign_id, CampaignVersion.version, live, current)
         .join(Campaign, Campaign.id == CampaignVersion.campaign_id)
         .order_by(CampaignVersion.campaign_id, CampaignVersion.version)
     )
     return [
-        VersionKey(campaign_id, version, bool(is_live))
-        for campaign_id, version, is_live in (await session.execute(statement)).all()
+        VersionKey(campaign_id, version, bool(is_live), bool(is_current))
+        for campaign_id, version, is_live, is_current in (await session.execute(statement)).all()
     ]
 
 

@@ -77,12 +77,15 @@ class Campaign(Base):
     status: Mapped[str] = mapped_column(String(16), default="draft")
     """draft, active, paused or archived (core.definition.CampaignStatus)."""
     current_version: Mapped[int] = mapped_column(Integer)
+    """The version new journeys enter (once published: a version saved to a campaign that
+    has left draft waits as a draft until `store.campaigns.publish_version`)."""
     created_at: Mapped[datetime] = mapped_column(default=now)
     updated_at: Mapped[datetime] = mapped_column(default=now, onupdate=now)
 
 
 class CampaignVersion(Base):
-    """Immutable: a running journey's templates are read from the version it started on."""
+    """Immutable but for `published_at`: a running journey's templates are read from the
+    version it started on."""
 
     __tablename__ = "campaign_versions"
 
@@ -93,6 +96,9 @@ class CampaignVersion(Base):
     definition: Mapped[dict[str, Any]] = mapped_column(JSON)
     definition_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=now)
+    published_at: Mapped[datetime | None] = mapped_column()
+    """When this version last became the campaign's current version by publishing (or by
+    activating a draft campaign); None: a draft, never published."""
 
 
 class Profile(Base):

@@ -15,6 +15,7 @@ from store.campaigns import (
     CampaignConflict,
     CampaignNotFound,
     CampaignStateError,
+    Published,
     definition_hash,
     definition_of,
     get_campaign,
@@ -23,6 +24,7 @@ from store.campaigns import (
     latest_change,
     list_campaigns,
     list_versions,
+    publish_version,
     save_campaign,
     set_status,
     version_keys,
@@ -74,6 +76,13 @@ async def save(sessions: Sessions, definition: CampaignDefinition) -> tuple[int,
         _, version, written = await save_campaign(session=session, definition=definition)
         await session.commit()
         return version.version, written
+
+
+async def publish(sessions: Sessions, campaign_id: str, version: int | None = None) -> Published:
+    async with sessions() as session:
+        done = await publish_version(session=session, campaign_id=campaign_id, version=version)
+        await session.commit()
+        return done
 
 
 async def status_of(sessions: Sessions, campaign_id: str, status: CampaignStatus) -> None:
@@ -223,7 +232,16 @@ async def test_version_keys_mark_the_current_versions_of_active_campaigns(
     await status_of(sessions, "live", S.active)
     await status_of(sessions, "paused", S.active)
     await status_of(sessions, "paused", S.paused)
-    await save(sessions, cart("live", body="v2"))
+    await save(sessions, cart("live", body="v2"))  # a draft version: 1 stays live
+    async with sessions() as session:
+        keys = await version_keys(session=session)
+        assert [(k.campaign_id, k.version, k.live, k.current) for k in keys] == [
+            ("draft", 1, False, True),
+            ("live", 1, True, True),
+            ("live", 2, False, False),
+            ("paused", 1, False, True),
+        ]
+    await publish(sessions, "live")
 
     async with sessions() as session:
         keys = await version_keys(session=session)

@@ -52,11 +52,12 @@ def idempotency_key(workflow_id: str, entry_message_id: str, step_id: str, visit
 class JourneyStatus(StrEnum):
     running = "running"
     completed = "completed"
-    """Reached an exit step or the end of the graph."""
+    """Reached the end of the graph (a step with no next). Journeys that reached an `exit`
+    step before patch `exit-step-exited-v1` ended `completed` too."""
     converted = "converted"
     """A goal event arrived."""
     exited = "exited"
-    """An exit event arrived, or an operator ended it."""
+    """An exit event arrived, an `exit` step was reached, or an operator ended it."""
     failed = "failed"
     """A send failed with `on_failure: exit`, an activity the journey needed failed for good
     (the policy, the profile, a local time; `exit_reason` says which and why), or the step
@@ -124,6 +125,107 @@ class JourneyResult(BaseModel):
 
 class ExitRequest(BaseModel):
     reason: str = Field(min_length=1, max_length=500)
+
+
+class JourneyPosition(BaseModel):
+    """Where a journey stands, as a migration needs to know it (the `position` query): the
+    version it runs, its step and whether that step may be left now."""
+
+    campaign_version: int
+    status: JourneyStatus
+    current_step: str | None = None
+    step_type: str | None = None
+    """`wait`, `send`, …; None once the journey has no current step."""
+    deferred_until: datetime | None = None
+    """Set while a send is held back by the send policy (quiet hours): mid-send."""
+    migrating: bool = False
+    """A migration was accepted and is being applied."""
+
+
+class MigrateRequest(BaseModel):
+    """Move a waiting journey to another version of its campaign (the `migrate` update).
+
+    `steps` maps the journey's step (old id) to where it lands (new id). A step absent from
+    `steps` lands on the step of the same id in `plan` when that step has the same type
+    (an unchanged wait keeps its name across versions); otherwise the journey stays.
+    """
+
+    from_version: int
+    """The version the journey must run now: a journey moved already is not moved twice."""
+    to_version: int
+    plan: JourneyPlan
+    """The new version's step graph, as a journey started on it gets it."""
+    steps: dict[str, str] = Field(default_factory=dict)
+    by: str | None = Field(default=None, max_length=200)
+    """Who asked (an operator's name), for the journey's history."""
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class MigrateResult(BaseModel):
+    """Where a migrated journey went, and its state once moved."""
+
+    from_version: int
+    from_step: str
+    to_version: int
+    to_step: str
+    state: JourneyState
+
+
+class MigrationRefused(ValueError):
+    """Why a journey stays where it is: the `migrate` update's validator raises it (so the
+    update is rejected with this message) and the dry run reports it."""
+
+
+MOVABLE_TYPES = ("wait", "wait_for")
+"""The only steps a journey is moved from: waiting is a safe point. A send (in flight, or
+deferred by quiet hours), a branch or a split is never interrupted."""
+
+
+def migration_target(
+    position: JourneyPosition,
+    *,
+    from_version: int,
+    to_version: int,
+    plan: JourneyPlan,
+    steps: dict[str, str],
+) -> str:
+    """The step of `plan` a journey at `position` lands on when migrated from `from_version`
+    to `to_version` with the mapping `steps`; `MigrationRefused` saying why it stays.
+
+    The one rule both the dry run and the journey's own validator apply, so what the dry
+    run promises is what the migration does (bar journeys that moved on meanwhile).
+    """
+    if position.status is not JourneyStatus.running:
+        raise MigrationRefused(f"journey already ended: {position.status.value}")
+    if position.migrating:
+        raise MigrationRefused("a migration of this journey is under way")
+    if position.campaign_version != from_version:
+        raise MigrationRefused(
+            f"journey runs version {position.campaign_version}, not {from_version}"
+        )
+    if to_version == from_version:
+        raise MigrationRefused(f"journey runs version {to_version} already")
+    step = position.current_step
+    if step is None or position.step_type is None:
+        raise MigrationRefused("journey has no current step")
+    if position.step_type not in MOVABLE_TYPES or position.deferred_until is not None:
+        what = "mid-send" if position.step_type == "send" else f"at a {position.step_type}"
+        raise MigrationRefused(
+            f"journey is {what} (step {step!r}): only journeys waiting at a wait or "
+            "wait_for step are moved"
+        )
+    target = steps.get(step)
+    if target is None:
+        same = next((s for s in plan.steps if s.id == step), None)
+        if same is None or same.type != position.step_type:
+            raise MigrationRefused(
+                f"step {step!r} has no mapping, and version {to_version} has no "
+                f"{position.step_type} step of that id: map it (--step {step}=NEW)"
+            )
+        return step
+    if not any(s.id == target for s in plan.steps):
+        raise MigrationRefused(f"version {to_version} has no step {target!r}")
+    return target
 
 
 class Send(BaseModel):
@@ -299,6 +401,8 @@ WORKFLOW_NAME = "journey"
 SIGNAL_EVENT = "event"
 QUERY_STATE = "state"
 UPDATE_EXIT = "exit"
+UPDATE_MIGRATE = "migrate"
+QUERY_POSITION = "position"
 ACTIVITY_DELIVER = "deliver"
 ACTIVITY_LOAD_PROFILE = "load_profile"
 ACTIVITY_RECORD_OUTCOME = "record_outcome"

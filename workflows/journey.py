@@ -39,9 +39,11 @@ with workflow.unsafe.imports_passed_through():
         MAX_SEEN_EVENT_IDS,
         MAX_STEP_RECORDS,
         MAX_STEPS_PER_JOURNEY,
+        QUERY_POSITION,
         QUERY_STATE,
         SIGNAL_EVENT,
         UPDATE_EXIT,
+        UPDATE_MIGRATE,
         VERSION_UNAVAILABLE,
         WORKFLOW_NAME,
         DeliverRequest,
@@ -52,9 +54,13 @@ with workflow.unsafe.imports_passed_through():
         HoldOut,
         JourneyInput,
         JourneyOutcome,
+        JourneyPosition,
         JourneyResult,
         JourneyState,
         JourneyStatus,
+        MigrateRequest,
+        MigrateResult,
+        MigrationRefused,
         PolicyAction,
         PolicyDecision,
         PolicyRequest,
@@ -68,6 +74,7 @@ with workflow.unsafe.imports_passed_through():
         WaitRequest,
         WaitResolution,
         idempotency_key,
+        migration_target,
     )
     from core.schedule import WaitOutcome
     from temporal import search_attributes
@@ -107,6 +114,15 @@ tasks per send), and recorded their outcome with an activity task. From it on, o
 activity does the policy and the delivery, and the outcome is a local activity, run by the
 worker in the workflow task that ends the journey. One patch for both: one marker event
 per journey."""
+PATCH_MIGRATE = "migrate-v1"
+"""A journey applies an operator's migration (the `migrate` update) at the top of its loop,
+where its wait was interrupted: its plan, version and step change there. Only journeys that
+receive the update reach it, so no older history meets the marker; the patch keeps it so."""
+PATCH_EXIT_STEP = "exit-step-exited-v1"
+"""Journeys before it ended `completed` at an `exit` step; from it on, `exited`. The status is
+no command (the outcome's input and the workflow's result are not compared on replay), but a
+journey whose old worker already recorded `completed` keeps saying so on a new one."""
+MIGRATION_REFUSED = "MigrationRefused"
 PROFILE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1)
 )
@@ -134,6 +150,10 @@ class JourneyWorkflow:
         self.input = input
         self.plan: JourneyPlan = input.plan
         self._waited_for = {s.event for s in self.plan.steps if isinstance(s, WaitForStep)}
+        self._migration: MigrateRequest | None = None
+        """An accepted migration, until the run loop applies (or refuses) it."""
+        self._migrated: MigrateResult | str | None = None
+        """What became of it: the result, or why it was refused after all."""
         if input.state is not None:
             self.state = input.state
         else:
@@ -192,16 +212,49 @@ class JourneyWorkflow:
         if self.state.status is not JourneyStatus.running:
             raise ValueError(f"journey already ended: {self.state.status.value}")
 
+    @workflow.query(name=QUERY_POSITION)
+    def query_position(self) -> JourneyPosition:
+        return self._position()
+
+    @workflow.update(name=UPDATE_MIGRATE)
+    async def migrate(self, request: MigrateRequest) -> MigrateResult:
+        """An operator moves this waiting journey to another version of its campaign. The
+        wait is interrupted and the run loop applies the move at its top (a safe point: no
+        activity of the journey is in flight); this returns once it has."""
+        self._migration = request
+        await workflow.wait_condition(
+            lambda: self._migrated is not None or self.state.status is not JourneyStatus.running
+        )
+        outcome, self._migrated, self._migration = self._migrated, None, None
+        if isinstance(outcome, MigrateResult):
+            return outcome
+        reason = outcome or f"journey ended before it moved: {self.state.status.value}"
+        raise ApplicationError(reason, type=MIGRATION_REFUSED, non_retryable=True)
+
+    @migrate.validator
+    def _validate_migrate(self, request: MigrateRequest) -> None:
+        # Raises MigrationRefused (a ValueError): the update is rejected, nothing recorded.
+        migration_target(
+            self._position(),
+            from_version=request.from_version,
+            to_version=request.to_version,
+            plan=request.plan,
+            steps=request.steps,
+        )
+
     # -- the interpreter ---------------------------------------------------------------
 
     @workflow.run
     async def run(self, input: JourneyInput) -> JourneyResult:
         state = self.state
         while state.status is JourneyStatus.running:
+            if self._migration is not None and self._migrated is None:
+                self._apply_migration(self._migration)
             if self._should_continue_as_new():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 state.runs += 1
-                workflow.continue_as_new(input.model_copy(update={"state": state}))
+                # self.input: a migrated journey carries its new plan and version on.
+                workflow.continue_as_new(self.input.model_copy(update={"state": state}))
             step = self._current()
             if step is None:
                 self._end(JourneyStatus.completed, "reached the end of the journey")
@@ -240,7 +293,10 @@ class JourneyWorkflow:
         if isinstance(step, SplitStep):
             return await self._split(step)
         assert isinstance(step, ExitStep)
-        self._end(JourneyStatus.completed, f"exit step {step.id!r}")
+        exited = workflow.patched(PATCH_EXIT_STEP)
+        self._end(
+            JourneyStatus.exited if exited else JourneyStatus.completed, f"exit step {step.id!r}"
+        )
         return None, "exit"
 
     async def _send(self, step: SendStep) -> tuple[str | None, str] | _Stay:
@@ -621,7 +677,82 @@ class JourneyWorkflow:
         return max(left, timedelta(milliseconds=1))
 
     def _interrupted(self) -> bool:
-        return self.state.status is not JourneyStatus.running or self._should_continue_as_new()
+        return (
+            self.state.status is not JourneyStatus.running
+            or (self._migration is not None and self._migrated is None)
+            or self._should_continue_as_new()
+        )
+
+    def _position(self) -> JourneyPosition:
+        step = self._current()
+        return JourneyPosition(
+            campaign_version=self.input.campaign_version,
+            status=self.state.status,
+            current_step=self.state.current_step,
+            step_type=None if step is None else step.type,
+            deferred_until=self.state.deferred_until,
+            migrating=self._migration is not None,
+        )
+
+    def _apply_migration(self, request: MigrateRequest) -> None:
+        """Move the journey as `request` says, or say why not (it may have moved on to a
+        step that cannot be left since the validator accepted it). The time already waited
+        counts: a wait landing on a wait or wait_for keeps `step_started_at`, so 10 h into
+        a 24 h wait, a 48 h wait has 38 h left."""
+        state = self.state
+        if not workflow.patched(PATCH_MIGRATE):  # pragma: no cover - no such history exists
+            self._migrated = "this journey's code predates migrations"
+            return
+        try:
+            target = migration_target(
+                self._position().model_copy(update={"migrating": False}),
+                from_version=request.from_version,
+                to_version=request.to_version,
+                plan=request.plan,
+                steps=request.steps,
+            )
+        except MigrationRefused as refused:
+            self._migrated = str(refused)
+            return
+        from_step = state.current_step
+        assert from_step is not None
+        from_version = self.input.campaign_version
+        self.plan = request.plan
+        self.input = self.input.model_copy(
+            update={"plan": request.plan, "campaign_version": request.to_version}
+        )
+        self._waited_for = {s.event for s in self.plan.steps if isinstance(s, WaitForStep)}
+        landing = self.plan.step(target)
+        note = (
+            f"migrated from v{from_version} step {from_step} to v{request.to_version} step {target}"
+        )
+        if request.by:
+            note += f" by {request.by}"
+        if request.reason:
+            note += f": {request.reason}"
+        self._note(note)
+        if landing.type not in ("wait", "wait_for"):
+            state.step_started_at = workflow.now()
+        if target != from_step:
+            # A visit of its own: a send landed on later gets an idempotency key of its own.
+            state.visits[target] = state.visits.get(target, 0) + 1
+        state.current_step = target
+        state.wait_until = None
+        state.matched_event = None
+        self._record(target, "entered")
+        workflow.upsert_search_attributes(
+            [
+                search_attributes.CAMPAIGN_VERSION.value_set(request.to_version),
+                search_attributes.STEP.value_set(target),
+            ]
+        )
+        self._migrated = MigrateResult(
+            from_version=from_version,
+            from_step=from_step,
+            to_version=request.to_version,
+            to_step=target,
+            state=state.model_copy(deep=True),
+        )
 
     def _should_continue_as_new(self) -> bool:
         info = workflow.info()

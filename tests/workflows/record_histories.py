@@ -25,7 +25,9 @@ from core.journey import (
     ACTIVITY_LOAD_PROFILE,
     SIGNAL_EVENT,
     UPDATE_EXIT,
+    UPDATE_MIGRATE,
     ExitRequest,
+    MigrateRequest,
     PolicyAction,
     PolicyDecision,
 )
@@ -44,6 +46,7 @@ from tests.workflows.test_journey import (
     save_traits,
     start,
 )
+from tests.workflows.test_migrate import CART_V2
 from workflows.journey import JourneyWorkflow
 
 HISTORIES = Path(__file__).parent.parent / "histories"
@@ -186,6 +189,23 @@ async def record(sessions) -> None:
             h = await start(env.client, queue, BRANCHY, user="replay-lean-suppressed")
             await h.result()
             runs["lean_suppressed"] = h
+            # An operator migrates a journey 10 h into its 24 h wait to version 2 (patch
+            # migrate-v1): the wait is interrupted, the move applied, v2's 36 h wait goes
+            # on from where the journey began, then v2's coupon is sent.
+            h = await start(env.client, queue, CART, user="replay-migrated")
+            await env.sleep(timedelta(hours=10))
+            await h.execute_update(
+                UPDATE_MIGRATE,
+                MigrateRequest(
+                    from_version=1, to_version=2, plan=CART_V2.plan(), steps={"wait": "pause"}
+                ),
+            )
+            await h.result()
+            runs["migrated"] = h
+            # An exit step ends the journey `exited` (patch exit-step-exited-v1).
+            h = await start(env.client, queue, BRANCHY, user="replay-exit-step")
+            await h.result()
+            runs["exit_step_exited"] = h
             for name, handle in runs.items():
                 path = HISTORIES / f"{name}.json"
                 if path.exists():

@@ -448,8 +448,12 @@ async def test_branch_on_traits_and_event_properties(
         time_skipping_env.client, task_queue, BRANCHY, entry=event("Signed Up", **properties)
     )
     result = await handle.result()
-    assert result.status is JourneyStatus.completed
+    # An `exit` step is reported as what it is (patch exit-step-exited-v1).
+    assert result.status is JourneyStatus.exited
+    assert result.exit_reason == "exit step 'done'"
     assert [s[0].step_id for s in doubles.sends] == [expected]
+    [outcome] = doubles.outcomes
+    assert outcome.status is JourneyStatus.exited
 
 
 async def test_failed_send_with_on_failure_exit_ends_journey(
@@ -698,7 +702,7 @@ async def test_a_suppressed_send_is_recorded_and_the_journey_goes_on(
     handle = await start(time_skipping_env.client, task_queue, BRANCHY)
     result = await handle.result()
     state = await handle.query(QUERY_STATE, result_type=JourneyState)
-    assert result.status is JourneyStatus.completed and doubles.sends == []
+    assert result.status is JourneyStatus.exited and doubles.sends == []  # at step done
     basic = next(r for r in state.history if r.step_id == "basic")
     assert basic.outcome == "suppressed: unsubscribed from marketing"
 

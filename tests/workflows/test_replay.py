@@ -3,6 +3,7 @@ and a deliberately non-deterministic change to it fails to."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,18 @@ def activities(history: WorkflowHistory) -> list[str]:
         for e in history.events
         if e.HasField("activity_task_scheduled_event_attributes")
     ]
+
+
+def patches(history: WorkflowHistory) -> list[str]:
+    """The ids of the `workflow.patched` markers the history recorded, in order."""
+    found = []
+    for e in history.events:
+        if e.HasField("marker_recorded_event_attributes"):
+            marker = e.marker_recorded_event_attributes
+            if marker.marker_name == "core_patch":
+                [payload] = marker.details["patch-data"].payloads
+                found.append(json.loads(payload.data)["id"])
+    return found
 
 
 def continued_from(history: WorkflowHistory) -> str:
@@ -105,6 +118,16 @@ GUARDED: dict[str, Callable[[WorkflowHistory], bool]] = {
     "lean_suppressed": lambda h: (
         activities(h)[:2] == ["load_profile", "send"] and "record_outcome" not in activities(h)
     ),
+    # An operator's migration (migrate-v1): the 24 h timer cancelled at the update, the
+    # move applied behind the patch, v2's wait, then v2's send.
+    "migrated": lambda h: (
+        kinds(h)["workflow_execution_update_completed"] == 1
+        and kinds(h)["timer_canceled"] == 1
+        and patches(h) == ["migrate-v1", "lean-journey-v1"]
+        and activities(h) == ["send"]
+    ),
+    # An exit step ends the journey `exited` (exit-step-exited-v1), behind its marker.
+    "exit_step_exited": lambda h: patches(h)[-1] == "exit-step-exited-v1",
 }
 """The behaviours the recorded histories guard, and how each history shows its own."""
 

@@ -85,11 +85,14 @@ class NudgeClient:
 
     async def apply_campaign(self, definition: str, *, activate: bool = False) -> dict[str, Any]:
         """Save a definition (YAML or JSON text): a new version when it changed. Returns the
-        campaign, with `new_version` saying whether a version was written."""
+        campaign, with `new_version` (whether a version was written), `version` (the saved
+        one) and `version_state` (`live`, or `draft` until published). `activate` publishes
+        the saved version and activates the campaign in the same request."""
         is_json = definition.lstrip().startswith("{")
         saved = await self._call(
             "POST",
             "/v1/campaigns",
+            params={"activate": "true"} if activate else None,
             content=definition.encode(),
             headers={
                 **self._admin(),
@@ -97,9 +100,12 @@ class NudgeClient:
             },
         )
         campaign: dict[str, Any] = saved["campaign"]
-        if activate:
-            campaign = await self.set_campaign_status(campaign["id"], "activate")
-        return {**campaign, "new_version": saved["new_version"]}
+        return {
+            **campaign,
+            "new_version": saved["new_version"],
+            "version": saved["version"]["version"],
+            "version_state": saved["version"]["state"],
+        }
 
     async def set_campaign_status(self, campaign_id: str, action: StatusAction) -> dict[str, Any]:
         if action not in ("activate", "pause", "archive"):
@@ -239,5 +245,155 @@ class NudgeClient:
             f"/v1/journeys/{_segment(campaign_id)}/{_segment(user_id)}/exit",
             json={"reason": reason},
             headers=self._admin(),
+        )
+        return result
+
+    # -- nudge dev: the first run's demo user -----------------------------------------------
+
+    async def identify(
+        self, *, user_id: str, traits: dict[str, Any], message_id: str | None = None
+    ) -> dict[str, Any]:
+        """Send one Segment `identify` call (a user's traits); answered once it is stored."""
+        if not self.write_key:
+            raise NudgeClientError(0, "identifying users needs the write key (NUDGE_WRITE_KEY)")
+        body = {
+            "userId": user_id,
+            "traits": traits,
+            "messageId": message_id or f"cli-{uuid.uuid4()}",
+        }
+        result: dict[str, Any] = await self._call(
+            "POST", "/v1/identify", json=body, auth=(self.write_key, "")
+        )
+        return {**result, "messageId": body["messageId"]}
+
+    # -- lifecycle: publish and compare campaign versions -----------------------------------
+
+    async def publish_campaign(
+        self, campaign_id: str, *, version: int | None = None
+    ) -> dict[str, Any]:
+        """Make a version (default: the latest) the one new journeys enter."""
+        result: dict[str, Any] = await self._call(
+            "POST",
+            f"/v1/campaigns/{_segment(campaign_id)}/publish",
+            params={"version": version} if version is not None else None,
+            headers=self._admin(),
+        )
+        return result
+
+    async def campaign_diff(
+        self, campaign_id: str, *, from_version: int | None = None, to_version: int | None = None
+    ) -> dict[str, Any]:
+        """Two versions compared (default: the current one and the latest): `text` is a
+        unified diff of their definitions as YAML."""
+        params = {
+            name: value
+            for name, value in (("from", from_version), ("to", to_version))
+            if value is not None
+        }
+        result: dict[str, Any] = await self._call(
+            "GET",
+            f"/v1/campaigns/{_segment(campaign_id)}/diff",
+            params=params or None,
+            headers=self._admin(),
+        )
+        return result
+
+    # -- operator tools ---------------------------------------------------------------------
+
+    async def get_user(self, user_id: str) -> dict[str, Any]:
+        """A user's profile, other ids, consent, journeys and latest deliveries."""
+        result: dict[str, Any] = await self._call(
+            "GET", f"/v1/users/{_segment(user_id)}", headers=self._admin()
+        )
+        return result
+
+    async def exit_campaign(
+        self,
+        campaign_id: str,
+        *,
+        reason: str,
+        step: str | None = None,
+        request_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Start ending every running journey of a campaign (only those at `step`, when
+        given); returns the operation, whose progress `exit_progress` reads."""
+        body: dict[str, Any] = {"reason": reason}
+        if step is not None:
+            body["step"] = step
+        if request_id is not None:
+            body["request_id"] = request_id
+        result: dict[str, Any] = await self._call(
+            "POST",
+            f"/v1/campaigns/{_segment(campaign_id)}/exit",
+            json=body,
+            headers=self._admin(),
+        )
+        return result
+
+    async def exit_progress(self, campaign_id: str, operation_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(
+            "GET",
+            f"/v1/campaigns/{_segment(campaign_id)}/exit/{_segment(operation_id)}",
+            headers=self._admin(),
+        )
+        return result
+
+    async def retry_delivery(self, delivery_id: int) -> dict[str, Any]:
+        """Send a failed delivery again (once per retry); the new send's outcome."""
+        result: dict[str, Any] = await self._call(
+            "POST", f"/v1/deliveries/{int(delivery_id)}/retry", headers=self._admin()
+        )
+        return result
+
+    # -- simulate ---------------------------------------------------------------------------
+
+    async def simulate(
+        self, campaign_id: str, scenario: str, *, version: int | None = None
+    ) -> dict[str, Any]:
+        """Rehearse a stored campaign version (default: the latest) with a scenario (YAML or
+        JSON text): its timeline, each expectation's verdict, and `passed`. A rehearsal
+        runs up to a minute on the server: this call waits longer than others."""
+        result: dict[str, Any] = await self._call(
+            "POST",
+            f"/v1/campaigns/{_segment(campaign_id)}/simulate",
+            params={"version": version} if version is not None else None,
+            content=scenario.encode(),
+            headers={**self._admin(), "Content-Type": "application/yaml"},
+            timeout=90.0,
+        )
+        return result
+
+    # -- migrations -------------------------------------------------------------------------
+
+    async def migrate_journeys(
+        self,
+        campaign_id: str,
+        *,
+        from_version: int,
+        to_version: int,
+        steps: dict[str, str],
+        dry_run: bool = False,
+        by: str | None = None,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        """Move the journeys waiting in `from_version` to `to_version` (or, `dry_run`, say
+        how many sit at each step and where they would land): the migration's report. Each
+        journey is asked in turn: this call waits longer than others."""
+        body: dict[str, Any] = {
+            "from_version": from_version,
+            "to_version": to_version,
+            "steps": steps,
+            "dry_run": dry_run,
+        }
+        if by is not None:
+            body["by"] = by
+        if reason is not None:
+            body["reason"] = reason
+        result: dict[str, Any] = await self._call(
+            "POST",
+            f"/v1/campaigns/{_segment(campaign_id)}/migrations",
+            json=body,
+            headers=self._admin(),
+            timeout=300.0,
         )
         return result

@@ -228,6 +228,33 @@ def migration_target(
     return target
 
 
+def mapping_problems(
+    steps: dict[str, str],
+    *,
+    old: JourneyPlan,
+    new: JourneyPlan,
+    from_version: int,
+    to_version: int,
+) -> list[str]:
+    """What is wrong with a migration's step mapping, one line each naming the entry: an old
+    step the version does not have or that is no waiting step, a new step it does not have."""
+    problems = []
+    old_steps = {s.id: s.type for s in old.steps}
+    new_steps = {s.id for s in new.steps}
+    for source, target in steps.items():
+        kind = old_steps.get(source)
+        if kind is None:
+            problems.append(f"steps.{source}: version {from_version} has no step {source!r}")
+        elif kind not in MOVABLE_TYPES:
+            problems.append(
+                f"steps.{source}: step {source!r} is a {kind}: only wait and wait_for steps "
+                "are migrated from"
+            )
+        if target not in new_steps:
+            problems.append(f"steps.{source}: version {to_version} has no step {target!r}")
+    return problems
+
+
 class Send(BaseModel):
     """One send of one journey: which step on which visit, to whom, under which key. What the
     send policy is asked about and `deliver` carries out, and the delivery row records."""

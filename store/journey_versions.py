@@ -1,0 +1,57 @@
+"""store: which journeys run a given version of a campaign, read from the membership index
+(`journey_entries`), and moving their rows when an operator migrates them to another."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.journey import JourneyStatus
+from store.models import JourneyEntry
+
+
+async def running_on_version(*, session: AsyncSession, campaign_id: str, version: int) -> list[str]:
+    """The workflow ids of the campaign's journeys recorded as running on `version`.
+
+    A row still `running` whose journey has ended (its outcome not written yet) is only a
+    journey the migration asks and finds ended; a journey another migration moved reads as
+    the version it was moved to (`move_to_version`)."""
+    statement = (
+        select(JourneyEntry.workflow_id)
+        .where(
+            JourneyEntry.campaign_id == campaign_id,
+            JourneyEntry.campaign_version == version,
+            JourneyEntry.status == JourneyStatus.running.value,
+        )
+        .distinct()
+        .order_by(JourneyEntry.workflow_id)
+    )
+    return list(await session.scalars(statement))
+
+
+async def move_to_version(
+    *,
+    session: AsyncSession,
+    campaign_id: str,
+    workflow_ids: Sequence[str],
+    from_version: int,
+    to_version: int,
+) -> int:
+    """Record that these journeys (migrated) run `to_version` now; how many rows moved."""
+    moved = 0
+    for start in range(0, len(workflow_ids), 500):
+        result = await session.execute(
+            update(JourneyEntry)
+            .where(
+                JourneyEntry.campaign_id == campaign_id,
+                JourneyEntry.campaign_version == from_version,
+                JourneyEntry.status == JourneyStatus.running.value,
+                JourneyEntry.workflow_id.in_(list(workflow_ids[start : start + 500])),
+            )
+            .values(campaign_version=to_version)
+            .returning(JourneyEntry.id)
+        )
+        moved += len(result.all())
+    return moved

@@ -1,0 +1,186 @@
+"""Migrating waiting journeys through the API and `nudge campaigns migrate`, end to end on
+the dev server: the real worker and activities, SQLite, a webhook provider double."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from cli.migrate import report_lines
+from core.journey import JourneyState, journey_id
+from store.campaigns import publish_version
+from store.models import JourneyEntry
+from temporal.servers import DevServer
+from tests.cli.test_errors import nudge
+from tests.fixtures.api import ADMIN, eventually, webhook_stack
+from tests.fixtures.servers import WebhookReceiver
+
+V1: dict[str, Any] = {
+    "id": "migrate-e2e",
+    "name": "Cart (migrated)",
+    "entry": {"event": "Product Added"},
+    "steps": [
+        {"id": "wait", "type": "wait", "duration": "24h", "next": "remind"},
+        {"id": "remind", "type": "send", "channel": "webhook", "template": "remind"},
+    ],
+    "templates": {"remind": {"subject": "Cart", "body": "your cart misses you"}},
+}
+V2: dict[str, Any] = {
+    **V1,
+    "steps": [
+        # Shorter than the time the journeys have waited already: they send at once.
+        {"id": "pause", "type": "wait", "duration": "1s", "next": "coupon"},
+        {"id": "coupon", "type": "send", "channel": "webhook", "template": "coupon"},
+    ],
+    "templates": {"coupon": {"subject": "Cart", "body": "10% off your cart"}},
+}
+URL = "/v1/campaigns/migrate-e2e/migrations"
+
+
+async def test_dry_run_then_migration_over_the_api_and_the_cli(
+    sqlite_url: str, dev_server: DevServer, webhook_receiver: WebhookReceiver, tmp_path: Path
+):
+    async with webhook_stack(sqlite_url, dev_server, webhook_receiver, V1) as stack:
+        api = stack.api
+        users = [f"u-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+        for user in users:
+            await api.track(user, "Product Added")
+
+        async def waiting() -> bool:
+            for user in users:
+                r = await api.http.get(f"/v1/journeys/migrate-e2e/{user}", headers=ADMIN)
+                assert r.status_code == 200, r.text
+                assert JourneyState.model_validate(r.json()).current_step == "wait"
+            return True
+
+        await eventually(waiting, timeout=30)
+        r = await api.http.post("/v1/campaigns", json=V2, headers=ADMIN)
+        assert r.status_code in (200, 201), r.text  # version 2, a draft
+
+        # What is wrong is named, each problem on its own.
+        r = await api.http.post(
+            URL,
+            json={"from_version": 1, "to_version": 2, "steps": {"remind": "coupon", "wait": "x"}},
+            headers=ADMIN,
+        )
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"]["problems"] == [
+            "steps.remind: step 'remind' is a send: only wait and wait_for steps are migrated from",
+            "steps.wait: version 2 has no step 'x'",
+        ]
+        r = await api.http.post(URL, json={"from_version": 1, "to_version": 9}, headers=ADMIN)
+        assert r.status_code == 404 and "version 9" in r.json()["detail"], r.text
+        r = await api.http.post(
+            "/v1/campaigns/nope/migrations",
+            json={"from_version": 1, "to_version": 2},
+            headers=ADMIN,
+        )
+        assert r.status_code == 404 and r.json()["detail"] == "no campaign 'nope'"
+        mapping = {"from_version": 1, "to_version": 2, "steps": {"wait": "pause"}}
+        r = await api.http.post(URL, json=mapping, headers=ADMIN)
+        assert r.status_code == 409 and "is a draft: publish it first" in r.text, r.text
+
+        # The dry run works on the draft: where each journey would land, nothing moved.
+        ran = await nudge(
+            tmp_path,
+            *("campaigns", "migrate", "migrate-e2e", "--from", "1", "--to", "2"),
+            *("--step", "wait=pause", "--dry-run"),
+            url=api.url,
+        )
+        assert ran.code == 0 and ran.stderr == "", ran
+        assert ran.stdout.splitlines() == [
+            "migrate-e2e: dry run of v1 → v2: 2 journeys, 2 would move",
+            "  step wait (wait): 2 journeys → pause: 2 would move",
+            "nothing moved (dry run); to move them: nudge campaigns migrate migrate-e2e "
+            "--from 1 --to 2 --step wait=pause",
+        ]
+        await waiting()
+
+        async with api.services.sessions() as session:
+            await publish_version(session=session, campaign_id="migrate-e2e", version=2)
+            await session.commit()
+        r = await api.http.post(URL, json={**mapping, "by": "ops"}, headers=ADMIN)
+        assert r.status_code == 200, r.text
+        report = r.json()
+        assert (report["journeys"], report["movable"], report["moved"]) == (2, 2, 2)
+        assert report["steps"] == [
+            {
+                "step": "wait",
+                "type": "wait",
+                "journeys": 2,
+                "lands_on": "pause",
+                "movable": 2,
+                "moved": 2,
+                "stays": {},
+            }
+        ]
+        assert sorted(m["workflow_id"] for m in report["moved_journeys"]) == sorted(
+            journey_id("migrate-e2e", u) for u in users
+        )
+        assert "moved_ids" not in report
+
+        # Each sends version 2's message, once; the membership index says version 2.
+        async def sent() -> bool:
+            assert len(webhook_receiver.received) == 2
+            return True
+
+        await eventually(sent, timeout=30)
+        hits = {r.json()["data"]["user_id"]: r.json()["data"] for r in webhook_receiver.received}
+        assert set(hits) == set(users)
+        assert {(d["campaign_version"], d["body"]) for d in hits.values()} == {
+            (2, "10% off your cart")
+        }
+        async with api.services.sessions() as session:
+            rows = (await session.scalars(select(JourneyEntry))).all()
+        assert {(r.workflow_id, r.campaign_version) for r in rows} == {
+            (journey_id("migrate-e2e", u), 2) for u in users
+        }
+        r = await api.http.get(f"/v1/journeys/migrate-e2e/{users[0]}", headers=ADMIN)
+        outcomes = [h["outcome"] for h in r.json()["history"]]
+        assert "migrated from v1 step wait to v2 step pause by ops" in outcomes
+
+        # Nothing runs version 1 any more: a second migration finds no journey.
+        r = await api.http.post(URL, json={**mapping, "dry_run": True}, headers=ADMIN)
+        assert r.status_code == 200 and r.json()["journeys"] == 0, r.text
+
+
+def test_the_cli_prints_a_migration_report_a_step_a_line():
+    report = {
+        "campaign_id": "cart",
+        "from_version": 3,
+        "to_version": 4,
+        "dry_run": False,
+        "journeys": 5,
+        "movable": 3,
+        "moved": 2,
+        "steps": [
+            {
+                "step": "remind",
+                "type": "send",
+                "journeys": 2,
+                "lands_on": None,
+                "movable": 0,
+                "moved": 0,
+                "stays": {"journey is mid-send (step 'remind'): …": 2},
+            },
+            {
+                "step": "wait",
+                "type": "wait",
+                "journeys": 3,
+                "lands_on": "pause",
+                "movable": 3,
+                "moved": 2,
+                "stays": {"journey already ended: converted": 1},
+            },
+        ],
+    }
+    assert report_lines(report, command="unused") == [
+        "cart: migrated v3 → v4: 2 of 5 journeys moved",
+        "  step remind (send): 2 journeys",
+        "      2 stay: journey is mid-send (step 'remind'): …",
+        "  step wait (wait): 3 journeys → pause: 2 moved",
+        "      1 stays: journey already ended: converted",
+    ]

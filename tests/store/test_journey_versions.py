@@ -1,0 +1,63 @@
+"""tests.store: the journeys running a campaign version, and moving them to another (what a
+migration reads and records), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from store.entries import record_entry
+from store.journey_versions import move_to_version, running_on_version
+from store.models import JourneyEntry
+
+Sessions = async_sessionmaker[AsyncSession]
+
+
+async def test_running_journeys_of_a_version_and_moving_them(sessions: Sessions) -> None:
+    async with sessions() as session:
+        for i, (campaign, version, user) in enumerate(
+            [
+                ("cart", 1, "a"),
+                ("cart", 1, "b"),
+                ("cart", 2, "c"),
+                ("other", 1, "d"),
+                ("cart", 1, "e"),
+            ]
+        ):
+            await record_entry(
+                session=session,
+                campaign_id=campaign,
+                campaign_version=version,
+                user_id=user,
+                workflow_id=f"journey/{campaign}/{user}",
+                run_id=f"run-{i}",
+                entry_message_id=f"m-{i}",
+            )
+        # e's journey ended: not running, never moved.
+        await session.execute(
+            update(JourneyEntry).where(JourneyEntry.user_id == "e").values(status="converted")
+        )
+        await session.commit()
+    async with sessions() as session:
+        found = await running_on_version(session=session, campaign_id="cart", version=1)
+        assert found == ["journey/cart/a", "journey/cart/b"]
+        moved = await move_to_version(
+            session=session,
+            campaign_id="cart",
+            workflow_ids=["journey/cart/a", "journey/cart/e", "journey/other/d"],
+            from_version=1,
+            to_version=2,
+        )
+        await session.commit()
+    assert moved == 1
+    async with sessions() as session:
+        assert await running_on_version(session=session, campaign_id="cart", version=1) == [
+            "journey/cart/b"
+        ]
+        assert await running_on_version(session=session, campaign_id="cart", version=2) == [
+            "journey/cart/a",
+            "journey/cart/c",
+        ]
+        assert await running_on_version(session=session, campaign_id="other", version=1) == [
+            "journey/other/d"
+        ]

@@ -85,6 +85,8 @@ class MigrationReport(BaseModel):
     steps: list[StepReport] = Field(default_factory=list)
     moved_journeys: list[JourneyMoved] = Field(default_factory=list)
     staying_journeys: list[JourneyStays] = Field(default_factory=list)
+    moved_ids: list[str] = Field(default_factory=list, exclude=True)
+    """Every journey moved (not only those listed): the caller records their new version."""
 
 
 async def migrate_journeys(
@@ -167,6 +169,7 @@ async def migrate_journeys(
         if isinstance(result, MigrateResult):
             row.moved += 1
             report.moved += 1
+            report.moved_ids.append(workflow_id)
             if len(report.moved_journeys) < MAX_LISTED:
                 report.moved_journeys.append(
                     JourneyMoved(

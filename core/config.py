@@ -8,11 +8,12 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.definition import Priority
 from core.durations import Duration
 from core.schedule import parse_clock, zone_named
 
@@ -95,6 +96,11 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///.nudge/nudge.db"
 
     temporal_address: str = "127.0.0.1:7233"
+    temporal_port: int | None = Field(default=None, ge=1, le=65535)
+    """The port `nudge dev` starts its Temporal dev server on (`--temporal-port` wins).
+    Unset: the port of NUDGE_TEMPORAL_ADDRESS when that is set, else 7233."""
+    temporal_ui_port: int | None = Field(default=None, ge=1, le=65535)
+    """The port of the Temporal Web UI `nudge dev` starts (`--ui-port` wins). Unset: 8233."""
     temporal_namespace: str = "default"
     task_queue: str = "nudge"
 
@@ -160,6 +166,12 @@ class Settings(BaseSettings):
     )
     """Frequency caps across campaigns, as JSON: each {limit, window} with an optional
     `group` (subscription group) or `channel`. Transactional campaigns are not capped."""
+    cap_headroom: dict[Priority, Annotated[int, Field(ge=0, le=10_000)]] = Field(
+        default_factory=lambda: {Priority.low: 1}
+    )
+    """Slots of each cap across campaigns that a priority leaves free for higher ones, as
+    JSON ({"low": 1} by default: a low-priority send never takes the last slot of a cap of
+    two or more). A priority not named leaves none."""
     public_url: str = "http://127.0.0.1:8000"
     """Where users reach the API (unsubscribe links)."""
     link_secret: str = DEV_LINK_SECRET

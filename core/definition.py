@@ -437,7 +437,8 @@ class Template(_Model):
 
 class Priority(StrEnum):
     """Transactional messages (receipts, password resets) skip marketing opt-outs, caps and
-    quiet hours; under a cap, higher priorities are sent first."""
+    quiet hours. Under a cap shared across campaigns, a lower priority leaves slots free for
+    higher ones (`low` the last one, by default: core.policy, `cap_headroom`)."""
 
     transactional = "transactional"
     high = "high"

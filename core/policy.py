@@ -12,8 +12,16 @@ Order of the checks, the first that answers wins:
    each cap atomically — suppress naming the cap it would exceed, else allow.
 Checks 2 to 5 are `decide_send`.
 
-Caps apply equally to high, normal and low priority: the ledger is first come, first
-served, and only transactional messages bypass it.
+Priority under caps ("headroom"): a cap across campaigns (`NUDGE_CAPS`) is shared by every
+campaign that counts against it, so a less important message must not use up a slot a more
+important one needs later in the window. A send of priority `p` may take a slot of such a cap
+only while fewer than `limit - headroom[p]` sends are counted in the window (never less than
+one slot: a low-priority campaign under a cap of one still sends): by default `low` leaves
+one slot free for `normal` and `high`, and `normal` and `high` use the whole cap
+(`NUDGE_CAP_HEADROOM`, e.g. {"low": 1, "normal": 1} keeps the last slot for `high`). Every
+send counts, whatever its priority. A campaign's own caps count only its own sends: no
+headroom there. First come, first served within what each priority may use; transactional
+messages bypass caps.
 """
 
 from __future__ import annotations
@@ -47,6 +55,14 @@ class CapCheck:
     group: str | None = None
     channel: str | None = None
     campaign_id: str | None = None
+    allowed: int | None = None
+    """How many of the `limit` slots this send may fill (its priority's headroom taken off);
+    None: all of them."""
+
+    @property
+    def fill(self) -> int:
+        """The count in the window (this send included) above which the send is refused."""
+        return self.limit if self.allowed is None else self.allowed
 
 
 @dataclass(frozen=True)
@@ -86,7 +102,14 @@ def decide_send(facts: SendFacts, *, now: datetime, settings: Settings) -> Polic
     if deferred is not None:
         return deferred
     return Reserve(
-        tuple(cap_checks(rules=settings.caps, definition=definition, channel=facts.channel))
+        tuple(
+            cap_checks(
+                rules=settings.caps,
+                definition=definition,
+                channel=facts.channel,
+                headroom=settings.cap_headroom,
+            )
+        )
     )
 
 
@@ -107,11 +130,16 @@ def describe_rule(rule: CapRule) -> str:
 
 
 def cap_checks(
-    *, rules: Sequence[CapRule], definition: CampaignDefinition, channel: str
+    *,
+    rules: Sequence[CapRule],
+    definition: CampaignDefinition,
+    channel: str,
+    headroom: Mapping[Priority, int] | None = None,
 ) -> list[CapCheck]:
     """The caps one send counts against: each settings rule whose group and channel (when
-    set) match the send — a rule with neither counts every non-transactional send — then
-    the campaign's own caps. None for a transactional campaign."""
+    set) match the send — a rule with neither counts every non-transactional send — with the
+    slots the campaign's priority may fill (`allowed_slots`), then the campaign's own caps.
+    None for a transactional campaign."""
     if definition.priority is Priority.transactional:
         return []
     group = definition.subscription_group
@@ -119,12 +147,14 @@ def cap_checks(
         CapCheck(
             limit=rule.limit,
             window=rule.window,
-            label=describe_rule(rule),
+            label=describe_rule(rule) + _headroom_note(rule.limit, allowed, definition.priority),
             group=rule.group,
             channel=rule.channel,
+            allowed=allowed,
         )
         for rule in rules
         if rule.group in (None, group) and rule.channel in (None, channel)
+        for allowed in [allowed_slots(rule.limit, definition.priority, headroom or {})]
     ]
     for cap in definition.caps:
         noun = "message" if cap.limit == 1 else "messages"
@@ -140,6 +170,21 @@ def cap_checks(
             )
         )
     return checks
+
+
+def allowed_slots(limit: int, priority: Priority, headroom: Mapping[Priority, int]) -> int:
+    """How many slots of a cap across campaigns a send of `priority` may fill: the limit less
+    the headroom it leaves for higher priorities, never less than one."""
+    return max(limit - headroom.get(priority, 0), 1)
+
+
+def _headroom_note(limit: int, allowed: int, priority: Priority) -> str:
+    """What a suppression's reason adds when the priority's headroom, not the cap, said no."""
+    if allowed >= limit:
+        return ""
+    kept = limit - allowed
+    slots = "slot" if kept == 1 else "slots"
+    return f" ({priority.value} priority leaves {kept} {slots} for higher priorities)"
 
 
 def quiet_hours_decision(

@@ -57,7 +57,8 @@ async def reserve_send(
     at: datetime,
     person: Sequence[str] = (),
 ) -> Reservation:
-    """Reserve a send against every cap, or name the first cap it would exceed.
+    """Reserve a send against every cap, or name the first cap it would exceed (the slots
+    its priority may fill: `CapCheck.fill`).
 
     Call it first thing in a transaction, then commit: the reservation is written before
     counting (on SQLite that write is what serialises users; on PostgreSQL an advisory
@@ -89,7 +90,7 @@ async def reserve_send(
     if reservation_id is None:
         return Reservation(hit=None, existing=True)
     for cap in caps:
-        if await count_sends(session=session, user_id=ids, cap=cap, at=at) > cap.limit:
+        if await count_sends(session=session, user_id=ids, cap=cap, at=at) > cap.fill:
             await session.execute(
                 delete(SendReservation).where(SendReservation.id == reservation_id)
             )

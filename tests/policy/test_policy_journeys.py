@@ -3,6 +3,7 @@ time-skipping server of the test's own, so days — and a DST change — pass in
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -144,3 +145,80 @@ async def test_quiet_hours_defer_to_the_morning_across_a_dst_change(env, session
     assert at_22_est <= first_try < at_22_est + timedelta(seconds=1)
     assert morning_edt <= second_try < morning_edt + timedelta(seconds=1)
     assert "check_policy" not in scheduled and "deliver" not in scheduled
+
+
+def promotion(campaign_id: str, priority: str):
+    """One marketing message, sent at once, at `priority`."""
+    return parse_campaign(
+        {
+            "id": campaign_id,
+            "name": campaign_id,
+            "entry": {"event": "Sale Started"},
+            "priority": priority,
+            "steps": [{"id": "offer", "type": "send", "channel": "sandbox", "template": "t"}],
+            "templates": {"t": {"subject": campaign_id, "body": "On sale today"}},
+        }
+    )
+
+
+LOWS = [promotion(f"low-{i}", "low") for i in range(4)]
+HIGHS = [promotion(f"high-{i}", "high") for i in range(2)]
+THREE_A_DAY = Settings(
+    _env_file=None,
+    quiet_hours_start=None,
+    caps=[CapRule(group="marketing", limit=3, window=timedelta(hours=24))],
+)
+
+
+async def send_all(client, sessions, user: str, definitions, *, together: bool) -> dict[str, str]:
+    """Run one journey per campaign for `user` (at once, or one after the other) through the
+    real `send` activity; each campaign's delivery status and reason, by campaign id.
+
+    On the dev server, in real time: these journeys have no timer, and a time-skipping
+    server would skip a day each time the worker is between tasks (a day of cap window)."""
+    async with sessions() as session, session.begin():
+        for definition in definitions:
+            await save_campaign(session=session, definition=definition)
+    async with real_journey_worker(client, sessions, THREE_A_DAY) as queue:
+        if together:
+            handles = [
+                await start(client, queue, d, user=user, entry=event("Sale Started"))
+                for d in definitions
+            ]
+            await asyncio.gather(*(h.result() for h in handles))
+        else:
+            for d in definitions:
+                handle = await start(client, queue, d, user=user, entry=event("Sale Started"))
+                await handle.result()
+    async with sessions() as session:
+        rows = (await session.scalars(select(Delivery).where(Delivery.user_id == user))).all()
+    return {r.campaign_id: f"{r.status}: {r.error or ''}" for r in rows}
+
+
+async def test_low_priority_leaves_the_last_slot_of_a_cap_to_higher_ones(dev_server, sessions):
+    client = dev_server.client
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    # Four low promotions first: under a cap of 3 a day, low ones fill 2 slots and leave one.
+    lows = await send_all(client, sessions, user, LOWS, together=False)
+    assert [lows[c.id].split(":")[0] for c in LOWS] == ["sent", "sent", "suppressed", "suppressed"]
+    assert lows["low-2"] == (
+        "suppressed: cap: 3 marketing messages per 24h "
+        "(low priority leaves 1 slot for higher priorities)"
+    )
+    # The high one later that day still finds its slot; the cap itself still holds for it.
+    highs = await send_all(client, sessions, user, HIGHS, together=False)
+    assert highs["high-0"] == "sent: "
+    assert highs["high-1"] == "suppressed: cap: 3 marketing messages per 24h"
+
+
+async def test_concurrent_journeys_never_let_low_ones_take_the_high_ones_slot(dev_server, sessions):
+    client = dev_server.client
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    # Six journeys of one user sending at the same instant, in whatever order the worker
+    # runs them: the cap holds, low ones never fill it, and a high one always gets through.
+    outcome = await send_all(client, sessions, user, [*LOWS, *HIGHS], together=True)
+    sent = {c for c, status in outcome.items() if status.startswith("sent")}
+    assert len(outcome) == 6
+    assert len(sent) <= 3
+    assert len(sent & {c.id for c in LOWS}) <= 2
+    assert sent & {c.id for c in HIGHS}

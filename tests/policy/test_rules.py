@@ -155,6 +155,49 @@ def test_transactional_campaigns_are_never_capped() -> None:
     assert cap_checks(rules=settings().caps, definition=definition, channel="sms") == []
 
 
+@pytest.mark.parametrize(
+    ("priority", "limit", "fill"),
+    [
+        ("low", 3, 2),  # the last slot of a shared cap is left to normal and high sends
+        ("low", 1, 1),  # never less than one slot: a low campaign under a cap of one sends
+        ("normal", 3, 3),
+        ("high", 3, 3),
+    ],
+)
+def test_priority_headroom_on_caps_across_campaigns(priority: str, limit: int, fill: int) -> None:
+    rules = [CapRule(group="marketing", limit=limit, window=timedelta(hours=24))]
+    own = [{"limit": 2, "window": "7d"}]
+    checks = cap_checks(
+        rules=rules,
+        definition=campaign(priority=priority, caps=own),
+        channel="email",
+        headroom=settings().cap_headroom,
+    )
+    shared, campaigns_own = checks
+    assert shared.fill == fill
+    # A campaign's own cap counts only its own sends: no one to leave room for.
+    assert campaigns_own.fill == 2
+    left = " (low priority leaves 1 slot for higher priorities)" if fill < limit else ""
+    assert shared.label.endswith(f"per 24h{left}")
+
+
+def test_headroom_is_a_setting() -> None:
+    strict = settings(cap_headroom={"low": 2, "normal": 1})
+    rules = [CapRule(limit=4, window=timedelta(hours=24))]
+    fills = {
+        p: cap_checks(
+            rules=rules,
+            definition=campaign(priority=p),
+            channel="email",
+            headroom=strict.cap_headroom,
+        )[0].fill
+        for p in ("low", "normal", "high")
+    }
+    assert fills == {"low": 2, "normal": 3, "high": 4}
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
+        settings(cap_headroom={"low": -1})
+
+
 def test_describe_rule() -> None:
     assert describe_rule(CapRule(limit=1, window=timedelta(hours=1))) == "cap: 1 message per 1h"
     rule = CapRule(group="marketing", channel="sms", limit=2, window=timedelta(hours=90))

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, Field
 
 from api.deps import AdminDep, SessionDep, TemporalDep
-from api.schemas import CampaignId, Message, ProblemsResponse
+from api.schemas import MAX_VERSION, CampaignId, Message, ProblemsResponse
 from core.journey import mapping_problems
 from store.campaigns import get_campaign, get_version, load_definition, version_state
 from store.journey_versions import move_to_version, running_on_version
@@ -23,10 +23,13 @@ class MigrationCreate(BaseModel):
     map. A waiting step absent from `steps` lands on the new version's step of the same id
     and type, if there is one; otherwise its journeys stay."""
 
-    from_version: int = Field(ge=1)
-    to_version: int = Field(ge=1, description="newer than from_version, and published")
+    from_version: int = Field(ge=1, le=MAX_VERSION)
+    to_version: int = Field(
+        ge=1, le=MAX_VERSION, description="newer than from_version; published, but for a dry run"
+    )
     steps: dict[str, str] = Field(
         default_factory=dict,
+        max_length=500,
         description="old step id → new step id",
         examples=[{"wait": "pause"}],
     )

@@ -1,9 +1,191 @@
-"""api: rehearse a campaign on the time-skipping server."""
+"""api: rehearse a campaign on the time-skipping server.
+
+`POST /v1/campaigns/{id}/simulate?version=N` runs a scenario (core/scenario.py) against a
+stored version — by default the latest, so a draft can be rehearsed before it is
+published. The rehearsal engine lives in `worker/` (the real workflow, worker and
+activities, a time-skipping server and a temporary database), which this room may not
+import: it runs as a process of its own, `python -m worker.simulate`, a JSON request on
+stdin and the result on stdout. A few run at once per API process; one that takes too
+long is ended (504). The scenario is read and checked against the campaign here, before
+any process starts (422).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+import weakref
+from typing import Annotated, Any
 
-from api.deps import AdminDep
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from pydantic import ValidationError
+
+from api.deps import AdminDep, SessionDep, SettingsDep
+from api.routes.campaigns import read_document
+from api.schemas import MAX_VERSION, CampaignId, Message, ProblemsResponse
+from core.config import Settings
+from core.events import safe_text
+from core.scenario import (
+    SimulationRequest,
+    SimulationResult,
+    campaign_problems,
+    parse_scenario,
+)
+from store import campaigns as store
+from store.campaigns import VersionUnavailable, definition_document
 
 router = APIRouter(prefix="/v1/campaigns", tags=["simulate"], dependencies=[AdminDep])
+
+SIMULATION_CONCURRENCY = 2
+"""Rehearsals one API process runs at once (each is a process with a Temporal test server);
+more wait for a turn, within the timeout."""
+SIMULATION_TIMEOUT_SECONDS = 60.0
+"""How long a rehearsal may take, its wait for a turn included: then 504."""
+ENGINE = (sys.executable, "-m", "worker.simulate")
+
+_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+SCENARIO_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "A scenario (`nudge simulate`'s file): the user, their traits, timed "
+        "events, optional settings and expectations; JSON, or YAML with "
+        "`Content-Type: application/yaml`.",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "application/yaml": {"schema": {"type": "string"}},
+        },
+    }
+}
+VERSION = Query(
+    ge=1, le=MAX_VERSION, description="the version to rehearse; default: the latest (a draft too)"
+)
+
+
+def policy_settings(settings: Settings) -> dict[str, Any]:
+    """The send policy's settings of this deployment, which the rehearsal applies."""
+    return {
+        "quiet_hours_start": settings.quiet_hours_start,
+        "quiet_hours_end": settings.quiet_hours_end,
+        "caps": [cap.model_dump(mode="json") for cap in settings.caps],
+        "default_timezone": settings.default_timezone,
+    }
+
+
+@router.post(
+    "/{campaign_id}/simulate",
+    response_model=SimulationResult,
+    responses={
+        401: {"model": Message, "description": "missing or wrong admin token"},
+        404: {"model": Message, "description": "no such campaign or version"},
+        409: {"model": Message, "description": "the version no longer validates"},
+        422: {"model": ProblemsResponse, "description": "the scenario cannot run: each problem"},
+        504: {"model": Message, "description": "the rehearsal took too long"},
+    },
+    openapi_extra=SCENARIO_DOC,
+    summary="Rehearse a campaign version with a scenario (time-skipping: days take seconds)",
+)
+async def simulate_campaign(
+    campaign_id: CampaignId,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    version: Annotated[int | None, VERSION] = None,
+) -> SimulationResult:
+    """The journey's timeline for the scenario's user and events, and whether each of its
+    expectations holds (`passed`; a mismatch is still 200)."""
+    campaign = await store.get_campaign(session=session, campaign_id=campaign_id)
+    if campaign is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no campaign {campaign_id!r}")
+    scenario = await read_document(request, parse_scenario)
+    numbers = [
+        row.version for row in await store.list_versions(session=session, campaign_id=campaign_id)
+    ]
+    number = version if version is not None else max(numbers)
+    row = await store.get_version(session=session, campaign_id=campaign_id, version=number)
+    if row is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"campaign {campaign_id!r} has no version {number} (versions: 1 to {max(numbers)})",
+        )
+    try:
+        definition = store.definition_of(row)
+    except VersionUnavailable as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    problems = campaign_problems(scenario, definition)
+    if problems:
+        raise HTTPException(422, {"problems": [safe_text(p) for p in problems]})
+    job = SimulationRequest(
+        definition=definition_document(definition),
+        version=number,
+        scenario=scenario.model_dump(mode="json"),
+        settings=policy_settings(settings),
+    )
+    return await run_engine(job)
+
+
+async def run_engine(job: SimulationRequest) -> SimulationResult:
+    """Run `worker.simulate` as a process, one of at most SIMULATION_CONCURRENCY; 504 past
+    SIMULATION_TIMEOUT_SECONDS (the process and its Temporal server are ended), 422 when
+    the engine refuses the scenario (a start in the past)."""
+    gate = _gates.setdefault(asyncio.get_running_loop(), asyncio.Semaphore(SIMULATION_CONCURRENCY))
+    deadline = time.monotonic() + SIMULATION_TIMEOUT_SECONDS
+    too_long = HTTPException(
+        status.HTTP_504_GATEWAY_TIMEOUT,
+        f"the rehearsal took longer than {SIMULATION_TIMEOUT_SECONDS:.0f} s; "
+        "shorten the scenario (`until`) or try again when fewer run",
+    )
+    try:
+        await asyncio.wait_for(gate.acquire(), timeout=deadline - time.monotonic())
+    except TimeoutError:
+        raise too_long from None
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *ENGINE,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            # Its own process group: ending it ends the Temporal test server it started.
+            start_new_session=True,
+        )
+        try:
+            out, err = await asyncio.wait_for(
+                process.communicate(job.model_dump_json().encode()),
+                timeout=max(deadline - time.monotonic(), 0.1),
+            )
+        except TimeoutError:
+            _end(process)
+            await process.wait()
+            raise too_long from None
+        except BaseException:
+            _end(process)
+            raise
+    finally:
+        gate.release()
+    said = err.decode(errors="replace").strip().splitlines()
+    reason = said[-1] if said else f"exit status {process.returncode}"
+    if process.returncode == 2:
+        raise HTTPException(422, {"problems": [safe_text(reason)]})
+    if process.returncode != 0:
+        raise HTTPException(
+            status.HTTP_500_INTERNAL_SERVER_ERROR, f"the rehearsal failed: {reason}"
+        )
+    try:
+        return SimulationResult.model_validate_json(out)
+    except ValidationError as exc:
+        raise HTTPException(
+            status.HTTP_500_INTERNAL_SERVER_ERROR, "the rehearsal's answer could not be read"
+        ) from exc
+
+
+def _end(process: asyncio.subprocess.Process) -> None:
+    """SIGKILL the engine's process group (it and its test server), if it still runs."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)

@@ -1,0 +1,610 @@
+"""worker: the rehearsal engine of `nudge simulate` — one scenario (core/scenario.py) run
+against one campaign version with the real JourneyWorkflow and the real activities, on a
+time-skipping Temporal server of its own and a temporary SQLite database, every channel
+served by the sandbox provider; returns the journey's timeline.
+
+Events go the way production routes them: `core.routing.decide` says start, signal or
+ignore; a start is `temporal.journeys.start_journey` (and the entry row the router writes),
+a signal reaches only a journey that runs. Between events, and after the last one until
+the journey ends (or `until`), the server skips time: a 30-day journey takes seconds.
+
+The timeline is read from what the run left behind: the journey's `state` query (each
+step with its outcome), its Temporal history (each `send` activity's policy decision and
+delivery, at the server's time), and the messages the sandbox channel kept.
+
+`python -m worker.simulate` runs one rehearsal for the API (which may not import this
+room): a JSON `SimulationRequest` on stdin, the JSON `SimulationResult` on stdout; a
+scenario that cannot run exits 2 with one line on stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio.api.enums.v1 import WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from activities.channels.base import Provider
+from activities.channels.sandbox import SandboxProvider
+from activities.clock import ClockActivities
+from activities.fanout import FanOutActivities
+from activities.housekeeping import Housekeeping
+from activities.journey import JourneyActivities
+from core import routing
+from core.config import Settings
+from core.definition import CampaignDefinition, Channel, DefinitionError, parse_campaign
+from core.events import JourneyEvent
+from core.journey import (
+    ACTIVITY_CHECK_POLICY,
+    ACTIVITY_DELIVER,
+    ACTIVITY_HOLD_OUT,
+    ACTIVITY_SEND,
+    QUERY_STATE,
+    DeliverRequest,
+    DeliverResult,
+    DeliveryStatus,
+    HoldOut,
+    JourneyState,
+    JourneyStatus,
+    PolicyAction,
+    PolicyDecision,
+    PolicyRequest,
+    SendRequest,
+    SendResult,
+    journey_id,
+)
+from core.routing import ActiveCampaign, CampaignIndex, Signal, Start, UserFacts
+from core.scenario import (
+    EntryKind,
+    RenderedMessage,
+    Scenario,
+    ScenarioError,
+    SimulationRequest,
+    SimulationResult,
+    Timeline,
+    TimelineEntry,
+    check_against,
+    format_offset,
+    parse_scenario,
+    result_of,
+)
+from store import deliveries
+from store.campaigns import save_campaign
+from store.db import create_engine, migrate, session_factory
+from store.entries import record_entry
+from store.profiles import merge_traits
+from temporal import servers
+from temporal.journeys import start_journey
+from worker.build import WorkerActivities, create_worker
+
+log = logging.getLogger("nudge.simulate")
+
+TASK_QUEUE = "simulate"
+STEP_CHUNK = timedelta(days=1)
+"""After the last event, time is skipped a day at a time until the journey ends (or the
+scenario's `until`): the rehearsal stops soon after the end, not 90 days later."""
+
+
+def rehearsal_settings(base: Settings, scenario: Scenario, database_url: str) -> Settings:
+    """`base` (the configured policy: quiet hours, caps, default zone) with the scenario's
+    overrides, on the rehearsal's own database and task queue."""
+    return base.model_copy(
+        update={
+            **scenario.settings.overrides(),
+            "database_url": database_url,
+            "task_queue": TASK_QUEUE,
+        }
+    )
+
+
+def sandbox_everywhere(sessions: async_sessionmaker[AsyncSession]) -> dict[str, Provider]:
+    """Every channel served by the sandbox provider: nothing leaves the machine, and each
+    rendered message is kept where the timeline reads it."""
+    sandbox = SandboxProvider(sessions)
+    return {channel.value: sandbox for channel in Channel}
+
+
+async def simulate(
+    *,
+    definition: CampaignDefinition,
+    scenario: Scenario,
+    version: int = 1,
+    settings: Settings | None = None,
+) -> Timeline:
+    """Rehearse `scenario` on `definition` (shown as `version`); raises `ScenarioError` when
+    the scenario cannot run (its start is in the past)."""
+    check_against(scenario, definition)
+    base = settings or Settings(_env_file=None)
+    with tempfile.TemporaryDirectory(prefix="nudge-simulate-") as directory:
+        url = f"sqlite+aiosqlite:///{Path(directory) / 'rehearsal.db'}"
+        await migrate(url)
+        engine = create_engine(url)
+        try:
+            sessions = session_factory(engine)
+            async with servers.time_skipping_server() as env:
+                run = _Rehearsal(
+                    env=env,
+                    sessions=sessions,
+                    settings=rehearsal_settings(base, scenario, url),
+                    definition=definition,
+                    scenario=scenario,
+                    version=version,
+                )
+                return await run.play()
+        finally:
+            await engine.dispose()
+
+
+class _Rehearsal:
+    def __init__(
+        self,
+        *,
+        env: WorkflowEnvironment,
+        sessions: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        definition: CampaignDefinition,
+        scenario: Scenario,
+        version: int,
+    ):
+        self.env = env
+        self.client: Client = env.client
+        self.sessions = sessions
+        self.settings = settings
+        self.definition = definition
+        self.scenario = scenario
+        self.version = version
+        self.stored_version = 1
+        self.traits: dict[str, Any] = dict(scenario.traits)
+        self.entered: set[str] = set()
+        self.runs: list[str] = []
+        self.entries: list[TimelineEntry] = []
+        self.start = datetime.now(UTC)
+        self.workflow_id = journey_id(definition.id, scenario.user, settings.user_secret)
+
+    async def play(self) -> Timeline:
+        await self._prepare_store()
+        now = await self.env.get_current_time()
+        self.start = self.scenario.resolve_start(now)
+        plan = self.definition.plan()
+        campaign = ActiveCampaign(self.definition.id, self.stored_version, self.definition, plan)
+        index = CampaignIndex.build(active=[campaign], versions=[(self.definition.id, plan)])
+        async with httpx.AsyncClient() as http:
+            activities = self._activities(http)
+            worker = create_worker(self.client, activities, task_queue=TASK_QUEUE)
+            async with worker:
+                for number, item in enumerate(self.scenario.events, 1):
+                    await self._skip_to(self.start + item.at)
+                    if item.traits is not None:
+                        await self._identify(item.traits, item.at)
+                    else:
+                        assert item.event is not None
+                        event = JourneyEvent(
+                            message_id=f"scenario-event-{number}",
+                            name=item.event,
+                            timestamp=self.start + item.at,
+                            properties=item.properties,
+                        )
+                        await self._route(index, campaign, event, item.at)
+                stopped = await self._run_out()
+                return await self._timeline(stopped)
+
+    # -- setting up --------------------------------------------------------------------
+
+    async def _prepare_store(self) -> None:
+        async with self.sessions() as session, session.begin():
+            _, row, _ = await save_campaign(session=session, definition=self.definition)
+            self.stored_version = row.version
+            if self.traits:
+                await merge_traits(session=session, user_id=self.scenario.user, traits=self.traits)
+
+    def _activities(self, http: httpx.AsyncClient) -> WorkerActivities:
+        """The worker's activities as `worker.build.worker_activities` builds them, with the
+        sandbox provider on every channel."""
+        sessions, settings = self.sessions, self.settings
+        return WorkerActivities(
+            journeys=JourneyActivities(
+                sessions=sessions, providers=sandbox_everywhere(sessions), settings=settings
+            ),
+            housekeeping=Housekeeping(sessions=sessions, settings=settings),
+            fanout=FanOutActivities(sessions=sessions, client=self.client, settings=settings),
+            clock=ClockActivities(sessions=sessions, settings=settings),
+        )
+
+    # -- playing the scenario ------------------------------------------------------------
+
+    async def _skip_to(self, instant: datetime) -> None:
+        now = await self.env.get_current_time()
+        if instant > now:
+            await self.env.sleep(instant - now)
+
+    def _entry(
+        self,
+        at: datetime,
+        kind: EntryKind,
+        name: str,
+        detail: str,
+        *,
+        journey: int | None = None,
+        **more: Any,
+    ) -> TimelineEntry:
+        return TimelineEntry(
+            offset=max((at - self.start).total_seconds(), 0.0),
+            at=at,
+            kind=kind,
+            name=name,
+            detail=detail,
+            journey=journey or max(len(self.runs), 1),
+            **more,
+        )
+
+    def _add(self, at: datetime, kind: EntryKind, name: str, detail: str) -> None:
+        """A scenario event's entry, as it is played."""
+        self.entries.append(self._entry(at, kind, name, detail))
+
+    async def _identify(self, traits: dict[str, Any], offset: timedelta) -> None:
+        async with self.sessions() as session, session.begin():
+            await merge_traits(session=session, user_id=self.scenario.user, traits=traits)
+        self.traits.update(traits)
+        shown = ", ".join(f"{k}={v!r}" for k, v in traits.items())
+        self._add(self.start + offset, EntryKind.event, "identify", f"traits: {shown}")
+
+    async def _route(
+        self,
+        index: CampaignIndex,
+        campaign: ActiveCampaign,
+        event: JourneyEvent,
+        offset: timedelta,
+    ) -> None:
+        facts = UserFacts(traits=dict(self.traits), entered=frozenset(self.entered))
+        actions = routing.decide(index, routing.ROUTED_TYPE, event, facts)
+        said: list[str] = []
+        for action in actions:
+            if isinstance(action, Start):
+                said.append(await self._start(campaign, event))
+            elif isinstance(action, Signal):
+                if await self._running():
+                    await self.client.get_workflow_handle(self.workflow_id).signal("event", event)
+                    said.append(f"signalled journey {len(self.runs)}")
+                else:
+                    said.append("ignored: no journey of the campaign runs")
+        if not actions:
+            said.append("ignored: the campaign neither starts on it nor waits for it")
+        self._add(self.start + offset, EntryKind.event, event.name, "; ".join(said))
+
+    async def _start(self, campaign: ActiveCampaign, event: JourneyEvent) -> str:
+        """Start the journey the one way production does, and write its entry row as the
+        router does."""
+        run_id = await start_journey(
+            self.client,
+            task_queue=TASK_QUEUE,
+            secret=self.settings.user_secret,
+            campaign_id=campaign.campaign_id,
+            campaign_version=campaign.version,
+            campaign_name=campaign.definition.name,
+            plan=campaign.plan,
+            user_id=self.scenario.user,
+            entry_event=event,
+        )
+        self.entered.add(campaign.campaign_id)
+        if run_id in self.runs:
+            return f"signalled journey {self.runs.index(run_id) + 1} (it runs already)"
+        self.runs.append(run_id)
+        async with self.sessions() as session, session.begin():
+            await record_entry(
+                session=session,
+                campaign_id=campaign.campaign_id,
+                campaign_version=campaign.version,
+                user_id=self.scenario.user,
+                workflow_id=self.workflow_id,
+                run_id=run_id,
+                entry_message_id=event.message_id,
+                holdout=campaign.plan.holdout,
+            )
+        return f"started journey {len(self.runs)}"
+
+    async def _running(self) -> bool:
+        if not self.runs:
+            return False
+        handle = self.client.get_workflow_handle(self.workflow_id, run_id=self.runs[-1])
+        description = await handle.describe()
+        return description.status == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING
+
+    async def _run_out(self) -> datetime:
+        """Skip time until the last journey ends or the scenario's time is up; when the
+        rehearsal stopped."""
+        end = self.start + self.scenario.run_for()
+        now = await self.env.get_current_time()
+        while now < end and await self._running():
+            await self.env.sleep(min(STEP_CHUNK, end - now))
+            now = await self.env.get_current_time()
+        return min(now, end)
+
+    # -- reading what happened ------------------------------------------------------------
+
+    async def _timeline(self, stopped: datetime) -> Timeline:
+        messages = await self._sandbox_messages()
+        state: JourneyState | None = None
+        journeys: list[TimelineEntry] = []
+        for number, run_id in enumerate(self.runs, 1):
+            handle = self.client.get_workflow_handle(self.workflow_id, run_id=run_id)
+            state = await handle.query(QUERY_STATE, result_type=JourneyState)
+            sends = await self._sends(handle, number, messages)
+            history = state.history
+            for i, record in enumerate(history):
+                step = self.definition.step(record.step_id)
+                detail = record.outcome
+                left = history[i + 1].at if i + 1 < len(history) else state.ended_at
+                if left is not None and left - record.at >= timedelta(minutes=1):
+                    detail += f" (left at {format_offset(left - self.start)})"
+                journeys.append(
+                    self._entry(
+                        record.at,
+                        EntryKind.step,
+                        record.step_id,
+                        detail,
+                        journey=number,
+                        step_type=step.type,
+                    )
+                )
+                # A send's decisions and delivery follow the step (visit) they belong to.
+                journeys += sends.pop((record.step_id, record.visit), [])
+            journeys += sorted((e for left in sends.values() for e in left), key=lambda e: e.at)
+            if state.status is JourneyStatus.running:
+                waiting = state.waiting_for or f"at step {state.current_step}"
+                end = self._entry(
+                    stopped, EntryKind.end, "running", f"still running: {waiting}", journey=number
+                )
+            else:
+                end = self._entry(
+                    state.ended_at or stopped,
+                    EntryKind.end,
+                    state.status.value,
+                    state.exit_reason or "",
+                    journey=number,
+                )
+            journeys.append(end)
+        if state is not None and state.ended_at is not None:
+            stopped = max(min(stopped, state.ended_at), self.start)
+        return Timeline(
+            campaign_id=self.definition.id,
+            campaign_version=self.version,
+            scenario=self.scenario.name,
+            user=self.scenario.user,
+            start=self.start,
+            stopped_at=(stopped - self.start).total_seconds(),
+            journeys=len(self.runs),
+            status=state.status if state is not None else None,
+            exit_reason=state.exit_reason if state is not None else None,
+            entries=merged(self.entries, journeys),
+        )
+
+    async def _sandbox_messages(self) -> dict[int, Any]:
+        async with self.sessions() as session:
+            rows = await deliveries.list_sandbox_messages(
+                session=session, user_id=self.scenario.user, limit=10_000
+            )
+        return {row.delivery_id: row for row in rows}
+
+    async def _sends(
+        self, handle: WorkflowHandle[Any, Any], journey: int, messages: dict[int, Any]
+    ) -> dict[tuple[str, int], list[TimelineEntry]]:
+        """Each send's policy decision and delivery, from the journey's Temporal history
+        (the `state` query keeps only a step's last outcome, not the deferrals before it)."""
+        converter = self.client.data_converter
+        kinds: dict[str, type[BaseModel]] = {
+            ACTIVITY_SEND: SendRequest,
+            ACTIVITY_CHECK_POLICY: PolicyRequest,
+            ACTIVITY_DELIVER: DeliverRequest,
+            ACTIVITY_HOLD_OUT: HoldOut,
+        }
+        results: dict[str, type[BaseModel] | None] = {
+            ACTIVITY_SEND: SendResult,
+            ACTIVITY_CHECK_POLICY: PolicyDecision,
+            ACTIVITY_DELIVER: DeliverResult,
+            ACTIVITY_HOLD_OUT: None,
+        }
+        scheduled: dict[int, tuple[str, Any]] = {}
+        found_sends: dict[tuple[str, int], list[TimelineEntry]] = {}
+        async for event in handle.fetch_history_events():
+            at = event.event_time.ToDatetime(tzinfo=UTC)
+            if event.HasField("activity_task_scheduled_event_attributes"):
+                attrs = event.activity_task_scheduled_event_attributes
+                name = attrs.activity_type.name
+                if name in kinds and attrs.input.payloads:
+                    [request] = await converter.decode(attrs.input.payloads[:1], [kinds[name]])
+                    scheduled[event.event_id] = (name, request)
+            elif event.HasField("activity_task_completed_event_attributes"):
+                attrs = event.activity_task_completed_event_attributes
+                found = scheduled.get(attrs.scheduled_event_id)
+                if found is None:
+                    continue
+                name, request = found
+                result_type = results[name]
+                result = None
+                if result_type is not None and attrs.result.payloads:
+                    [result] = await converter.decode(attrs.result.payloads[:1], [result_type])
+                entry = self._send_entry(at, journey, request, result, messages)
+                if entry is not None:
+                    found_sends.setdefault(_visit(request), []).append(entry)
+            elif event.HasField("activity_task_failed_event_attributes"):
+                attrs = event.activity_task_failed_event_attributes
+                found = scheduled.get(attrs.scheduled_event_id)
+                if found is not None:
+                    _, request = found
+                    found_sends.setdefault(_visit(request), []).append(
+                        self._entry(
+                            at,
+                            EntryKind.failed,
+                            _visit(request)[0],
+                            attrs.failure.message or "failed",
+                            journey=journey,
+                            template=self._template(request),
+                        )
+                    )
+        return found_sends
+
+    def _send_entry(
+        self,
+        at: datetime,
+        journey: int,
+        request: Any,
+        result: Any,
+        messages: dict[int, Any],
+    ) -> TimelineEntry | None:
+        """What one completed activity of a send says: held out, deferred, suppressed,
+        sent (with the message the sandbox kept) or failed; None for a `check_policy` that
+        allowed (its `deliver` tells the rest)."""
+        template = self._template(request)
+        if isinstance(request, HoldOut):
+            return self._entry(
+                at,
+                EntryKind.held_out,
+                request.send.step_id,
+                "in the campaign's holdout: not sent, recorded for attribution",
+                journey=journey,
+                template=template,
+            )
+        step_id = request.step_id
+        decision = result.decision if isinstance(result, SendResult) else result
+        delivery = result.delivery if isinstance(result, SendResult) else result
+        if isinstance(decision, PolicyDecision) and decision.action is not PolicyAction.allow:
+            if decision.action is PolicyAction.defer:
+                until = decision.defer_until
+                when = (
+                    f"until {until:%Y-%m-%d %H:%M} UTC ({format_offset(until - self.start)})"
+                    if until
+                    else "for now"
+                )
+                detail = f"{when}: {decision.reason}"
+                return self._entry(
+                    at, EntryKind.deferred, step_id, detail, journey=journey, template=template
+                )
+            return self._entry(
+                at,
+                EntryKind.suppressed,
+                step_id,
+                decision.reason or "",
+                journey=journey,
+                template=template,
+            )
+        if not isinstance(delivery, DeliverResult):
+            return None  # check_policy allowed: the `deliver` that follows says what happened
+        if delivery.status is DeliveryStatus.sent:
+            kept = messages.get(delivery.delivery_id)
+            message = None
+            if kept is not None:
+                message = RenderedMessage(
+                    channel=request.channel,
+                    template=template or "",
+                    subject=kept.subject,
+                    body=kept.body,
+                    data=kept.data,
+                )
+            detail = f"via {request.channel} (delivery {delivery.delivery_id})"
+            if delivery.duplicate:
+                detail += ", a retry that found it sent"
+            return self._entry(
+                at,
+                EntryKind.sent,
+                step_id,
+                detail,
+                journey=journey,
+                template=template,
+                message=message,
+            )
+        return self._entry(
+            at,
+            EntryKind.failed if delivery.status is DeliveryStatus.failed else EntryKind.suppressed,
+            step_id,
+            delivery.reason or delivery.status.value,
+            journey=journey,
+            template=template,
+        )
+
+    def _template(self, request: Any) -> str | None:
+        if isinstance(request, DeliverRequest):
+            return request.template
+        step_id = request.send.step_id if isinstance(request, HoldOut) else request.step_id
+        step = self.definition.step(step_id)
+        return getattr(step, "template", None)
+
+
+def _visit(request: Any) -> tuple[str, int]:
+    """The (step, visit) a send activity's request belongs to."""
+    send = request.send if isinstance(request, HoldOut) else request
+    return send.step_id, send.visit
+
+
+def merged(events: list[TimelineEntry], journeys: list[TimelineEntry]) -> list[TimelineEntry]:
+    """The scenario's events placed among the journeys' entries by time. The journeys'
+    entries keep their order (each send after its step: the server's clock may put a step
+    a millisecond before the send that led to it); an event goes before the first entry
+    whose time, or any earlier entry's, is later than its own."""
+    out: list[TimelineEntry] = []
+    pending = list(events)
+    latest: datetime | None = None
+    for entry in journeys:
+        latest = entry.at if latest is None else max(latest, entry.at)
+        while pending and pending[0].at <= latest:
+            out.append(pending.pop(0))
+        out.append(entry)
+    return out + pending
+
+
+def quiet_runtime() -> None:
+    """Temporal's core logs only errors in this process: its warning about the test
+    server's version goes to stdout, where a rehearsal prints its timeline (and JSON).
+    For processes that only rehearse (the CLI, `python -m worker.simulate`)."""
+    from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
+
+    quiet = TelemetryFilter(core_level="ERROR", other_level="ERROR")
+    Runtime.set_default(
+        Runtime(telemetry=TelemetryConfig(logging=LoggingConfig(filter=quiet))),
+        error_if_already_set=False,
+    )
+    logging.getLogger("temporalio").setLevel(logging.WARNING)
+
+
+# -- the process the API runs ---------------------------------------------------------------
+
+
+async def _serve_one(raw: str) -> SimulationResult:
+    request = SimulationRequest.model_validate_json(raw)
+    definition = parse_campaign(request.definition)
+    scenario = parse_scenario(request.scenario)
+    settings = Settings(_env_file=None, environment="test", **request.settings)
+    timeline = await simulate(
+        definition=definition, scenario=scenario, version=request.version, settings=settings
+    )
+    return result_of(scenario, timeline)
+
+
+def main() -> None:
+    from temporal.shutdown import exit_process
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    quiet_runtime()
+    try:
+        result = asyncio.run(_serve_one(sys.stdin.read()))
+    except DefinitionError as exc:
+        print("; ".join(exc.problems), file=sys.stderr)
+        exit_process(2)
+    except (ScenarioError, ValidationError, ValueError) as exc:
+        print(str(exc).replace("\n", "; "), file=sys.stderr)
+        exit_process(2)
+    sys.stdout.write(result.model_dump_json())
+    exit_process(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.definition import SLUG, CampaignStatus
 from core.events import MAX_PROBLEMS, Timestamp, UserId, check_json
+from core.versions import DefinitionChanges
 
 MAX_VERSION = 2**31 - 1
 """Campaign version numbers are an INTEGER column (32 bits on PostgreSQL): a bigger number
@@ -83,10 +84,21 @@ class CampaignsPublic(BaseModel):
     count: int
 
 
+VersionState = Literal["live", "draft", "retired"]
+
+
 class CampaignVersionSummary(_Public):
     version: int
     definition_hash: str
     created_at: datetime
+    published_at: datetime | None = Field(
+        description="when it last became the version new journeys enter; null: never published"
+    )
+    state: VersionState = Field(
+        description="`live`: published and current (new journeys enter it while the campaign "
+        "is active); `draft`: never published (publish it to make it live); `retired`: "
+        "published before, not current now (journeys that started on it still run on it)"
+    )
 
 
 class CampaignVersionPublic(CampaignVersionSummary):
@@ -97,16 +109,49 @@ class CampaignVersionPublic(CampaignVersionSummary):
 class CampaignDetail(CampaignPublic):
     """A campaign with its current definition and the versions it has had."""
 
-    definition: dict[str, Any]
+    definition: dict[str, Any] = Field(description="the current version's definition")
+    latest_version: int = Field(
+        description="the newest version; above `current_version` when a draft waits"
+    )
     versions: list[CampaignVersionSummary]
 
 
 class CampaignSaved(BaseModel):
-    """What `POST`/`PUT` a campaign did: a new version (201) or nothing changed (200)."""
+    """What `POST`/`PUT` a campaign did: a new version (201) or nothing changed (200). The
+    version's `state` says whether new journeys enter it (`live`) or it waits as a `draft`
+    until published."""
 
     campaign: CampaignPublic
     version: CampaignVersionPublic
     new_version: bool
+
+
+class CampaignPublished(BaseModel):
+    """What publishing did: the campaign (its `current_version` is the published one), the
+    version, and the version new journeys entered before."""
+
+    campaign: CampaignPublic
+    version: CampaignVersionSummary
+    previous_version: int
+    changed: bool = Field(description="false: that version was already live; nothing changed")
+
+
+class PublishRequest(BaseModel):
+    """The optional body of `POST /v1/campaigns/{id}/publish`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int | None = Field(
+        default=None, ge=1, le=MAX_VERSION, description="the version to publish; default latest"
+    )
+
+
+class CampaignDiff(DefinitionChanges):
+    """Two versions of a campaign compared: `from_version` is the older side of `text`."""
+
+    campaign_id: str
+    from_version: int
+    to_version: int
 
 
 class Readiness(BaseModel):

@@ -60,11 +60,6 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 # -- API calls ---------------------------------------------------------------------------
 
 
-def cmd_campaigns_apply(args: argparse.Namespace) -> None:
-    text = read_text(args.file)
-    with_client(args, lambda c: c.apply_campaign(text, activate=args.activate))
-
-
 def cmd_campaigns_list(args: argparse.Namespace) -> None:
     with_client(args, lambda c: c.list_campaigns())
 
@@ -149,10 +144,6 @@ def parser() -> argparse.ArgumentParser:
     campaigns = sub.add_parser("campaigns", help="manage campaigns").add_subparsers(
         dest="action", required=True
     )
-    apply = campaigns.add_parser("apply", help="create or update a campaign from a YAML/JSON file")
-    apply.add_argument("file")
-    apply.add_argument("--activate", action="store_true")
-    apply.set_defaults(func=cmd_campaigns_apply)
     campaigns.add_parser("list").set_defaults(func=cmd_campaigns_list)
     show_campaign = campaigns.add_parser("show", help="status, current definition, versions")
     show_campaign.add_argument("campaign_id")

@@ -1,4 +1,8 @@
-"""api: campaigns — save definitions (JSON or YAML) as versions, read them, change status.
+"""api: campaigns — save definitions (JSON or YAML) as versions, publish them, compare
+them, read them, change status.
+
+Saving never changes live traffic once a campaign has left draft: a changed definition is a
+draft version until it is published (`/publish`, or `?activate=true` on the save).
 
 Every change here tells this process's routing index to reload before answering, so
 the next event sees it; other API processes notice within `campaign_refresh_seconds`.
@@ -15,15 +19,19 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 
 from api.deps import AdminDep, CampaignIndexDep, SessionDep
 from api.schemas import (
+    MAX_VERSION,
     CampaignDetail,
+    CampaignDiff,
     CampaignId,
     CampaignPublic,
+    CampaignPublished,
     CampaignSaved,
     CampaignsPublic,
     CampaignVersionPublic,
     CampaignVersionSummary,
     Message,
     ProblemsResponse,
+    PublishRequest,
     VersionNumber,
 )
 from api.stats import campaign_funnel
@@ -35,8 +43,10 @@ from core.definition import (
 )
 from core.events import MAX_JSON_DEPTH, loads, safe_text
 from core.stats import CampaignFunnel
+from core.versions import compare_definitions
 from store import campaigns as store
-from store.campaigns import CampaignNotFound, CampaignStateError
+from store.campaigns import CampaignNotFound, CampaignStateError, VersionUnavailable
+from store.models import Campaign, CampaignVersion
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"], dependencies=[AdminDep])
 
@@ -114,27 +124,61 @@ def conflict(exc: CampaignStateError) -> HTTPException:
     return HTTPException(status.HTTP_409_CONFLICT, str(exc))
 
 
+ACTIVATE = Query(
+    description="also publish the saved version (the one the definition matches, when "
+    "nothing changed) and activate the campaign, in the same transaction: new journeys "
+    "enter this definition from the answer on"
+)
+
+
+Shown = TypeVar("Shown", bound=CampaignVersionSummary)
+
+
+def version_public(model: type[Shown], campaign: Campaign, row: CampaignVersion) -> Shown:
+    """A stored version as the API shows it, with its state in `campaign`."""
+    fields = {name: getattr(row, name) for name in model.model_fields if name != "state"}
+    return model(**fields, state=store.version_state(campaign, row))
+
+
+def unavailable(exc: VersionUnavailable) -> HTTPException:
+    """No such version: 404; one that no longer validates cannot be published: 409."""
+    code = status.HTTP_404_NOT_FOUND if exc.missing else status.HTTP_409_CONFLICT
+    return HTTPException(code, str(exc))
+
+
 async def save(
     *,
     session: SessionDep,
     index: CampaignIndexDep,
     definition: CampaignDefinition,
     response: Response,
+    activate: bool = False,
 ) -> CampaignSaved:
     try:
         campaign, version, new_version = await store.save_campaign(
             session=session, definition=definition
         )
+        if activate:
+            published = await store.publish_version(
+                session=session, campaign_id=campaign.id, version=version.version
+            )
+            version = published.version
+            campaign = await store.set_status(
+                session=session, campaign_id=campaign.id, status=CampaignStatus.active
+            )
+    except VersionUnavailable as exc:
+        raise unavailable(exc) from exc
     except CampaignStateError as exc:
         raise conflict(exc) from exc
     await session.commit()
     if new_version:
         response.status_code = status.HTTP_201_CREATED
+    if new_version or activate:
         # A new version can bring reactions (wait_for, goals, exits) even when not active.
         await index.changed()
     return CampaignSaved(
         campaign=CampaignPublic.model_validate(campaign),
-        version=CampaignVersionPublic.model_validate(version),
+        version=version_public(CampaignVersionPublic, campaign, version),
         new_version=new_version,
     )
 
@@ -148,10 +192,20 @@ async def save(
     summary="Create a campaign, or add a version when its definition changed",
 )
 async def create_campaign(
-    request: Request, response: Response, session: SessionDep, index: CampaignIndexDep
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    index: CampaignIndexDep,
+    activate: Annotated[bool, ACTIVATE] = False,
 ) -> CampaignSaved:
+    """A new campaign is a draft at version 1. A changed definition of a campaign still in
+    draft becomes its current version at once; once the campaign has been activated, it is
+    a draft version that new journeys do not enter until it is published
+    (`POST /v1/campaigns/{id}/publish`, or `?activate=true` here)."""
     definition = await read_definition(request)
-    return await save(session=session, index=index, definition=definition, response=response)
+    return await save(
+        session=session, index=index, definition=definition, response=response, activate=activate
+    )
 
 
 @router.put(
@@ -167,6 +221,7 @@ async def put_campaign(
     response: Response,
     session: SessionDep,
     index: CampaignIndexDep,
+    activate: Annotated[bool, ACTIVATE] = False,
 ) -> CampaignSaved:
     definition = await read_definition(request)
     if definition.id != campaign_id:
@@ -175,7 +230,9 @@ async def put_campaign(
             f"the path names campaign {campaign_id!r} but the definition's id is "
             f"{definition.id!r}; they must be the same",
         )
-    return await save(session=session, index=index, definition=definition, response=response)
+    return await save(
+        session=session, index=index, definition=definition, response=response, activate=activate
+    )
 
 
 @router.get("", response_model=CampaignsPublic, summary="List campaigns")
@@ -192,7 +249,7 @@ async def list_campaigns(
     "/{campaign_id}",
     response_model=CampaignDetail,
     responses=ERRORS,
-    summary="A campaign: status, current definition, versions",
+    summary="A campaign: status, current definition, versions (live, draft or retired)",
 )
 async def get_campaign(campaign_id: CampaignId, session: SessionDep) -> CampaignDetail:
     campaign = await store.get_campaign(session=session, campaign_id=campaign_id)
@@ -203,7 +260,8 @@ async def get_campaign(campaign_id: CampaignId, session: SessionDep) -> Campaign
     return CampaignDetail(
         **CampaignPublic.model_validate(campaign).model_dump(),
         definition=current.definition,
-        versions=[CampaignVersionSummary.model_validate(v) for v in versions],
+        latest_version=versions[-1].version,
+        versions=[version_public(CampaignVersionSummary, campaign, v) for v in versions],
     )
 
 
@@ -250,12 +308,122 @@ def _aware(at: datetime | None, name: str) -> datetime | None:
 async def get_version(
     campaign_id: CampaignId, version: VersionNumber, session: SessionDep
 ) -> CampaignVersionPublic:
+    campaign = await store.get_campaign(session=session, campaign_id=campaign_id)
+    if campaign is None:
+        raise not_found(CampaignNotFound(campaign_id))
     found = await store.get_version(session=session, campaign_id=campaign_id, version=version)
     if found is None:
-        if await store.get_campaign(session=session, campaign_id=campaign_id) is None:
-            raise not_found(CampaignNotFound(campaign_id))
         raise HTTPException(404, f"campaign {campaign_id!r} has no version {version}")
-    return CampaignVersionPublic.model_validate(found)
+    return version_public(CampaignVersionPublic, campaign, found)
+
+
+@router.post(
+    "/{campaign_id}/publish",
+    response_model=CampaignPublished,
+    responses={
+        **ERRORS,
+        400: {"model": Message, "description": "the query and the body name different versions"},
+        404: {"model": Message, "description": "no such campaign, or no such version"},
+        409: {
+            "model": Message,
+            "description": "the campaign is archived, or the version no longer validates",
+        },
+    },
+    summary="Make a version the one new journeys enter (default: the latest; older: a rollback)",
+)
+async def publish(
+    campaign_id: CampaignId,
+    session: SessionDep,
+    index: CampaignIndexDep,
+    version: Annotated[
+        int | None,
+        Query(ge=1, le=MAX_VERSION, description="the version to publish; default: the latest"),
+    ] = None,
+    body: PublishRequest | None = None,
+) -> CampaignPublished:
+    """Journeys already running keep the version they started on. Publishing the live
+    version again changes nothing (`changed: false`)."""
+    if body is not None and body.version is not None:
+        if version is not None and version != body.version:
+            raise HTTPException(
+                status.HTTP_400_BAD_REQUEST,
+                f"the query names version {version} but the body version {body.version}; "
+                "name it once",
+            )
+        version = body.version
+    try:
+        done = await store.publish_version(
+            session=session, campaign_id=campaign_id, version=version
+        )
+    except CampaignNotFound as exc:
+        raise not_found(exc) from exc
+    except VersionUnavailable as exc:
+        raise unavailable(exc) from exc
+    except CampaignStateError as exc:
+        raise conflict(exc) from exc
+    published = CampaignPublished(
+        campaign=CampaignPublic.model_validate(done.campaign),
+        version=version_public(CampaignVersionSummary, done.campaign, done.version),
+        previous_version=done.previous,
+        changed=done.changed,
+    )
+    await session.commit()
+    if done.changed:
+        await index.changed()
+    return published
+
+
+@router.get(
+    "/{campaign_id}/diff",
+    response_model=CampaignDiff,
+    responses={**ERRORS, 404: {"model": Message, "description": "no such campaign or version"}},
+    summary="What changed between two versions: a unified diff as YAML, and the steps changed",
+)
+async def diff(
+    campaign_id: CampaignId,
+    session: SessionDep,
+    from_version: Annotated[
+        int | None,
+        Query(alias="from", ge=1, le=MAX_VERSION, description="default: the current version"),
+    ] = None,
+    to_version: Annotated[
+        int | None,
+        Query(alias="to", ge=1, le=MAX_VERSION, description="default: the latest version"),
+    ] = None,
+) -> CampaignDiff:
+    campaign = await store.get_campaign(session=session, campaign_id=campaign_id)
+    if campaign is None:
+        raise not_found(CampaignNotFound(campaign_id))
+    old_number = campaign.current_version if from_version is None else from_version
+    if to_version is None:
+        to_version = await store.latest_version(session=session, campaign_id=campaign_id)
+    sides = []
+    for number in (old_number, to_version):
+        row = await store.get_version(session=session, campaign_id=campaign_id, version=number)
+        if row is None:
+            raise HTTPException(404, f"campaign {campaign_id!r} has no version {number}")
+        sides.append(_document(row))
+    changes = compare_definitions(
+        sides[0],
+        sides[1],
+        old_label=f"{campaign_id} v{old_number}",
+        new_label=f"{campaign_id} v{to_version}",
+    )
+    return CampaignDiff(
+        campaign_id=campaign_id,
+        from_version=old_number,
+        to_version=to_version,
+        **changes.model_dump(),
+    )
+
+
+def _document(row: CampaignVersion) -> dict[str, Any]:
+    """A version in today's field order; as stored when today's rules refuse it (its diff
+    is still worth reading)."""
+    try:
+        return store.definition_document(store.definition_of(row))
+    except VersionUnavailable:
+        return row.definition
 
 
 async def move(

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from api.campaign_index import CampaignIndexLoader
 from core.definition import CampaignStatus
-from store.campaigns import save_campaign, set_status
+from store.campaigns import publish_version, save_campaign, set_status
 from store.models import CampaignVersion
 from tests.fixtures.api import make_settings
 from tests.store.test_campaigns import cart
@@ -73,9 +73,16 @@ async def test_a_reload_costs_the_same_for_one_campaign_or_twenty(
     with statements(engine) as one_new:
         index = await fresh.reload()
     assert definitions_read(one_new) == 1
-    assert {(c.campaign_id, c.version) for c in index.entries[("track", "cart_updated")]} >= {
-        ("c3", 3)
-    }
+    # c3 is active: its new version is a draft, and new journeys still enter version 2.
+    entered = {(c.campaign_id, c.version) for c in index.entries[("track", "cart_updated")]}
+    assert ("c3", 2) in entered and ("c3", 3) not in entered
+    async with sessions() as session, session.begin():
+        await publish_version(session=session, campaign_id="c3")
+    with statements(engine) as published:
+        index = await fresh.reload()
+    assert definitions_read(published) == 0
+    entered = {(c.campaign_id, c.version) for c in index.entries[("track", "cart_updated")]}
+    assert ("c3", 3) in entered and ("c3", 2) not in entered
 
 
 async def test_a_version_that_no_longer_validates_is_left_out_and_said_once(

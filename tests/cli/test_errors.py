@@ -211,5 +211,10 @@ async def test_event_properties_must_be_a_json_object(
 async def test_the_happy_path_still_prints_json(tmp_path: Path, api: RunningApi) -> None:
     (tmp_path / "cart.yaml").write_text(CAMPAIGN)
     ran = await nudge(tmp_path, "campaigns", "apply", "cart.yaml", url=api.url)
-    assert (ran.code, ran.stderr) == (0, "")
+    # What was done, for a person, on stderr; stdout stays the JSON a script reads.
+    assert (ran.code, ran.stderr) == (
+        0,
+        "hello: version 1 saved; the campaign is a draft, nothing enters it until: "
+        "nudge campaigns activate hello\n",
+    )
     assert json.loads(ran.stdout)["id"] == "hello"

@@ -40,7 +40,9 @@ async def states(sessions: Sessions, campaign_id: str = "cart") -> tuple[int, di
         return campaign.current_version, {v.version: version_state(campaign, v) for v in versions}
 
 
-async def test_a_change_to_an_activated_campaign_waits_as_a_draft(sessions: Sessions) -> None:
+async def test_a_change_to_an_activated_campaign_waits_as_a_draft_until_published(
+    sessions: Sessions,
+) -> None:
     await save(sessions, cart())
     assert await states(sessions) == (1, {1: "draft"})  # never activated: nothing published
     await status_of(sessions, "cart", S.active)  # the first activation publishes version 1
@@ -59,14 +61,6 @@ async def test_a_change_to_an_activated_campaign_waits_as_a_draft(sessions: Sess
     await status_of(sessions, "cart", S.active)
     assert await states(sessions) == (1, {1: "live", 2: "draft"})
 
-
-async def test_publish_makes_a_draft_live_and_an_older_version_comes_back(
-    sessions: Sessions,
-) -> None:
-    await save(sessions, cart())
-    await status_of(sessions, "cart", S.active)
-    await save(sessions, cart(body="v2", name="Cart v2"))
-
     done = await publish(sessions, "cart")  # default: the latest
     assert (done.version.version, done.previous, done.changed) == (2, 1, True)
     assert done.campaign.name == "Cart v2"
@@ -82,6 +76,16 @@ async def test_publish_makes_a_draft_live_and_an_older_version_comes_back(
     # The retired version's content is its version, not a new one; publishing brings it back.
     assert await save(sessions, cart(body="v2", name="Cart v2")) == (2, False)
     assert (await publish(sessions, "cart")).version.version == 2
+    # What `?activate=true` does: save, publish what was saved, activate — one transaction.
+    async with sessions() as session:
+        campaign, version, written = await save_campaign(
+            session=session, definition=cart(body="v3")
+        )
+        assert (campaign.current_version, version.version, written) == (2, 3, True)
+        done = await publish_version(session=session, campaign_id="cart", version=version.version)
+        assert done.campaign.current_version == 3
+        await session.rollback()  # nothing of it happened
+    assert await states(sessions) == (2, {1: "retired", 2: "live"})
 
 
 async def test_publish_refuses_what_cannot_go_live(sessions: Sessions) -> None:
@@ -135,19 +139,6 @@ async def test_operators_racing_publish_and_save_leave_one_consistent_answer(
     assert sorted(by_version) == [1, 2, 3, 4]
     assert by_version[current] == "live"
     assert list(by_version.values()).count("live") == 1
-
-
-async def test_saving_in_one_transaction_with_publishing(sessions: Sessions) -> None:
-    """What `?activate=true` does: save, publish what was saved, activate — one commit."""
-    await save(sessions, cart())
-    await status_of(sessions, "cart", S.active)
-    async with sessions() as session:
-        campaign, version, written = await save_campaign(session=session, definition=cart(body="x"))
-        assert (campaign.current_version, version.version, written) == (1, 2, True)
-        done = await publish_version(session=session, campaign_id="cart", version=version.version)
-        assert done.campaign.current_version == 2
-        await session.rollback()  # nothing of it happened
-    assert await states(sessions) == (1, {1: "live"})
 
 
 # -- the migration ------------------------------------------------------------------------

@@ -14,7 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.channels.base import OutgoingMessage, Provider, ProviderError
+from activities.channels.base import (
+    MAX_MESSAGE_CHARS,
+    OutgoingMessage,
+    Provider,
+    ProviderError,
+    bounded,
+)
 from activities.policy import check_send_policy, read_facts
 from core.config import Settings
 from core.definition import CampaignDefinition, Channel, Priority, SplitStep
@@ -247,15 +253,18 @@ class JourneyActivities:
             if retryable:
                 assert isinstance(exc, ProviderError)
                 delay = timedelta(seconds=exc.retry_after) if exc.retry_after else None
+                # No cause: the provider error's message says it all, and a chained cause
+                # (its own message and stack trace again) is what pushed Temporal's failure
+                # past its size limit ("Failure exceeds size limit.").
                 raise ApplicationError(
                     str(exc), type=PROVIDER_UNAVAILABLE, next_retry_delay=delay
-                ) from exc
+                ) from None
             activity.logger.warning("delivery %s failed: %s", row.id, exc)
             return DeliverResult(
                 status=DeliveryStatus.failed,
                 delivery_id=row.id,
                 idempotency_key=request.idempotency_key,
-                reason=str(exc),
+                reason=bounded(str(exc), MAX_MESSAGE_CHARS),
             )
 
         async with self._sessions() as session, session.begin():
@@ -277,18 +286,23 @@ class JourneyActivities:
     async def _record_error(
         self, request: DeliverRequest, delivery_id: int, exc: Exception, *, retryable: bool
     ) -> None:
+        """Keep this attempt's error and the provider's answer on the row (before Temporal
+        retries), so an operator reads "attempt 7: webhook answered 503 from …" there."""
+        error = bounded(str(exc), MAX_MESSAGE_CHARS)
+        answer = _attempt_answer(exc)
         async with self._sessions() as session, session.begin():
             if retryable:
                 await deliveries.record_delivery_error(
-                    session=session, delivery_id=delivery_id, error=str(exc)
+                    session=session, delivery_id=delivery_id, error=error, provider_response=answer
                 )
                 return
             # Nothing went out: the provider said no, or there was nothing to send.
             await deliveries.fail_delivery(
                 session=session,
                 idempotency_key=request.idempotency_key,
-                error=str(exc),
+                error=error,
                 release=True,
+                provider_response=answer,
             )
             if isinstance(exc, ProviderError) and exc.bounce:
                 await add_suppression(
@@ -408,6 +422,15 @@ async def _heartbeating() -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def _attempt_answer(exc: Exception) -> dict[str, Any] | None:
+    """What the provider answered to a failed attempt (bounded), with the attempt's time."""
+    answer = getattr(exc, "answer", None)
+    if not answer:
+        return None
+    info = activity.info()
+    return {**answer, "attempt": info.attempt, "at": datetime.now(UTC).isoformat()}
 
 
 def _result(row: Any, *, duplicate: bool) -> DeliverResult:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Any
 
@@ -187,7 +188,12 @@ async def complete_delivery(
 
 
 async def fail_delivery(
-    *, session: AsyncSession, idempotency_key: str, error: str, release: bool
+    *,
+    session: AsyncSession,
+    idempotency_key: str,
+    error: str,
+    release: bool,
+    provider_response: dict[str, Any] | None = None,
 ) -> bool:
     """A pending row becomes `failed` with the error; a row already finished (sent,
     failed) stays as it is. True when a pending row was closed.
@@ -207,6 +213,7 @@ async def fail_delivery(
             status=DeliveryStatus.failed.value,
             error=error[:MAX_ERROR_CHARS],
             updated_at=now(),
+            **({"provider_response": provider_response} if provider_response else {}),
         )
         .returning(
             Delivery.campaign_id,
@@ -224,13 +231,19 @@ async def fail_delivery(
     return True
 
 
-async def record_delivery_error(*, session: AsyncSession, delivery_id: int, error: str) -> None:
-    """A retryable failure: the row stays pending, the error is kept for operators."""
-    await session.execute(
-        update(Delivery)
-        .where(Delivery.id == delivery_id)
-        .values(error=error[:MAX_ERROR_CHARS], updated_at=now())
-    )
+async def record_delivery_error(
+    *,
+    session: AsyncSession,
+    delivery_id: int,
+    error: str,
+    provider_response: dict[str, Any] | None = None,
+) -> None:
+    """A retryable failure: the row stays pending, the attempt's error (and what the
+    provider answered, when it answered) is kept for operators until the next attempt."""
+    values: dict[str, Any] = {"error": error[:MAX_ERROR_CHARS], "updated_at": now()}
+    if provider_response is not None:
+        values["provider_response"] = provider_response
+    await session.execute(update(Delivery).where(Delivery.id == delivery_id).values(**values))
 
 
 async def store_sandbox_message(
@@ -277,3 +290,74 @@ async def count_deliveries(*, session: AsyncSession, campaign_id: str) -> dict[s
         .group_by(Delivery.status)
     )
     return {status: int(n) for status, n in result.all()}
+
+
+# -- operator reads --------------------------------------------------------------------------
+
+
+async def delivery_by_id(*, session: AsyncSession, delivery_id: int) -> Delivery | None:
+    return await session.get(Delivery, delivery_id, populate_existing=True)
+
+
+async def journey_deliveries(
+    *, session: AsyncSession, workflow_id: str, since: datetime | None = None, limit: int = 50
+) -> list[Delivery]:
+    """A journey's sends, the latest first: those under its workflow id, from `since` (the
+    journey's entry, so an earlier journey of the same user and campaign is left out)."""
+    statement = (
+        select(Delivery)
+        .where(Delivery.workflow_id == workflow_id)
+        .order_by(Delivery.created_at.desc(), Delivery.id.desc())
+        .limit(limit)
+    )
+    if since is not None:
+        statement = statement.where(Delivery.created_at >= since)
+    return list((await session.scalars(statement)).all())
+
+
+MAX_RETRIES = 20
+"""Operator retries of one send: more than this is not a retry, it is an outage."""
+
+
+def retry_key(idempotency_key: str, retry: int) -> str:
+    """The idempotency key of an operator's `retry`-th new try of a failed send: the same
+    for every attempt (and every request) of that retry, another for the next."""
+    raw = f"{idempotency_key}\x1fretry\x1f{retry}"
+    return "nudge_" + hashlib.sha256(raw.encode()).hexdigest()[:40]
+
+
+async def retries_of(*, session: AsyncSession, delivery: Delivery) -> list[Delivery]:
+    """The rows of the operator retries of `delivery` so far, first to last."""
+    keys = [retry_key(delivery.idempotency_key, n) for n in range(1, MAX_RETRIES + 1)]
+    rows = {
+        row.idempotency_key: row
+        for row in await session.scalars(
+            select(Delivery)
+            .where(Delivery.idempotency_key.in_(keys))
+            .execution_options(populate_existing=True)
+        )
+    }
+    found: list[Delivery] = []
+    for key in keys:
+        if key not in rows:
+            break
+        found.append(rows[key])
+    return found
+
+
+async def original_of(*, session: AsyncSession, delivery: Delivery) -> Delivery:
+    """The send a retry row retried (the row itself when it is no retry): a retry is made
+    of the same journey, step and visit as its original, under a key derived from it."""
+    candidates = await session.scalars(
+        select(Delivery).where(
+            Delivery.workflow_id == delivery.workflow_id,
+            Delivery.step_id == delivery.step_id,
+            Delivery.visit == delivery.visit,
+            Delivery.id != delivery.id,
+        )
+    )
+    for candidate in candidates:
+        keys = {retry_key(candidate.idempotency_key, n) for n in range(1, MAX_RETRIES + 1)}
+        if delivery.idempotency_key in keys:
+            return candidate
+    return delivery

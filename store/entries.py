@@ -3,10 +3,11 @@ the router as its membership index (who is in which journey)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.experiments import HOLDOUT, in_holdout
@@ -16,7 +17,7 @@ from store.attribution import Attributed, Goal, attribute
 from store.campaigns import load_definition
 from store.db import dialect_insert
 from store.identities import person_ids
-from store.models import JourneyEntry, now
+from store.models import Campaign, JourneyEntry, now
 from store.stats import Bump, bump
 
 ENTRY_FIELDS = {
@@ -353,3 +354,85 @@ async def count_outcomes(*, session: AsyncSession, campaign_id: str) -> dict[str
         .group_by(JourneyEntry.status)
     )
     return {status: int(n) for status, n in (await session.execute(statement)).all()}
+
+
+# -- operator reads --------------------------------------------------------------------------
+
+
+async def running_page(
+    *,
+    session: AsyncSession,
+    campaign_id: str,
+    after: tuple[str, int] | None,
+    limit: int,
+) -> list[JourneyEntry]:
+    """The next `limit` rows of the campaign's running journeys after `after` (a row's
+    user id and id): keyset order by (user id, id), the index on (campaign, user, status)."""
+    statement = (
+        select(JourneyEntry)
+        .where(
+            JourneyEntry.campaign_id == campaign_id,
+            JourneyEntry.status == JourneyStatus.running.value,
+        )
+        .order_by(JourneyEntry.user_id, JourneyEntry.id)
+        .limit(limit)
+    )
+    if after is not None:
+        user_id, entry_id = after
+        statement = statement.where(
+            or_(
+                JourneyEntry.user_id > user_id,
+                and_(JourneyEntry.user_id == user_id, JourneyEntry.id > entry_id),
+            )
+        )
+    return list((await session.scalars(statement)).all())
+
+
+async def person_journeys(
+    *, session: AsyncSession, user_ids: Sequence[str], limit: int = 200
+) -> list[JourneyEntry]:
+    """Every journey started under any of the person's ids (at most `limit`), the latest
+    first. Naming every campaign lets the database walk the (campaign, user) index."""
+    if not user_ids:
+        return []
+    campaign_ids = list(await session.scalars(select(Campaign.id)))
+    statement = (
+        select(JourneyEntry)
+        .where(
+            JourneyEntry.campaign_id.in_(campaign_ids),
+            JourneyEntry.user_id.in_(list(user_ids)),
+        )
+        .order_by(JourneyEntry.entered_at.desc(), JourneyEntry.id.desc())
+        .limit(limit)
+    )
+    return list((await session.scalars(statement)).all())
+
+
+async def earlier_journey_end(
+    *, session: AsyncSession, campaign_id: str, workflow_id: str
+) -> datetime | None:
+    """When the journey before the latest one under this workflow id ended (re-entries share
+    the id), or None when there was none: what was sent since belongs to the latest one.
+    (Not the latest one's entry time: a router records an entry after starting it, so its
+    first send may be older than its row.)"""
+    statement = (
+        select(JourneyEntry.ended_at)
+        .where(JourneyEntry.campaign_id == campaign_id, JourneyEntry.workflow_id == workflow_id)
+        .order_by(JourneyEntry.entered_at.desc(), JourneyEntry.id.desc())
+        .offset(1)
+        .limit(1)
+    )
+    return (await session.execute(statement)).scalar()
+
+
+async def entry_of_send(
+    *, session: AsyncSession, campaign_id: str, workflow_id: str, matches: Callable[[str], bool]
+) -> JourneyEntry | None:
+    """The row of the journey a send belongs to: the one whose entry event id `matches`
+    (the send's idempotency key is derived from it, see core.journey.idempotency_key)."""
+    rows = await session.scalars(
+        select(JourneyEntry).where(
+            JourneyEntry.campaign_id == campaign_id, JourneyEntry.workflow_id == workflow_id
+        )
+    )
+    return next((row for row in rows if matches(row.entry_message_id)), None)

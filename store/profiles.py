@@ -3,14 +3,17 @@ write, and the device tokens a push provider reports gone."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.sms import normalise_phone
 from store.dates import record_date_traits
 from store.db import dialect_insert
-from store.models import Profile
+from store.models import Event, Profile
 
 TraitChanges = dict[str, tuple[Any, Any]]
 """Each trait a merge changed: name -> (old value, new value); old is None for a new trait."""
@@ -86,3 +89,20 @@ async def remove_push_token(*, session: AsyncSession, user_id: str, token: str) 
         profile.traits = traits  # a new dict: the JSON column only sees reassignment
         await session.flush()
     return removed
+
+
+async def first_and_last_seen(
+    *, session: AsyncSession, user_ids: Sequence[str]
+) -> tuple[datetime | None, datetime | None]:
+    """When the person's earliest and latest stored events happened (any of their ids), by
+    the events' own timestamps; (None, None) for a person with no event stored."""
+    if not user_ids:
+        return None, None
+    row = (
+        await session.execute(
+            select(func.min(Event.timestamp), func.max(Event.timestamp)).where(
+                Event.user_id.in_(list(user_ids))
+            )
+        )
+    ).one()
+    return row[0], row[1]

@@ -20,6 +20,7 @@ from activities.clock import ClockActivities
 from activities.fanout import FanOutActivities
 from activities.housekeeping import Housekeeping
 from activities.journey import JourneyActivities
+from activities.operations import OperationsActivities
 from core.config import Settings
 from store.db import create_engine, session_factory
 from temporal.client import connect_with
@@ -28,6 +29,7 @@ from workflows.clock import AudienceClock
 from workflows.fanout import FanOutWorkflow
 from workflows.housekeeping import PruneSendLedger
 from workflows.journey import JourneyWorkflow
+from workflows.operations import BulkExitWorkflow, RetryDeliveryWorkflow
 
 log = logging.getLogger("nudge.worker")
 
@@ -49,6 +51,8 @@ class WorkerActivities:
     housekeeping: Housekeeping
     fanout: FanOutActivities
     clock: ClockActivities
+    operations: OperationsActivities | None = None
+    """The operator tools' (bulk exit, retrying a failed send)."""
 
     def all(self) -> list[Any]:
         return [
@@ -56,6 +60,7 @@ class WorkerActivities:
             *self.housekeeping.all(),
             *self.fanout.all(),
             *self.clock.all(),
+            *(self.operations.all() if self.operations else []),
         ]
 
 
@@ -73,6 +78,7 @@ async def worker_activities(settings: Settings, client: Client) -> AsyncIterator
             housekeeping=Housekeeping(sessions=sessions, settings=settings),
             fanout=FanOutActivities(sessions=sessions, client=client, settings=settings),
             clock=ClockActivities(sessions=sessions, settings=settings),
+            operations=OperationsActivities(sessions=sessions, client=client),
         )
     finally:
         for provider in providers.values():
@@ -95,7 +101,14 @@ def create_worker(
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[JourneyWorkflow, PruneSendLedger, FanOutWorkflow, AudienceClock],
+        workflows=[
+            JourneyWorkflow,
+            PruneSendLedger,
+            FanOutWorkflow,
+            AudienceClock,
+            BulkExitWorkflow,
+            RetryDeliveryWorkflow,
+        ],
         activities=activities.all(),
         # Activities are async; the executor only serves the SDK's sync fallbacks.
         activity_executor=ThreadPoolExecutor(max_workers=4),

@@ -73,8 +73,9 @@ class ProviderError(Exception):
         status: int | None = None,
         bounce: bool = False,
         body: Any = None,
+        answer: dict[str, Any] | None = None,
     ):
-        super().__init__(message)
+        super().__init__(bounded(message, MAX_MESSAGE_CHARS))
         self.retryable = retryable
         self.retry_after = retry_after
         self.status = status
@@ -83,6 +84,9 @@ class ProviderError(Exception):
         self.bounce = bounce
         """A hard bounce: the address itself is refused for good. `deliver` suppresses the
         channel for this user, so no later send — transactional included — tries it again."""
+        self.answer = answer
+        """What the provider answered, bounded (status, URL, the start of its body), for the
+        delivery row an operator reads; None when there was no answer (unreachable)."""
 
 
 class Provider(ABC):
@@ -113,6 +117,38 @@ def required_settings(values: dict[str, str | None], *, chosen_by: str, hint: st
 
 RETRYABLE_STATUS = {408, 425, 429}
 
+BODY_CHARS = 300
+"""How much of a provider's error page an error message quotes: enough for its reason."""
+MAX_MESSAGE_CHARS = 1000
+"""The most a provider error says. Its message becomes a Temporal failure, which the
+server replaces with "Failure exceeds size limit." past a few KB (stack trace included),
+and a delivery row's error; a 1 MB error page must not go with it."""
+JSON_BODY_BYTES = 64 * 1024
+"""An error answer is parsed as JSON (providers put their error codes there) up to this
+size; a larger one is only quoted."""
+
+
+def bounded(text: str, limit: int) -> str:
+    """`text` at most `limit` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    keep = max(0, limit - len(f"… ({len(text)} more characters)"))
+    return text[:keep] + f"… ({len(text) - keep} more characters)"
+
+
+def short_body(text: str, limit: int = BODY_CHARS) -> str:
+    """The start of an answer's body on one line: whitespace runs folded, at most `limit`."""
+    return bounded(" ".join(text.split()), limit)
+
+
+def _where(response: httpx.Response) -> str:
+    """The URL a request went to, without its query (it may carry credentials)."""
+    try:
+        url = response.request.url
+    except RuntimeError:  # a response built without a request (tests of the classification)
+        return ""
+    return str(url.copy_with(query=None, fragment=None))
+
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
     """Seconds to wait from a `Retry-After` header: delta-seconds or an HTTP date."""
@@ -136,12 +172,16 @@ def raise_for_provider_status(response: httpx.Response, provider: str) -> None:
     status = response.status_code
     if 200 <= status < 300:
         return
-    reason = response.text[:500].strip() or response.reason_phrase
-    message = f"{provider} answered {status}: {reason}"
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
+    quoted = short_body(response.text) or response.reason_phrase
+    url = _where(response)
+    message = f"{provider} answered {status}" + (f" from {url}" if url else "") + f": {quoted}"
+    body = None
+    if len(response.content) <= JSON_BODY_BYTES:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+    answer = {"status": status, "url": url, "body": quoted}
     if status in RETRYABLE_STATUS or status >= 500:
         raise ProviderError(
             message,
@@ -149,8 +189,9 @@ def raise_for_provider_status(response: httpx.Response, provider: str) -> None:
             retry_after=parse_retry_after(response.headers.get("retry-after")),
             status=status,
             body=body,
+            answer=answer,
         )
-    raise ProviderError(message, retryable=False, status=status, body=body)
+    raise ProviderError(message, retryable=False, status=status, body=body, answer=answer)
 
 
 async def post_to_provider(

@@ -177,6 +177,7 @@ class FcmProvider(Provider):
                         retryable=True,
                         retry_after=exc.retry_after,
                         status=exc.status,
+                        answer=exc.answer,
                     ) from exc
                 if is_unregistered(exc):
                     async with self._sessions() as session, session.begin():

@@ -143,4 +143,5 @@ def _explained(exc: ProviderError) -> ProviderError:
         status=exc.status,
         body=body,
         bounce=exc.bounce,
+        answer=exc.answer,
     )

@@ -1,11 +1,13 @@
-"""api: journeys — read one journey's state (the `state` query), end one (the `exit` update)."""
+"""api: journeys — read one journey's state (the `state` query) with its deliveries, end one
+(the `exit` update)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, status
+from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import (
     Client,
@@ -20,7 +22,10 @@ from api.deps import AdminDep, SessionDep, SettingsDep, TemporalDep
 from api.schemas import CampaignId, Message
 from core.events import StoredUserId
 from core.journey import QUERY_STATE, UPDATE_EXIT, ExitRequest, JourneyState, journey_id
+from store.deliveries import journey_deliveries
+from store.entries import earlier_journey_end
 from store.identities import person_ids
+from store.models import Delivery
 from temporal.client import is_outage
 
 router = APIRouter(prefix="/v1/journeys", tags=["journeys"], dependencies=[AdminDep])
@@ -34,6 +39,62 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": Message, "description": "Temporal is unreachable"},
     504: {"model": Message, "description": "no worker answered in time"},
 }
+
+
+class DeliveryPublic(BaseModel):
+    """One send as an operator reads it: where it is, how often it was tried, what the
+    provider last said."""
+
+    id: int
+    campaign_id: str
+    campaign_version: int
+    step_id: str
+    visit: int
+    channel: str
+    user_id: str
+    status: str
+    attempts: int
+    """Attempts at the provider so far (each retry of the activity is one)."""
+    last_error: str | None = None
+    """The latest attempt's error (bounded), or why the send was suppressed."""
+    provider_message_id: str | None = None
+    provider_answer: dict[str, Any] | None = None
+    """What the provider answered: its receipt, or for a failed attempt its status, URL,
+    the start of its body, the attempt and when."""
+    variant: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    sent_at: datetime | None = None
+
+
+def delivery_public(row: Delivery) -> DeliveryPublic:
+    return DeliveryPublic(
+        id=row.id,
+        campaign_id=row.campaign_id,
+        campaign_version=row.campaign_version,
+        step_id=row.step_id,
+        visit=row.visit,
+        channel=row.channel,
+        user_id=row.user_id,
+        status=row.status,
+        attempts=row.attempts,
+        last_error=row.error,
+        provider_message_id=row.provider_message_id,
+        provider_answer=row.provider_response,
+        variant=row.variant,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        sent_at=row.sent_at,
+    )
+
+
+class JourneyView(JourneyState):
+    """The journey's state (the `state` query's answer, its fields unchanged) and, from the
+    store, its sends."""
+
+    deliveries: list[DeliveryPublic] = Field(default_factory=list)
+    """This journey's sends, the latest first: a send stuck on a provider shows its
+    attempts and last error here."""
 
 
 def temporal_error(exc: Exception, workflow_id: str) -> HTTPException:
@@ -53,9 +114,9 @@ def temporal_error(exc: Exception, workflow_id: str) -> HTTPException:
 
 @router.get(
     "/{campaign_id}/{user_id:path}",
-    response_model=JourneyState,
+    response_model=JourneyView,
     responses=ERRORS,
-    summary="A journey's state: current step, what it waits for, history",
+    summary="A journey's state: current step, what it waits for, history, its deliveries",
 )
 async def get_journey(
     campaign_id: CampaignId,
@@ -63,7 +124,7 @@ async def get_journey(
     client: TemporalDep,
     settings: SettingsDep,
     session: SessionDep,
-) -> JourneyState:
+) -> JourneyView:
     """The journey of the person: under the id asked for, else under another id of theirs
     (a cart journey a visitor started before logging in is found by the user id too)."""
     ids = await person_journey_ids(session, campaign_id, user_id, settings.user_secret)
@@ -81,7 +142,11 @@ async def get_journey(
             if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND:
                 continue
             raise temporal_error(exc, workflow_id) from exc
-        return state
+        since = await earlier_journey_end(
+            session=session, campaign_id=campaign_id, workflow_id=workflow_id
+        )
+        rows = await journey_deliveries(session=session, workflow_id=workflow_id, since=since)
+        return JourneyView(**dict(state), deliveries=[delivery_public(r) for r in rows])
     raise HTTPException(status.HTTP_404_NOT_FOUND, f"no journey {ids[0]!r}")
 
 

@@ -2,8 +2,270 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+import re
+import uuid
+from datetime import timedelta
+from typing import Any
 
-from api.deps import AdminDep
+from fastapi import APIRouter, HTTPException, Response, status
+from pydantic import BaseModel
+from temporalio.client import (
+    Client,
+    RPCTimeoutOrCancelledError,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+)
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.deps import AdminDep, SessionDep, SettingsDep, TemporalDep
+from api.routes.journeys import DeliveryPublic, delivery_public, temporal_error
+from api.schemas import CampaignId, Message
+from core.journey import DeliveryStatus
+from core.operations import (
+    QUERY_PROGRESS,
+    REQUEST_ID,
+    RETRY_REFUSED,
+    WORKFLOW_BULK_EXIT,
+    WORKFLOW_RETRY_DELIVERY,
+    BulkExitInput,
+    BulkExitRequest,
+    ExitProgress,
+    RetryInput,
+    RetryOutcome,
+    bulk_exit_id,
+    retry_workflow_id,
+)
+from store.campaigns import get_campaign
+from store.deliveries import (
+    MAX_RETRIES,
+    delivery_by_id,
+    get_delivery,
+    original_of,
+    retries_of,
+    retry_key,
+)
 
 router = APIRouter(prefix="/v1", tags=["operations"], dependencies=[AdminDep])
+
+RPC_TIMEOUT = timedelta(seconds=15)
+RETRY_WAIT_SECONDS = 15.0
+"""How long `POST .../retry` waits for the new send's outcome before answering 202."""
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Message, "description": "missing or wrong admin token"},
+    503: {"model": Message, "description": "Temporal is unreachable"},
+}
+
+
+class BulkExitPublic(BaseModel):
+    operation_id: str
+    """Name it to read the progress: `GET /v1/campaigns/{id}/exit/{operation_id}`."""
+    campaign_id: str
+    workflow_id: str
+    status: str
+    """`running`, `completed`, or how the operation's workflow ended otherwise."""
+    progress: ExitProgress
+
+
+@router.post(
+    "/campaigns/{campaign_id}/exit",
+    response_model=BulkExitPublic,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={**ERRORS, 404: {"model": Message, "description": "no such campaign"}},
+    summary="End every running journey of a campaign (optionally only those at one step)",
+)
+async def start_bulk_exit(
+    campaign_id: CampaignId,
+    request: BulkExitRequest,
+    client: TemporalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> BulkExitPublic:
+    """Runs as a Temporal workflow (`campaign_exit`) that pages the campaign's running
+    journeys from the membership index and sends each the `exit` update; journeys that
+    already ended count as skipped. The same `request_id` again finds the same operation."""
+    if await get_campaign(session=session, campaign_id=campaign_id) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no campaign {campaign_id!r}")
+    operation_id = request.request_id or uuid.uuid4().hex[:16]
+    workflow_id = bulk_exit_id(campaign_id, operation_id)
+    try:
+        handle: WorkflowHandle[Any, Any] = await client.start_workflow(
+            WORKFLOW_BULK_EXIT,
+            BulkExitInput(
+                campaign_id=campaign_id,
+                reason=request.reason,
+                step=request.step,
+                request_id=operation_id,
+                page_size=request.page_size,
+            ),
+            id=workflow_id,
+            task_queue=settings.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            static_summary=f"exit {campaign_id}" + (f" at {request.step}" if request.step else ""),
+            rpc_timeout=RPC_TIMEOUT,
+        )
+    except WorkflowAlreadyStartedError:
+        handle = client.get_workflow_handle(workflow_id)  # done before: its result stands
+    except (RPCError, RPCTimeoutOrCancelledError) as exc:
+        raise temporal_error(exc, workflow_id) from exc
+    return await _bulk_exit(client, handle, campaign_id, operation_id)
+
+
+@router.get(
+    "/campaigns/{campaign_id}/exit/{operation_id}",
+    response_model=BulkExitPublic,
+    responses={**ERRORS, 404: {"model": Message, "description": "no such operation"}},
+    summary="A bulk exit's progress: journeys seen, exited, skipped, failed; done",
+)
+async def get_bulk_exit(
+    campaign_id: CampaignId, operation_id: str, client: TemporalDep
+) -> BulkExitPublic:
+    if not _is_request_id(operation_id):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no operation {operation_id!r}")
+    handle = client.get_workflow_handle(bulk_exit_id(campaign_id, operation_id))
+    return await _bulk_exit(client, handle, campaign_id, operation_id)
+
+
+def _is_request_id(value: str) -> bool:
+    return re.fullmatch(REQUEST_ID, value) is not None
+
+
+async def _bulk_exit(
+    client: Client, handle: WorkflowHandle[Any, Any], campaign_id: str, operation_id: str
+) -> BulkExitPublic:
+    """The operation's progress: its result once completed, else its `progress` query."""
+    try:
+        described = await handle.describe(rpc_timeout=RPC_TIMEOUT)
+        state = described.status or WorkflowExecutionStatus.RUNNING
+        if state is WorkflowExecutionStatus.COMPLETED:
+            typed = client.get_workflow_handle(handle.id, result_type=ExitProgress)
+            progress = await typed.result(rpc_timeout=RPC_TIMEOUT)
+        else:
+            progress = await handle.query(
+                QUERY_PROGRESS, result_type=ExitProgress, rpc_timeout=RPC_TIMEOUT
+            )
+    except (RPCError, RPCTimeoutOrCancelledError) as exc:
+        if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND:
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND,
+                f"no exit operation {operation_id!r} of campaign {campaign_id!r}",
+            ) from exc
+        raise temporal_error(exc, handle.id) from exc
+    return BulkExitPublic(
+        operation_id=operation_id,
+        campaign_id=campaign_id,
+        workflow_id=handle.id,
+        status=state.name.lower(),
+        progress=progress,
+    )
+
+
+class RetryPublic(BaseModel):
+    delivery_id: int
+    """The failed send retried (the original, when a retry's row was named)."""
+    retry: int
+    """Which retry of it this is (1 for the first)."""
+    workflow_id: str
+    status: str
+    """The new send's status: `sent`, `failed`, or `pending` while it is still tried."""
+    reason: str | None = None
+    delivery: DeliveryPublic | None = None
+    """The new send's own delivery row, once written."""
+
+
+@router.post(
+    "/deliveries/{delivery_id}/retry",
+    response_model=RetryPublic,
+    responses={
+        **ERRORS,
+        202: {"model": RetryPublic, "description": "the new send is still being tried"},
+        404: {"model": Message, "description": "no such delivery"},
+        409: {"model": Message, "description": "the delivery is not failed, or was retried"},
+    },
+    summary="Send a failed delivery again, exactly once",
+)
+async def retry_delivery(
+    delivery_id: int,
+    response: Response,
+    client: TemporalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> RetryPublic:
+    """Re-renders the message from the campaign version, the user's profile now and the
+    journey's entry event, and sends it through the journey's `deliver` activity under a
+    key of its own (one per retry number), in a workflow (`delivery_retry`) whose id names
+    the delivery and the retry: two requests at once send it once. The send policy's caps
+    and quiet hours do not apply (the operator chose the moment); consent does."""
+    row = await delivery_by_id(session=session, delivery_id=delivery_id)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no delivery {delivery_id}")
+    original = await original_of(session=session, delivery=row)
+    if original.status != DeliveryStatus.failed.value:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"delivery {original.id} is {original.status}, not failed: only a failed send "
+            "is sent again",
+        )
+    retries = await retries_of(session=session, delivery=original)
+    if retries and retries[-1].status != DeliveryStatus.failed.value:
+        last = retries[-1]
+        doing = (
+            "is being sent again" if last.status == "pending" else f"was retried ({last.status})"
+        )
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"delivery {original.id} {doing}: retry {len(retries)} is delivery {last.id}",
+        )
+    number = len(retries) + 1
+    if number > MAX_RETRIES:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"delivery {original.id} was retried {MAX_RETRIES} times: fix the cause first",
+        )
+    original_id, new_key = original.id, retry_key(original.idempotency_key, number)
+    # No transaction held open while the send is made (the worker writes its row).
+    await session.rollback()
+    workflow_id = retry_workflow_id(original_id, number)
+    try:
+        handle: WorkflowHandle[Any, Any] = await client.start_workflow(
+            WORKFLOW_RETRY_DELIVERY,
+            RetryInput(delivery_id=original_id, retry=number),
+            id=workflow_id,
+            task_queue=settings.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+            static_summary=f"retry {number} of delivery {original_id}",
+            rpc_timeout=RPC_TIMEOUT,
+            result_type=RetryOutcome,
+        )
+    except WorkflowAlreadyStartedError:
+        # This retry ran: its outcome stands.
+        handle = client.get_workflow_handle(workflow_id, result_type=RetryOutcome)
+    except (RPCError, RPCTimeoutOrCancelledError) as exc:
+        raise temporal_error(exc, workflow_id) from exc
+    answer = RetryPublic(
+        delivery_id=original_id, retry=number, workflow_id=workflow_id, status="pending"
+    )
+    try:
+        outcome: RetryOutcome = await asyncio.wait_for(handle.result(), timeout=RETRY_WAIT_SECONDS)
+    except TimeoutError:
+        response.status_code = status.HTTP_202_ACCEPTED
+    except WorkflowFailureError as exc:
+        cause = exc.cause.cause if exc.cause is not None else None
+        if isinstance(cause, ApplicationError) and cause.type == RETRY_REFUSED:
+            raise HTTPException(status.HTTP_409_CONFLICT, cause.message) from exc
+        raise HTTPException(
+            status.HTTP_502_BAD_GATEWAY, f"the retry failed: {cause or exc.cause or exc}"
+        ) from exc
+    else:
+        answer.status = outcome.result.status.value
+        answer.reason = outcome.result.reason
+    written = await get_delivery(session=session, idempotency_key=new_key)
+    if written is not None:
+        answer.delivery = delivery_public(written)
+    return answer

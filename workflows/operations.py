@@ -1,0 +1,164 @@
+"""workflows: operator tools that outlive an HTTP request — the bulk exit of a campaign's
+journeys (one per request, paging by cursor, with a `progress` query) and the retry of one
+failed send (exactly once per retry number, through the real `deliver` activity)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from core.journey import (
+        ACTIVITY_DELIVER,
+        ACTIVITY_FAIL_DELIVERY,
+        DeliverRequest,
+        DeliverResult,
+        DeliveryFailure,
+        DeliveryStatus,
+    )
+    from core.operations import (
+        ACTIVITY_EXIT_PAGE,
+        ACTIVITY_PREPARE_RETRY,
+        QUERY_PROGRESS,
+        RETRY_REFUSED,
+        WORKFLOW_BULK_EXIT,
+        WORKFLOW_RETRY_DELIVERY,
+        BulkExitInput,
+        ExitPage,
+        ExitProgress,
+        RetryInput,
+        RetryOutcome,
+    )
+
+PAGE_TIMEOUT = timedelta(minutes=10)
+PAGE_HEARTBEAT = timedelta(seconds=30)
+"""A worker that dies mid-page is noticed after this; the retry resumes from the cursor
+the page heartbeated (journeys exited before it count once)."""
+PAGE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+)
+
+
+@workflow.defn(name=WORKFLOW_BULK_EXIT)
+class BulkExitWorkflow:
+    """Ends every running journey of a campaign (optionally only those at one step), a
+    page of the membership index at a time; never holds the list, only a cursor."""
+
+    @workflow.init
+    def __init__(self, input: BulkExitInput) -> None:
+        self.progress = input.progress.model_copy(deep=True)
+
+    @workflow.query(name=QUERY_PROGRESS)
+    def query_progress(self) -> ExitProgress:
+        return self.progress
+
+    @workflow.run
+    async def run(self, input: BulkExitInput) -> ExitProgress:
+        progress = self.progress
+        pages_this_run = 0
+        while not progress.done:
+            suggested = workflow.info().is_continue_as_new_suggested()
+            if pages_this_run >= input.pages_per_run or suggested:
+                workflow.continue_as_new(input.model_copy(update={"progress": progress}))
+            self._show(input, "exiting")
+            page: ExitProgress = await workflow.execute_activity(
+                ACTIVITY_EXIT_PAGE,
+                ExitPage(
+                    campaign_id=input.campaign_id,
+                    reason=input.reason,
+                    step=input.step,
+                    after_user=progress.after_user,
+                    after_id=progress.after_id,
+                    page_size=input.page_size,
+                ),
+                result_type=ExitProgress,
+                start_to_close_timeout=PAGE_TIMEOUT,
+                heartbeat_timeout=PAGE_HEARTBEAT,
+                retry_policy=PAGE_RETRY,
+                summary=f"{input.campaign_id}: journeys after {progress.after_user or 'the first'}",
+            )
+            pages_this_run += 1
+            progress.pages += 1
+            progress.add(page)
+            progress.done = page.done
+        self._show(input, "done")
+        return progress
+
+    def _show(self, input: BulkExitInput, state: str) -> None:
+        p = self.progress
+        at = f" at step {input.step}" if input.step else ""
+        workflow.set_current_details(
+            f"**{state}** {input.campaign_id}{at}: {p.seen} seen, {p.exited} exited, "
+            f"{p.skipped} skipped, {p.failed} failed (page {p.pages})"
+        )
+
+
+PREPARE_TIMEOUT = timedelta(seconds=30)
+PREPARE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=5,
+    non_retryable_error_types=[RETRY_REFUSED],
+)
+DELIVER_TIMEOUT = timedelta(seconds=60)
+DELIVER_HEARTBEAT = timedelta(seconds=5)
+RETRY_GIVE_UP = timedelta(minutes=10)
+"""An operator's retry that keeps meeting a provider outage is recorded failed after this:
+the operator asked now and wants an answer, not a send a day later."""
+DELIVER_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+)
+
+
+@workflow.defn(name=WORKFLOW_RETRY_DELIVERY)
+class RetryDeliveryWorkflow:
+    """Sends a failed message again: `prepare_retry` rebuilds the send from the store (its
+    campaign version, step and the journey's entry event) under the retry's own key, and
+    the journey's own `deliver` activity sends it — at most once, whatever retries."""
+
+    @workflow.run
+    async def run(self, input: RetryInput) -> RetryOutcome:
+        request: DeliverRequest = await workflow.execute_activity(
+            ACTIVITY_PREPARE_RETRY,
+            input,
+            result_type=DeliverRequest,
+            start_to_close_timeout=PREPARE_TIMEOUT,
+            retry_policy=PREPARE_RETRY,
+            summary=f"delivery {input.delivery_id}: retry {input.retry}",
+        )
+        workflow.set_current_details(
+            f"sending delivery {input.delivery_id} again via {request.channel}"
+        )
+        try:
+            result: DeliverResult = await workflow.execute_activity(
+                ACTIVITY_DELIVER,
+                request,
+                result_type=DeliverResult,
+                start_to_close_timeout=DELIVER_TIMEOUT,
+                heartbeat_timeout=DELIVER_HEARTBEAT,
+                schedule_to_close_timeout=RETRY_GIVE_UP,
+                retry_policy=DELIVER_RETRY,
+                summary=f"{request.channel}: {request.template} (retry {input.retry})",
+            )
+        except ActivityError as exc:
+            reason = str(exc.cause or exc)
+            await workflow.execute_activity(
+                ACTIVITY_FAIL_DELIVERY,
+                DeliveryFailure(idempotency_key=request.idempotency_key, reason=reason),
+                start_to_close_timeout=PREPARE_TIMEOUT,
+                retry_policy=PAGE_RETRY,
+            )
+            result = DeliverResult(
+                status=DeliveryStatus.failed,
+                delivery_id=0,
+                idempotency_key=request.idempotency_key,
+                reason=reason,
+            )
+        return RetryOutcome(delivery_id=input.delivery_id, retry=input.retry, result=result)

@@ -209,7 +209,8 @@ def migration_target(
     if step is None or position.step_type is None:
         raise MigrationRefused("journey has no current step")
     if position.step_type not in MOVABLE_TYPES or position.deferred_until is not None:
-        what = "mid-send" if position.step_type == "send" else f"at a {position.step_type}"
+        sending = position.step_type == "send" or position.deferred_until is not None
+        what = "mid-send" if sending else f"at a {position.step_type}"
         raise MigrationRefused(
             f"journey is {what} (step {step!r}): only journeys waiting at a wait or "
             "wait_for step are moved"

@@ -98,8 +98,9 @@ def _rehearse_files(campaign_file: str, scenario_files: list[str]) -> list[dict[
         scenarios.append((name, scenario))
     settings = settings_or_exit()
     # The engine (Temporal, the store) is imported once the files are known to be good.
+    from core.scenario import result_of
     from temporal.servers import ServerError
-    from worker.simulate import quiet_runtime, result_of, simulate
+    from worker.simulate import quiet_runtime, simulate
 
     quiet_runtime()
 

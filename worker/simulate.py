@@ -30,8 +30,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from temporalio.api.enums.v1 import WorkflowExecutionStatus
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from activities.channels.base import Provider
@@ -42,7 +41,13 @@ from activities.housekeeping import Housekeeping
 from activities.journey import JourneyActivities
 from core import routing
 from core.config import Settings
-from core.definition import CampaignDefinition, Channel, DefinitionError, parse_campaign
+from core.definition import (
+    CampaignDefinition,
+    Channel,
+    DefinitionError,
+    ReEntry,
+    parse_campaign,
+)
 from core.events import JourneyEvent
 from core.journey import (
     ACTIVITY_CHECK_POLICY,
@@ -278,8 +283,18 @@ class _Rehearsal:
                 else:
                     said.append("ignored: no journey of the campaign runs")
         if not actions:
-            said.append("ignored: the campaign neither starts on it nor waits for it")
+            said.append(f"ignored: {self._why_ignored(index, campaign, event)}")
         self._add(self.start + offset, EntryKind.event, event.name, "; ".join(said))
+
+    def _why_ignored(
+        self, index: CampaignIndex, campaign: ActiveCampaign, event: JourneyEvent
+    ) -> str:
+        key = routing.entry_key(routing.ROUTED_TYPE, event.name, event.properties)
+        if key is None or campaign not in index.entries.get(key, ()):
+            return "the campaign neither starts on it nor waits for it"
+        if campaign.plan.re_entry is ReEntry.once and campaign.campaign_id in self.entered:
+            return "the campaign lets a user in once (re_entry: once), and this one entered"
+        return "the campaign's entry conditions do not hold"
 
     async def _start(self, campaign: ActiveCampaign, event: JourneyEvent) -> str:
         """Start the journey the one way production does, and write its entry row as the
@@ -315,9 +330,9 @@ class _Rehearsal:
     async def _running(self) -> bool:
         if not self.runs:
             return False
-        handle = self.client.get_workflow_handle(self.workflow_id, run_id=self.runs[-1])
-        description = await handle.describe()
-        return description.status == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING
+        # The latest run: the last journey, or the run it continued as new in.
+        description = await self.client.get_workflow_handle(self.workflow_id).describe()
+        return description.status is WorkflowExecutionStatus.RUNNING
 
     async def _run_out(self) -> datetime:
         """Skip time until the last journey ends or the scenario's time is up; when the
@@ -336,7 +351,13 @@ class _Rehearsal:
         state: JourneyState | None = None
         journeys: list[TimelineEntry] = []
         for number, run_id in enumerate(self.runs, 1):
-            handle = self.client.get_workflow_handle(self.workflow_id, run_id=run_id)
+            # The last journey by its latest run (it may have continued as new since it
+            # started); an earlier one ended in the run that started it, unless it continued
+            # as new (rare in a rehearsal): then its sends before that are not listed.
+            latest = number == len(self.runs)
+            handle = self.client.get_workflow_handle(
+                self.workflow_id, run_id=None if latest else run_id
+            )
             state = await handle.query(QUERY_STATE, result_type=JourneyState)
             sends = await self._sends(handle, number, messages)
             history = state.history
@@ -424,21 +445,22 @@ class _Rehearsal:
                     [request] = await converter.decode(attrs.input.payloads[:1], [kinds[name]])
                     scheduled[event.event_id] = (name, request)
             elif event.HasField("activity_task_completed_event_attributes"):
-                attrs = event.activity_task_completed_event_attributes
-                found = scheduled.get(attrs.scheduled_event_id)
+                completed = event.activity_task_completed_event_attributes
+                found = scheduled.get(completed.scheduled_event_id)
                 if found is None:
                     continue
                 name, request = found
                 result_type = results[name]
                 result = None
-                if result_type is not None and attrs.result.payloads:
-                    [result] = await converter.decode(attrs.result.payloads[:1], [result_type])
+                if result_type is not None and completed.result.payloads:
+                    payloads = completed.result.payloads[:1]
+                    [result] = await converter.decode(payloads, [result_type])
                 entry = self._send_entry(at, journey, request, result, messages)
                 if entry is not None:
                     found_sends.setdefault(_visit(request), []).append(entry)
             elif event.HasField("activity_task_failed_event_attributes"):
-                attrs = event.activity_task_failed_event_attributes
-                found = scheduled.get(attrs.scheduled_event_id)
+                failed = event.activity_task_failed_event_attributes
+                found = scheduled.get(failed.scheduled_event_id)
                 if found is not None:
                     _, request = found
                     found_sends.setdefault(_visit(request), []).append(
@@ -446,7 +468,7 @@ class _Rehearsal:
                             at,
                             EntryKind.failed,
                             _visit(request)[0],
-                            attrs.failure.message or "failed",
+                            failed.failure.message or "failed",
                             journey=journey,
                             template=self._template(request),
                         )

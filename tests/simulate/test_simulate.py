@@ -5,6 +5,7 @@ a bad scenario's one-line error), and `POST /v1/campaigns/{id}/simulate` over HT
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import yaml
 from api.client import NudgeClient
 from core.config import Settings
 from core.definition import parse_campaign
-from core.scenario import EntryKind, parse_scenario, result_of
+from core.scenario import EntryKind, format_offset, parse_scenario, result_of
 from temporal.servers import free_port
 from tests.cli.test_errors import closed_url, nudge
 from tests.fixtures.api import ADMIN, ADMIN_TOKEN, make_settings, running_api
@@ -147,3 +148,45 @@ async def test_the_api_rehearses_a_stored_version(sqlite_url: str) -> None:
     [sent] = [e for e in timeline["entries"] if e["kind"] == "sent"]
     assert (sent["name"], sent["offset"] // 60) == ("remind-with-coupon", 24 * 60)
     assert sent["message"]["body"].startswith(REMINDER)
+
+
+async def test_routing_identify_and_a_journey_still_running_when_time_is_up() -> None:
+    """Events go the way production routes them (an entry whose conditions fail starts
+    nothing), traits merge when identified, and `until` stops a journey mid-wait."""
+    scenario = parse_scenario(
+        {
+            "name": "late entry",
+            "user": "ada",
+            "start": "10:00",
+            "events": [
+                {"at": "0s", "event": "Product Added", "properties": {"name": "Umbrella"}},
+                {"at": "1h", "traits": {"first_name": "Zed"}},
+                {"at": "2h", "event": "Product Added", "properties": {"product_id": "p1"}},
+                {"at": "3h", "event": "Signed Up"},
+            ],
+            "until": "20h",
+            "expect": ["running", "entered wait-for-order at 2h", "nothing sent"],
+        }
+    )
+    timeline = await simulate(
+        definition=parse_campaign(CART.read_text()),
+        scenario=scenario,
+        settings=Settings(_env_file=None),
+    )
+    assert result_of(scenario, timeline).passed
+    assert (timeline.start.hour, timeline.start.minute) == (10, 0)
+    due = timeline.start + timedelta(hours=26)
+    assert [(format_offset(e.delta), e.kind.value, e.name, e.detail) for e in timeline.entries] == [
+        ("+0s", "event", "Product Added", "ignored: the campaign's entry conditions do not hold"),
+        ("+1h", "event", "identify", "traits: first_name='Zed'"),
+        ("+2h", "event", "Product Added", "started journey 1"),
+        ("+2h", "step", "wait-for-order", "entered"),
+        (
+            "+3h",
+            "event",
+            "Signed Up",
+            "ignored: the campaign neither starts on it nor waits for it",
+        ),
+        ("+20h", "end", "running", f"still running: waiting 1d (until {due:%Y-%m-%d %H:%M} UTC)"),
+    ]
+    assert timeline.stopped_at == 20 * 3600

@@ -77,7 +77,7 @@ def final_errors(method: Activity) -> Activity:
         try:
             return await method(*args, **kwargs)
         except VersionUnavailable as exc:
-            raise ApplicationError(str(exc), type=VERSION_UNAVAILABLE, non_retryable=True) from exc
+            raise ApplicationError(str(exc), type=VERSION_UNAVAILABLE, non_retryable=True) from None
 
     return cast(Activity, run)
 

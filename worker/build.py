@@ -17,6 +17,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
 
 from activities.channels.registry import build_providers
 from activities.clock import ClockActivities
+from activities.failures import BoundedFailures
 from activities.fanout import FanOutActivities
 from activities.housekeeping import Housekeeping
 from activities.journey import JourneyActivities
@@ -114,6 +115,8 @@ def create_worker(
         activity_executor=ThreadPoolExecutor(max_workers=4),
         workflow_runner=WORKFLOW_RUNNER,
         max_cached_workflows=workflow_cache_size,
+        # Activity failures that fit Temporal's limit, whatever raised them.
+        interceptors=[BoundedFailures()],
     )
 
 

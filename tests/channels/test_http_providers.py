@@ -21,9 +21,11 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
+from activities.channels.base import BODY_CHARS, OutgoingMessage, ProviderError
 from activities.channels.registry import build_providers
+from activities.channels.webhook import WebhookProvider
 from activities.journey import PROVIDER_UNAVAILABLE, JourneyActivities
-from core.config import Settings
+from core.config import DEV_WEBHOOK_SECRET, Settings
 from core.definition import parse_campaign
 from core.journey import DeliverRequest, DeliveryStatus
 from store import deliveries
@@ -245,3 +247,43 @@ def test_the_double_never_takes_a_message_cut_off_mid_body() -> None:
         assert double.processed == {}
     finally:
         double.close()
+
+
+async def test_a_1_mb_error_page_makes_a_short_error_and_a_bounded_answer() -> None:
+    """A proxy's error page in front of a down provider: the error names the status, the
+    URL and the start of the page, in a few hundred characters, as Temporal's failure and
+    the delivery row will carry it; the answer kept for operators is as bounded."""
+    page = "<html><body><h1>503 Service Unavailable</h1>" + "x" * 1_000_000 + "</body></html>"
+    double = ProviderDouble(key_header="webhook-id").start()
+    double.faults.append(Fault(503, body=page, headers={"content-type": "text/html"}))
+    try:
+        async with httpx.AsyncClient(timeout=5) as http:
+            provider = WebhookProvider(http, double.url + "?token=secret", [DEV_WEBHOOK_SECRET])
+            with pytest.raises(ProviderError) as err:
+                await provider.send(outgoing())
+    finally:
+        double.close()
+    message = str(err.value)
+    assert message.startswith(
+        f"webhook answered 503 from {double.url}: <html><body><h1>503 Service Unavailable</h1>x"
+    )
+    assert message.endswith(" more characters)") and len(message) <= 400
+    assert "secret" not in message  # the URL's query stays out
+    assert err.value.retryable and err.value.status == 503 and err.value.body is None
+    answer = err.value.answer
+    assert answer is not None and answer["status"] == 503 and answer["url"] == double.url
+    assert BODY_CHARS - 10 <= len(answer["body"]) <= BODY_CHARS
+
+
+def outgoing() -> OutgoingMessage:
+    return OutgoingMessage(
+        idempotency_key="nudge_k",
+        delivery_id=1,
+        user_id="ada",
+        campaign_id="reach",
+        campaign_version=1,
+        step_id="webhook",
+        channel="webhook",
+        subject=None,
+        body="Your umbrella waits",
+    )

@@ -6,9 +6,9 @@ import asyncio
 import re
 import uuid
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import APIRouter, HTTPException, Path, Response, status
 from pydantic import BaseModel
 from temporalio.client import (
     Client,
@@ -16,6 +16,7 @@ from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
+    WorkflowQueryFailedError,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
@@ -55,9 +56,15 @@ RPC_TIMEOUT = timedelta(seconds=15)
 RETRY_WAIT_SECONDS = 15.0
 """How long `POST .../retry` waits for the new send's outcome before answering 202."""
 
+PEEK_TIMEOUT = timedelta(seconds=2)
+"""Starting an operation reads its progress this long at most (its worker may be busy)."""
+DeliveryId = Annotated[int, Path(ge=1, le=2**63 - 1, description="a delivery's id")]
+
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Message, "description": "missing or wrong admin token"},
+    502: {"model": Message, "description": "Temporal refused the call"},
     503: {"model": Message, "description": "Temporal is unreachable"},
+    504: {"model": Message, "description": "no worker answered in time"},
 }
 
 
@@ -113,7 +120,7 @@ async def start_bulk_exit(
         handle = client.get_workflow_handle(workflow_id)  # done before: its result stands
     except (RPCError, RPCTimeoutOrCancelledError) as exc:
         raise temporal_error(exc, workflow_id) from exc
-    return await _bulk_exit(client, handle, campaign_id, operation_id)
+    return await _bulk_exit(client, handle, campaign_id, operation_id, peek=True)
 
 
 @router.get(
@@ -136,9 +143,16 @@ def _is_request_id(value: str) -> bool:
 
 
 async def _bulk_exit(
-    client: Client, handle: WorkflowHandle[Any, Any], campaign_id: str, operation_id: str
+    client: Client,
+    handle: WorkflowHandle[Any, Any],
+    campaign_id: str,
+    operation_id: str,
+    *,
+    peek: bool = False,
 ) -> BulkExitPublic:
-    """The operation's progress: its result once completed, else its `progress` query."""
+    """The operation's progress: its result once completed, else its `progress` query.
+    `peek`: an operation just started answers with no progress yet rather than wait for
+    its worker to answer the query."""
     try:
         described = await handle.describe(rpc_timeout=RPC_TIMEOUT)
         state = described.status or WorkflowExecutionStatus.RUNNING
@@ -146,9 +160,20 @@ async def _bulk_exit(
             typed = client.get_workflow_handle(handle.id, result_type=ExitProgress)
             progress = await typed.result(rpc_timeout=RPC_TIMEOUT)
         else:
-            progress = await handle.query(
-                QUERY_PROGRESS, result_type=ExitProgress, rpc_timeout=RPC_TIMEOUT
-            )
+            try:
+                progress = await handle.query(
+                    QUERY_PROGRESS,
+                    result_type=ExitProgress,
+                    rpc_timeout=PEEK_TIMEOUT if peek else RPC_TIMEOUT,
+                )
+            except (RPCError, RPCTimeoutOrCancelledError, WorkflowQueryFailedError):
+                if not peek:
+                    raise
+                progress = ExitProgress()
+    except WorkflowQueryFailedError as exc:
+        raise HTTPException(
+            status.HTTP_502_BAD_GATEWAY, f"the progress query failed: {exc}"
+        ) from exc
     except (RPCError, RPCTimeoutOrCancelledError) as exc:
         if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND:
             raise HTTPException(
@@ -190,7 +215,7 @@ class RetryPublic(BaseModel):
     summary="Send a failed delivery again, exactly once",
 )
 async def retry_delivery(
-    delivery_id: int,
+    delivery_id: DeliveryId,
     response: Response,
     client: TemporalDep,
     session: SessionDep,

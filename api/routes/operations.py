@@ -281,7 +281,8 @@ async def retry_delivery(
     except TimeoutError:
         response.status_code = status.HTTP_202_ACCEPTED
     except WorkflowFailureError as exc:
-        cause = exc.cause.cause if exc.cause is not None else None
+        # The workflow failed on an activity (prepare_retry) whose error is the cause.
+        cause = getattr(exc.cause, "cause", None)
         if isinstance(cause, ApplicationError) and cause.type == RETRY_REFUSED:
             raise HTTPException(status.HTTP_409_CONFLICT, cause.message) from exc
         raise HTTPException(

@@ -22,6 +22,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from core.journey import JourneyStatus, journey_id
 from store.entries import reserve_entries
 from store.models import Delivery, JourneyEntry
+from store.subscriptions import add_suppression, remove_suppression
 from temporal.servers import DevServer
 from tests.cli.test_errors import nudge
 from tests.fixtures.api import ADMIN, RunningApi, eventually, make_settings, running_api
@@ -177,17 +178,19 @@ async def test_stuck_send_shows_its_attempts_fits_temporal_and_a_failed_one_is_r
     assert sent["last_error"].startswith("webhook answered 503 from ")
     assert sent["provider_answer"]["status"] == 503
 
-    # Back up, but refusing carol for good: her send fails once, at once.
-    provider.refused.add("carol")
+    # Back up, but refusing carol and dan for good: their sends fail once, at once.
+    provider.refused |= {"carol", "dan"}
     provider.down = False
     await api.track("carol", "Order Completed", properties={"item": "a chair"})
+    await api.track("dan", "Order Completed", properties={"item": "a rug"})
 
-    async def failed() -> Delivery:
+    async def failed() -> tuple[Delivery, Delivery]:
         carol = await delivery_of(api, campaign_id, "carol")
-        assert carol.status == "failed", carol.status
-        return carol
+        dan = await delivery_of(api, campaign_id, "dan")
+        assert (carol.status, dan.status) == ("failed", "failed"), (carol.status, dan.status)
+        return carol, dan
 
-    carol = await eventually(failed, timeout=20)
+    carol, dan = await eventually(failed, timeout=20)
     assert carol.error == f"webhook answered 400 from {double.url}: unknown recipient"
     view = (await api.http.get(f"/v1/journeys/{campaign_id}/carol", headers=ADMIN)).json()
     assert [(d["status"], d["attempts"]) for d in view["deliveries"]] == [("failed", 1)]
@@ -215,6 +218,21 @@ async def test_stuck_send_shows_its_attempts_fits_temporal_and_a_failed_one_is_r
     unknown = await api.http.post("/v1/deliveries/987654321/retry", headers=ADMIN)
     assert unknown.status_code == 404, unknown.text
     assert len([r for r in double.accepted() if r.json()["data"]["user_id"] == "carol"]) == 1
+
+    # Consent still counts: dan's address bounced meanwhile, his send is not retried...
+    async with api.services.sessions() as session, session.begin():
+        await add_suppression(session=session, user_id="dan", channel="webhook", reason="bounced")
+    refused = await api.http.post(f"/v1/deliveries/{dan.id}/retry", headers=ADMIN)
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["detail"] == (
+        f"delivery {dan.id}: webhook is suppressed for 'dan' (bounced)"
+    )
+    # ...until the suppression is lifted.
+    async with api.services.sessions() as session, session.begin():
+        await remove_suppression(session=session, user_id="dan", channel="webhook")
+    retried = await api.http.post(f"/v1/deliveries/{dan.id}/retry", headers=ADMIN)
+    assert retried.status_code == 200 and retried.json()["status"] == "sent", retried.text
+    assert [r.json()["data"]["body"] for r in double.accepted()].count("Thanks dan for a rug") == 1
 
 
 async def states(client: Client, campaign_id: str, users: list[str]) -> dict[str, str | None]:

@@ -108,13 +108,14 @@ async def get_user(user_id: StoredUserId, session: SessionDep, services: Service
     journeys = await person_journeys(session=session, user_ids=ids)
     deliveries = await reports.person_deliveries(session, user_ids=ids, limit=LATEST_DELIVERIES)
     first_seen, last_seen = await first_and_last_seen(session=session, user_ids=ids)
-    if profile is None and len(ids) == 1 and not journeys and not deliveries and not first_seen:
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND,
-            f"no user {user_id!r}: Nudge has no event, profile or journey of theirs",
-        )
     subscriptions = await list_subscriptions(session=session, user_id=person)
     suppressions = await list_suppressions(session=session, user_id=person)
+    known = (profile, len(ids) > 1, journeys, deliveries, first_seen, subscriptions, suppressions)
+    if not any(known):
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"no user {user_id!r}: Nudge has no event, profile, journey or consent of theirs",
+        )
     views = await _with_states(services.temporal.client, journeys)
     return UserView(
         user_id=person,

@@ -12,8 +12,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
 
+# Ports: `make dev API_PORT=8001 TEMPORAL_PORT=7300 UI_PORT=8300`, or the settings
+# NUDGE_API_PORT, NUDGE_TEMPORAL_PORT, NUDGE_TEMPORAL_UI_PORT (environment or .env).
+DEV_FLAGS = $(if $(API_PORT),--api-port $(API_PORT)) \
+	$(if $(TEMPORAL_PORT),--temporal-port $(TEMPORAL_PORT)) $(if $(UI_PORT),--ui-port $(UI_PORT))
+
 dev: $(STAMP)
-	$(BIN)/nudge dev
+	$(BIN)/nudge dev $(DEV_FLAGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

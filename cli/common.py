@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import codecs
 import json
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -30,13 +32,60 @@ def api_url(args: argparse.Namespace, settings: Settings) -> str:
 
 
 def print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
+    """As people read it: '150,00 €', not '150,00\\u00a0\\u20ac' (stdout is UTF-8, see
+    `utf8_output`)."""
+    print(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+
+
+def utf8_output() -> None:
+    """Write stdout and stderr as UTF-8 whatever the locale says (a C locale, a pipe on a
+    system whose default is not UTF-8): what the API answers is Unicode, and a `€` must
+    neither fail to print nor turn into an escape."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(encoding="utf-8", errors="backslashreplace")
+
+
+def parse_json(text: str, *, what: str) -> Any:
+    """JSON a user gave (`what` names where: '--properties', 'scenario.json'); a one-line
+    error saying where it breaks."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(
+            f"error: {what} is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from exc
+
+
+def json_object(text: str, *, what: str, example: str = '{"order_id": "o-1"}') -> dict[str, Any]:
+    """A JSON object a user gave as an argument or in a file; a one-line error otherwise."""
+    value = parse_json(text, what=what)
+    if not isinstance(value, dict):
+        raise SystemExit(f"error: {what} must be a JSON object, e.g. '{example}'")
+    return value
+
+
+def read_json(name: str) -> Any:
+    """A JSON file the user named: readable, UTF-8 and JSON, or a one-line error."""
+    return parse_json(read_text(name), what=name)
+
+
+def utf8_arguments(argv: list[str]) -> list[str]:
+    """The command line as the user typed it (UTF-8), also where the locale is not UTF-8:
+    Python then decodes it as ASCII with escapes, and `café` would reach the API as
+    surrogates it cannot encode."""
+    if codecs.lookup(sys.getfilesystemencoding()).name == "utf-8":
+        return argv
+    return [os.fsencode(arg).decode("utf-8", "surrogateescape") for arg in argv]
 
 
 def read_text(name: str) -> str:
     """A file the user named, as text; a one-line error saying why it cannot be read."""
+    # The name as the file system spells it (see utf8_arguments).
+    path = Path(os.fsdecode(name.encode("utf-8", "surrogateescape")))
     try:
-        return Path(name).read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise SystemExit(f"error: cannot read {name}: no such file") from exc
     except IsADirectoryError as exc:
@@ -45,8 +94,7 @@ def read_text(name: str) -> str:
         raise SystemExit(f"error: cannot read {name}: permission denied") from exc
     except UnicodeDecodeError as exc:
         raise SystemExit(
-            f"error: cannot read {name}: not UTF-8 text (byte {exc.start}); "
-            "save the definition as UTF-8 YAML or JSON"
+            f"error: cannot read {name}: not UTF-8 text (byte {exc.start}); save it as UTF-8"
         ) from exc
     except OSError as exc:
         raise SystemExit(f"error: cannot read {name}: {exc.strerror or exc}") from exc
@@ -62,9 +110,11 @@ def with_client(
     call: Callable[[Any], Awaitable[Any]],
     *,
     credential: str = ADMIN_TOKEN,
+    show: Callable[[Any], None] = print_json,
 ) -> None:
     """Call the API; what goes wrong ends the command with one line on stderr. `credential`
-    names the setting the call authenticates with, for a 401's message."""
+    names the setting the call authenticates with, for a 401's message; `show` prints what
+    the call returned (JSON by default; nothing is printed for None)."""
     import httpx
 
     from api.client import NudgeClient, NudgeClientError
@@ -91,8 +141,13 @@ def with_client(
             f"error: {url} did not answer as the Nudge API (its answer is not JSON); "
             "check NUDGE_URL or --url"
         ) from exc
+    except KeyError as exc:  # JSON, but not the API's shapes
+        raise SystemExit(
+            f"error: {url} did not answer as the Nudge API (no {exc} in its answer); "
+            "check NUDGE_URL or --url"
+        ) from exc
     if result is not None:
-        print_json(result)
+        show(result)
 
 
 def refused(exc: Any, *, url: str, credential: str) -> str:
@@ -118,4 +173,6 @@ def refused(exc: Any, *, url: str, credential: str) -> str:
         text = str(detail)
     if exc.status_code == 401:
         text += f" (set {credential} to the one the API was started with)"
+    elif exc.status_code == 500:  # 502-504 say themselves what is down (Temporal, a worker)
+        text += " (the API failed: its log says why)"
     return f"error: {exc.status_code}: {text}"

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import sys
+from typing import Any
 
 from cli import lifecycle, migrate, operators, simulate
-from cli.common import WRITE_KEY, read_text, settings_or_exit, with_client
+from cli.common import (
+    WRITE_KEY,
+    json_object,
+    read_text,
+    settings_or_exit,
+    utf8_arguments,
+    utf8_output,
+    with_client,
+)
 from temporal.shutdown import exit_process
 
 # -- processes ---------------------------------------------------------------------------
@@ -20,6 +28,8 @@ def cmd_dev(args: argparse.Namespace) -> None:
     from worker.dev import DevOptions, run_dev
 
     settings = settings_or_exit()
+    if args.api_port is not None:
+        settings = settings.model_copy(update={"api_port": args.api_port})
     options = DevOptions(
         temporal_port=args.temporal_port,
         ui_port=args.ui_port,
@@ -96,7 +106,44 @@ def cmd_segments_members(args: argparse.Namespace) -> None:
 
 
 def cmd_messages(args: argparse.Namespace) -> None:
-    with_client(args, lambda c: c.sandbox_messages(user_id=args.user, limit=args.limit))
+    """The user's messages; when none was sent, why (on stderr, so stdout stays JSON): each
+    of the user's journeys and what it waits for — quiet hours with the time they end."""
+
+    async def call(client: Any) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = await client.sandbox_messages(
+            user_id=args.user, limit=args.limit
+        )
+        if args.user and not messages:
+            print("\n".join(await why_nothing_sent(client, args.user)), file=sys.stderr)
+        return messages
+
+    with_client(args, call)
+
+
+async def why_nothing_sent(client: Any, user: str) -> list[str]:
+    """Lines saying why `user` has no message yet: each journey of theirs and what it waits
+    for (read from the journey view of every campaign), or that they are in none."""
+    from api.client import NudgeClientError
+
+    campaigns = await client.list_campaigns()
+    found: list[str] = []
+    for campaign in campaigns:
+        try:
+            state = await client.journey_state(campaign["id"], user)
+        except NudgeClientError as exc:
+            if exc.status_code != 404:
+                found.append(f"  {campaign['id']}: cannot read its journey ({exc})")
+            continue
+        step = state.get("current_step")
+        where = f"{state.get('status')}" + (f" at step {step}" if step else "")
+        waiting = state.get("waiting_for") or state.get("exit_reason")
+        found.append(f"  {campaign['id']}: {where}" + (f": {waiting}" if waiting else ""))
+    if not found:
+        return [
+            f"no message sent to {user}: they are in no journey (an event a campaign starts "
+            f"on starts one: nudge events send --user {user} --event …)"
+        ]
+    return [f"no message sent to {user} yet; their journeys:", *found]
 
 
 def cmd_rejected(args: argparse.Namespace) -> None:
@@ -104,12 +151,7 @@ def cmd_rejected(args: argparse.Namespace) -> None:
 
 
 def cmd_events_send(args: argparse.Namespace) -> None:
-    try:
-        properties = json.loads(args.properties) if args.properties else {}
-    except json.JSONDecodeError as exc:
-        raise SystemExit(f"error: --properties is not JSON: {exc}") from exc
-    if not isinstance(properties, dict):
-        raise SystemExit('error: --properties must be a JSON object, e.g. \'{"order_id": "o-1"}\'')
+    properties = json_object(args.properties, what="--properties") if args.properties else {}
     with_client(
         args,
         lambda c: c.track(user_id=args.user, event=args.event, properties=properties),
@@ -131,8 +173,16 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     dev = sub.add_parser("dev", help="run the embedded stack: Temporal dev server, worker, API")
-    dev.add_argument("--temporal-port", type=int, default=7233)
-    dev.add_argument("--ui-port", type=int, default=8233)
+    dev.add_argument("--api-port", type=int, help="the API's port (default: NUDGE_API_PORT, 8000)")
+    dev.add_argument(
+        "--temporal-port",
+        type=int,
+        help="the Temporal dev server's port (default: NUDGE_TEMPORAL_PORT, else the port of "
+        "NUDGE_TEMPORAL_ADDRESS, else 7233)",
+    )
+    dev.add_argument(
+        "--ui-port", type=int, help="the Temporal UI's port (default: NUDGE_TEMPORAL_UI_PORT, 8233)"
+    )
     dev.add_argument("--no-examples", action="store_true", help="don't apply the demo campaigns")
     dev.set_defaults(func=cmd_dev)
     sub.add_parser("worker", help="run a Temporal worker").set_defaults(func=cmd_worker)
@@ -213,13 +263,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    utf8_output()
     logging.basicConfig(
         level=os.environ.get("NUDGE_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     for noisy in ("httpx", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    args = parser().parse_args(argv)
+    args = parser().parse_args(utf8_arguments(sys.argv[1:] if argv is None else argv))
     code = 0
     try:
         args.func(args)
@@ -229,6 +280,15 @@ def main(argv: list[str] | None = None) -> None:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except KeyboardInterrupt:
         code = 130
+    except Exception as exc:
+        # A failure no command foresaw: still one line; the traceback at debug level.
+        logging.getLogger("nudge").debug("unexpected failure", exc_info=True)
+        reason = " ".join(str(exc).split()) or "no message"
+        print(
+            f"error: {type(exc).__name__}: {reason} (NUDGE_LOG_LEVEL=DEBUG shows where)",
+            file=sys.stderr,
+        )
+        code = 1
     exit_process(code)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import shutil
 import socket
@@ -50,10 +51,47 @@ class ServerError(RuntimeError):
 
 
 class PortInUse(ServerError):
+    """A port a server needs is taken; the message names the port, what Nudge wanted it
+    for and, where this machine can tell, the process that holds it."""
+
     def __init__(self, port: int, what: str):
         self.port = port
         self.what = what
-        super().__init__(f"port {port} ({what}) is in use: stop what runs there first")
+        self.holder = port_holder(port)
+        by = f" by {self.holder}" if self.holder else ""
+        super().__init__(f"port {port} ({what}) is in use{by}: stop it first")
+
+
+def port_holder(port: int) -> str | None:
+    """'pid 4242 (temporal)': the process listening on TCP `port`, from Linux's /proc; None
+    where that cannot be read (another OS, another user's process)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # local address is HEX_IP:HEX_PORT; state 0A is LISTEN.
+            if (
+                len(fields) > 9
+                and fields[3] == "0A"
+                and int(fields[1].rsplit(":", 1)[1], 16) == port
+            ):
+                inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return None
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            for fd in fd_dir.iterdir():
+                if os.readlink(fd) in inodes:
+                    pid = fd_dir.parent.name
+                    name = (fd_dir.parent / "comm").read_text().strip()
+                    return f"pid {pid} ({name})"
+        except OSError:
+            continue
+    return None
 
 
 def binary(name: str) -> str:

@@ -9,14 +9,27 @@ import shutil
 import signal
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from api.app import create_app
 from api.server import serve_in_loop
 from core.config import Settings
+from core.policy import quiet_hours_decision
+from core.schedule import zone_named
 from store.db import migrate
 from temporal.client import converter_for
-from temporal.servers import DevServerOptions, PortInUse, ServerError, dev_server, port_is_free
+from temporal.servers import (
+    DevServerOptions,
+    PortInUse,
+    ServerError,
+    dev_server,
+    port_holder,
+    port_is_free,
+)
 from worker.build import create_worker, put_schedules_in_place, worker_activities
 
 log = logging.getLogger("nudge.dev")
@@ -25,29 +38,208 @@ STATE_DIR = Path(".nudge")
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "campaigns"
 
 
+DEFAULT_TEMPORAL_PORT = 7233
+DEFAULT_UI_PORT = 8233
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+
+DEMO_USER = "ada"
+DEMO_CAMPAIGN = "order-receipt"
+DEMO_TRAITS = {"first_name": "Ada", "locale": "de_DE"}
+DEMO_ORDER = {"order_id": "demo-1001", "total": 150, "currency": "EUR"}
+DEMO_MESSAGE_IDS = ("nudge-dev-demo-identify", "nudge-dev-demo-order")
+"""Fixed ids: a second start that sends them again (the first was stopped before its
+receipt went out) is a no-op at ingestion, never a second order."""
+FIRST_SEND_WITHIN = 30.0
+"""How long the first start waits for the demo receipt before printing the banner anyway."""
+
+
 @dataclass(frozen=True)
 class DevOptions:
-    temporal_port: int = 7233
-    ui_port: int = 8233
+    temporal_port: int | None = None
+    """`--temporal-port`; None: NUDGE_TEMPORAL_PORT, else NUDGE_TEMPORAL_ADDRESS's port, else
+    7233."""
+    ui_port: int | None = None
+    """`--ui-port`; None: NUDGE_TEMPORAL_UI_PORT, else 8233."""
     examples: Path | None = EXAMPLES
     state_dir: Path = STATE_DIR
 
 
-async def apply_examples(settings: Settings, examples: Path) -> list[str]:
-    """Create (or update) and activate every example campaign through the real API, after
-    the example segments (`examples/segments/`, beside the campaigns) they reach."""
-    from api.client import NudgeClient
+@dataclass(frozen=True)
+class PortUse:
+    """One port `nudge dev` listens on, and the two ways to choose another."""
 
-    applied = []
+    what: str
+    flag: str
+    env: str
+
+
+API_PORT = PortUse("API", "--api-port", "NUDGE_API_PORT")
+TEMPORAL_PORT = PortUse("Temporal", "--temporal-port", "NUDGE_TEMPORAL_PORT")
+UI_PORT = PortUse("Temporal UI", "--ui-port", "NUDGE_TEMPORAL_UI_PORT")
+
+
+def port_in_use(port: int, use: PortUse) -> str:
+    """The one line a taken port becomes: which port, what Nudge wanted it for, who holds it
+    (where this machine can tell), and both ways to move."""
+    holder = port_holder(port)
+    by = f" by {holder}" if holder else ""
+    return (
+        f"error: port {port} ({use.what}) is in use{by}: stop it, or choose another port "
+        f"with {use.flag} PORT or {use.env}=PORT"
+    )
+
+
+def temporal_port(settings: Settings, flag: int | None) -> int:
+    """The dev server's port: `--temporal-port`, else NUDGE_TEMPORAL_PORT, else the port of
+    NUDGE_TEMPORAL_ADDRESS when it is set, else 7233.
+
+    The worker and the API talk to the server `nudge dev` starts, so an address set for
+    another server (another host, or another port than the one asked for) is refused
+    rather than silently replaced.
+    """
+    chosen = flag or settings.temporal_port
+    source = f"--temporal-port {flag}" if flag else f"NUDGE_TEMPORAL_PORT={chosen}"
+    if "temporal_address" not in settings.model_fields_set:
+        return chosen or DEFAULT_TEMPORAL_PORT
+    address = settings.temporal_address
+    host, _, port_text = address.rpartition(":")
+    if host not in LOCAL_HOSTS or not port_text.isdigit():
+        raise SystemExit(
+            f"error: NUDGE_TEMPORAL_ADDRESS={address} names another Temporal server, but "
+            "nudge dev runs its own on 127.0.0.1: unset NUDGE_TEMPORAL_ADDRESS (choose the "
+            "port with --temporal-port or NUDGE_TEMPORAL_PORT), or run `nudge api` and "
+            "`nudge worker` against that server"
+        )
+    if chosen and chosen != int(port_text):
+        raise SystemExit(
+            f"error: NUDGE_TEMPORAL_ADDRESS={address} and {source} disagree: nudge dev runs "
+            "one Temporal server, which its worker and API use; give the port once "
+            "(unset NUDGE_TEMPORAL_ADDRESS, or make them the same)"
+        )
+    return int(port_text)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One shipped segment or campaign as this start found it: applied now (it was
+    missing), kept as it was (an operator may have paused, archived or changed it), or not
+    applied, and why."""
+
+    kind: str
+    id: str
+    version: int | None = None
+    status: str | None = None
+    applied: bool = False
+    problem: str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.problem:
+            return f"{self.id} (not applied: {self.problem})"
+        shown = self.status if self.status in ("paused", "archived") else None
+        return f"{self.id} (v{self.version}{f', {shown}' if shown else ''})"
+
+
+def example_id(text: str) -> str | None:
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    found = document.get("id") if isinstance(document, dict) else None
+    return found if isinstance(found, str) else None
+
+
+async def apply_examples(settings: Settings, examples: Path) -> list[Example]:
+    """Apply each example segment (`examples/segments/`, beside the campaigns) and campaign
+    that is missing, through the real API, and activate the campaigns applied; leave those
+    that exist as they are.
+
+    A restart keeps what happened meanwhile: an operator's pause or archive, a newer
+    version. Something that cannot be applied is reported, never a reason not to start.
+    """
+    from api.client import NudgeClient, NudgeClientError
+
+    found: list[Example] = []
     base = f"http://{settings.api_host}:{settings.api_port}"
     async with NudgeClient(base, admin_token=settings.admin_token) as client:
-        for path in sorted((examples.parent / "segments").glob("*.y*ml")):
-            segment = await client.apply_segment(path.read_text())
-            applied.append(f"segment {segment['id']} (v{segment['version']})")
-        for path in sorted(examples.glob("*.y*ml")):
-            campaign = await client.apply_campaign(path.read_text(), activate=True)
-            applied.append(f"{campaign['id']} (v{campaign['current_version']})")
-    return applied
+        kinds = (
+            ("segment", sorted((examples.parent / "segments").glob("*.y*ml"))),
+            ("campaign", sorted(examples.glob("*.y*ml"))),
+        )
+        for kind, paths in kinds:
+            for path in paths:
+                text = path.read_text(encoding="utf-8")
+                name = example_id(text) or path.stem
+                try:
+                    found.append(await _apply_if_missing(client, kind, name, text))
+                except NudgeClientError as exc:
+                    problem = " ".join(str(exc).split())
+                    log.warning("example %s %s not applied: %s", kind, name, problem)
+                    found.append(Example(kind, name, problem=problem))
+    return found
+
+
+async def _apply_if_missing(client: Any, kind: str, name: str, text: str) -> Example:
+    from api.client import NudgeClientError
+
+    get = client.get_segment if kind == "segment" else client.get_campaign
+    try:
+        current = await get(name)
+        applied = False
+    except NudgeClientError as exc:
+        if exc.status_code != 404:
+            raise
+        if kind == "segment":
+            current = await client.apply_segment(text)
+        else:
+            current = await client.apply_campaign(text, activate=True)
+        applied = True
+    version = current.get("version", current.get("current_version"))
+    return Example(kind, current["id"], version, current.get("status"), applied)
+
+
+@dataclass(frozen=True)
+class FirstSend:
+    """What the banner shows of the demo user's messages: the newest one (the receipt the
+    first start sent, or whatever came later), or why there is none."""
+
+    message: dict[str, Any] | None = None
+    sent_now: bool = False
+    problem: str | None = None
+
+
+async def first_send(settings: Settings, campaigns: list[Example]) -> FirstSend:
+    """On a start that finds no message to the demo user, identify her and complete an
+    order, so the transactional receipt goes out at once, at any hour, and wait for it."""
+    from api.client import NudgeClient
+
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    async with NudgeClient(
+        base, admin_token=settings.admin_token, write_key=settings.write_key
+    ) as client:
+        newest = await client.sandbox_messages(user_id=DEMO_USER, limit=1)
+        if newest:
+            return FirstSend(newest[0])
+        receipt = next((c for c in campaigns if c.id == DEMO_CAMPAIGN), None)
+        if receipt is None or receipt.status != "active":
+            state = "missing" if receipt is None else receipt.problem or receipt.status
+            return FirstSend(problem=f"the {DEMO_CAMPAIGN} example is {state}")
+        identify_id, order_id = DEMO_MESSAGE_IDS
+        await client.identify(user_id=DEMO_USER, traits=DEMO_TRAITS, message_id=identify_id)
+        await client.track(
+            user_id=DEMO_USER, event="Order Completed", properties=DEMO_ORDER, message_id=order_id
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FIRST_SEND_WITHIN
+        while loop.time() < deadline:
+            newest = await client.sandbox_messages(user_id=DEMO_USER, limit=1)
+            if newest:
+                return FirstSend(newest[0], sent_now=True)
+            await asyncio.sleep(0.1)
+    return FirstSend(
+        problem=f"no receipt within {FIRST_SEND_WITHIN:.0f} s: "
+        f"see `nudge journeys show {DEMO_CAMPAIGN} {DEMO_USER}`"
+    )
 
 
 def nudge_command() -> str:
@@ -61,24 +253,88 @@ def nudge_command() -> str:
         return str(beside)
 
 
-def banner(settings: Settings, options: DevOptions, applied: list[str]) -> str:
+@dataclass(frozen=True)
+class Started:
+    """What the banner reports of one start."""
+
+    temporal_port: int
+    ui_port: int
+    examples: list[Example]
+    first: FirstSend | None
+
+
+def quiet_hours_line(settings: Settings, now: datetime) -> str:
+    """When marketing messages wait, in the default zone; whether they wait right now."""
+    if not settings.quiet_hours_start or not settings.quiet_hours_end:
+        return "none (NUDGE_QUIET_HOURS_START/END unset)"
+    window = f"{settings.quiet_hours_start}-{settings.quiet_hours_end} {settings.default_timezone}"
+    deferred = quiet_hours_decision(now=now, settings=settings, timezone=None)
+    if deferred is None or deferred.defer_until is None:
+        return f"{window} (marketing messages due then wait for the end)"
+    until = deferred.defer_until.astimezone(zone_named(settings.default_timezone))
+    return (
+        f"{window}: NOW, until {until:%H:%M} — marketing messages (welcome, cart reminder) "
+        "wait until then; transactional ones (receipts) go out at once"
+    )
+
+
+def message_lines(message: dict[str, Any]) -> list[str]:
+    subject = message.get("subject")
+    lines = [f"  to {message.get('user_id')}" + (f": {subject}" if subject else "")]
+    lines += [f"    {line}" for line in str(message.get("body", "")).strip().splitlines()[:6]]
+    return lines
+
+
+def first_send_lines(settings: Settings, first: FirstSend | None, nudge: str) -> list[str]:
+    api = f"http://{settings.api_host}:{settings.api_port}"
+    see = [
+        "",
+        f"  see it:  {nudge} messages --user {DEMO_USER}",
+        f"           {api}/dashboard/users?user={DEMO_USER}",
+    ]
+    if first is None:
+        return []
+    if first.message is None:
+        return [
+            f"No message to {DEMO_USER} yet ({first.problem}).",
+            *see[1:],
+            "",
+        ]
+    head = (
+        f"Sent just now: {DEMO_USER} completed an order, and the {DEMO_CAMPAIGN} campaign "
+        "(transactional: it goes out at any hour) sent the receipt. The sandbox channel "
+        "keeps it:"
+        if first.sent_now
+        else f"The latest message to {DEMO_USER} (the sandbox channel keeps them):"
+    )
+    return [head, "", *message_lines(first.message), *see, ""]
+
+
+def banner(settings: Settings, started: Started, *, now: datetime | None = None) -> str:
     api = f"http://{settings.api_host}:{settings.api_port}"
     nudge = nudge_command()
-    ui = f"http://127.0.0.1:{options.ui_port}"
+    ui = f"http://127.0.0.1:{started.ui_port}"
     query = "NudgeCampaign%3D%27cart-abandonment%27"
-    segments = [a.removeprefix("segment ") for a in applied if a.startswith("segment ")]
-    campaigns = [a for a in applied if not a.startswith("segment ")]
+    segments = [e.label for e in started.examples if e.kind == "segment"]
+    campaigns = [e.label for e in started.examples if e.kind == "campaign"]
+    kept = any(not e.applied and not e.problem for e in started.examples)
+    keeping = "\n  (examples found from an earlier start are kept as they are)" if kept else ""
+    first = "\n".join(first_send_lines(settings, started.first, nudge))
+    quiet = quiet_hours_line(settings, now or datetime.now(UTC))
     return f"""
 Nudge is running (embedded: Temporal dev server + SQLite, sandbox channel).
 
   API            {api}          (docs: {api}/docs)
   dashboard      {api}/dashboard    (log in with the admin token below)
+  Temporal       127.0.0.1:{started.temporal_port}
   Temporal UI    {ui}/namespaces/default/workflows?query={query}
   write key      {settings.write_key}
   admin token    {settings.admin_token}
   campaigns      {", ".join(campaigns) or "none"}
-  segments       {", ".join(segments) or "none"}
+  segments       {", ".join(segments) or "none"}{keeping}
+  quiet hours    {quiet}
 
+{first}
 Drive the cart-abandonment demo (Segment's HTTP Tracking API):
 
   curl -u {settings.write_key}: {api}/v1/track -H 'content-type: application/json' \\
@@ -86,7 +342,7 @@ Drive the cart-abandonment demo (Segment's HTTP Tracking API):
 
   {nudge} events send --user ada --event "Product Added" --properties '{{"product_id": "sku-2", "name": "Raincoat"}}'
   {nudge} journeys show cart-abandonment ada
-  {nudge} messages --user ada          (what the sandbox channel "sent")
+  {nudge} messages --user ada          (what the sandbox channel "sent"; says why when nothing was)
 
 Rain in Shanghai (an external trigger: every user whose city is Shanghai gets the offer):
 
@@ -96,6 +352,7 @@ Rain in Shanghai (an external trigger: every user whose city is Shanghai gets th
     -H 'content-type: application/json' -d '{{"id": "rain-1", "properties": {{"city": "Shanghai", "mm": 12}}}}'
   {nudge} messages --user li
 
+Ports: --api-port/NUDGE_API_PORT, --temporal-port/NUDGE_TEMPORAL_PORT, --ui-port/NUDGE_TEMPORAL_UI_PORT.
 Stop with Ctrl-C.
 """
 
@@ -108,7 +365,7 @@ async def run_dev(
     ready: asyncio.Event | None = None,
 ) -> None:
     """Run the embedded stack until Ctrl-C (or `stop` is set); `ready` is set once the demo
-    campaigns are applied and the banner printed."""
+    campaigns are applied, the first message sent and the banner printed."""
     options = options or DevOptions()
     if stop is None:
         stop = asyncio.Event()
@@ -119,16 +376,32 @@ async def run_dev(
         for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
-    if not port_is_free(settings.api_port, settings.api_host):
+    temporal = temporal_port(settings, options.temporal_port)
+    ui = options.ui_port or settings.temporal_ui_port or DEFAULT_UI_PORT
+    # All three before anything starts: a taken port is said at once, not after a
+    # migration and a dev server's start.
+    for port, use, host in (
+        (settings.api_port, API_PORT, settings.api_host),
+        (temporal, TEMPORAL_PORT, "127.0.0.1"),
+        (ui, UI_PORT, "127.0.0.1"),
+    ):
+        if not port_is_free(port, host):
+            raise SystemExit(port_in_use(port, use))
+    if len({settings.api_port, temporal, ui}) < 3:
         raise SystemExit(
-            f"port {settings.api_port} (API) is in use: stop what runs there first, "
-            "or choose another port with NUDGE_API_PORT"
+            f"error: the API ({settings.api_port}), Temporal ({temporal}) and the Temporal UI "
+            f"({ui}) need three different ports"
+        )
+    if "public_url" not in settings.model_fields_set:
+        # Unsubscribe links point at this API, on whatever port it was given.
+        settings = settings.model_copy(
+            update={"public_url": f"http://{settings.api_host}:{settings.api_port}"}
         )
 
     await migrate(settings.database_url)
     server_options = DevServerOptions(
-        port=options.temporal_port,
-        ui_port=options.ui_port,
+        port=temporal,
+        ui_port=ui,
         db_file=options.state_dir / "temporal.db",
         log_file=options.state_dir / "temporal.log",
         # The UI asks the API to decrypt what it shows (the API's codec endpoint).
@@ -139,11 +412,12 @@ async def run_dev(
             server = await stack.enter_async_context(
                 dev_server(server_options, converter=converter_for(settings))
             )
-        except PortInUse as exc:
-            flag = "--temporal-port" if exc.port == options.temporal_port else "--ui-port"
-            raise SystemExit(f"{exc}, or choose another port with {flag}") from exc
+        except PortInUse as exc:  # taken between the check and the start
+            raise SystemExit(
+                port_in_use(exc.port, {temporal: TEMPORAL_PORT}.get(exc.port, UI_PORT))
+            ) from exc
         except ServerError as exc:
-            raise SystemExit(str(exc)) from exc
+            raise SystemExit(f"error: {exc}") from exc
         # The launcher owns the dev server: the stack talks to the port it started it on.
         update = {"temporal_address": server.address}
         if server.ui_url:
@@ -165,8 +439,12 @@ async def run_dev(
         served = await stack.enter_async_context(
             serve_in_loop(create_app(settings), host=settings.api_host, port=settings.api_port)
         )
-        applied = await apply_examples(settings, options.examples) if options.examples else []
-        print(banner(settings, options, applied), flush=True)
+        examples = await apply_examples(settings, options.examples) if options.examples else []
+        first = None
+        if options.examples:
+            campaigns = [e for e in examples if e.kind == "campaign"]
+            first = await first_send(settings, campaigns)
+        print(banner(settings, Started(temporal, ui, examples, first)), flush=True)
         if ready is not None:
             ready.set()
         # uvicorn catches Ctrl-C itself while serving: either way ends the stack.

@@ -8,70 +8,17 @@ import asyncio
 import json
 import os
 import socket
-import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from temporal.servers import free_port
-from tests.fixtures.api import ADMIN_TOKEN, WRITE_KEY, RunningApi, make_settings, running_api
-
-NUDGE = Path(sys.executable).parent / "nudge"
-CAMPAIGN = "id: hello\nname: Hello\nentry: {event: Signed Up}\nsteps:\n  - {id: hi, type: exit}\n"
-
-
-@dataclass
-class Ran:
-    code: int
-    stdout: str
-    stderr: str
-
-    def failed_with(self, *parts: str) -> str:
-        """The one line the command printed on stderr, checked to hold each of `parts`."""
-        assert self.code != 0, self
-        assert "Traceback" not in self.stderr, self.stderr
-        assert self.stdout == "", self.stdout
-        lines = self.stderr.strip().splitlines()
-        assert len(lines) == 1, self.stderr
-        for part in parts:
-            assert part in lines[0], (part, lines[0])
-        return lines[0]
-
-
-async def nudge(cwd: Path, *args: str, url: str, **settings: str | None) -> Ran:
-    """Run `nudge ARGS` against `url`, in `cwd` (so no developer's .env is read), with the
-    test's credentials unless `settings` (NUDGE_* names, lower case, without the prefix;
-    None: unset) say otherwise. Asynchronous, so an API served in this loop can answer."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NUDGE_")}
-    env |= {"NUDGE_URL": url, "NUDGE_WRITE_KEY": WRITE_KEY, "NUDGE_ADMIN_TOKEN": ADMIN_TOKEN}
-    for name, value in settings.items():
-        env.pop(f"NUDGE_{name.upper()}", None)
-        if value is not None:
-            env[f"NUDGE_{name.upper()}"] = value
-    env["NUDGE_LOG_LEVEL"] = "WARNING"
-    process = await asyncio.create_subprocess_exec(
-        str(NUDGE),
-        *args,
-        cwd=cwd,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return Ran(process.returncode, out.decode(), err.decode())
-
-
-def closed_url() -> str:
-    """An API address nothing listens on."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
+from tests.cli.runner import C_LOCALE, CAMPAIGN, closed_url, nudge
+from tests.fixtures.api import RunningApi, make_settings, running_api
 
 
 @pytest.fixture
@@ -218,3 +165,92 @@ async def test_the_happy_path_still_prints_json(tmp_path: Path, api: RunningApi)
         "nudge campaigns activate hello\n",
     )
     assert json.loads(ran.stdout)["id"] == "hello"
+
+
+async def test_bad_json_in_a_definition_file_is_one_line(tmp_path: Path, api: RunningApi) -> None:
+    (tmp_path / "cart.json").write_text('{"id": "cart", "name": ')
+    ran = await nudge(tmp_path, "campaigns", "apply", "cart.json", url=api.url)
+    line = ran.failed_with("error: 4")
+    assert "JSON" in line or "json" in line, line
+
+
+@pytest.fixture
+def failing_api() -> Iterator[str]:
+    """A server that fails every request as an API with a bug does: 500, a short text."""
+
+    class Failing(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"Internal Server Error"
+            self.send_response(500)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_a_server_error_is_one_line_saying_the_api_failed(
+    tmp_path: Path, failing_api: str
+) -> None:
+    ran = await nudge(tmp_path, "campaigns", "list", url=failing_api)
+    ran.failed_with("error: 500: Internal Server Error", "the API failed")
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+async def test_output_is_utf8_not_escaped_even_under_a_c_locale(
+    tmp_path: Path, api: RunningApi
+) -> None:
+    """What people read prints as they wrote it — in JSON on stdout and in an error on
+    stderr — on a terminal whose locale is not UTF-8 (Python's streams are ASCII there)."""
+    segment = "id: cafe\nname: Café crème à 2,50 €\ntraits:\n  - {path: traits.city, op: eq, value: Zürich}\n"
+    (tmp_path / "café.yaml").write_text(segment, encoding="utf-8")
+    applied, missing = await asyncio.gather(
+        nudge(tmp_path, "segments", "apply", "café.yaml", url=api.url, environ=C_LOCALE),
+        nudge(tmp_path, "campaigns", "show", "café-crème", url=api.url, environ=C_LOCALE),
+    )
+    assert (applied.code, applied.stderr) == (0, ""), applied
+    assert '"name": "Café crème à 2,50 €"' in applied.stdout
+    assert "\\u" not in applied.stdout
+    missing.failed_with("error: 4", "café-crème")
+
+
+async def test_messages_of_a_user_in_no_journey_say_so(tmp_path: Path, api: RunningApi) -> None:
+    ran = await nudge(tmp_path, "messages", "--user", "nobody", url=api.url)
+    assert ran.code == 0, ran
+    assert json.loads(ran.stdout) == []  # stdout stays JSON: the reason goes to stderr
+    assert "no message sent to nobody: they are in no journey" in ran.stderr
+    assert "nudge events send --user nobody" in ran.stderr
+
+
+# -- nudge dev's ports -----------------------------------------------------------------------
+
+
+async def test_nudge_dev_says_which_port_is_taken_by_what_and_both_ways_to_move(
+    tmp_path: Path,
+) -> None:
+    """One line, before anything starts (no database, no server); the other ports and
+    NUDGE_TEMPORAL_ADDRESS are checked in tests/worker/test_dev.py, in process."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ran = await nudge(tmp_path, "dev", url=closed_url(), api_port=str(port))
+    ran.failed_with(
+        f"port {port} (API) is in use by pid {os.getpid()} (python",
+        "--api-port PORT",
+        "NUDGE_API_PORT=PORT",
+    )
+    assert not (tmp_path / ".nudge").exists()  # nothing started, nothing written

@@ -52,6 +52,7 @@ from core.journey import (
     WaitRequest,
     WaitResolution,
 )
+from core.policy import ALLOW
 from core.schedule import resolve_local_wait
 from core.templates.render import RenderError, message_context, render_message
 from core.tracking import tracked_html
@@ -141,7 +142,7 @@ class JourneyActivities:
                 facts = await read_facts(session, request, self._definitions.get)
             recorded = facts.recorded
             if recorded is not None and recorded.status != DeliveryStatus.suppressed.value:
-                return SendResult(decision=ALLOWED, delivery=await self._deliver(request))
+                return SendResult(decision=ALLOW, delivery=await self._deliver(request))
             decision = await check_send_policy(
                 sessions=self._sessions,
                 settings=self._settings,
@@ -381,9 +382,6 @@ class JourneyActivities:
             self.hold_out,
             self.send,
         ]
-
-
-ALLOWED = PolicyDecision(action=PolicyAction.allow)
 
 
 class _Known(NamedTuple):

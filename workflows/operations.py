@@ -32,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
         RetryInput,
         RetryOutcome,
     )
+    from workflows.journey import DELIVER_HEARTBEAT, DELIVER_TIMEOUT
 
 PAGE_TIMEOUT = timedelta(minutes=10)
 PAGE_HEARTBEAT = timedelta(seconds=30)
@@ -105,8 +106,6 @@ PREPARE_RETRY = RetryPolicy(
     maximum_attempts=5,
     non_retryable_error_types=[RETRY_REFUSED],
 )
-DELIVER_TIMEOUT = timedelta(seconds=60)
-DELIVER_HEARTBEAT = timedelta(seconds=5)
 RETRY_GIVE_UP = timedelta(minutes=10)
 """An operator's retry that keeps meeting a provider outage is recorded failed after this:
 the operator asked now and wants an answer, not a send a day later."""

@@ -121,29 +121,36 @@ def cmd_messages(args: argparse.Namespace) -> None:
 
 
 async def why_nothing_sent(client: Any, user: str) -> list[str]:
-    """Lines saying why `user` has no message yet: each journey of theirs and what it waits
-    for (read from the journey view of every campaign), or that they are in none."""
+    """Lines saying why `user` has no sandbox message: each journey of theirs and what it
+    waits for (a send held by quiet hours says until when), and their sends on other
+    channels or held back — from the user view (GET /v1/users/{id})."""
     from api.client import NudgeClientError
 
-    campaigns = await client.list_campaigns()
-    found: list[str] = []
-    for campaign in campaigns:
-        try:
-            state = await client.journey_state(campaign["id"], user)
-        except NudgeClientError as exc:
-            if exc.status_code != 404:
-                found.append(f"  {campaign['id']}: cannot read its journey ({exc})")
-            continue
-        step = state.get("current_step")
-        where = f"{state.get('status')}" + (f" at step {step}" if step else "")
-        waiting = state.get("waiting_for") or state.get("exit_reason")
-        found.append(f"  {campaign['id']}: {where}" + (f": {waiting}" if waiting else ""))
-    if not found:
+    try:
+        view = await client.get_user(user)
+    except NudgeClientError as exc:
+        if exc.status_code != 404:
+            raise
+        view = {"journeys": [], "deliveries": []}
+    lines = []
+    for journey in view.get("journeys", []):
+        step = journey.get("current_step")
+        where = str(journey.get("status")) + (f" at step {step}" if step else "")
+        why = journey.get("waiting_for") or journey.get("exit_reason") or journey.get("note")
+        lines.append(f"  {journey.get('campaign_id')}: {where}" + (f": {why}" if why else ""))
+    for delivery in view.get("deliveries", []):
+        error = delivery.get("last_error")
+        lines.append(
+            f"  {delivery.get('campaign_id')}/{delivery.get('step_id')}: "
+            f"{delivery.get('status')} on {delivery.get('channel')}"
+            + (f": {error}" if error else "")
+        )
+    if not lines:
         return [
             f"no message sent to {user}: they are in no journey (an event a campaign starts "
             f"on starts one: nudge events send --user {user} --event …)"
         ]
-    return [f"no message sent to {user} yet; their journeys:", *found]
+    return [f"no message sent to {user} yet; their journeys and sends:", *lines]
 
 
 def cmd_rejected(args: argparse.Namespace) -> None:

@@ -648,12 +648,22 @@ def _yaml_int(loader: _YamlLoader, node: yaml.ScalarNode) -> Any:
 _YamlLoader.add_constructor("tag:yaml.org,2002:int", _yaml_int)
 
 
+def _one_line(exc: Exception) -> str:
+    """A parser's complaint as one line with its place: PyYAML's spans several, with a
+    caret drawing (fine in a terminal's traceback, not in a problem list or a CLI error)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        problem = exc.problem or exc.context or "cannot be read"
+        return f"line {mark.line + 1} column {mark.column + 1}: {problem}"
+    return " ".join(str(exc).split())
+
+
 def _read_text(text: str) -> Any:
     text = text.removeprefix("\ufeff")  # a byte order mark, as some editors save files
     try:
         return loads(text) if text.lstrip().startswith("{") else yaml.load(text, _YamlLoader)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise DefinitionError([f"not valid YAML or JSON: {exc}"]) from exc
+        raise DefinitionError([f"not valid YAML or JSON: {_one_line(exc)}"]) from exc
     except RecursionError:
         raise DefinitionError(
             [f"the definition nests deeper than {MAX_JSON_DEPTH} levels"]

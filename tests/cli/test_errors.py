@@ -58,6 +58,32 @@ async def test_apply_an_unreadable_file(tmp_path: Path) -> None:
     ran.failed_with("cannot read cart.yaml", "permission denied")
 
 
+async def test_every_command_that_reads_files_says_why_in_one_line(tmp_path: Path) -> None:
+    """The other commands that take files (a segment, a simulation's campaign and
+    scenarios): missing, a directory, not UTF-8, not YAML, not JSON — one line each, naming
+    the file, before any server is asked."""
+    (tmp_path / "cart.yaml").write_text(CAMPAIGN)
+    (tmp_path / "scenarios").mkdir()
+    (tmp_path / "latin1.yaml").write_bytes(b"user: caf\xe9\n")
+    (tmp_path / "bad.yaml").write_text("user: [\n")
+    (tmp_path / "bad.json").write_text('{"user": ')
+    run = partial(nudge, tmp_path, url=closed_url())
+    runs = await asyncio.gather(
+        run("segments", "apply", "shanghai.yaml"),
+        run("segments", "apply", "scenarios"),
+        run("simulate", "missing.yaml", "bad.yaml"),
+        run("simulate", "cart.yaml", "latin1.yaml"),
+        run("simulate", "cart.yaml", "bad.yaml"),
+        run("simulate", "cart.yaml", "bad.json"),
+    )
+    runs[0].failed_with("cannot read shanghai.yaml: no such file")
+    runs[1].failed_with("cannot read scenarios: it is a directory")
+    runs[2].failed_with("cannot read missing.yaml: no such file")
+    runs[3].failed_with("cannot read latin1.yaml: not UTF-8 text (byte 9)")
+    runs[4].failed_with("bad.yaml: not valid YAML or JSON: line 2 column 1")
+    runs[5].failed_with("bad.json: not valid YAML or JSON", "line 1 column 10")
+
+
 # -- the API ---------------------------------------------------------------------------------
 
 

@@ -151,8 +151,8 @@ def with_client(
 
 
 def refused(exc: Any, *, url: str, credential: str) -> str:
-    """The one line (or, for a definition's problems, one line each) a `NudgeClientError`
-    becomes: no answer at all, the API's refusal, or a server that is not the API."""
+    """The one line a `NudgeClientError` becomes: no answer at all, the API's refusal (a
+    definition's problems joined by '; '), or a server that is not the API."""
     import httpx
 
     if isinstance(exc.__cause__, httpx.HTTPError):
@@ -162,8 +162,8 @@ def refused(exc: Any, *, url: str, credential: str) -> str:
     if exc.status_code == 0:  # refused before any request: a setting is missing
         return f"error: {detail}"
     if isinstance(detail, dict) and isinstance(detail.get("problems"), list):
-        problems = [str(p) for p in detail["problems"]]
-        text = problems[0] if len(problems) == 1 else "\n  " + "\n  ".join(problems)
+        # One line, however many: a terminal, a CI log and `2>&1 | tail -1` all show it.
+        text = "; ".join(" ".join(str(p).split()) for p in detail["problems"])
     elif isinstance(detail, str) and ("<html" in detail.lower() or "\n" in detail.strip()):
         return (
             f"error: {url} answered {exc.status_code} with a page, not as the Nudge API; "

@@ -160,12 +160,13 @@ async def test_without_an_admin_token_the_401_says_which_setting(
 
 
 async def test_the_apis_own_refusal_is_shown(tmp_path: Path, api: RunningApi) -> None:
-    """What the API says is wrong with a definition reaches the user, path and all."""
-    (tmp_path / "cart.yaml").write_text(CAMPAIGN.replace("type: exit", "type: sms"))
+    """What the API says is wrong with a definition reaches the user, path and all: every
+    problem, on one line."""
+    steps = "  - {id: a, type: send, channel: sandbox, template: hi, next: b}\n"
+    steps += "  - {id: b, type: send, channel: sandbox, template: bye}\n"
+    (tmp_path / "cart.yaml").write_text(CAMPAIGN.split("steps:")[0] + "steps:\n" + steps)
     ran = await nudge(tmp_path, "campaigns", "apply", "cart.yaml", url=api.url)
-    assert ran.code != 0 and "Traceback" not in ran.stderr and ran.stdout == ""
-    assert ran.stderr.startswith("error: 422:") or ran.stderr.startswith("error: 400:")
-    assert "steps[0]" in ran.stderr
+    ran.failed_with("error: 422: ", "steps[0].template: no template named 'hi'; steps[1]")
 
 
 @pytest.mark.parametrize(

@@ -28,9 +28,8 @@ def cmd_dev(args: argparse.Namespace) -> None:
     from worker.dev import DevOptions, run_dev
 
     settings = settings_or_exit()
-    if args.api_port is not None:
-        settings = settings.model_copy(update={"api_port": args.api_port})
     options = DevOptions(
+        api_port=args.api_port,
         temporal_port=args.temporal_port,
         ui_port=args.ui_port,
         examples=None if args.no_examples else DevOptions().examples,

@@ -62,6 +62,9 @@ class DevOptions:
     """`--ui-port`; None: NUDGE_TEMPORAL_UI_PORT, else 8233."""
     examples: Path | None = EXAMPLES
     state_dir: Path = STATE_DIR
+    api_port: int | None = None
+    """`--api-port`: wins over NUDGE_API_PORT. The banner's `nudge` commands then name the
+    API with `--url`, since the shell's settings do not know the port."""
 
 
 @dataclass(frozen=True)
@@ -261,6 +264,9 @@ class Started:
     ui_port: int
     examples: list[Example]
     first: FirstSend | None
+    cli_url: str | None = None
+    """Where `nudge` commands must be pointed (`--url`) when the API is not where the
+    shell's settings say."""
 
 
 def quiet_hours_line(settings: Settings, now: datetime) -> str:
@@ -313,6 +319,8 @@ def first_send_lines(settings: Settings, first: FirstSend | None, nudge: str) ->
 def banner(settings: Settings, started: Started, *, now: datetime | None = None) -> str:
     api = f"http://{settings.api_host}:{settings.api_port}"
     nudge = nudge_command()
+    if started.cli_url:
+        nudge += f" --url {started.cli_url}"
     ui = f"http://127.0.0.1:{started.ui_port}"
     query = "NudgeCampaign%3D%27cart-abandonment%27"
     segments = [e.label for e in started.examples if e.kind == "segment"]
@@ -376,6 +384,8 @@ async def run_dev(
         for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
+    if options.api_port is not None:
+        settings = settings.model_copy(update={"api_port": options.api_port})
     temporal = temporal_port(settings, options.temporal_port)
     ui = options.ui_port or settings.temporal_ui_port or DEFAULT_UI_PORT
     # All three before anything starts: a taken port is said at once, not after a
@@ -444,7 +454,9 @@ async def run_dev(
         if options.examples:
             campaigns = [e for e in examples if e.kind == "campaign"]
             first = await first_send(settings, campaigns)
-        print(banner(settings, Started(temporal, ui, examples, first)), flush=True)
+        moved = options.api_port is not None and options.api_port != Settings().api_port
+        cli_url = f"http://{settings.api_host}:{settings.api_port}" if moved else None
+        print(banner(settings, Started(temporal, ui, examples, first, cli_url)), flush=True)
         if ready is not None:
             ready.set()
         # uvicorn catches Ctrl-C itself while serving: either way ends the stack.

@@ -376,6 +376,9 @@ def test_nudge_dev_command_starts_and_stops_on_ctrl_c_or_a_closed_terminal(
         assert server[server.index("--port") + 1] == str(temporal)
         assert server[server.index("--ui-port") + 1] == str(ui)
         assert "Sent just now: ada completed an order" in dev.banner
+        # A port given as a flag is unknown to the shell's `nudge`: the banner points it.
+        pointed = f"--url http://127.0.0.1:{api} messages --user ada" in dev.banner
+        assert pointed is (ports_in == "flags"), dev.banner
         assert "write key      printed-key" in dev.banner
         assert "curl -u printed-key:" in dev.banner
         assert "cart-abandonment (v1)" in dev.banner and "order-receipt (v1)" in dev.banner

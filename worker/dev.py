@@ -15,13 +15,9 @@ from typing import Any
 
 import yaml
 
-from api.app import create_app
-from api.server import serve_in_loop
 from core.config import Settings
 from core.policy import quiet_hours_decision
 from core.schedule import zone_named
-from store.db import migrate
-from temporal.client import converter_for
 from temporal.servers import (
     DevServerOptions,
     PortInUse,
@@ -30,7 +26,6 @@ from temporal.servers import (
     port_holder,
     port_is_free,
 )
-from worker.build import create_worker, put_schedules_in_place, worker_activities
 
 log = logging.getLogger("nudge.dev")
 
@@ -407,6 +402,14 @@ async def run_dev(
         settings = settings.model_copy(
             update={"public_url": f"http://{settings.api_host}:{settings.api_port}"}
         )
+
+    # The stack's modules (the API, the worker, the store: two seconds of imports) once
+    # the ports are known to be free, so a taken one is said at once.
+    from api.app import create_app
+    from api.server import serve_in_loop
+    from store.db import migrate
+    from temporal.client import converter_for
+    from worker.build import create_worker, put_schedules_in_place, worker_activities
 
     await migrate(settings.database_url)
     server_options = DevServerOptions(

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from cli import lifecycle, migrate, operators, simulate
 from cli.common import (
@@ -173,8 +173,16 @@ def cmd_journeys_exit(args: argparse.Namespace) -> None:
     with_client(args, lambda c: c.exit_journey(args.campaign_id, args.user_id, args.reason))
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's usage errors as every other error of `nudge`: one line (argparse prints the
+    whole usage first), pointing at the command's --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nudge", description="Event-triggered journeys on Temporal")
+    p = Parser(prog="nudge", description="Event-triggered journeys on Temporal")
     p.add_argument("--url", help="the Nudge API (default: NUDGE_URL or NUDGE_API_HOST:PORT)")
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -84,6 +84,14 @@ async def test_every_command_that_reads_files_says_why_in_one_line(tmp_path: Pat
     runs[5].failed_with("bad.json: not valid YAML or JSON", "line 1 column 10")
 
 
+async def test_a_command_line_argparse_refuses_is_one_line_too(tmp_path: Path) -> None:
+    run = partial(nudge, tmp_path, url=closed_url())
+    limit, unknown = await asyncio.gather(run("messages", "--limit", "x"), run("bogus"))
+    limit.failed_with("error: argument --limit: invalid int value: 'x'", "nudge messages --help")
+    unknown.failed_with("invalid choice: 'bogus'", "(see nudge --help)")
+    assert limit.code == unknown.code == 2
+
+
 # -- the API ---------------------------------------------------------------------------------
 
 

@@ -13,14 +13,34 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from core.config import Settings
 
 
 def settings_or_exit() -> Settings:
     try:
         return Settings()
-    except ValueError as exc:
-        raise SystemExit(f"configuration error: {exc}") from exc
+    except ValidationError as exc:
+        raise SystemExit(f"error: configuration: {settings_problems(exc)}") from exc
+    except ValueError as exc:  # a value the environment source cannot even parse (JSON)
+        raise SystemExit(f"error: configuration: {' '.join(str(exc).split())}") from exc
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """Pydantic's report in one line, each problem under its variable's name:
+    "NUDGE_API_PORT: Input should be a valid integer ('abc')"."""
+    problems = []
+    for error in exc.errors():
+        names = [str(part) for part in error["loc"]]
+        where = f"NUDGE_{names[0].upper()}" if names else "settings"
+        given = error.get("input")
+        shown = f" ({given!r})" if names and isinstance(given, str) else ""
+        message = str(error["msg"]).removeprefix("Value error, ")
+        problems.append(
+            f"{where}{'.' + '.'.join(names[1:]) if names[1:] else ''}: {message}{shown}"
+        )
+    return "; ".join(problems)
 
 
 def api_url(args: argparse.Namespace, settings: Settings) -> str:

@@ -92,6 +92,13 @@ async def test_a_command_line_argparse_refuses_is_one_line_too(tmp_path: Path) -
     assert limit.code == unknown.code == 2
 
 
+async def test_a_setting_that_is_wrong_is_one_line_naming_its_variable(tmp_path: Path) -> None:
+    run = partial(nudge, tmp_path, "campaigns", "list", url=closed_url())
+    port, clock = await asyncio.gather(run(api_port="abc"), run(quiet_hours_start="25:00"))
+    port.failed_with("error: configuration: NUDGE_API_PORT: Input should be a valid integer")
+    clock.failed_with("error: configuration:", "invalid time of day '25:00'")
+
+
 # -- the API ---------------------------------------------------------------------------------
 
 

@@ -47,8 +47,15 @@ def cmd_api(args: argparse.Namespace) -> None:
     import uvicorn
 
     from api.app import create_app
+    from temporal.servers import port_holder, port_is_free
 
     settings = settings_or_exit()
+    if not port_is_free(settings.api_port, settings.api_host):
+        holder = port_holder(settings.api_port)
+        raise SystemExit(
+            f"error: port {settings.api_port} (API) is in use{f' by {holder}' if holder else ''}: "
+            "stop it, or choose another port with NUDGE_API_PORT=PORT"
+        )
     uvicorn.run(
         create_app(settings),
         host=settings.api_host,

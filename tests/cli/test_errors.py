@@ -289,10 +289,13 @@ async def test_nudge_dev_says_which_port_is_taken_by_what_and_both_ways_to_move(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        ran = await nudge(tmp_path, "dev", url=closed_url(), api_port=str(port))
+        run = partial(nudge, tmp_path, url=closed_url(), api_port=str(port))
+        ran, api = await asyncio.gather(run("dev"), run("api"))
     ran.failed_with(
         f"port {port} (API) is in use by pid {os.getpid()} (python",
         "--api-port PORT",
         "NUDGE_API_PORT=PORT",
     )
+    # `nudge api` too, where the setting is the one way.
+    api.failed_with(f"port {port} (API) is in use by pid {os.getpid()} (", "NUDGE_API_PORT=PORT")
     assert not (tmp_path / ".nudge").exists()  # nothing started, nothing written

@@ -427,6 +427,9 @@ class Profile(BaseModel):
 
 WORKFLOW_NAME = "journey"
 SIGNAL_EVENT = "event"
+SIGNAL_RECHECK = "recheck-policy"
+"""Ask a send deferred by the send policy (quiet hours) again now, not at the deferral's end:
+the policy's settings changed (`nudge dev` sends it to every running journey at start)."""
 QUERY_STATE = "state"
 UPDATE_EXIT = "exit"
 UPDATE_MIGRATE = "migrate"

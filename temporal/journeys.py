@@ -10,7 +10,14 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from core.definition import JourneyPlan
 from core.events import JourneyEvent
-from core.journey import SIGNAL_EVENT, WORKFLOW_NAME, JourneyInput, journey_id, user_key
+from core.journey import (
+    SIGNAL_EVENT,
+    SIGNAL_RECHECK,
+    WORKFLOW_NAME,
+    JourneyInput,
+    journey_id,
+    user_key,
+)
 from temporal.search_attributes import journey_search_attributes
 
 MEMO_ENTRY = "entry"
@@ -72,3 +79,19 @@ async def start_journey(
     run_id = handle.first_execution_run_id or handle.result_run_id or handle.run_id
     assert run_id is not None
     return run_id
+
+
+async def recheck_running_journeys(client: Client) -> int:
+    """Tell every running journey the send policy's settings may have changed (the
+    `recheck-policy` signal): a send deferred by quiet hours is asked again now, so a stack
+    restarted with quiet hours off releases it. Journeys not deferring ignore it. One
+    signal per running journey, listed by Temporal's visibility: for a development stack,
+    not for an audience of millions. Returns how many were told."""
+    told = 0
+    query = f"WorkflowType = '{WORKFLOW_NAME}' AND ExecutionStatus = 'Running'"
+    async for execution in client.list_workflows(query):
+        await client.get_workflow_handle(execution.id, run_id=execution.run_id).signal(
+            SIGNAL_RECHECK
+        )
+        told += 1
+    return told

@@ -409,6 +409,7 @@ async def run_dev(
     from api.server import serve_in_loop
     from store.db import migrate
     from temporal.client import converter_for
+    from temporal.journeys import recheck_running_journeys
     from worker.build import create_worker, put_schedules_in_place, worker_activities
 
     await migrate(settings.database_url)
@@ -449,6 +450,8 @@ async def run_dev(
             )
         )
         await put_schedules_in_place(server.client, settings)
+        # This start's quiet hours may differ from the last one's: deferred sends ask again.
+        await recheck_running_journeys(server.client)
         served = await stack.enter_async_context(
             serve_in_loop(create_app(settings), host=settings.api_host, port=settings.api_port)
         )

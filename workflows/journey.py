@@ -42,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         QUERY_POSITION,
         QUERY_STATE,
         SIGNAL_EVENT,
+        SIGNAL_RECHECK,
         UPDATE_EXIT,
         UPDATE_MIGRATE,
         VERSION_UNAVAILABLE,
@@ -154,6 +155,8 @@ class JourneyWorkflow:
         """An accepted migration, until the run loop applies (or refuses) it."""
         self._migrated: MigrateResult | str | None = None
         """What became of it: the result, or why it was refused after all."""
+        self._recheck = False
+        """A `recheck-policy` signal came while a send was deferred: ask the policy again."""
         if input.state is not None:
             self.state = input.state
         else:
@@ -196,6 +199,13 @@ class JourneyWorkflow:
         elif event.name in self._waited_for:
             state.recent_events.append(event)
             del state.recent_events[:-MAX_RECENT_EVENTS]
+
+    @workflow.signal(name=SIGNAL_RECHECK)
+    def recheck_policy(self) -> None:
+        """The send policy's settings may have changed (quiet hours turned off): a send
+        deferred now is asked again at once. Nothing else in the journey listens to it."""
+        if self.state.deferred_until is not None:
+            self._recheck = True
 
     @workflow.query(name=QUERY_STATE)
     def query_state(self) -> JourneyState:
@@ -457,8 +467,10 @@ class JourneyWorkflow:
         return step.next, f"suppressed: still deferred after {MAX_DEFERRALS} tries"
 
     async def _deferred(self, step: SendStep, decision: PolicyDecision) -> bool:
-        """Wait out a deferral on a durable timer: True when it ended (ask again), False
-        when the journey was interrupted meanwhile (a goal, an exit, continue-as-new)."""
+        """Wait out a deferral on a durable timer: True when it ended or a `recheck-policy`
+        signal cut it short (ask again), False when the journey was interrupted meanwhile (a
+        goal, an exit, continue-as-new, a migration). Only a journey that receives the signal
+        takes the new path: no history recorded before it exists meets it."""
         state = self.state
         until = decision.defer_until or workflow.now()
         state.deferred_until = until
@@ -466,15 +478,17 @@ class JourneyWorkflow:
         self._note(note)
         state.waiting_for = note
         workflow.set_current_details(f"step **{step.id}** (send): {note}")
+        self._recheck = False
         try:
             await workflow.wait_condition(
-                lambda: self._interrupted(),
+                lambda: self._recheck or self._interrupted(),
                 timeout=max(until - workflow.now(), timedelta(milliseconds=1)),
                 timeout_summary=f"deferred: {decision.reason}",
             )
         except TimeoutError:
             return True
-        return False
+        # Asked to re-check (and not ended or moving on meanwhile): ask again now.
+        return self._recheck and not self._interrupted()
 
     async def _wait(self, step: WaitStep) -> tuple[str | None, str] | _Stay:
         state = self.state

@@ -13,10 +13,17 @@ from temporalio.testing import WorkflowEnvironment
 
 from core.config import CapRule, Settings
 from core.definition import parse_campaign
-from core.journey import ACTIVITY_SEND, QUERY_STATE, JourneyState, JourneyStatus
+from core.journey import (
+    ACTIVITY_SEND,
+    QUERY_STATE,
+    SIGNAL_RECHECK,
+    JourneyState,
+    JourneyStatus,
+)
 from store.campaigns import save_campaign
 from store.models import Delivery, SandboxMessage
 from store.profiles import merge_traits
+from tests.fixtures.api import eventually
 from tests.fixtures.dst import next_year, us_spring_forward, utc
 from tests.fixtures.temporal import real_journey_worker
 from tests.workflows.test_journey import event, start
@@ -222,3 +229,42 @@ async def test_concurrent_journeys_never_let_low_ones_take_the_high_ones_slot(de
     assert len(sent) <= 3
     assert len(sent & {c.id for c in LOWS}) <= 2
     assert sent & {c.id for c in HIGHS}
+
+
+async def test_a_deferred_send_is_asked_again_when_the_policy_changed(dev_server, sessions):
+    # Quiet hours hold the send for two hours; the worker restarts with quiet hours off and
+    # the journey is told (what `nudge dev` does at start): the send goes now, not in 2 h.
+    client = dev_server.client
+    now = datetime.now(UTC)
+    quiet = Settings(
+        _env_file=None,
+        caps=[],
+        default_timezone="UTC",
+        quiet_hours_start=f"{(now - timedelta(hours=1)):%H:%M}",
+        quiet_hours_end=f"{(now + timedelta(hours=2)):%H:%M}",
+    )
+    definition = promotion("late-offer", "normal")
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    async with sessions() as session, session.begin():
+        await save_campaign(session=session, definition=definition)
+    async with real_journey_worker(client, sessions, quiet) as queue:
+        handle = await start(client, queue, definition, user=user, entry=event("Sale Started"))
+
+        async def deferred() -> datetime | None:
+            state = await handle.query(QUERY_STATE, result_type=JourneyState)
+            return state.deferred_until
+
+        until = await eventually(deferred, timeout=30)
+    assert until > now + timedelta(hours=1)
+    off = Settings(_env_file=None, caps=[], quiet_hours_start=None)
+    async with real_journey_worker(client, sessions, off, queue=queue):
+        await handle.signal(SIGNAL_RECHECK)
+        result = await asyncio.wait_for(handle.result(), timeout=60)
+        state = await handle.query(QUERY_STATE, result_type=JourneyState)
+    assert result.status is JourneyStatus.completed
+    async with sessions() as session:
+        [row] = (await session.scalars(select(Delivery).where(Delivery.user_id == user))).all()
+    assert row.status == "sent"
+    assert row.sent_at is not None and row.sent_at < until - timedelta(hours=1)
+    assert state.deferred_until is None
+    assert state.history[-1].outcome.startswith("sent via sandbox")

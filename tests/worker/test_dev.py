@@ -202,11 +202,15 @@ async def test_dev_stack_first_run_shows_a_send_the_cart_example_runs_and_a_rest
         assert port_is_free(port), f"port {port} still taken after stop"
 
     # The restart: Temporal's port from NUDGE_TEMPORAL_ADDRESS this time (honoured, not
-    # overridden), the other ports new too; the same state.
+    # overridden), the other ports new too, quiet hours off; the same state.
     again = DevOptions(ui_port=free_port(), state_dir=ports.state_dir)
     temporal = free_port()
     settings = settings.model_copy(
-        update={"api_port": free_port(), "temporal_address": f"127.0.0.1:{temporal}"}
+        update={
+            "api_port": free_port(),
+            "temporal_address": f"127.0.0.1:{temporal}",
+            "quiet_hours_start": None,
+        }
     )
     base = f"http://127.0.0.1:{settings.api_port}"
     capsys.readouterr()
@@ -234,6 +238,14 @@ async def test_dev_stack_first_run_shows_a_send_the_cart_example_runs_and_a_rest
         # The journeys of the first run are still there, on the same Temporal state.
         r = await http.get("/v1/journeys/cart-abandonment/ada", headers=admin)
         assert JourneyState.model_validate(r.json()).status is JourneyStatus.converted
+        # Quiet hours are off now: grace's welcome, deferred by the first run's, goes at once.
+
+        async def welcomed() -> list[str]:
+            r = await http.get("/v1/messages", params={"user_id": "grace"}, headers=admin)
+            return [m["subject"] for m in r.json()["data"]]
+
+        [welcome] = await eventually(welcomed, timeout=30)
+        assert welcome.startswith("Welcome")
     for port in (temporal, again.ui_port, settings.api_port):
         assert port_is_free(port), f"port {port} still taken after stop"
 

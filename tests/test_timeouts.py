@@ -49,12 +49,7 @@ async def test_next():
 
 @pytest.mark.parametrize(
     "busy",
-    # The idle loop's case under `make test-slow` only (suite time): the busy loop is the
-    # harder one for the harness.
-    [
-        pytest.param(False, id="idle-loop", marks=pytest.mark.slow),
-        pytest.param(True, id="busy-loop"),
-    ],
+    [pytest.param(False, id="idle-loop"), pytest.param(True, id="busy-loop")],
 )
 def test_a_hung_async_test_fails_alone_cleans_up_and_the_run_goes_on(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, busy: bool

@@ -5,12 +5,9 @@ Speed is measured by `python -m bench.tracking`, never asserted here.
 
 from __future__ import annotations
 
-import pytest
-
 from bench.tracking import BARE, CLICK, NUDGE, PIXEL, QUICK, measure, render
 
 
-@pytest.mark.slow  # 11 s: `make test-slow` (suite time)
 async def test_tracking_bench_produces_figures_for_nudge_and_bare():
     figures = await measure(QUICK)
 

@@ -31,7 +31,7 @@ from temporal.servers import DevServer, free_port
 from tests.fixtures.api import ADMIN_TOKEN, WRITE_KEY, make_settings
 from tests.fixtures.processes import NUDGE, worker_env
 
-EXAMPLES = int(os.environ.get("NUDGE_FUZZ_EXAMPLES", "3"))
+EXAMPLES = int(os.environ.get("NUDGE_FUZZ_EXAMPLES", "5"))
 SEED = os.environ.get("NUDGE_FUZZ_SEED")
 """Unset: the same cases every run (derandomized); set: a fresh draw (`make fuzz`)."""
 CHECKS = (not_a_server_error, status_code_conformance)

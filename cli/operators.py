@@ -42,7 +42,8 @@ def cmd_campaigns_exit(args: argparse.Namespace) -> None:
             if line != shown:
                 print(line, file=sys.stderr, flush=True)
                 shown = line
-            if operation["progress"]["done"] or operation["status"] != "running":
+            # Until the workflow has ended: its progress says `done` a moment before.
+            if operation["status"] != "running":
                 return operation
             await asyncio.sleep(POLL_SECONDS)
             operation = await client.exit_progress(args.campaign_id, operation["operation_id"])

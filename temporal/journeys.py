@@ -3,10 +3,12 @@ from the outbox) and the fan-out activity (a trigger's or a schedule's audience)
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.service import RPCError, RPCStatusCode
 
 from core.definition import JourneyPlan
 from core.events import JourneyEvent
@@ -19,6 +21,8 @@ from core.journey import (
     user_key,
 )
 from temporal.search_attributes import journey_search_attributes
+
+log = logging.getLogger("nudge.journeys")
 
 MEMO_ENTRY = "entry"
 """The memo key holding a journey's entry message id: how a fan-out that was interrupted
@@ -86,12 +90,23 @@ async def recheck_running_journeys(client: Client) -> int:
     `recheck-policy` signal): a send deferred by quiet hours is asked again now, so a stack
     restarted with quiet hours off releases it. Journeys not deferring ignore it. One
     signal per running journey, listed by Temporal's visibility: for a development stack,
-    not for an audience of millions. Returns how many were told."""
+    not for an audience of millions. Returns how many were told.
+
+    Never fails: a journey that ended (or continued as new) between the listing and its
+    signal, or any error Temporal answers, leaves that journey as it was — logged, not
+    raised, since a start must not fail over a courtesy."""
     told = 0
     query = f"WorkflowType = '{WORKFLOW_NAME}' AND ExecutionStatus = 'Running'"
-    async for execution in client.list_workflows(query):
-        await client.get_workflow_handle(execution.id, run_id=execution.run_id).signal(
-            SIGNAL_RECHECK
-        )
-        told += 1
+    try:
+        async for execution in client.list_workflows(query):
+            try:
+                # The latest run of the id: the listed one may have continued as new.
+                await client.get_workflow_handle(execution.id).signal(SIGNAL_RECHECK)
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    log.warning("could not ask journey %s to recheck: %s", execution.id, exc)
+                continue
+            told += 1
+    except RPCError as exc:
+        log.warning("could not list the running journeys to recheck: %s", exc)
     return told

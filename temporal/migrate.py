@@ -43,6 +43,8 @@ RPC_TIMEOUT = timedelta(seconds=15)
 """A query or update needs a worker; without one, the journey is reported as not moved."""
 MAX_LISTED = 200
 """Journeys listed one by one in a report (the counts cover them all)."""
+ALREADY = object()
+"""A journey found on the target version already: its membership row is recorded again."""
 
 
 class StepReport(BaseModel):
@@ -86,7 +88,8 @@ class MigrationReport(BaseModel):
     moved_journeys: list[JourneyMoved] = Field(default_factory=list)
     staying_journeys: list[JourneyStays] = Field(default_factory=list)
     moved_ids: list[str] = Field(default_factory=list, exclude=True)
-    """Every journey moved (not only those listed): the caller records their new version."""
+    """Every journey moved (not only those listed), and those found on the target version
+    already: the caller records their new version."""
 
 
 async def migrate_journeys(
@@ -127,6 +130,10 @@ async def migrate_journeys(
                 )
             except (WorkflowQueryFailedError, RPCError, RPCTimeoutOrCancelledError) as exc:
                 return workflow_id, None, None, _unreachable(exc)
+            if position.campaign_version == to_version:
+                # Moved by an earlier migration whose caller never recorded it (its request
+                # ended first, or its update's answer came too late): record it now.
+                return workflow_id, position, None, ALREADY
             try:
                 target = migration_target(
                     position,
@@ -176,6 +183,9 @@ async def migrate_journeys(
                         workflow_id=workflow_id, from_step=result.from_step, to_step=result.to_step
                     )
                 )
+        elif result is ALREADY:
+            stays[step][f"already on version {to_version}"] += 1
+            report.moved_ids.append(workflow_id)
         elif isinstance(result, str):
             stays[step][result] += 1
             if len(report.staying_journeys) < MAX_LISTED:

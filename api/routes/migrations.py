@@ -111,7 +111,7 @@ async def migrate_campaign(
         by=body.by,
         reason=body.reason,
     )
-    if report.moved:
+    if report.moved_ids:
         await move_to_version(
             session=session,
             campaign_id=campaign_id,

@@ -170,6 +170,13 @@ async def test_dry_run_counts_then_migration_moves_the_waiting_and_never_one_mid
     assert {(m.from_step, m.to_step) for m in report.moved_journeys} == {("wait", "pause")}
     [stays] = report.staying_journeys
     assert (stays.workflow_id, stays.step, stays.reason) == (deferred.id, "remind", mid_send)
+    assert sorted(report.moved_ids) == sorted(h.id for h in waiting)
+    # Run again (its caller died before recording the first): the moved ones are found on v2
+    # and named for the caller to record, not refused as strangers to v1.
+    again = await run({"wait": "pause"}, dry_run=False)
+    assert (again.journeys, again.moved) == (3, 0)
+    assert sorted(again.moved_ids) == sorted(h.id for h in waiting)
+    assert {s.step: s.stays for s in again.steps}["pause"] == {"already on version 2": 2}
 
     for h in (deferred, *waiting):
         assert (await h.result()).sends == 1

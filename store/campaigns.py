@@ -470,3 +470,16 @@ async def active_definitions(
         except VersionUnavailable:
             continue
     return found
+
+
+async def step_ids(*, session: AsyncSession, campaign_id: str) -> set[str]:
+    """The ids of the steps of every stored version of a campaign (a journey runs on any)."""
+    statement = select(CampaignVersion.definition["steps"]).where(
+        CampaignVersion.campaign_id == campaign_id
+    )
+    found: set[str] = set()
+    for (steps,) in await session.execute(statement):
+        for step in steps or []:
+            if isinstance(step, dict) and isinstance(step.get("id"), str):
+                found.add(step["id"])
+    return found

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from core.journey import (
@@ -17,7 +17,6 @@ with workflow.unsafe.imports_passed_through():
         DeliverRequest,
         DeliverResult,
         DeliveryFailure,
-        DeliveryStatus,
     )
     from core.operations import (
         ACTIVITY_EXIT_PAGE,
@@ -106,6 +105,7 @@ PREPARE_RETRY = RetryPolicy(
     maximum_attempts=5,
     non_retryable_error_types=[RETRY_REFUSED],
 )
+RETRY_GAVE_UP = "RetryGaveUp"
 RETRY_GIVE_UP = timedelta(minutes=10)
 """An operator's retry that keeps meeting a provider outage is recorded failed after this:
 the operator asked now and wants an answer, not a send a day later."""
@@ -154,10 +154,11 @@ class RetryDeliveryWorkflow:
                 start_to_close_timeout=PREPARE_TIMEOUT,
                 retry_policy=PAGE_RETRY,
             )
-            result = DeliverResult(
-                status=DeliveryStatus.failed,
-                delivery_id=0,
-                idempotency_key=request.idempotency_key,
-                reason=reason,
-            )
+            # Failed, not completed: the send may never have written its row, and only a
+            # failed run lets the operator's next retry start again under the same id.
+            raise ApplicationError(
+                f"the retry gave up: {reason}",
+                type=RETRY_GAVE_UP,
+                non_retryable=True,
+            ) from None
         return RetryOutcome(delivery_id=input.delivery_id, retry=input.retry, result=result)

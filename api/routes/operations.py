@@ -24,7 +24,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import AdminDep, SessionDep, SettingsDep, TemporalDep
 from api.routes.journeys import DeliveryPublic, delivery_public, temporal_error
-from api.schemas import CampaignId, Message
+from api.schemas import CampaignId, Message, ProblemsResponse
 from core.journey import DeliveryStatus
 from core.operations import (
     QUERY_PROGRESS,
@@ -40,7 +40,7 @@ from core.operations import (
     bulk_exit_id,
     retry_workflow_id,
 )
-from store.campaigns import get_campaign
+from store.campaigns import get_campaign, step_ids
 from store.deliveries import (
     MAX_RETRIES,
     delivery_by_id,
@@ -82,7 +82,11 @@ class BulkExitPublic(BaseModel):
     "/campaigns/{campaign_id}/exit",
     response_model=BulkExitPublic,
     status_code=status.HTTP_202_ACCEPTED,
-    responses={**ERRORS, 404: {"model": Message, "description": "no such campaign"}},
+    responses={
+        **ERRORS,
+        404: {"model": Message, "description": "no such campaign"},
+        422: {"model": ProblemsResponse, "description": "a step no version of it has"},
+    },
     summary="End every running journey of a campaign (optionally only those at one step)",
 )
 async def start_bulk_exit(
@@ -97,6 +101,19 @@ async def start_bulk_exit(
     already ended count as skipped. The same `request_id` again finds the same operation."""
     if await get_campaign(session=session, campaign_id=campaign_id) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no campaign {campaign_id!r}")
+    if request.step is not None:
+        steps = await step_ids(session=session, campaign_id=campaign_id)
+        if request.step not in steps:
+            # A mistyped step would exit nobody and say so only in its counts.
+            raise HTTPException(
+                422,
+                {
+                    "problems": [
+                        f"step: no version of campaign {campaign_id!r} has a step "
+                        f"{request.step!r} (its steps: {', '.join(sorted(steps))})"
+                    ]
+                },
+            )
     operation_id = request.request_id or uuid.uuid4().hex[:16]
     workflow_id = bulk_exit_id(campaign_id, operation_id)
     try:
@@ -278,7 +295,8 @@ async def retry_delivery(
     )
     try:
         outcome: RetryOutcome = await asyncio.wait_for(handle.result(), timeout=RETRY_WAIT_SECONDS)
-    except TimeoutError:
+    except (TimeoutError, RPCError, RPCTimeoutOrCancelledError):
+        # Started, not yet answered (or Temporal stopped answering since): it goes on.
         response.status_code = status.HTTP_202_ACCEPTED
     except WorkflowFailureError as exc:
         # The workflow failed on an activity (prepare_retry) whose error is the cause.

@@ -310,6 +310,10 @@ async def test_bulk_exit_at_one_step_then_all_with_progress(stack: Stack) -> Non
     assert no_campaign.status_code == 404, no_campaign.text
     bad = await api.http.post(f"/v1/campaigns/{campaign_id}/exit", json={}, headers=ADMIN)
     assert bad.status_code == 422 and "reason" in bad.text
+    typo = {"reason": "plan retired", "step": "pro-wiat"}
+    mistyped = await api.http.post(f"/v1/campaigns/{campaign_id}/exit", json=typo, headers=ADMIN)
+    assert mistyped.status_code == 422, mistyped.text
+    assert "has a step 'pro-wiat' (its steps: " in mistyped.text and "pro-wait" in mistyped.text
 
     # Everyone left, from the CLI, waiting and printing progress.
     ran = await nudge(

@@ -601,10 +601,17 @@ def quiet_runtime() -> None:
 
 
 async def _serve_one(raw: str) -> SimulationResult:
-    request = SimulationRequest.model_validate_json(raw)
-    definition = parse_campaign(request.definition)
-    scenario = parse_scenario(request.scenario)
-    settings = Settings(_env_file=None, environment="test", **request.settings)
+    try:
+        request = SimulationRequest.model_validate_json(raw)
+        definition = parse_campaign(request.definition)
+        scenario = parse_scenario(request.scenario)
+        settings = Settings(_env_file=None, environment="test", **request.settings)
+    except (ValidationError, ValueError) as exc:
+        # What was asked cannot run (exit 2: the API's 422); past this point a failure is
+        # the engine's own (exit 1, its traceback on stderr: the API's 500).
+        if isinstance(exc, ScenarioError | DefinitionError):
+            raise
+        raise ScenarioError(str(exc).replace("\n", "; ")) from exc
     timeline = await simulate(
         definition=definition, scenario=scenario, version=request.version, settings=settings
     )
@@ -621,7 +628,7 @@ def main() -> None:
     except DefinitionError as exc:
         print("; ".join(exc.problems), file=sys.stderr)
         exit_process(2)
-    except (ScenarioError, ValidationError, ValueError) as exc:
+    except ScenarioError as exc:
         print(str(exc).replace("\n", "; "), file=sys.stderr)
         exit_process(2)
     sys.stdout.write(result.model_dump_json())

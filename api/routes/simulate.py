@@ -75,6 +75,7 @@ def policy_settings(settings: Settings) -> dict[str, Any]:
         "quiet_hours_end": settings.quiet_hours_end,
         "caps": [cap.model_dump(mode="json") for cap in settings.caps],
         "default_timezone": settings.default_timezone,
+        "cap_headroom": {str(p): n for p, n in settings.cap_headroom.items()},
     }
 
 
@@ -127,6 +128,8 @@ async def simulate_campaign(
         scenario=scenario.model_dump(mode="json"),
         settings=policy_settings(settings),
     )
+    # The rehearsal may take a minute: no database connection is held meanwhile.
+    await session.close()
     return await run_engine(job)
 
 

@@ -16,13 +16,14 @@ from temporalio.client import (
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
 )
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, FailureError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.channels.base import bounded
 from core.definition import CampaignDefinition, Priority, SendStep
 from core.events import JourneyEvent
 from core.journey import (
+    NOT_AT_STEP,
     QUERY_STATE,
     UPDATE_EXIT,
     DeliverRequest,
@@ -115,12 +116,17 @@ class OperationsActivities:
                     return "not_at_step", None
             await handle.execute_update(
                 UPDATE_EXIT,
-                ExitRequest(reason=page.reason),
+                # The step again: the journey's validator refuses one that moved on since.
+                ExitRequest(reason=page.reason, step=page.step),
                 result_type=JourneyState,
                 rpc_timeout=JOURNEY_RPC_TIMEOUT,
             )
-        except WorkflowUpdateFailedError:
-            return "skipped", None  # the validator: the journey ended meanwhile
+        except WorkflowUpdateFailedError as exc:
+            # The validator: the journey ended, or left the step, since it was looked at.
+            cause = exc.cause
+            if isinstance(cause, FailureError) and cause.message.startswith(NOT_AT_STEP):
+                return "not_at_step", None
+            return "skipped", None
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 return "skipped", None  # ended (updates reach running journeys only)

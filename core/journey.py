@@ -125,6 +125,13 @@ class JourneyResult(BaseModel):
 
 class ExitRequest(BaseModel):
     reason: str = Field(min_length=1, max_length=500)
+    step: str | None = Field(None, max_length=63)
+    """Only if the journey is at this step still (a bulk exit at one step): checked by the
+    update's validator, so a journey that moved on since it was looked at stays."""
+
+
+NOT_AT_STEP = "not at step"
+"""How the exit update's validator begins when the journey is not at the step named."""
 
 
 class JourneyPosition(BaseModel):

@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         MAX_SEEN_EVENT_IDS,
         MAX_STEP_RECORDS,
         MAX_STEPS_PER_JOURNEY,
+        NOT_AT_STEP,
         QUERY_POSITION,
         QUERY_STATE,
         SIGNAL_EVENT,
@@ -221,6 +222,10 @@ class JourneyWorkflow:
     def _validate_exit(self, request: ExitRequest) -> None:
         if self.state.status is not JourneyStatus.running:
             raise ValueError(f"journey already ended: {self.state.status.value}")
+        if request.step is not None and request.step != self.state.current_step:
+            raise ValueError(
+                f"{NOT_AT_STEP} {request.step!r}: the journey is at {self.state.current_step!r}"
+            )
 
     @workflow.query(name=QUERY_POSITION)
     def query_position(self) -> JourneyPosition:

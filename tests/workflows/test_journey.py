@@ -372,8 +372,13 @@ async def test_operator_exit_update_and_validator(time_skipping_env, task_queue,
     # and an update waits for the task's heartbeat (80% of its timeout), so a short timeout.
     handle = await start(time_skipping_env.client, task_queue, task_timeout=timedelta(seconds=2))
     try:
+        # An exit for journeys at another step (a bulk exit at one step) leaves this one.
+        with pytest.raises(WorkflowUpdateFailedError) as elsewhere:
+            await handle.execute_update(UPDATE_EXIT, ExitRequest(reason="r", step="remind"))
+        assert isinstance(elsewhere.value.cause, ApplicationError)
+        assert elsewhere.value.cause.message == "not at step 'remind': the journey is at 'wait'"
         state = await handle.execute_update(
-            UPDATE_EXIT, ExitRequest(reason="customer asked"), result_type=JourneyState
+            UPDATE_EXIT, ExitRequest(reason="customer asked", step="wait"), result_type=JourneyState
         )
         assert state.status is JourneyStatus.exited
         assert state.exit_reason == "operator: customer asked"

@@ -19,9 +19,11 @@ def say(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def applied_line(applied: dict[str, Any]) -> str:
+def applied_line(applied: dict[str, Any], *, latest: int | None = None) -> str:
     """What `apply` did, for a person: which version new journeys enter, and what to run
-    next when it is not the one just saved."""
+    next when it is not the one just saved. `latest`: the campaign's newest version, when a
+    definition found unchanged from the live one may have a newer draft above it (reverted
+    to: `publish` without a version would make that draft live)."""
     campaign_id, number, state = applied["id"], applied["version"], applied["version_state"]
     live, status = applied["current_version"], applied["status"]
     done = f"version {number} {'saved' if applied['new_version'] else 'unchanged'}"
@@ -36,7 +38,13 @@ def applied_line(applied: dict[str, Any]) -> str:
             f"publish it: nudge campaigns publish {campaign_id} --version {number} "
             f"(what changes: nudge campaigns diff {campaign_id} {live} {number})"
         )
-    return f"{campaign_id}: {done}, live; the campaign is {status}"
+    line = f"{campaign_id}: {done}, live; the campaign is {status}"
+    if latest is not None and latest > number:
+        line += (
+            f"; version {latest}, a newer draft, stays unpublished (nudge campaigns publish "
+            f"{campaign_id} without --version would make it live)"
+        )
+    return line
 
 
 def cmd_apply(args: argparse.Namespace) -> None:
@@ -44,7 +52,10 @@ def cmd_apply(args: argparse.Namespace) -> None:
 
     async def apply(client: Any) -> None:
         applied = await client.apply_campaign(text, activate=args.activate)
-        say(applied_line(applied))
+        latest = None
+        if not applied["new_version"] and applied["version_state"] == "live":
+            latest = (await client.get_campaign(applied["id"]))["latest_version"]
+        say(applied_line(applied, latest=latest))
         print_json(applied)
 
     with_client(args, apply)

@@ -219,6 +219,23 @@ def test_what_apply_says_it_did() -> None:
     assert line("active", 3, 3, "live", new=False) == (
         "cart: version 3 unchanged, live; the campaign is active"
     )
+    # Reverted to the live definition with a draft above it: said, so a bare publish is not
+    # a surprise.
+    reverted = applied_line(
+        {
+            "id": "cart",
+            "status": "active",
+            "current_version": 1,
+            "version": 1,
+            "version_state": "live",
+            "new_version": False,
+        },
+        latest=2,
+    )
+    assert reverted == (
+        "cart: version 1 unchanged, live; the campaign is active; version 2, a newer draft, "
+        "stays unpublished (nudge campaigns publish cart without --version would make it live)"
+    )
     assert line("draft", 2, 2, "draft") == (
         "cart: version 2 saved; the campaign is a draft, nothing enters it until: "
         "nudge campaigns activate cart"

@@ -14,7 +14,7 @@ import yaml
 from cli.lifecycle import applied_line, summary_line
 from core.definition import CampaignStatus
 from tests.api.test_campaigns import CART
-from tests.cli.test_errors import nudge
+from tests.cli.runner import nudge
 from tests.fixtures.api import ADMIN, RunningApi
 
 ENTRY = ("track", "Product Added")

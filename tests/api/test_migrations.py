@@ -14,7 +14,7 @@ from core.journey import JourneyState, journey_id
 from store.campaigns import publish_version
 from store.models import JourneyEntry
 from temporal.servers import DevServer
-from tests.cli.test_errors import nudge
+from tests.cli.runner import nudge
 from tests.fixtures.api import ADMIN, eventually, webhook_stack
 from tests.fixtures.servers import WebhookReceiver
 

@@ -24,7 +24,7 @@ from store.entries import reserve_entries
 from store.models import Delivery, JourneyEntry
 from store.subscriptions import add_suppression, remove_suppression
 from temporal.servers import DevServer
-from tests.cli.test_errors import nudge
+from tests.cli.runner import nudge
 from tests.fixtures.api import ADMIN, RunningApi, eventually, make_settings, running_api
 from tests.fixtures.servers import ProviderDouble, Received, ok_json
 from worker.build import create_worker, worker_activities

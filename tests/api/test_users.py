@@ -23,7 +23,7 @@ from store.subscriptions import (
     set_subscription,
 )
 from temporal.servers import DevServer
-from tests.cli.test_errors import nudge
+from tests.cli.runner import nudge
 from tests.fixtures.api import ADMIN, WRITE_KEY, RunningApi, eventually, make_settings, running_api
 from worker.build import create_worker, worker_activities
 

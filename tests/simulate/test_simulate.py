@@ -16,7 +16,7 @@ from core.config import Settings
 from core.definition import parse_campaign
 from core.scenario import EntryKind, format_offset, parse_scenario, result_of
 from temporal.servers import free_port
-from tests.cli.test_errors import closed_url, nudge
+from tests.cli.runner import closed_url, nudge
 from tests.fixtures.api import ADMIN, ADMIN_TOKEN, make_settings, running_api
 from worker.simulate import simulate
 
@@ -89,6 +89,27 @@ async def test_nudge_simulate_prints_the_timeline_and_a_diff_when_an_expectation
         "          + happened: completed (reached the end of the journey)\n"
         "  ok    sent cart_reminder\n"
     ) in out
+
+
+async def test_a_welcome_scenario_expecting_what_did_not_happen_fails_with_what_did() -> None:
+    # The welcome series' idle newcomer, told to expect no tips and a conversion: both are
+    # wrong, and each says what happened instead.
+    document = yaml.safe_load((EXAMPLES / "scenarios" / "welcome-series" / "idle.yaml").read_text())
+    document["expect"] = ["sent welcome at 0s", "not sent tips", "converted"]
+    scenario = parse_scenario(document)
+    definition = parse_campaign((EXAMPLES / "campaigns" / "welcome-series.yaml").read_text())
+    timeline = await simulate(
+        definition=definition, scenario=scenario, settings=Settings(_env_file=None)
+    )
+    result = result_of(scenario, timeline)
+    assert not result.passed
+    verdicts = {v.expectation: v for v in result.expectations}
+    assert verdicts["sent welcome at 0s"].holds
+    assert not verdicts["not sent tips"].holds
+    assert "sent tips" in verdicts["not sent tips"].happened
+    assert "+2d" in verdicts["not sent tips"].happened
+    assert not verdicts["converted"].holds
+    assert verdicts["converted"].happened == "completed (reached the end of the journey)"
 
 
 async def test_a_bad_scenario_is_one_line_naming_it(tmp_path: Path) -> None:

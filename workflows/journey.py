@@ -355,15 +355,8 @@ class JourneyWorkflow:
             last_event=state.last_event,
         )
         try:
-            result: DeliverResult = await workflow.execute_activity(
-                ACTIVITY_DELIVER,
-                request,
-                result_type=DeliverResult,
-                start_to_close_timeout=DELIVER_TIMEOUT,
-                heartbeat_timeout=DELIVER_HEARTBEAT,
-                schedule_to_close_timeout=DELIVER_GIVE_UP,
-                retry_policy=DELIVER_RETRY,
-                summary=f"{step.channel}: {step.template}",
+            result = await delivering(
+                ACTIVITY_DELIVER, request, DeliverResult, f"{step.channel}: {step.template}"
             )
         except ActivityError as err:
             return await self._give_up(step, request.idempotency_key, err)
@@ -384,15 +377,8 @@ class JourneyWorkflow:
             request.now = workflow.now()
             request.attempt = attempt
             try:
-                result: SendResult = await workflow.execute_activity(
-                    ACTIVITY_SEND,
-                    request,
-                    result_type=SendResult,
-                    start_to_close_timeout=DELIVER_TIMEOUT,
-                    heartbeat_timeout=DELIVER_HEARTBEAT,
-                    schedule_to_close_timeout=DELIVER_GIVE_UP,
-                    retry_policy=DELIVER_RETRY,
-                    summary=f"{step.channel}: {step.template}",
+                result = await delivering(
+                    ACTIVITY_SEND, request, SendResult, f"{step.channel}: {step.template}"
                 )
             except ActivityError as err:
                 if _unusable(err):
@@ -826,6 +812,31 @@ class JourneyWorkflow:
         state.waiting_for = None
         if event is not None:
             state.last_event = event
+
+
+async def delivering(
+    activity: str,
+    request: Any,
+    result_type: type[Result],
+    summary: str,
+    *,
+    give_up: timedelta = DELIVER_GIVE_UP,
+    retry: RetryPolicy = DELIVER_RETRY,
+) -> Result:
+    """Run an activity that delivers a message (`send`, `deliver`): it heartbeats while it
+    works, so a worker killed mid-send is noticed in seconds, and it is retried until
+    `give_up`."""
+    result: Result = await workflow.execute_activity(
+        activity,
+        request,
+        result_type=result_type,
+        start_to_close_timeout=DELIVER_TIMEOUT,
+        heartbeat_timeout=DELIVER_HEARTBEAT,
+        schedule_to_close_timeout=give_up,
+        retry_policy=retry,
+        summary=summary,
+    )
+    return result
 
 
 def _reason(err: ActivityError) -> str:

@@ -31,7 +31,7 @@ with workflow.unsafe.imports_passed_through():
         RetryInput,
         RetryOutcome,
     )
-    from workflows.journey import DELIVER_HEARTBEAT, DELIVER_TIMEOUT
+    from workflows.journey import delivering
 
 PAGE_TIMEOUT = timedelta(minutes=10)
 PAGE_HEARTBEAT = timedelta(seconds=30)
@@ -136,15 +136,13 @@ class RetryDeliveryWorkflow:
             f"sending delivery {input.delivery_id} again via {request.channel}"
         )
         try:
-            result: DeliverResult = await workflow.execute_activity(
+            result = await delivering(
                 ACTIVITY_DELIVER,
                 request,
-                result_type=DeliverResult,
-                start_to_close_timeout=DELIVER_TIMEOUT,
-                heartbeat_timeout=DELIVER_HEARTBEAT,
-                schedule_to_close_timeout=RETRY_GIVE_UP,
-                retry_policy=DELIVER_RETRY,
-                summary=f"{request.channel}: {request.template} (retry {input.retry})",
+                DeliverResult,
+                f"{request.channel}: {request.template} (retry {input.retry})",
+                give_up=RETRY_GIVE_UP,
+                retry=DELIVER_RETRY,
             )
         except ActivityError as exc:
             reason = str(exc.cause or exc)

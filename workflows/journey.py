@@ -458,10 +458,11 @@ class JourneyWorkflow:
         return step.next, f"suppressed: still deferred after {MAX_DEFERRALS} tries"
 
     async def _deferred(self, step: SendStep, decision: PolicyDecision) -> bool:
-        """Wait out a deferral on a durable timer: True when it ended or a `recheck-policy`
-        signal cut it short (ask again), False when the journey was interrupted meanwhile (a
-        goal, an exit, continue-as-new, a migration). Only a journey that receives the signal
-        takes the new path: no history recorded before it exists meets it."""
+        """Wait out a deferral on a durable timer: True when it ended (ask again), False when
+        the journey was interrupted meanwhile (a goal, an exit, continue-as-new, a migration)
+        or a `recheck-policy` signal cut it short (the step runs again: a fresh ask). Only a
+        journey that receives the signal takes that path: no history recorded before it
+        exists meets it."""
         state = self.state
         until = decision.defer_until or workflow.now()
         state.deferred_until = until
@@ -478,8 +479,9 @@ class JourneyWorkflow:
             )
         except TimeoutError:
             return True
-        # Asked to re-check (and not ended or moving on meanwhile): ask again now.
-        return self._recheck and not self._interrupted()
+        # Interrupted, or asked to re-check: either way the send step runs again from the
+        # top, so a re-check is a fresh ask that spends none of the MAX_DEFERRALS tries.
+        return False
 
     async def _wait(self, step: WaitStep) -> tuple[str | None, str] | _Stay:
         state = self.state

@@ -116,3 +116,140 @@ class RetryOutcome(BaseModel):
     retry: int
     result: DeliverResult
     """The new send's outcome (its own delivery row)."""
+
+
+# -- migrating waiting journeys to a newer version (the report and its workflow) -----------
+
+WORKFLOW_MIGRATION = "campaign_migration"
+ACTIVITY_MIGRATE_PAGE = "migrate_page"
+MIGRATION_REFUSED = "MigrationRefused"
+"""The failure type of a migration that cannot go on (its target version is gone or no
+longer validates): the operation ends failed with its message."""
+MAX_LISTED = 200
+"""Journeys listed one by one in a report (the counts cover them all)."""
+
+
+def migration_id(campaign_id: str, request_id: str) -> str:
+    """The workflow id of one migration: the same request id names the same operation, so
+    a request sent twice (a client's retry after a timeout) migrates once."""
+    return f"campaign-migration/{campaign_id}/{request_id}"
+
+
+class StepReport(BaseModel):
+    """The journeys found at one step of the old version, and what becomes of them."""
+
+    step: str | None = Field(description="the step they wait at; null: no step (ended, …)")
+    type: str | None = None
+    journeys: int = 0
+    lands_on: str | None = Field(None, description="the new version's step they move to")
+    movable: int = Field(0, description="journeys that can move (dry run) or were asked to")
+    moved: int = 0
+    stays: dict[str, int] = Field(
+        default_factory=dict, description="why the others stay: reason → journeys"
+    )
+
+
+class JourneyMoved(BaseModel):
+    workflow_id: str
+    from_step: str
+    to_step: str
+
+
+class JourneyStays(BaseModel):
+    workflow_id: str
+    step: str | None = None
+    reason: str
+
+
+class MigrationReport(BaseModel):
+    """A dry run's or a migration's answer: counts per step, then the journeys themselves
+    (at most `MAX_LISTED` of each list; the counts are whole)."""
+
+    campaign_id: str
+    from_version: int
+    to_version: int
+    dry_run: bool
+    operation_id: str | None = Field(
+        None, description="the migration's operation (`GET …/migrations/{operation_id}`)"
+    )
+    journeys: int = 0
+    movable: int = 0
+    moved: int = 0
+    steps: list[StepReport] = Field(default_factory=list)
+    moved_journeys: list[JourneyMoved] = Field(default_factory=list)
+    staying_journeys: list[JourneyStays] = Field(default_factory=list)
+    moved_ids: list[str] = Field(default_factory=list, exclude=True)
+    """Every journey moved (not only those listed), and those found on the target version
+    already: the caller records their new version. Never serialized (a page's activity
+    records its own)."""
+
+    def add(self, part: MigrationReport) -> None:
+        """Count a part of the same migration (a batch, a page) in: per step, the counts
+        and reasons add up; the lists keep their first `MAX_LISTED`."""
+        self.journeys += part.journeys
+        self.movable += part.movable
+        self.moved += part.moved
+        by_step = {row.step: row for row in self.steps}
+        for row in part.steps:
+            mine = by_step.setdefault(row.step, StepReport(step=row.step, type=row.type))
+            mine.type = mine.type or row.type
+            mine.journeys += row.journeys
+            mine.movable += row.movable
+            mine.moved += row.moved
+            mine.lands_on = row.lands_on or mine.lands_on
+            for reason, n in row.stays.items():
+                mine.stays[reason] = mine.stays.get(reason, 0) + n
+            mine.stays = dict(sorted(mine.stays.items(), key=lambda kv: -kv[1]))
+        self.steps = sorted(by_step.values(), key=lambda r: (r.step is None, r.step or ""))
+        room = MAX_LISTED - len(self.moved_journeys)
+        self.moved_journeys = [*self.moved_journeys, *part.moved_journeys[: max(room, 0)]]
+        room = MAX_LISTED - len(self.staying_journeys)
+        self.staying_journeys = [*self.staying_journeys, *part.staying_journeys[: max(room, 0)]]
+        self.moved_ids = [*self.moved_ids, *part.moved_ids]
+
+
+class MigrationProgress(BaseModel):
+    """How far a migration is: journeys read from the membership index, the pages done,
+    the keyset cursor, and the report so far."""
+
+    report: MigrationReport
+    seen: int = 0
+    pages: int = 0
+    after: str | None = None
+    """The keyset cursor: the last journey (workflow id) asked."""
+    done: bool = False
+
+    def add(self, page: MigrationProgress) -> None:
+        self.seen += page.seen
+        self.after = page.after
+        self.report.add(page.report)
+
+
+class MigrationInput(BaseModel):
+    campaign_id: str
+    from_version: int
+    to_version: int
+    steps: dict[str, str] = Field(default_factory=dict)
+    by: str | None = None
+    reason: str | None = None
+    request_id: str
+    page_size: int = 100
+    pages_per_run: int = 50
+    """Continue as new after this many pages: the history stays a few hundred events."""
+    progress: MigrationProgress | None = None
+    """Carried across continue-as-new."""
+
+
+class MigratePage(BaseModel):
+    """One activity call: migrate up to `page_size` journeys of `from_version` after the
+    cursor. The target's plan is read by the activity (a published version does not
+    change), so histories carry no copy of it per page."""
+
+    campaign_id: str
+    from_version: int
+    to_version: int
+    steps: dict[str, str] = Field(default_factory=dict)
+    by: str | None = None
+    reason: str | None = None
+    after: str | None = None
+    page_size: int = 100

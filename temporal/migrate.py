@@ -15,7 +15,6 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from datetime import timedelta
 
-from pydantic import BaseModel, Field
 from temporalio.client import (
     Client,
     RPCTimeoutOrCancelledError,
@@ -35,61 +34,21 @@ from core.journey import (
     MigrationRefused,
     migration_target,
 )
+from core.operations import (
+    MAX_LISTED,
+    JourneyMoved,
+    JourneyStays,
+    MigrationReport,
+    StepReport,
+)
 
 CONCURRENCY = 16
 """Journeys asked (queried, updated) at once: each needs a worker to answer, and the
 workers still run every other journey meanwhile."""
 RPC_TIMEOUT = timedelta(seconds=15)
 """A query or update needs a worker; without one, the journey is reported as not moved."""
-MAX_LISTED = 200
-"""Journeys listed one by one in a report (the counts cover them all)."""
 ALREADY = object()
 """A journey found on the target version already: its membership row is recorded again."""
-
-
-class StepReport(BaseModel):
-    """The journeys found at one step of the old version, and what becomes of them."""
-
-    step: str | None = Field(description="the step they wait at; null: no step (ended, …)")
-    type: str | None = None
-    journeys: int = 0
-    lands_on: str | None = Field(None, description="the new version's step they move to")
-    movable: int = Field(0, description="journeys that can move (dry run) or were asked to")
-    moved: int = 0
-    stays: dict[str, int] = Field(
-        default_factory=dict, description="why the others stay: reason → journeys"
-    )
-
-
-class JourneyMoved(BaseModel):
-    workflow_id: str
-    from_step: str
-    to_step: str
-
-
-class JourneyStays(BaseModel):
-    workflow_id: str
-    step: str | None = None
-    reason: str
-
-
-class MigrationReport(BaseModel):
-    """A dry run's or a migration's answer: counts per step, then the journeys themselves
-    (at most `MAX_LISTED` of each list; the counts are whole)."""
-
-    campaign_id: str
-    from_version: int
-    to_version: int
-    dry_run: bool
-    journeys: int = 0
-    movable: int = 0
-    moved: int = 0
-    steps: list[StepReport] = Field(default_factory=list)
-    moved_journeys: list[JourneyMoved] = Field(default_factory=list)
-    staying_journeys: list[JourneyStays] = Field(default_factory=list)
-    moved_ids: list[str] = Field(default_factory=list, exclude=True)
-    """Every journey moved (not only those listed), and those found on the target version
-    already: the caller records their new version."""
 
 
 async def migrate_journeys(

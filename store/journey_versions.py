@@ -31,6 +31,23 @@ async def running_on_version(*, session: AsyncSession, campaign_id: str, version
     return list(await session.scalars(statement))
 
 
+async def running_on_version_page(
+    *, session: AsyncSession, campaign_id: str, version: int, after: str | None, limit: int
+) -> list[str]:
+    """Up to `limit` of `running_on_version`'s workflow ids, those after `after` (keyset by
+    workflow id): a migration reads its journeys a page at a time. Journeys moved meanwhile
+    leave the version, those that stay are passed by the cursor: no page repeats one."""
+    statement = select(JourneyEntry.workflow_id).where(
+        JourneyEntry.campaign_id == campaign_id,
+        JourneyEntry.campaign_version == version,
+        JourneyEntry.status == JourneyStatus.running.value,
+    )
+    if after is not None:
+        statement = statement.where(JourneyEntry.workflow_id > after)
+    statement = statement.distinct().order_by(JourneyEntry.workflow_id).limit(max(limit, 0))
+    return list(await session.scalars(statement))
+
+
 async def move_to_version(
     *,
     session: AsyncSession,

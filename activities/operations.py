@@ -1,5 +1,6 @@
 """activities: what the operator workflows ask for — a page of a campaign's running journeys
-sent the `exit` update, and a failed send rebuilt for its retry."""
+sent the `exit` update, a page of one version's journeys migrated to a newer one (and
+recorded), and a failed send rebuilt for its retry."""
 
 from __future__ import annotations
 
@@ -35,18 +36,26 @@ from core.journey import (
 )
 from core.operations import (
     ACTIVITY_EXIT_PAGE,
+    ACTIVITY_MIGRATE_PAGE,
     ACTIVITY_PREPARE_RETRY,
+    MIGRATION_REFUSED,
     RETRY_REFUSED,
     ExitPage,
     ExitProgress,
+    MigratePage,
+    MigrationProgress,
+    MigrationReport,
     RetryInput,
 )
 from store.campaigns import VersionUnavailable, load_definition
 from store.deliveries import delivery_by_id, retry_key
 from store.entries import entry_of_send, running_page
 from store.identities import canonical_user
+from store.journey_versions import move_to_version, running_on_version_page
 from store.models import Event, JourneyEntry
 from store.subscriptions import get_suppression, unsubscribed_from
+from temporal.migrate import CONCURRENCY as CONCURRENT_MIGRATIONS
+from temporal.migrate import migrate_journeys
 
 CONCURRENT_EXITS = 16
 """Journeys asked at once (each a round trip to Temporal and a workflow task)."""
@@ -134,6 +143,73 @@ class OperationsActivities:
         except (RPCTimeoutOrCancelledError, WorkflowQueryFailedError) as exc:
             return "failed", bounded(str(exc) or type(exc).__name__, 200)
         return "exited", None
+
+    @activity.defn(name=ACTIVITY_MIGRATE_PAGE)
+    async def migrate_page(self, page: MigratePage) -> MigrationProgress:
+        """Migrate the next page of the journeys recorded on `from_version` (keyset by
+        workflow id), a batch at a time: each batch's moved journeys are recorded on the
+        new version before the next is asked, and the cursor and report heartbeated, so a
+        retry resumes after the last batch and a worker lost mid-page loses no record."""
+        details = activity.info().heartbeat_details
+        if details:
+            done = MigrationProgress.model_validate(details[0])
+        else:
+            done = MigrationProgress(
+                report=MigrationReport(
+                    campaign_id=page.campaign_id,
+                    from_version=page.from_version,
+                    to_version=page.to_version,
+                    dry_run=False,
+                ),
+                after=page.after,
+            )
+        async with self._sessions() as session:
+            try:
+                definition = await load_definition(
+                    session=session, campaign_id=page.campaign_id, version=page.to_version
+                )
+            except VersionUnavailable as exc:
+                raise ApplicationError(
+                    bounded(str(exc), 500), type=MIGRATION_REFUSED, non_retryable=True
+                ) from None
+            workflow_ids = await running_on_version_page(
+                session=session,
+                campaign_id=page.campaign_id,
+                version=page.from_version,
+                after=done.after,
+                limit=page.page_size - done.seen,
+            )
+        plan = definition.plan()
+        for start in range(0, len(workflow_ids), CONCURRENT_MIGRATIONS):
+            batch = workflow_ids[start : start + CONCURRENT_MIGRATIONS]
+            report = await migrate_journeys(
+                self._client,
+                workflow_ids=batch,
+                campaign_id=page.campaign_id,
+                from_version=page.from_version,
+                to_version=page.to_version,
+                plan=plan,
+                steps=page.steps,
+                dry_run=False,
+                by=page.by,
+                reason=page.reason,
+            )
+            if report.moved_ids:
+                async with self._sessions() as session:
+                    await move_to_version(
+                        session=session,
+                        campaign_id=page.campaign_id,
+                        workflow_ids=report.moved_ids,
+                        from_version=page.from_version,
+                        to_version=page.to_version,
+                    )
+                    await session.commit()
+            done.seen += len(batch)
+            done.after = batch[-1]
+            done.report.add(report)
+            activity.heartbeat(done.model_dump(mode="json"))
+        done.done = done.seen < page.page_size
+        return done
 
     @activity.defn(name=ACTIVITY_PREPARE_RETRY)
     async def prepare_retry(self, retry: RetryInput) -> DeliverRequest:
@@ -231,7 +307,7 @@ class OperationsActivities:
             )
 
     def all(self) -> list[Any]:
-        return [self.exit_page, self.prepare_retry]
+        return [self.exit_page, self.migrate_page, self.prepare_retry]
 
 
 def _refused(message: str) -> ApplicationError:

@@ -30,7 +30,7 @@ from workflows.clock import AudienceClock
 from workflows.fanout import FanOutWorkflow
 from workflows.housekeeping import PruneSendLedger
 from workflows.journey import JourneyWorkflow
-from workflows.operations import BulkExitWorkflow, RetryDeliveryWorkflow
+from workflows.operations import BulkExitWorkflow, MigrationWorkflow, RetryDeliveryWorkflow
 
 log = logging.getLogger("nudge.worker")
 
@@ -108,6 +108,7 @@ def create_worker(
             FanOutWorkflow,
             AudienceClock,
             BulkExitWorkflow,
+            MigrationWorkflow,
             RetryDeliveryWorkflow,
         ],
         activities=activities.all(),

@@ -1,6 +1,7 @@
 """workflows: operator tools that outlive an HTTP request — the bulk exit of a campaign's
-journeys (one per request, paging by cursor, with a `progress` query) and the retry of one
-failed send (exactly once per retry number, through the real `deliver` activity)."""
+journeys and the migration of one version's waiting journeys to a newer one (each one per
+request, paging by cursor, with a `progress` query), and the retry of one failed send
+(exactly once per retry number, through the real `deliver` activity)."""
 
 from __future__ import annotations
 
@@ -20,14 +21,20 @@ with workflow.unsafe.imports_passed_through():
     )
     from core.operations import (
         ACTIVITY_EXIT_PAGE,
+        ACTIVITY_MIGRATE_PAGE,
         ACTIVITY_PREPARE_RETRY,
         QUERY_PROGRESS,
         RETRY_REFUSED,
         WORKFLOW_BULK_EXIT,
+        WORKFLOW_MIGRATION,
         WORKFLOW_RETRY_DELIVERY,
         BulkExitInput,
         ExitPage,
         ExitProgress,
+        MigratePage,
+        MigrationInput,
+        MigrationProgress,
+        MigrationReport,
         RetryInput,
         RetryOutcome,
     )
@@ -95,6 +102,77 @@ class BulkExitWorkflow:
         workflow.set_current_details(
             f"**{state}** {input.campaign_id}{at}: {p.seen} seen, {p.exited} exited, "
             f"{p.skipped} skipped, {p.failed} failed (page {p.pages})"
+        )
+
+
+MIGRATE_HEARTBEAT = timedelta(minutes=2)
+"""A page heartbeats after each batch of journeys, and a batch may wait a query's and an
+update's RPC timeout (15 s each) on a journey whose worker does not answer."""
+
+
+@workflow.defn(name=WORKFLOW_MIGRATION)
+class MigrationWorkflow:
+    """Migrates the journeys recorded on one version of a campaign to a newer one, a page
+    of the membership index at a time (each page's moves recorded by its activity); holds
+    only a cursor and the report so far, never the list of journeys."""
+
+    @workflow.init
+    def __init__(self, input: MigrationInput) -> None:
+        progress = input.progress or MigrationProgress(
+            report=MigrationReport(
+                campaign_id=input.campaign_id,
+                from_version=input.from_version,
+                to_version=input.to_version,
+                dry_run=False,
+                operation_id=input.request_id,
+            )
+        )
+        self.progress = progress.model_copy(deep=True)
+
+    @workflow.query(name=QUERY_PROGRESS)
+    def query_progress(self) -> MigrationProgress:
+        return self.progress
+
+    @workflow.run
+    async def run(self, input: MigrationInput) -> MigrationProgress:
+        progress = self.progress
+        pages_this_run = 0
+        while not progress.done:
+            suggested = workflow.info().is_continue_as_new_suggested()
+            if pages_this_run >= input.pages_per_run or suggested:
+                workflow.continue_as_new(input.model_copy(update={"progress": progress}))
+            self._show(input, "migrating")
+            page: MigrationProgress = await workflow.execute_activity(
+                ACTIVITY_MIGRATE_PAGE,
+                MigratePage(
+                    campaign_id=input.campaign_id,
+                    from_version=input.from_version,
+                    to_version=input.to_version,
+                    steps=input.steps,
+                    by=input.by,
+                    reason=input.reason,
+                    after=progress.after,
+                    page_size=input.page_size,
+                ),
+                result_type=MigrationProgress,
+                start_to_close_timeout=PAGE_TIMEOUT,
+                heartbeat_timeout=MIGRATE_HEARTBEAT,
+                retry_policy=PAGE_RETRY,
+                summary=f"{input.campaign_id} v{input.from_version}: journeys after "
+                f"{progress.after or 'the first'}",
+            )
+            pages_this_run += 1
+            progress.pages += 1
+            progress.add(page)
+            progress.done = page.done
+        self._show(input, "done")
+        return progress
+
+    def _show(self, input: MigrationInput, state: str) -> None:
+        p = self.progress
+        workflow.set_current_details(
+            f"**{state}** {input.campaign_id} v{input.from_version} → v{input.to_version}: "
+            f"{p.seen} seen, {p.report.moved} moved (page {p.pages})"
         )
 
 

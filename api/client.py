@@ -375,10 +375,14 @@ class NudgeClient:
         dry_run: bool = False,
         by: str | None = None,
         reason: str | None = None,
+        request_id: str | None = None,
+        page_size: int | None = None,
     ) -> dict[str, Any]:
         """Move the journeys waiting in `from_version` to `to_version` (or, `dry_run`, say
-        how many sit at each step and where they would land): the migration's report. Each
-        journey is asked in turn: this call waits longer than others."""
+        how many sit at each step and where they would land). A dry run answers with its
+        report (each journey is asked in turn: this call waits longer than others); a
+        migration with its report when it ended within a few seconds, else with its
+        operation (`operation_id`, `status`, `progress`) for `migration_progress`."""
         body: dict[str, Any] = {
             "from_version": from_version,
             "to_version": to_version,
@@ -389,11 +393,24 @@ class NudgeClient:
             body["by"] = by
         if reason is not None:
             body["reason"] = reason
+        if request_id is not None:
+            body["request_id"] = request_id
+        if page_size is not None:
+            body["page_size"] = page_size
         result: dict[str, Any] = await self._call(
             "POST",
             f"/v1/campaigns/{_segment(campaign_id)}/migrations",
             json=body,
             headers=self._admin(),
             timeout=300.0,
+        )
+        return result
+
+    async def migration_progress(self, campaign_id: str, operation_id: str) -> dict[str, Any]:
+        """A migration's status and its report so far (`progress.report`)."""
+        result: dict[str, Any] = await self._call(
+            "GET",
+            f"/v1/campaigns/{_segment(campaign_id)}/migrations/{_segment(operation_id)}",
+            headers=self._admin(),
         )
         return result

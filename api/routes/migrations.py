@@ -1,19 +1,52 @@
-"""api: move waiting journeys to a newer version — `POST /v1/campaigns/{id}/migrations`, a
-dry run or the migration itself, answered with what happened to each step's journeys."""
+"""api: move waiting journeys to a newer version — `POST /v1/campaigns/{id}/migrations`: a
+dry run (answered at once), or the migration itself as a Temporal workflow
+(`campaign_migration`, a page of journeys at a time) answered with its report when it ends
+within a few seconds, else with its progress; `GET …/migrations/{operation_id}` reads it."""
 
 from __future__ import annotations
 
+import asyncio
+import re
+import uuid
+from datetime import timedelta
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Response, status
 from pydantic import BaseModel, Field
+from temporalio.client import (
+    Client,
+    RPCTimeoutOrCancelledError,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+)
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import AdminDep, SessionDep, TemporalDep
+from api.deps import AdminDep, SessionDep, SettingsDep, TemporalDep
+from api.routes.journeys import temporal_error
 from api.schemas import MAX_VERSION, CampaignId, Message, ProblemsResponse
 from core.journey import mapping_problems
+from core.operations import (
+    QUERY_PROGRESS,
+    REQUEST_ID,
+    WORKFLOW_MIGRATION,
+    MigrationInput,
+    MigrationProgress,
+    MigrationReport,
+    migration_id,
+)
 from store.campaigns import get_campaign, get_version, load_definition, version_state
-from store.journey_versions import move_to_version, running_on_version
-from temporal.migrate import MigrationReport, migrate_journeys
+from store.journey_versions import running_on_version
+from temporal.migrate import migrate_journeys
+
+RPC_TIMEOUT = timedelta(seconds=15)
+WAIT_SECONDS = 5.0
+"""How long `POST …/migrations` waits for the migration to end before answering 202."""
+PEEK_TIMEOUT = timedelta(seconds=2)
+"""A migration still going answers its progress query this long at most, at its start."""
 
 router = APIRouter(prefix="/v1/campaigns", tags=["migrations"], dependencies=[AdminDep])
 
@@ -38,6 +71,27 @@ class MigrationCreate(BaseModel):
     )
     by: str | None = Field(None, max_length=200, description="who asks, for each journey's history")
     reason: str | None = Field(None, max_length=500)
+    request_id: str | None = Field(
+        default=None,
+        pattern=REQUEST_ID,
+        description="names the migration; the same id again finds it instead of a second one",
+    )
+    page_size: int = Field(
+        default=100, ge=1, le=1000, description="journeys per activity call (recorded each)"
+    )
+
+
+class MigrationOperation(BaseModel):
+    """A migration still going (or read back): its workflow's status and the report so
+    far (`progress.report`; final once `status` is `completed`)."""
+
+    operation_id: str
+    """Name it to read the progress: `GET /v1/campaigns/{id}/migrations/{operation_id}`."""
+    campaign_id: str
+    workflow_id: str
+    status: str
+    """`running`, `completed`, or how the migration's workflow ended otherwise."""
+    progress: MigrationProgress
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -48,23 +102,42 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         "description": "the new version is a draft (publish it first), or no longer validates",
     },
     422: {"model": ProblemsResponse, "description": "the versions or the mapping: each problem"},
+    502: {"model": Message, "description": "Temporal refused the call, or the migration failed"},
     503: {"model": Message, "description": "Temporal is unreachable"},
+    504: {"model": Message, "description": "no worker answered in time"},
 }
 
 
 @router.post(
     "/{campaign_id}/migrations",
     response_model=MigrationReport,
-    responses=ERRORS,
+    responses={
+        **ERRORS,
+        202: {
+            "model": MigrationOperation,
+            "description": "the migration goes on: its operation id and progress so far",
+        },
+    },
     summary="Migrate journeys waiting in one version to a newer one (or a dry run of it)",
 )
 async def migrate_campaign(
-    campaign_id: CampaignId, body: MigrationCreate, session: SessionDep, client: TemporalDep
-) -> MigrationReport:
+    campaign_id: CampaignId,
+    body: MigrationCreate,
+    response: Response,
+    session: SessionDep,
+    client: TemporalDep,
+    settings: SettingsDep,
+) -> Any:
     """Journeys waiting at a `wait` or `wait_for` step of `from_version` move to the step
     the mapping names in `to_version`, keeping the time they have waited; journeys mid-send
     (or at a branch or split) stay, each with its reason. Each journey applies the move
-    itself (the `migrate` update) at a safe point; the answer counts journeys per step."""
+    itself (the `migrate` update) at a safe point; the answer counts journeys per step.
+
+    A dry run answers at once. The migration runs as a workflow (`campaign_migration`)
+    paging the journeys of `from_version` and recording each page's moves as it goes: 200
+    with its report when it ends within a few seconds, else 202 with its `operation_id`
+    and progress (read it again with `GET …/migrations/{operation_id}`). The same
+    `request_id` again finds the same migration."""
     campaign = await get_campaign(session=session, campaign_id=campaign_id)
     if campaign is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no campaign {campaign_id!r}")
@@ -94,12 +167,16 @@ async def migrate_campaign(
             f"(nudge campaigns publish {campaign_id} --version {body.to_version}); "
             "a dry run works on a draft",
         )
+    if not body.dry_run:
+        # Nothing held open while the migration runs.
+        await session.rollback()
+        return await _start(client, settings.task_queue, campaign_id, body, response)
     workflow_ids = await running_on_version(
         session=session, campaign_id=campaign_id, version=body.from_version
     )
-    # Nothing held open while the journeys are asked: a migration of many takes a while.
+    # Nothing held open while the journeys are asked: a dry run of many takes a while.
     await session.rollback()
-    report = await migrate_journeys(
+    return await migrate_journeys(
         client,
         workflow_ids=workflow_ids,
         campaign_id=campaign_id,
@@ -107,17 +184,147 @@ async def migrate_campaign(
         to_version=body.to_version,
         plan=new.plan(),
         steps=body.steps,
-        dry_run=body.dry_run,
-        by=body.by,
-        reason=body.reason,
+        dry_run=True,
     )
-    if report.moved_ids:
-        await move_to_version(
-            session=session,
-            campaign_id=campaign_id,
-            workflow_ids=report.moved_ids,
-            from_version=body.from_version,
-            to_version=body.to_version,
+
+
+async def _start(
+    client: Client, task_queue: str, campaign_id: str, body: MigrationCreate, response: Response
+) -> Any:
+    """Start the migration's workflow (or find the one of the same request id) and wait a
+    few seconds for its report."""
+    operation_id = body.request_id or uuid.uuid4().hex[:16]
+    workflow_id = migration_id(campaign_id, operation_id)
+    try:
+        handle: WorkflowHandle[Any, Any] = await client.start_workflow(
+            WORKFLOW_MIGRATION,
+            MigrationInput(
+                campaign_id=campaign_id,
+                from_version=body.from_version,
+                to_version=body.to_version,
+                steps=body.steps,
+                by=body.by,
+                reason=body.reason,
+                request_id=operation_id,
+                page_size=body.page_size,
+            ),
+            id=workflow_id,
+            task_queue=task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            static_summary=f"migrate {campaign_id} v{body.from_version} → v{body.to_version}",
+            rpc_timeout=RPC_TIMEOUT,
         )
-        await session.commit()
-    return report
+    except WorkflowAlreadyStartedError:
+        handle = client.get_workflow_handle(workflow_id)  # done before: its result stands
+    except (RPCError, RPCTimeoutOrCancelledError) as exc:
+        raise temporal_error(exc, workflow_id) from exc
+    typed = client.get_workflow_handle(workflow_id, result_type=MigrationProgress)
+    try:
+        progress = await asyncio.wait_for(typed.result(), timeout=WAIT_SECONDS)
+    except (TimeoutError, RPCError, RPCTimeoutOrCancelledError):
+        # Started, not ended yet (or Temporal stopped answering since): it goes on.
+        response.status_code = status.HTTP_202_ACCEPTED
+        return await _operation(
+            client,
+            handle,
+            campaign_id,
+            operation_id,
+            peek=True,
+            versions=(body.from_version, body.to_version),
+        )
+    except WorkflowFailureError as exc:
+        raise _failed(exc) from exc
+    return progress.report
+
+
+@router.get(
+    "/{campaign_id}/migrations/{operation_id}",
+    response_model=MigrationOperation,
+    responses={
+        401: ERRORS[401],
+        404: {"model": Message, "description": "no such migration"},
+        502: ERRORS[502],
+        503: ERRORS[503],
+        504: ERRORS[504],
+    },
+    summary="A migration's status and its report so far",
+)
+async def get_migration(
+    campaign_id: CampaignId, operation_id: str, client: TemporalDep
+) -> MigrationOperation:
+    if re.fullmatch(REQUEST_ID, operation_id) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no migration {operation_id!r}")
+    handle = client.get_workflow_handle(migration_id(campaign_id, operation_id))
+    return await _operation(client, handle, campaign_id, operation_id)
+
+
+async def _operation(
+    client: Client,
+    handle: WorkflowHandle[Any, Any],
+    campaign_id: str,
+    operation_id: str,
+    *,
+    peek: bool = False,
+    versions: tuple[int, int] = (0, 0),
+) -> MigrationOperation:
+    """The migration's status and progress: its result once completed, else its
+    `progress` query (none yet, when `peek` and its worker does not answer at once; none
+    either from a migration that failed: its status says so). `versions`: for an empty
+    report, when known."""
+    empty = MigrationProgress(
+        report=MigrationReport(
+            campaign_id=campaign_id,
+            from_version=versions[0],
+            to_version=versions[1],
+            dry_run=False,
+            operation_id=operation_id,
+        )
+    )
+    try:
+        described = await handle.describe(rpc_timeout=RPC_TIMEOUT)
+        state = described.status or WorkflowExecutionStatus.RUNNING
+        if state is WorkflowExecutionStatus.COMPLETED:
+            typed = client.get_workflow_handle(handle.id, result_type=MigrationProgress)
+            progress = await typed.result(rpc_timeout=RPC_TIMEOUT)
+        elif state is WorkflowExecutionStatus.RUNNING or state is (
+            WorkflowExecutionStatus.CONTINUED_AS_NEW
+        ):
+            try:
+                progress = await handle.query(
+                    QUERY_PROGRESS,
+                    result_type=MigrationProgress,
+                    rpc_timeout=PEEK_TIMEOUT if peek else RPC_TIMEOUT,
+                )
+            except (RPCError, RPCTimeoutOrCancelledError, WorkflowQueryFailedError):
+                if not peek:
+                    raise
+                progress = empty
+        else:
+            progress = empty  # failed, cancelled, terminated: no report to read
+    except WorkflowFailureError as exc:
+        raise _failed(exc) from exc
+    except WorkflowQueryFailedError as exc:
+        raise HTTPException(
+            status.HTTP_502_BAD_GATEWAY, f"the progress query failed: {exc}"
+        ) from exc
+    except (RPCError, RPCTimeoutOrCancelledError) as exc:
+        if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND:
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND,
+                f"no migration {operation_id!r} of campaign {campaign_id!r}",
+            ) from exc
+        raise temporal_error(exc, handle.id) from exc
+    return MigrationOperation(
+        operation_id=operation_id,
+        campaign_id=campaign_id,
+        workflow_id=handle.id,
+        status=state.name.lower(),
+        progress=progress,
+    )
+
+
+def _failed(exc: WorkflowFailureError) -> HTTPException:
+    """A migration that failed (its target version gone, …): 502 with the cause's words."""
+    cause = getattr(exc.cause, "cause", None) or exc.cause or exc
+    return HTTPException(status.HTTP_502_BAD_GATEWAY, f"the migration failed: {cause}")

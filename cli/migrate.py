@@ -2,16 +2,22 @@
 
 `nudge campaigns migrate ID --from 3 --to 4 --step wait=pause [--dry-run]` prints, per step
 of version 3, how many journeys wait there, where they land in version 4 and why the others
-stay (`--json`: the API's report as it is).
+stay (`--json`: the API's report as it is). Without `--dry-run` the migration runs on the
+server as an operation: the command waits for it to end, its progress on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import shlex
+import sys
 from typing import Any
 
 from cli.common import print_json, with_client
+
+POLL_SECONDS = 1.0
+"""How often a migration still going is read again."""
 
 
 def step_mapping(pairs: list[str]) -> dict[str, str]:
@@ -61,6 +67,38 @@ def report_lines(report: dict[str, Any], *, command: str) -> list[str]:
     return lines
 
 
+def progress_line(operation: dict[str, Any]) -> str:
+    p = operation["progress"]
+    r = p["report"]
+    return (
+        f"{operation['campaign_id']}: migrating v{r['from_version']} → v{r['to_version']}: "
+        f"{_journeys(p['seen'])} seen, {r['moved']} moved (page {p['pages']})"
+    )
+
+
+async def wait_for_migration(client: Any, operation: dict[str, Any]) -> dict[str, Any]:
+    """Poll a migration until its workflow has ended (not only until its progress says
+    `done`: the query says so a moment before the workflow completes); its final report.
+    Progress goes to stderr as it changes."""
+    shown = ""
+    while operation["status"] == "running":
+        line = progress_line(operation)
+        if line != shown:
+            print(line, file=sys.stderr, flush=True)
+            shown = line
+        await asyncio.sleep(POLL_SECONDS)
+        operation = await client.migration_progress(
+            operation["campaign_id"], operation["operation_id"]
+        )
+    if operation["status"] != "completed":
+        raise SystemExit(
+            f"error: migration {operation['operation_id']} of {operation['campaign_id']} "
+            f"ended {operation['status']}: see the workflow {operation['workflow_id']}"
+        )
+    report: dict[str, Any] = operation["progress"]["report"]
+    return report
+
+
 def cmd_migrate(args: argparse.Namespace) -> None:
     steps = step_mapping(args.step or [])
 
@@ -74,6 +112,8 @@ def cmd_migrate(args: argparse.Namespace) -> None:
             by=args.by,
             reason=args.reason,
         )
+        if "progress" in report:  # still going: an operation, not yet its report
+            report = await wait_for_migration(client, report)
         if args.json:
             print_json(report)
             return

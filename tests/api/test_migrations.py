@@ -1,5 +1,6 @@
 """Migrating waiting journeys through the API and `nudge campaigns migrate`, end to end on
-the dev server: the real worker and activities, SQLite, a webhook provider double."""
+the dev server: the real worker, the `campaign_migration` workflow and its activities,
+SQLite, a webhook provider double."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from store.campaigns import publish_version
 from store.models import JourneyEntry
 from temporal.servers import DevServer
 from tests.cli.runner import nudge
-from tests.fixtures.api import ADMIN, eventually, webhook_stack
+from tests.fixtures.api import ADMIN, RunningApi, eventually, webhook_stack
 from tests.fixtures.servers import WebhookReceiver
 
 V1: dict[str, Any] = {
@@ -31,13 +32,21 @@ V1: dict[str, Any] = {
 V2: dict[str, Any] = {
     **V1,
     "steps": [
-        # Shorter than the time the journeys have waited already: they send at once.
-        {"id": "pause", "type": "wait", "duration": "1s", "next": "coupon"},
+        {"id": "pause", "type": "wait", "duration": "48h", "next": "coupon"},
         {"id": "coupon", "type": "send", "channel": "webhook", "template": "coupon"},
     ],
     "templates": {"coupon": {"subject": "Cart", "body": "10% off your cart"}},
 }
+V3: dict[str, Any] = {
+    **V2,
+    "steps": [
+        # Shorter than the time the journeys have waited already: they send at once.
+        {"id": "pause", "type": "wait", "duration": "1s", "next": "coupon"},
+        V2["steps"][1],
+    ],
+}
 URL = "/v1/campaigns/migrate-e2e/migrations"
+USERS = 5
 
 
 async def test_dry_run_then_migration_over_the_api_and_the_cli(
@@ -45,7 +54,7 @@ async def test_dry_run_then_migration_over_the_api_and_the_cli(
 ):
     async with webhook_stack(sqlite_url, dev_server, webhook_receiver, V1) as stack:
         api = stack.api
-        users = [f"u-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+        users = [f"u-{uuid.uuid4().hex[:8]}" for _ in range(USERS)]
         for user in users:
             await api.track(user, "Product Added")
 
@@ -92,8 +101,8 @@ async def test_dry_run_then_migration_over_the_api_and_the_cli(
         )
         assert ran.code == 0 and ran.stderr == "", ran
         assert ran.stdout.splitlines() == [
-            "migrate-e2e: dry run of v1 → v2: 2 journeys, 2 would move",
-            "  step wait (wait): 2 journeys → pause: 2 would move",
+            "migrate-e2e: dry run of v1 → v2: 5 journeys, 5 would move",
+            "  step wait (wait): 5 journeys → pause: 5 would move",
             "nothing moved (dry run); to move them: nudge campaigns migrate migrate-e2e "
             "--from 1 --to 2 --step wait=pause",
         ]
@@ -102,49 +111,98 @@ async def test_dry_run_then_migration_over_the_api_and_the_cli(
         async with api.services.sessions() as session:
             await publish_version(session=session, campaign_id="migrate-e2e", version=2)
             await session.commit()
-        r = await api.http.post(URL, json={**mapping, "by": "ops"}, headers=ADMIN)
-        assert r.status_code == 200, r.text
-        report = r.json()
-        assert (report["journeys"], report["movable"], report["moved"]) == (2, 2, 2)
+        # The migration is an operation: a page of 2 journeys at a time, each page's
+        # moves recorded by its own activity; answered with its report once it ended.
+        body = {**mapping, "by": "ops", "request_id": "first", "page_size": 2}
+        r = await api.http.post(URL, json=body, headers=ADMIN)
+        assert r.status_code in (200, 202), r.text
+        operation = await ended(api, "first")
+        assert operation["status"] == "completed", operation
+        assert (operation["progress"]["seen"], operation["progress"]["pages"]) == (USERS, 3)
+        report = operation["progress"]["report"]
+        if r.status_code == 200:
+            assert r.json() == report
+        assert report["operation_id"] == "first"
+        assert (report["journeys"], report["movable"], report["moved"]) == (USERS, USERS, USERS)
         assert report["steps"] == [
             {
                 "step": "wait",
                 "type": "wait",
-                "journeys": 2,
+                "journeys": USERS,
                 "lands_on": "pause",
-                "movable": 2,
-                "moved": 2,
+                "movable": USERS,
+                "moved": USERS,
                 "stays": {},
             }
         ]
-        assert sorted(m["workflow_id"] for m in report["moved_journeys"]) == sorted(
-            journey_id("migrate-e2e", u) for u in users
-        )
+        ids = {journey_id("migrate-e2e", u) for u in users}
+        assert {m["workflow_id"] for m in report["moved_journeys"]} == ids
         assert "moved_ids" not in report
+        # Each page's moves were recorded: the membership index says version 2 for all.
+        assert await versions(api) == {(i, 2) for i in ids}
 
-        # Each sends version 2's message, once; the membership index says version 2.
+        # The same request id again is the same operation: its report, nothing asked again.
+        r = await api.http.post(URL, json=body, headers=ADMIN)
+        assert r.status_code == 200 and r.json() == report, r.text
+        r = await api.http.get(f"{URL}/nope", headers=ADMIN)
+        assert r.status_code == 404 and "no migration 'nope'" in r.json()["detail"], r.text
+        r = await api.http.get(f"{URL}/not%20an%20id", headers=ADMIN)
+        assert r.status_code == 404, r.text
+        r = await api.http.get(f"/v1/journeys/migrate-e2e/{users[0]}", headers=ADMIN)
+        outcomes = [h["outcome"] for h in r.json()["history"]]
+        assert outcomes.count("migrated from v1 step wait to v2 step pause by ops") == 1
+
+        # Then over the CLI, to a version 3 whose wait is over: each sends at once.
+        r = await api.http.post("/v1/campaigns", json=V3, headers=ADMIN)
+        assert r.status_code in (200, 201), r.text
+        async with api.services.sessions() as session:
+            await publish_version(session=session, campaign_id="migrate-e2e", version=3)
+            await session.commit()
+        ran = await nudge(
+            tmp_path,
+            *("campaigns", "migrate", "migrate-e2e", "--from", "2", "--to", "3"),
+            url=api.url,
+        )
+        assert ran.code == 0, ran
+        assert ran.stdout.splitlines() == [
+            f"migrate-e2e: migrated v2 → v3: {USERS} of {USERS} journeys moved",
+            f"  step pause (wait): {USERS} journeys → pause: {USERS} moved",
+        ]
+        assert await versions(api) == {(i, 3) for i in ids}
+
+        # Each sends version 3's message, once.
         async def sent() -> bool:
-            assert len(webhook_receiver.received) == 2
+            assert len(webhook_receiver.received) == USERS
             return True
 
         await eventually(sent, timeout=30)
         hits = {r.json()["data"]["user_id"]: r.json()["data"] for r in webhook_receiver.received}
         assert set(hits) == set(users)
         assert {(d["campaign_version"], d["body"]) for d in hits.values()} == {
-            (2, "10% off your cart")
+            (3, "10% off your cart")
         }
-        async with api.services.sessions() as session:
-            rows = (await session.scalars(select(JourneyEntry))).all()
-        assert {(r.workflow_id, r.campaign_version) for r in rows} == {
-            (journey_id("migrate-e2e", u), 2) for u in users
-        }
-        r = await api.http.get(f"/v1/journeys/migrate-e2e/{users[0]}", headers=ADMIN)
-        outcomes = [h["outcome"] for h in r.json()["history"]]
-        assert "migrated from v1 step wait to v2 step pause by ops" in outcomes
 
         # Nothing runs version 1 any more: a second migration finds no journey.
         r = await api.http.post(URL, json={**mapping, "dry_run": True}, headers=ADMIN)
         assert r.status_code == 200 and r.json()["journeys"] == 0, r.text
+
+
+async def ended(api: RunningApi, operation_id: str) -> dict[str, Any]:
+    """The migration's operation once its workflow has ended (not only its progress)."""
+
+    async def read() -> dict[str, Any]:
+        r = await api.http.get(f"{URL}/{operation_id}", headers=ADMIN)
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] != "running", r.json()
+        return dict(r.json())
+
+    return await eventually(read, timeout=30)
+
+
+async def versions(api: RunningApi) -> set[tuple[str, int]]:
+    async with api.services.sessions() as session:
+        rows = (await session.scalars(select(JourneyEntry))).all()
+    return {(r.workflow_id, r.campaign_version) for r in rows}
 
 
 def test_the_cli_prints_a_migration_report_a_step_a_line():

@@ -377,12 +377,14 @@ class NudgeClient:
         reason: str | None = None,
         request_id: str | None = None,
         page_size: int | None = None,
+        wait_seconds: float | None = None,
     ) -> dict[str, Any]:
         """Move the journeys waiting in `from_version` to `to_version` (or, `dry_run`, say
         how many sit at each step and where they would land). A dry run answers with its
         report (each journey is asked in turn: this call waits longer than others); a
-        migration with its report when it ended within a few seconds, else with its
-        operation (`operation_id`, `status`, `progress`) for `migration_progress`."""
+        migration with its report when it ended within `wait_seconds` (the server's
+        default: 5), else with its operation (`operation_id`, `status`, `progress`) for
+        `migration_progress`."""
         body: dict[str, Any] = {
             "from_version": from_version,
             "to_version": to_version,
@@ -397,6 +399,8 @@ class NudgeClient:
             body["request_id"] = request_id
         if page_size is not None:
             body["page_size"] = page_size
+        if wait_seconds is not None:
+            body["wait_seconds"] = wait_seconds
         result: dict[str, Any] = await self._call(
             "POST",
             f"/v1/campaigns/{_segment(campaign_id)}/migrations",

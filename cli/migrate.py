@@ -111,6 +111,8 @@ def cmd_migrate(args: argparse.Namespace) -> None:
             dry_run=args.dry_run,
             by=args.by,
             reason=args.reason,
+            # The command waits itself, showing progress from the start.
+            wait_seconds=None if args.dry_run else 0,
         )
         if "progress" in report:  # still going: an operation, not yet its report
             report = await wait_for_migration(client, report)

@@ -11,7 +11,8 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import APIRouter, HTTPException, status
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from temporalio.client import (
     Client,
@@ -79,6 +80,13 @@ class MigrationCreate(BaseModel):
     page_size: int = Field(
         default=100, ge=1, le=1000, description="journeys per activity call (recorded each)"
     )
+    wait_seconds: float = Field(
+        default=WAIT_SECONDS,
+        ge=0,
+        le=30,
+        description="how long a migration may take to end before the answer is 202 with its "
+        "progress (0: at once)",
+    )
 
 
 class MigrationOperation(BaseModel):
@@ -115,7 +123,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         **ERRORS,
         202: {
             "model": MigrationOperation,
-            "description": "the migration goes on: its operation id and progress so far",
+            "description": "the migration goes on (or `wait_seconds` was 0): its operation "
+            "and progress so far",
         },
     },
     summary="Migrate journeys waiting in one version to a newer one (or a dry run of it)",
@@ -123,7 +132,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 async def migrate_campaign(
     campaign_id: CampaignId,
     body: MigrationCreate,
-    response: Response,
     session: SessionDep,
     client: TemporalDep,
     settings: SettingsDep,
@@ -135,7 +143,7 @@ async def migrate_campaign(
 
     A dry run answers at once. The migration runs as a workflow (`campaign_migration`)
     paging the journeys of `from_version` and recording each page's moves as it goes: 200
-    with its report when it ends within a few seconds, else 202 with its `operation_id`
+    with its report when it ends within `wait_seconds` (5), else 202 with its `operation_id`
     and progress (read it again with `GET …/migrations/{operation_id}`). The same
     `request_id` again finds the same migration."""
     campaign = await get_campaign(session=session, campaign_id=campaign_id)
@@ -170,7 +178,7 @@ async def migrate_campaign(
     if not body.dry_run:
         # Nothing held open while the migration runs.
         await session.rollback()
-        return await _start(client, settings.task_queue, campaign_id, body, response)
+        return await _start(client, settings.task_queue, campaign_id, body)
     workflow_ids = await running_on_version(
         session=session, campaign_id=campaign_id, version=body.from_version
     )
@@ -189,8 +197,8 @@ async def migrate_campaign(
 
 
 async def _start(
-    client: Client, task_queue: str, campaign_id: str, body: MigrationCreate, response: Response
-) -> Any:
+    client: Client, task_queue: str, campaign_id: str, body: MigrationCreate
+) -> MigrationReport | JSONResponse:
     """Start the migration's workflow (or find the one of the same request id) and wait a
     few seconds for its report."""
     operation_id = body.request_id or uuid.uuid4().hex[:16]
@@ -220,22 +228,25 @@ async def _start(
     except (RPCError, RPCTimeoutOrCancelledError) as exc:
         raise temporal_error(exc, workflow_id) from exc
     typed = client.get_workflow_handle(workflow_id, result_type=MigrationProgress)
-    try:
-        progress = await asyncio.wait_for(typed.result(), timeout=WAIT_SECONDS)
-    except (TimeoutError, RPCError, RPCTimeoutOrCancelledError):
-        # Started, not ended yet (or Temporal stopped answering since): it goes on.
-        response.status_code = status.HTTP_202_ACCEPTED
-        return await _operation(
-            client,
-            handle,
-            campaign_id,
-            operation_id,
-            peek=True,
-            versions=(body.from_version, body.to_version),
-        )
-    except WorkflowFailureError as exc:
-        raise _failed(exc) from exc
-    return progress.report
+    if body.wait_seconds > 0:
+        try:
+            progress = await asyncio.wait_for(typed.result(), timeout=body.wait_seconds)
+        except (TimeoutError, RPCError, RPCTimeoutOrCancelledError):
+            pass  # started, not ended yet (or Temporal stopped answering since): it goes on
+        except WorkflowFailureError as exc:
+            raise _failed(exc) from exc
+        else:
+            return progress.report
+    operation = await _operation(
+        client,
+        handle,
+        campaign_id,
+        operation_id,
+        peek=True,
+        versions=(body.from_version, body.to_version),
+    )
+    # Its own shape (documented as the 202 answer), not the route's report.
+    return JSONResponse(operation.model_dump(mode="json"), status.HTTP_202_ACCEPTED)
 
 
 @router.get(

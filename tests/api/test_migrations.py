@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from temporalio.testing import ActivityEnvironment
 
+from activities.operations import OperationsActivities
 from cli.migrate import report_lines
 from core.journey import JourneyState, journey_id
+from core.operations import MigratePage
 from store.campaigns import publish_version
 from store.models import JourneyEntry
 from temporal.servers import DevServer
@@ -111,32 +114,50 @@ async def test_dry_run_then_migration_over_the_api_and_the_cli(
         async with api.services.sessions() as session:
             await publish_version(session=session, campaign_id="migrate-e2e", version=2)
             await session.commit()
+        # One page of the migration's activity, on its own: it moves the first 2 journeys
+        # (by workflow id) and records them before it returns, its cursor heartbeated.
+        ids = {journey_id("migrate-e2e", u) for u in users}
+        first_two = sorted(ids)[:2]
+        beats: list[Any] = []
+        env = ActivityEnvironment()
+        env.on_heartbeat = lambda *details: beats.append(details[0])
+        page = MigratePage(
+            campaign_id="migrate-e2e", from_version=1, to_version=2, steps={"wait": "pause"}
+        )
+        activities = OperationsActivities(
+            sessions=api.services.sessions, client=stack.temporal.client
+        )
+        one = await env.run(activities.migrate_page, page.model_copy(update={"page_size": 2}))
+        assert (one.seen, one.after, one.done, one.report.moved) == (2, first_two[1], False, 2)
+        assert beats and beats[-1]["after"] == first_two[1]
+        assert await versions(api) == {(i, 2 if i in first_two else 1) for i in ids}
+
         # The migration is an operation: a page of 2 journeys at a time, each page's
         # moves recorded by its own activity; answered with its report once it ended.
+        rest = USERS - 2
         body = {**mapping, "by": "ops", "request_id": "first", "page_size": 2}
         r = await api.http.post(URL, json=body, headers=ADMIN)
         assert r.status_code in (200, 202), r.text
         operation = await ended(api, "first")
         assert operation["status"] == "completed", operation
-        assert (operation["progress"]["seen"], operation["progress"]["pages"]) == (USERS, 3)
+        assert (operation["progress"]["seen"], operation["progress"]["pages"]) == (rest, 2)
         report = operation["progress"]["report"]
         if r.status_code == 200:
             assert r.json() == report
         assert report["operation_id"] == "first"
-        assert (report["journeys"], report["movable"], report["moved"]) == (USERS, USERS, USERS)
+        assert (report["journeys"], report["movable"], report["moved"]) == (rest, rest, rest)
         assert report["steps"] == [
             {
                 "step": "wait",
                 "type": "wait",
-                "journeys": USERS,
+                "journeys": rest,
                 "lands_on": "pause",
-                "movable": USERS,
-                "moved": USERS,
+                "movable": rest,
+                "moved": rest,
                 "stays": {},
             }
         ]
-        ids = {journey_id("migrate-e2e", u) for u in users}
-        assert {m["workflow_id"] for m in report["moved_journeys"]} == ids
+        assert {m["workflow_id"] for m in report["moved_journeys"]} == ids - set(first_two)
         assert "moved_ids" not in report
         # Each page's moves were recorded: the membership index says version 2 for all.
         assert await versions(api) == {(i, 2) for i in ids}
@@ -144,13 +165,18 @@ async def test_dry_run_then_migration_over_the_api_and_the_cli(
         # The same request id again is the same operation: its report, nothing asked again.
         r = await api.http.post(URL, json=body, headers=ADMIN)
         assert r.status_code == 200 and r.json() == report, r.text
+        r = await api.http.post(URL, json={**body, "wait_seconds": 0}, headers=ADMIN)
+        assert r.status_code == 202 and r.json()["status"] == "completed", r.text
+        assert r.json()["progress"]["report"] == report
         r = await api.http.get(f"{URL}/nope", headers=ADMIN)
         assert r.status_code == 404 and "no migration 'nope'" in r.json()["detail"], r.text
         r = await api.http.get(f"{URL}/not%20an%20id", headers=ADMIN)
         assert r.status_code == 404, r.text
         r = await api.http.get(f"/v1/journeys/migrate-e2e/{users[0]}", headers=ADMIN)
         outcomes = [h["outcome"] for h in r.json()["history"]]
-        assert outcomes.count("migrated from v1 step wait to v2 step pause by ops") == 1
+        assert outcomes.count("migrated from v1 step wait to v2 step pause by ops") == (
+            0 if journey_id("migrate-e2e", users[0]) in first_two else 1
+        )
 
         # Then over the CLI, to a version 3 whose wait is over: each sends at once.
         r = await api.http.post("/v1/campaigns", json=V3, headers=ADMIN)
@@ -164,6 +190,9 @@ async def test_dry_run_then_migration_over_the_api_and_the_cli(
             url=api.url,
         )
         assert ran.code == 0, ran
+        # The command polls the operation (progress on stderr while it runs) to its end.
+        for line in ran.stderr.splitlines():
+            assert line.startswith("migrate-e2e: migrating v2 → v3: "), ran.stderr
         assert ran.stdout.splitlines() == [
             f"migrate-e2e: migrated v2 → v3: {USERS} of {USERS} journeys moved",
             f"  step pause (wait): {USERS} journeys → pause: {USERS} moved",

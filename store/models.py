@@ -173,6 +173,14 @@ class JourneyEntry(Base):
         UniqueConstraint("campaign_id", "entry_message_id"),
         UniqueConstraint("run_id"),
         Index("ix_journey_entries_campaign_user_status", "campaign_id", "user_id", "status"),
+        # A migration pages through one version's running journeys by workflow id.
+        Index(
+            "ix_journey_entries_campaign_version_status_workflow",
+            "campaign_id",
+            "campaign_version",
+            "status",
+            "workflow_id",
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

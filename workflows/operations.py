@@ -5,7 +5,9 @@ request, paging by cursor, with a `progress` query), and the retry of one failed
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -51,6 +53,29 @@ PAGE_RETRY = RetryPolicy(
 )
 
 
+async def page_through(
+    input: Any,
+    progress: Any,
+    next_page: Callable[[], Awaitable[Any]],
+    show: Callable[[], None],
+) -> None:
+    """The loop of an operation that pages through journeys: ask for the next page until
+    one says it was the last, adding each to `progress` (its `pages`, `add()`, `done`), and
+    continue as new with the progress so far every `input.pages_per_run` pages (or when
+    Temporal suggests it), so the history stays short whatever the count."""
+    pages_this_run = 0
+    while not progress.done:
+        suggested = workflow.info().is_continue_as_new_suggested()
+        if pages_this_run >= input.pages_per_run or suggested:
+            workflow.continue_as_new(input.model_copy(update={"progress": progress}))
+        show()
+        page = await next_page()
+        pages_this_run += 1
+        progress.pages += 1
+        progress.add(page)
+        progress.done = page.done
+
+
 @workflow.defn(name=WORKFLOW_BULK_EXIT)
 class BulkExitWorkflow:
     """Ends every running journey of a campaign (optionally only those at one step), a
@@ -67,12 +92,8 @@ class BulkExitWorkflow:
     @workflow.run
     async def run(self, input: BulkExitInput) -> ExitProgress:
         progress = self.progress
-        pages_this_run = 0
-        while not progress.done:
-            suggested = workflow.info().is_continue_as_new_suggested()
-            if pages_this_run >= input.pages_per_run or suggested:
-                workflow.continue_as_new(input.model_copy(update={"progress": progress}))
-            self._show(input, "exiting")
+
+        async def next_page() -> ExitProgress:
             page: ExitProgress = await workflow.execute_activity(
                 ACTIVITY_EXIT_PAGE,
                 ExitPage(
@@ -89,10 +110,9 @@ class BulkExitWorkflow:
                 retry_policy=PAGE_RETRY,
                 summary=f"{input.campaign_id}: journeys after {progress.after_user or 'the first'}",
             )
-            pages_this_run += 1
-            progress.pages += 1
-            progress.add(page)
-            progress.done = page.done
+            return page
+
+        await page_through(input, progress, next_page, lambda: self._show(input, "exiting"))
         self._show(input, "done")
         return progress
 
@@ -136,12 +156,8 @@ class MigrationWorkflow:
     @workflow.run
     async def run(self, input: MigrationInput) -> MigrationProgress:
         progress = self.progress
-        pages_this_run = 0
-        while not progress.done:
-            suggested = workflow.info().is_continue_as_new_suggested()
-            if pages_this_run >= input.pages_per_run or suggested:
-                workflow.continue_as_new(input.model_copy(update={"progress": progress}))
-            self._show(input, "migrating")
+
+        async def next_page() -> MigrationProgress:
             page: MigrationProgress = await workflow.execute_activity(
                 ACTIVITY_MIGRATE_PAGE,
                 MigratePage(
@@ -161,10 +177,9 @@ class MigrationWorkflow:
                 summary=f"{input.campaign_id} v{input.from_version}: journeys after "
                 f"{progress.after or 'the first'}",
             )
-            pages_this_run += 1
-            progress.pages += 1
-            progress.add(page)
-            progress.done = page.done
+            return page
+
+        await page_through(input, progress, next_page, lambda: self._show(input, "migrating"))
         self._show(input, "done")
         return progress
 

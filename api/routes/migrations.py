@@ -17,21 +17,19 @@ from pydantic import BaseModel, Field
 from temporalio.client import (
     Client,
     RPCTimeoutOrCancelledError,
-    WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
-    WorkflowQueryFailedError,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from api.deps import AdminDep, SessionDep, SettingsDep, TemporalDep
 from api.routes.journeys import temporal_error
+from api.routes.operations import read_operation
 from api.schemas import MAX_VERSION, CampaignId, Message, ProblemsResponse
 from core.journey import mapping_problems
 from core.operations import (
-    QUERY_PROGRESS,
     REQUEST_ID,
     WORKFLOW_MIGRATION,
     MigrationInput,
@@ -46,8 +44,6 @@ from temporal.migrate import migrate_journeys
 RPC_TIMEOUT = timedelta(seconds=15)
 WAIT_SECONDS = 5.0
 """How long `POST …/migrations` waits for the migration to end before answering 202."""
-PEEK_TIMEOUT = timedelta(seconds=2)
-"""A migration still going answers its progress query this long at most, at its start."""
 
 router = APIRouter(prefix="/v1/campaigns", tags=["migrations"], dependencies=[AdminDep])
 
@@ -279,9 +275,7 @@ async def _operation(
     peek: bool = False,
     versions: tuple[int, int] = (0, 0),
 ) -> MigrationOperation:
-    """The migration's status and progress: its result once completed, else its
-    `progress` query (none yet, when `peek` and its worker does not answer at once; none
-    either from a migration that failed: its status says so). `versions`: for an empty
+    """The migration's status and progress (`read_operation`). `versions`: for an empty
     report, when known."""
     empty = MigrationProgress(
         report=MigrationReport(
@@ -292,45 +286,19 @@ async def _operation(
             operation_id=operation_id,
         )
     )
-    try:
-        described = await handle.describe(rpc_timeout=RPC_TIMEOUT)
-        state = described.status or WorkflowExecutionStatus.RUNNING
-        if state is WorkflowExecutionStatus.COMPLETED:
-            typed = client.get_workflow_handle(handle.id, result_type=MigrationProgress)
-            progress = await typed.result(rpc_timeout=RPC_TIMEOUT)
-        elif state is WorkflowExecutionStatus.RUNNING or state is (
-            WorkflowExecutionStatus.CONTINUED_AS_NEW
-        ):
-            try:
-                progress = await handle.query(
-                    QUERY_PROGRESS,
-                    result_type=MigrationProgress,
-                    rpc_timeout=PEEK_TIMEOUT if peek else RPC_TIMEOUT,
-                )
-            except (RPCError, RPCTimeoutOrCancelledError, WorkflowQueryFailedError):
-                if not peek:
-                    raise
-                progress = empty
-        else:
-            progress = empty  # failed, cancelled, terminated: no report to read
-    except WorkflowFailureError as exc:
-        raise _failed(exc) from exc
-    except WorkflowQueryFailedError as exc:
-        raise HTTPException(
-            status.HTTP_502_BAD_GATEWAY, f"the progress query failed: {exc}"
-        ) from exc
-    except (RPCError, RPCTimeoutOrCancelledError) as exc:
-        if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND:
-            raise HTTPException(
-                status.HTTP_404_NOT_FOUND,
-                f"no migration {operation_id!r} of campaign {campaign_id!r}",
-            ) from exc
-        raise temporal_error(exc, handle.id) from exc
+    state, progress = await read_operation(
+        client,
+        handle,
+        MigrationProgress,
+        empty,
+        missing=f"no migration {operation_id!r} of campaign {campaign_id!r}",
+        peek=peek,
+    )
     return MigrationOperation(
         operation_id=operation_id,
         campaign_id=campaign_id,
         workflow_id=handle.id,
-        status=state.name.lower(),
+        status=state,
         progress=progress,
     )
 

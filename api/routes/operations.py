@@ -6,7 +6,7 @@ import asyncio
 import re
 import uuid
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Path, Response, status
 from pydantic import BaseModel
@@ -167,44 +167,68 @@ async def _bulk_exit(
     *,
     peek: bool = False,
 ) -> BulkExitPublic:
-    """The operation's progress: its result once completed, else its `progress` query.
-    `peek`: an operation just started answers with no progress yet rather than wait for
-    its worker to answer the query."""
+    state, progress = await read_operation(
+        client,
+        handle,
+        ExitProgress,
+        ExitProgress(),
+        missing=f"no exit operation {operation_id!r} of campaign {campaign_id!r}",
+        peek=peek,
+    )
+    return BulkExitPublic(
+        operation_id=operation_id,
+        campaign_id=campaign_id,
+        workflow_id=handle.id,
+        status=state,
+        progress=progress,
+    )
+
+
+Progress = TypeVar("Progress", bound=BaseModel)
+
+
+async def read_operation(
+    client: Client,
+    handle: WorkflowHandle[Any, Any],
+    result_type: type[Progress],
+    empty: Progress,
+    *,
+    missing: str,
+    peek: bool = False,
+) -> tuple[str, Progress]:
+    """An operator's operation (a bulk exit, a migration): its status (`running`,
+    `completed`, `failed`, …) and progress — its result once completed, else its `progress`
+    query while it runs, else `empty` (one that failed, was cancelled or terminated has no
+    progress to read). `peek`: one just started answers `empty` rather than wait for its
+    worker to answer the query. 404 (`missing`) when there is no such operation."""
     try:
         described = await handle.describe(rpc_timeout=RPC_TIMEOUT)
         state = described.status or WorkflowExecutionStatus.RUNNING
         if state is WorkflowExecutionStatus.COMPLETED:
-            typed = client.get_workflow_handle(handle.id, result_type=ExitProgress)
+            typed = client.get_workflow_handle(handle.id, result_type=result_type)
             progress = await typed.result(rpc_timeout=RPC_TIMEOUT)
-        else:
+        elif state in (WorkflowExecutionStatus.RUNNING, WorkflowExecutionStatus.CONTINUED_AS_NEW):
             try:
                 progress = await handle.query(
                     QUERY_PROGRESS,
-                    result_type=ExitProgress,
+                    result_type=result_type,
                     rpc_timeout=PEEK_TIMEOUT if peek else RPC_TIMEOUT,
                 )
             except (RPCError, RPCTimeoutOrCancelledError, WorkflowQueryFailedError):
                 if not peek:
                     raise
-                progress = ExitProgress()
+                progress = empty
+        else:
+            progress = empty
     except WorkflowQueryFailedError as exc:
         raise HTTPException(
             status.HTTP_502_BAD_GATEWAY, f"the progress query failed: {exc}"
         ) from exc
     except (RPCError, RPCTimeoutOrCancelledError) as exc:
         if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND:
-            raise HTTPException(
-                status.HTTP_404_NOT_FOUND,
-                f"no exit operation {operation_id!r} of campaign {campaign_id!r}",
-            ) from exc
+            raise HTTPException(status.HTTP_404_NOT_FOUND, missing) from exc
         raise temporal_error(exc, handle.id) from exc
-    return BulkExitPublic(
-        operation_id=operation_id,
-        campaign_id=campaign_id,
-        workflow_id=handle.id,
-        status=state.name.lower(),
-        progress=progress,
-    )
+    return state.name.lower(), progress
 
 
 class RetryPublic(BaseModel):

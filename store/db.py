@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 import weakref
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,6 +26,9 @@ from sqlalchemy.ext.asyncio import (
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
+# How long a SQLite connection waits for another's lock before "database is locked".
+SQLITE_BUSY_SECONDS = 30.0
+
 _migration_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
     weakref.WeakKeyDictionary()
 )
@@ -35,18 +40,45 @@ def create_engine(url: str) -> AsyncEngine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_SECONDS})
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            _use_wal(dbapi_conn)
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_SECONDS * 1000)}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
         return engine
     return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+def _use_wal(dbapi_conn: Any) -> None:
+    """Put the database in WAL mode, waiting out another connection that is doing the same.
+
+    On a database still in rollback-journal mode (a new file), the switch reads the header and
+    then upgrades to a write; SQLite answers that upgrade with SQLITE_BUSY at once, without
+    the busy timeout, while another connection holds the write lock, since waiting could
+    deadlock. Two processes opening a new database together (the API and the worker, both
+    migrating at start) meet exactly that: the one that lost lets go of its read and tries
+    again until the other's switch is done. Once the file is in WAL mode the switch writes
+    nothing, so later connections never wait here.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_SECONDS
+    pause = 0.001
+    while True:
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+        finally:
+            cur.close()
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

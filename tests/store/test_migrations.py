@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import sys
+import threading
+from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, inspect
+from sqlalchemy import Connection, inspect, text
 
 from store.db import alembic_config, create_engine, migrate
 from store.models import Base
@@ -72,6 +75,32 @@ async def test_migrations_from_several_processes_agree(blank_database_url: str) 
     results = [await process.communicate() for process in processes]
     assert [p.returncode for p in processes] == [0, 0, 0], [err.decode() for _, err in results]
     assert await _revision(blank_database_url) == _head()
+
+
+async def test_a_connection_waits_for_another_switching_a_new_database_to_wal(
+    tmp_path: Path,
+) -> None:
+    # What processes opening a new database together meet: while one connection holds the
+    # write lock of a file still in rollback-journal mode (switching it to WAL itself),
+    # SQLite refuses another's switch at once, busy timeout or not. It must wait instead.
+    path = tmp_path / "new.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("CREATE TABLE written_first (x)")
+    release = threading.Timer(0.2, holder.execute, ["COMMIT"])
+    release.start()
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        async with engine.connect() as connection:
+            mode = (await connection.execute(text("PRAGMA journal_mode"))).scalar_one()
+            tables = (
+                await connection.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))
+            ).scalars()
+            assert (mode, list(tables)) == ("wal", ["written_first"])
+    finally:
+        release.join()
+        holder.close()
+        await engine.dispose()
 
 
 async def test_downgrade_to_base_and_back(blank_database_url: str) -> None:

@@ -1,4 +1,5 @@
-"""Record the histories in tests/histories/ from today's JourneyWorkflow.
+"""Record the histories in tests/histories/ from today's JourneyWorkflow and operator
+workflows (the bulk exit, the migration, the retry of a failed send).
 
 Run once per behaviour worth guarding, then commit the JSON; never re-record a history to
 make a replay test pass — that is the bug the test exists to catch:
@@ -6,8 +7,10 @@ make a replay test pass — that is the bug the test exists to catch:
     .venv/bin/python -m tests.workflows.record_histories
 
 Every scenario runs each time; only histories not yet in tests/histories/ are written.
-Activities are the doubles of tests/workflows/test_journey.py, but for `resolve_wait`, the
-real activity on a throwaway SQLite profile store.
+A journey's activities are the doubles of tests/workflows/test_journey.py, but for
+`resolve_wait`, the real activity on a throwaway SQLite profile store. The operator
+workflows' are the doubles below (and the migration's page double of
+tests/workflows/test_migration_workflow.py), registered under the real activities' names.
 """
 
 from __future__ import annotations
@@ -17,21 +20,50 @@ import tempfile
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+from temporalio import activity
 from temporalio.client import WorkflowHandle
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from activities.journey import PROVIDER_UNAVAILABLE
 from core.journey import (
+    ACTIVITY_DELIVER,
     ACTIVITY_LOAD_PROFILE,
     SIGNAL_EVENT,
     UPDATE_EXIT,
     UPDATE_MIGRATE,
+    DeliverRequest,
+    DeliverResult,
+    DeliveryStatus,
     ExitRequest,
     MigrateRequest,
     PolicyAction,
     PolicyDecision,
+    idempotency_key,
+    journey_id,
+)
+from core.operations import (
+    ACTIVITY_EXIT_PAGE,
+    ACTIVITY_PREPARE_RETRY,
+    WORKFLOW_BULK_EXIT,
+    WORKFLOW_MIGRATION,
+    WORKFLOW_RETRY_DELIVERY,
+    BulkExitInput,
+    ExitPage,
+    ExitProgress,
+    MigrationInput,
+    MigrationProgress,
+    RetryInput,
+    RetryOutcome,
+    bulk_exit_id,
+    migration_id,
+    retry_workflow_id,
 )
 from store.db import create_engine, migrate, session_factory
+from store.deliveries import retry_key
 from temporal.servers import time_skipping_server
 from tests.fixtures.dst import eu_spring_forward, next_year
 from tests.workflows.test_experiments import AB, users_for
@@ -47,7 +79,9 @@ from tests.workflows.test_journey import (
     start,
 )
 from tests.workflows.test_migrate import CART_V2
+from tests.workflows.test_migration_workflow import Pages
 from workflows.journey import JourneyWorkflow
+from workflows.operations import BulkExitWorkflow, MigrationWorkflow, RetryDeliveryWorkflow
 
 HISTORIES = Path(__file__).parent.parent / "histories"
 
@@ -206,6 +240,7 @@ async def record(sessions) -> None:
             h = await start(env.client, queue, BRANCHY, user="replay-exit-step")
             await h.result()
             runs["exit_step_exited"] = h
+            runs.update(await record_operators(env))
             for name, handle in runs.items():
                 path = HISTORIES / f"{name}.json"
                 if path.exists():
@@ -215,6 +250,128 @@ async def record(sessions) -> None:
                 history = await handle.fetch_history()
                 path.write_text(history.to_json())
                 print("recorded", name, len(history.events), "events")
+
+
+class OperatorDoubles:
+    """The operator workflows' activities, under their real names: pages of a campaign's
+    running journeys exited, a failed send rebuilt, and its delivery failing once as the
+    real `deliver` does on a provider outage (retryable), then sent."""
+
+    JOURNEYS = [f"u{i}" for i in range(5)]
+
+    def __init__(self) -> None:
+        self.delivered: list[tuple[int, DeliverRequest]] = []
+
+    @activity.defn(name=ACTIVITY_EXIT_PAGE)
+    async def exit_page(self, page: ExitPage) -> ExitProgress:
+        users = [u for u in self.JOURNEYS if page.after_user is None or u > page.after_user]
+        users = users[: page.page_size]
+        return ExitProgress(
+            seen=len(users),
+            exited=len(users),
+            after_user=users[-1] if users else page.after_user,
+            after_id=self.JOURNEYS.index(users[-1]) + 1 if users else page.after_id,
+            done=len(users) < page.page_size,
+        )
+
+    @activity.defn(name=ACTIVITY_PREPARE_RETRY)
+    async def prepare_retry(self, retry: RetryInput) -> DeliverRequest:
+        workflow_id = journey_id(CART.id, "replay-retried")
+        entry = event("Product Added", sku="SKU-1")
+        failed_key = idempotency_key(workflow_id, entry.message_id, "remind", 1)
+        return DeliverRequest(
+            idempotency_key=retry_key(failed_key, retry.retry),
+            workflow_id=workflow_id,
+            campaign_id=CART.id,
+            campaign_version=1,
+            step_id="remind",
+            visit=1,
+            channel="sandbox",
+            user_id="replay-retried",
+            template="reminder",
+            entry_event=entry,
+        )
+
+    @activity.defn(name=ACTIVITY_DELIVER)
+    async def deliver(self, request: DeliverRequest) -> DeliverResult:
+        attempt = activity.info().attempt
+        self.delivered.append((attempt, request))
+        if attempt == 1:
+            raise ApplicationError(
+                "provider down (the double's first attempt)", type=PROVIDER_UNAVAILABLE
+            )
+        return DeliverResult(
+            status=DeliveryStatus.sent,
+            delivery_id=2,
+            idempotency_key=request.idempotency_key,
+            provider_message_id="msg-retried",
+        )
+
+
+async def record_operators(env: WorkflowEnvironment) -> dict[str, WorkflowHandle[Any, Any]]:
+    """The operator workflows, each run once: a bulk exit of 5 journeys 2 a page (3 pages);
+    a migration of 7 journeys 2 a page, continued as new every 2 pages (its first run: 2
+    pages, then continue-as-new); a retry whose delivery fails once, then is sent."""
+    doubles, pages = OperatorDoubles(), Pages()
+    queue = f"record-operators-{uuid.uuid4()}"
+    runs: dict[str, WorkflowHandle[Any, Any]] = {}
+    async with Worker(
+        env.client,
+        task_queue=queue,
+        workflows=[BulkExitWorkflow, MigrationWorkflow, RetryDeliveryWorkflow],
+        activities=[
+            doubles.exit_page,
+            doubles.prepare_retry,
+            doubles.deliver,
+            pages.migrate_page,
+        ],
+    ):
+        h = await env.client.start_workflow(
+            WORKFLOW_BULK_EXIT,
+            BulkExitInput(
+                campaign_id=CART.id, reason="campaign withdrawn", request_id="r-1", page_size=2
+            ),
+            id=bulk_exit_id(CART.id, "r-1"),
+            task_queue=queue,
+            result_type=ExitProgress,
+        )
+        done = await h.result()
+        assert (done.pages, done.exited, done.done) == (3, 5, True), done
+        runs["operator_bulk_exit"] = h
+        h = await env.client.start_workflow(
+            WORKFLOW_MIGRATION,
+            MigrationInput(
+                campaign_id=CART.id,
+                from_version=1,
+                to_version=2,
+                steps={"wait": "pause"},
+                by="ops",
+                request_id="r-1",
+                page_size=2,
+                pages_per_run=2,
+            ),
+            id=migration_id(CART.id, "r-1"),
+            task_queue=queue,
+            result_type=MigrationProgress,
+        )
+        migrated = await h.result()
+        assert (migrated.pages, migrated.seen, migrated.done) == (4, 7, True), migrated
+        # The first run: two pages, then continue-as-new with the cursor and report.
+        runs["operator_migration"] = env.client.get_workflow_handle(
+            h.id, run_id=h.first_execution_run_id
+        )
+        h = await env.client.start_workflow(
+            WORKFLOW_RETRY_DELIVERY,
+            RetryInput(delivery_id=1, retry=1),
+            id=retry_workflow_id(1, 1),
+            task_queue=queue,
+            result_type=RetryOutcome,
+        )
+        outcome = await h.result()
+        assert outcome.result.status is DeliveryStatus.sent, outcome
+        assert [attempt for attempt, _ in doubles.delivered] == [1, 2]
+        runs["operator_retry"] = h
+    return runs
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Replay proves both ways: every recorded history replays against today's JourneyWorkflow,
-and a deliberately non-deterministic change to it fails to."""
+"""Replay proves both ways: every recorded history replays against today's code — the
+workflow its first event names (JourneyWorkflow, or an operator workflow: bulk exit,
+migration, retry of a failed send) — and a deliberately non-deterministic change fails to."""
 
 from __future__ import annotations
 
@@ -16,17 +17,43 @@ from temporalio.workflow import NondeterminismError
 
 from core.definition import SendStep
 from core.journey import WORKFLOW_NAME, JourneyInput, JourneyResult, Send
+from core.operations import (
+    WORKFLOW_BULK_EXIT,
+    WORKFLOW_MIGRATION,
+    WORKFLOW_RETRY_DELIVERY,
+    MigrationInput,
+    MigrationProgress,
+)
 from temporal.client import DATA_CONVERTER
 from workflows.journey import JourneyWorkflow
+from workflows.operations import BulkExitWorkflow, MigrationWorkflow, RetryDeliveryWorkflow
 
 HISTORIES = sorted((Path(__file__).parent.parent / "histories").glob("*.json"))
 
+WORKFLOWS: dict[str, type] = {
+    WORKFLOW_NAME: JourneyWorkflow,
+    WORKFLOW_BULK_EXIT: BulkExitWorkflow,
+    WORKFLOW_MIGRATION: MigrationWorkflow,
+    WORKFLOW_RETRY_DELIVERY: RetryDeliveryWorkflow,
+}
+"""Today's class of each workflow type a history may name."""
+
+
+def load(name: str) -> WorkflowHistory:
+    path = Path(__file__).parent.parent / "histories" / f"{name}.json"
+    history = WorkflowHistory.from_json(name, path.read_text())
+    # Under an id of its own kind: `journey/replay/cart_reminder`, `campaign_exit/replay/...`.
+    return WorkflowHistory(f"{workflow_type(history)}/replay/{name}", history.events)
+
+
+def workflow_type(history: WorkflowHistory) -> str:
+    """The workflow type the history's first event started."""
+    return history.events[0].workflow_execution_started_event_attributes.workflow_type.name
+
 
 async def replay(workflow_class: type, name: str) -> WorkflowReplayResult:
-    path = Path(__file__).parent.parent / "histories" / f"{name}.json"
-    history = WorkflowHistory.from_json(f"journey/replay/{name}", path.read_text())
     replayer = Replayer(workflows=[workflow_class], data_converter=DATA_CONVERTER)
-    return await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    return await replayer.replay_workflow(load(name), raise_on_replay_failure=False)
 
 
 def kinds(history: WorkflowHistory) -> Counter[str]:
@@ -58,6 +85,23 @@ def patches(history: WorkflowHistory) -> list[str]:
 
 def continued_from(history: WorkflowHistory) -> str:
     return history.events[0].workflow_execution_started_event_attributes.continued_execution_run_id
+
+
+def attempts(history: WorkflowHistory, activity: str) -> list[int]:
+    """Each run of `activity` that started: the attempt it ended on (retries after a
+    failure are the retry policy's, not commands: only the last attempt is recorded)."""
+    scheduled = {
+        e.event_id
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+        and e.activity_task_scheduled_event_attributes.activity_type.name == activity
+    }
+    return [
+        e.activity_task_started_event_attributes.attempt
+        for e in history.events
+        if e.HasField("activity_task_started_event_attributes")
+        and e.activity_task_started_event_attributes.scheduled_event_id in scheduled
+    ]
 
 
 GUARDED: dict[str, Callable[[WorkflowHistory], bool]] = {
@@ -128,6 +172,29 @@ GUARDED: dict[str, Callable[[WorkflowHistory], bool]] = {
     ),
     # An exit step ends the journey `exited` (exit-step-exited-v1), behind its marker.
     "exit_step_exited": lambda h: patches(h)[-1] == "exit-step-exited-v1",
+    # The operator workflows. A bulk exit pages the campaign's journeys, one activity a
+    # page, until a page says it was the last.
+    "operator_bulk_exit": lambda h: (
+        workflow_type(h) == WORKFLOW_BULK_EXIT
+        and activities(h) == ["exit_page"] * 3
+        and kinds(h)["workflow_execution_completed"] == 1
+    ),
+    # A migration's first run: two pages (`pages_per_run`), then continue-as-new carrying
+    # the cursor and the report.
+    "operator_migration": lambda h: (
+        workflow_type(h) == WORKFLOW_MIGRATION
+        and activities(h) == ["migrate_page"] * 2
+        and kinds(h)["workflow_execution_continued_as_new"] == 1
+        and not continued_from(h)
+    ),
+    # A retry: the send rebuilt, then `deliver`, whose first attempt failed (a provider
+    # outage) and whose second, the retry policy's, sent it.
+    "operator_retry": lambda h: (
+        workflow_type(h) == WORKFLOW_RETRY_DELIVERY
+        and activities(h) == ["prepare_retry", "deliver"]
+        and attempts(h, "deliver") == [2]
+        and kinds(h)["workflow_execution_completed"] == 1
+    ),
 }
 """The behaviours the recorded histories guard, and how each history shows its own."""
 
@@ -146,7 +213,9 @@ def test_each_guarded_behaviour_has_its_history(name: str):
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
 async def test_history_replays(path: Path):
-    result = await replay(JourneyWorkflow, path.stem)
+    kind = workflow_type(load(path.stem))
+    assert kind in WORKFLOWS, f"{path.name} runs {kind!r}: name its class in WORKFLOWS"
+    result = await replay(WORKFLOWS[kind], path.stem)
     assert result.replay_failure is None, f"{path.name} no longer replays: {result.replay_failure}"
 
 
@@ -191,3 +260,23 @@ async def test_dropping_continue_as_new_fails_replay():
     assert isinstance(result.replay_failure, NondeterminismError)
     # The run that was continued as new is the only one it changes.
     assert (await replay(NeverContinuesAsNew, "continued_as_new_last_run")).replay_failure is None
+
+
+@workflow.defn(name=WORKFLOW_MIGRATION, sandboxed=False)
+class MigratesInOneRun(MigrationWorkflow):
+    """The same mistake in an operator workflow: a migration that no longer turns its run
+    over every `pages_per_run` pages asks for a third page where the recorded run
+    continued as new."""
+
+    @workflow.run
+    async def run(self, input: MigrationInput) -> MigrationProgress:
+        return await super().run(input.model_copy(update={"pages_per_run": 10**6}))
+
+
+async def test_an_operator_workflow_changed_without_a_patch_fails_replay() -> None:
+    assert (await replay(MigrationWorkflow, "operator_migration")).replay_failure is None
+    result = await replay(MigratesInOneRun, "operator_migration")
+    assert isinstance(result.replay_failure, NondeterminismError)
+    # A history replays only against the workflow it recorded.
+    wrong = await replay(BulkExitWorkflow, "operator_migration")
+    assert wrong.replay_failure is not None

@@ -388,6 +388,40 @@ async def running_page(
     return list((await session.scalars(statement)).all())
 
 
+async def running_page_of_every_campaign(
+    *,
+    session: AsyncSession,
+    after_campaign: str | None,
+    after: tuple[str, int] | None,
+    limit: int,
+) -> list[JourneyEntry]:
+    """The next `limit` rows of every campaign's running journeys: campaign by campaign in
+    id order, each read by `running_page` (the index on (campaign, user, status)), from
+    `after` (a row's user id and id) within `after_campaign` — the whole of it when `after`
+    is None; the first campaign's start when `after_campaign` is None. Fewer than `limit`
+    only when no campaign has more. Campaigns are never deleted, so their table lists every
+    campaign a journey can belong to, whatever its status (archived ones' journeys run on)."""
+    rows: list[JourneyEntry] = []
+    campaign = after_campaign
+    if campaign is None:
+        campaign = await _campaign_after(session, None)
+        after = None
+    while campaign is not None and len(rows) < limit:
+        rows += await running_page(
+            session=session, campaign_id=campaign, after=after, limit=limit - len(rows)
+        )
+        if len(rows) < limit:
+            campaign, after = await _campaign_after(session, campaign), None
+    return rows
+
+
+async def _campaign_after(session: AsyncSession, campaign_id: str | None) -> str | None:
+    statement = select(Campaign.id).order_by(Campaign.id).limit(1)
+    if campaign_id is not None:
+        statement = statement.where(Campaign.id > campaign_id)
+    return await session.scalar(statement)
+
+
 async def person_journeys(
     *, session: AsyncSession, user_ids: Sequence[str], limit: int = 200
 ) -> list[JourneyEntry]:

@@ -1,6 +1,7 @@
 """activities: what the operator workflows ask for — a page of a campaign's running journeys
 sent the `exit` update, a page of one version's journeys migrated to a newer one (and
-recorded), and a failed send rebuilt for its retry."""
+recorded), a page of running journeys told to ask the send policy again, and a failed send
+rebuilt for its retry."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from core.events import JourneyEvent
 from core.journey import (
     NOT_AT_STEP,
     QUERY_STATE,
+    SIGNAL_RECHECK,
     UPDATE_EXIT,
     DeliverRequest,
     DeliveryStatus,
@@ -38,6 +40,7 @@ from core.operations import (
     ACTIVITY_EXIT_PAGE,
     ACTIVITY_MIGRATE_PAGE,
     ACTIVITY_PREPARE_RETRY,
+    ACTIVITY_RECHECK_PAGE,
     MIGRATION_REFUSED,
     RETRY_REFUSED,
     ExitPage,
@@ -45,11 +48,13 @@ from core.operations import (
     MigratePage,
     MigrationProgress,
     MigrationReport,
+    RecheckPage,
+    RecheckProgress,
     RetryInput,
 )
 from store.campaigns import VersionUnavailable, load_definition
 from store.deliveries import delivery_by_id, retry_key
-from store.entries import entry_of_send, running_page
+from store.entries import entry_of_send, running_page, running_page_of_every_campaign
 from store.identities import canonical_user
 from store.journey_versions import move_to_version, running_on_version_page
 from store.models import Event, JourneyEntry
@@ -143,6 +148,72 @@ class OperationsActivities:
         except (RPCTimeoutOrCancelledError, WorkflowQueryFailedError) as exc:
             return "failed", bounded(str(exc) or type(exc).__name__, 200)
         return "exited", None
+
+    @activity.defn(name=ACTIVITY_RECHECK_PAGE)
+    async def recheck_page(self, page: RecheckPage) -> RecheckProgress:
+        """Send `recheck-policy` to the next page of running journeys — the campaign's, or
+        every campaign's — from the membership index (keyset by campaign, user id, row id).
+        Heartbeats its cursor and counts after each batch, so a retry resumes where the last
+        one stopped and counts nobody twice (a journey told twice asks the policy twice:
+        harmless, a deferred send is asked again either way)."""
+        details = activity.info().heartbeat_details
+        if details:
+            done = RecheckProgress.model_validate(details[0])
+        else:
+            done = RecheckProgress(
+                after_campaign=page.after_campaign,
+                after_user=page.after_user,
+                after_id=page.after_id,
+            )
+        after = None
+        if done.after_user is not None and done.after_id is not None:
+            after = (done.after_user, done.after_id)
+        limit = page.page_size - done.seen
+        async with self._sessions() as session:
+            if page.campaign_id is not None:
+                rows = await running_page(
+                    session=session, campaign_id=page.campaign_id, after=after, limit=limit
+                )
+            else:
+                rows = await running_page_of_every_campaign(
+                    session=session, after_campaign=done.after_campaign, after=after, limit=limit
+                )
+        for start in range(0, len(rows), CONCURRENT_EXITS):
+            batch = rows[start : start + CONCURRENT_EXITS]
+            outcomes = await asyncio.gather(*(self._tell_one(row) for row in batch))
+            for row, (outcome, error) in zip(batch, outcomes, strict=True):
+                done.seen += 1
+                if outcome == "told":
+                    done.told += 1
+                elif outcome == "failed":
+                    done.failed += 1
+                    done.errors = [*done.errors, f"{row.workflow_id}: {error}"][-5:]
+                else:
+                    done.skipped += 1
+            last = batch[-1]
+            done.after_campaign, done.after_user, done.after_id = (
+                last.campaign_id,
+                last.user_id,
+                last.id,
+            )
+            activity.heartbeat(done.model_dump(mode="json"))
+        done.done = done.seen < page.page_size
+        return done
+
+    async def _tell_one(self, row: JourneyEntry) -> tuple[str, str | None]:
+        """`told`, `skipped` (ended, or never started), or `failed` with why."""
+        try:
+            # The latest run of the id: the journey may have continued as new since.
+            await self._client.get_workflow_handle(row.workflow_id).signal(
+                SIGNAL_RECHECK, rpc_timeout=JOURNEY_RPC_TIMEOUT
+            )
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return "skipped", None  # signals reach running journeys only
+            return "failed", bounded(str(exc), 200)
+        except RPCTimeoutOrCancelledError as exc:
+            return "failed", bounded(str(exc) or type(exc).__name__, 200)
+        return "told", None
 
     @activity.defn(name=ACTIVITY_MIGRATE_PAGE)
     async def migrate_page(self, page: MigratePage) -> MigrationProgress:
@@ -307,7 +378,7 @@ class OperationsActivities:
             )
 
     def all(self) -> list[Any]:
-        return [self.exit_page, self.migrate_page, self.prepare_retry]
+        return [self.exit_page, self.recheck_page, self.migrate_page, self.prepare_retry]
 
 
 def _refused(message: str) -> ApplicationError:

@@ -1,10 +1,12 @@
 """core: what goes in and out of the operator workflows — a campaign's bulk exit (with its
-progress) and the retry of a failed send."""
+progress), the retry of a failed send, the migration of waiting journeys to a newer version,
+and the re-check of the send policy by running journeys."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from core.definition import SLUG
 from core.journey import DeliverResult
 
 WORKFLOW_BULK_EXIT = "campaign_exit"
@@ -252,4 +254,88 @@ class MigratePage(BaseModel):
     by: str | None = None
     reason: str | None = None
     after: str | None = None
+    page_size: int = 100
+
+
+# -- telling running journeys the send policy changed (quiet hours, caps) -----------------
+
+WORKFLOW_POLICY_RECHECK = "policy_recheck"
+ACTIVITY_RECHECK_PAGE = "recheck_page"
+
+
+def policy_recheck_id(request_id: str) -> str:
+    """The workflow id of one re-check: named by its request id alone (it may span every
+    campaign), so a request sent twice tells each journey once."""
+    return f"policy-recheck/{request_id}"
+
+
+class RecheckRequest(BaseModel):
+    """`POST /v1/journeys/recheck`: running journeys ask the send policy again — a send
+    deferred by quiet hours goes now if the policy now allows it."""
+
+    # A misspelt `campaign_id` would otherwise widen the re-check to every campaign.
+    model_config = ConfigDict(extra="forbid")
+
+    campaign_id: str | None = Field(
+        default=None,
+        pattern=SLUG,
+        description="only this campaign's journeys; none: every campaign's",
+    )
+    request_id: str | None = Field(
+        default=None,
+        pattern=REQUEST_ID,
+        description="names the operation; the same id again finds it instead of a second one",
+    )
+    page_size: int = Field(
+        default=100, ge=1, le=1000, description="journeys per activity call (one heartbeat each)"
+    )
+
+
+class RecheckProgress(BaseModel):
+    """How far a re-check is: journeys seen in the membership index and what each got."""
+
+    seen: int = 0
+    told: int = 0
+    """Running journeys sent the `recheck-policy` signal (one not deferring ignores it)."""
+    skipped: int = 0
+    """Ended, or never started: Temporal has no running journey of the row to tell."""
+    failed: int = 0
+    """Temporal did not take the signal (unreachable, no answer in time): see `errors`."""
+    pages: int = 0
+    after_campaign: str | None = None
+    after_user: str | None = None
+    after_id: int | None = None
+    """The keyset cursor: the last journey row handled, by (campaign, user id, row id)."""
+    done: bool = False
+    errors: list[str] = Field(default_factory=list)
+    """The last few failures, for the operator."""
+
+    def add(self, page: RecheckProgress) -> None:
+        self.seen += page.seen
+        self.told += page.told
+        self.skipped += page.skipped
+        self.failed += page.failed
+        self.after_campaign = page.after_campaign
+        self.after_user, self.after_id = page.after_user, page.after_id
+        self.errors = [*self.errors, *page.errors][-MAX_ERRORS_KEPT:]
+
+
+class RecheckInput(BaseModel):
+    campaign_id: str | None = None
+    """None: every campaign's running journeys, campaign by campaign in id order."""
+    request_id: str
+    page_size: int = 100
+    pages_per_run: int = 50
+    """Continue as new after this many pages: the history stays a few hundred events."""
+    progress: RecheckProgress = Field(default_factory=RecheckProgress)
+    """Carried across continue-as-new."""
+
+
+class RecheckPage(BaseModel):
+    """One activity call: tell up to `page_size` running journeys after the cursor."""
+
+    campaign_id: str | None = None
+    after_campaign: str | None = None
+    after_user: str | None = None
+    after_id: int | None = None
     page_size: int = 100

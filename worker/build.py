@@ -30,7 +30,12 @@ from workflows.clock import AudienceClock
 from workflows.fanout import FanOutWorkflow
 from workflows.housekeeping import PruneSendLedger
 from workflows.journey import JourneyWorkflow
-from workflows.operations import BulkExitWorkflow, MigrationWorkflow, RetryDeliveryWorkflow
+from workflows.operations import (
+    BulkExitWorkflow,
+    MigrationWorkflow,
+    PolicyRecheckWorkflow,
+    RetryDeliveryWorkflow,
+)
 
 log = logging.getLogger("nudge.worker")
 
@@ -53,7 +58,7 @@ class WorkerActivities:
     fanout: FanOutActivities
     clock: ClockActivities
     operations: OperationsActivities | None = None
-    """The operator tools' (bulk exit, retrying a failed send)."""
+    """The operator tools' (bulk exit, migration, policy re-check, retrying a failed send)."""
 
     def all(self) -> list[Any]:
         return [
@@ -109,6 +114,7 @@ def create_worker(
             AudienceClock,
             BulkExitWorkflow,
             MigrationWorkflow,
+            PolicyRecheckWorkflow,
             RetryDeliveryWorkflow,
         ],
         activities=activities.all(),

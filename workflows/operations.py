@@ -1,7 +1,8 @@
 """workflows: operator tools that outlive an HTTP request — the bulk exit of a campaign's
-journeys and the migration of one version's waiting journeys to a newer one (each one per
-request, paging by cursor, with a `progress` query), and the retry of one failed send
-(exactly once per retry number, through the real `deliver` activity)."""
+journeys, the migration of one version's waiting journeys to a newer one and the re-check of
+the send policy by running journeys (each one per request, paging by cursor, with a
+`progress` query), and the retry of one failed send (exactly once per retry number, through
+the real `deliver` activity)."""
 
 from __future__ import annotations
 
@@ -25,10 +26,12 @@ with workflow.unsafe.imports_passed_through():
         ACTIVITY_EXIT_PAGE,
         ACTIVITY_MIGRATE_PAGE,
         ACTIVITY_PREPARE_RETRY,
+        ACTIVITY_RECHECK_PAGE,
         QUERY_PROGRESS,
         RETRY_REFUSED,
         WORKFLOW_BULK_EXIT,
         WORKFLOW_MIGRATION,
+        WORKFLOW_POLICY_RECHECK,
         WORKFLOW_RETRY_DELIVERY,
         BulkExitInput,
         ExitPage,
@@ -37,6 +40,9 @@ with workflow.unsafe.imports_passed_through():
         MigrationInput,
         MigrationProgress,
         MigrationReport,
+        RecheckInput,
+        RecheckPage,
+        RecheckProgress,
         RetryInput,
         RetryOutcome,
     )
@@ -122,6 +128,58 @@ class BulkExitWorkflow:
         workflow.set_current_details(
             f"**{state}** {input.campaign_id}{at}: {p.seen} seen, {p.exited} exited, "
             f"{p.skipped} skipped, {p.failed} failed (page {p.pages})"
+        )
+
+
+@workflow.defn(name=WORKFLOW_POLICY_RECHECK)
+class PolicyRecheckWorkflow:
+    """Tells running journeys — of one campaign, or of every campaign — that the send
+    policy's settings may have changed (the `recheck-policy` signal: a send deferred by
+    quiet hours asks again now), a page of the membership index at a time; never holds the
+    list, only a cursor."""
+
+    @workflow.init
+    def __init__(self, input: RecheckInput) -> None:
+        self.progress = input.progress.model_copy(deep=True)
+
+    @workflow.query(name=QUERY_PROGRESS)
+    def query_progress(self) -> RecheckProgress:
+        return self.progress
+
+    @workflow.run
+    async def run(self, input: RecheckInput) -> RecheckProgress:
+        progress = self.progress
+
+        async def next_page() -> RecheckProgress:
+            where = progress.after_user or "the first"
+            if input.campaign_id is None:
+                where = f"{progress.after_campaign or 'the first campaign'}/{where}"
+            page: RecheckProgress = await workflow.execute_activity(
+                ACTIVITY_RECHECK_PAGE,
+                RecheckPage(
+                    campaign_id=input.campaign_id,
+                    after_campaign=progress.after_campaign,
+                    after_user=progress.after_user,
+                    after_id=progress.after_id,
+                    page_size=input.page_size,
+                ),
+                result_type=RecheckProgress,
+                start_to_close_timeout=PAGE_TIMEOUT,
+                heartbeat_timeout=PAGE_HEARTBEAT,
+                retry_policy=PAGE_RETRY,
+                summary=f"{input.campaign_id or 'every campaign'}: journeys after {where}",
+            )
+            return page
+
+        await page_through(input, progress, next_page, lambda: self._show(input, "telling"))
+        self._show(input, "done")
+        return progress
+
+    def _show(self, input: RecheckInput, state: str) -> None:
+        p = self.progress
+        workflow.set_current_details(
+            f"**{state}** {input.campaign_id or 'every campaign'}: {p.seen} seen, "
+            f"{p.told} told, {p.skipped} skipped, {p.failed} failed (page {p.pages})"
         )
 
 

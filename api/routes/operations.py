@@ -1,4 +1,5 @@
-"""api: bulk exit of a campaign's journeys, retrying a failed send."""
+"""api: bulk exit of a campaign's journeys, running journeys re-asking the send policy,
+retrying a failed send."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import uuid
 from datetime import timedelta
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, HTTPException, Path, Response, status
+from fastapi import APIRouter, Body, HTTPException, Path, Query, Response, status
 from pydantic import BaseModel
 from temporalio.client import (
     Client,
@@ -31,13 +32,18 @@ from core.operations import (
     REQUEST_ID,
     RETRY_REFUSED,
     WORKFLOW_BULK_EXIT,
+    WORKFLOW_POLICY_RECHECK,
     WORKFLOW_RETRY_DELIVERY,
     BulkExitInput,
     BulkExitRequest,
     ExitProgress,
+    RecheckInput,
+    RecheckProgress,
+    RecheckRequest,
     RetryInput,
     RetryOutcome,
     bulk_exit_id,
+    policy_recheck_id,
     retry_workflow_id,
 )
 from store.campaigns import get_campaign, step_ids
@@ -184,6 +190,129 @@ async def _bulk_exit(
     )
 
 
+MEMO_SCOPE = "campaign_id"
+"""The memo key of a re-check's scope: its campaign, or None for every campaign."""
+
+
+class RecheckPublic(BaseModel):
+    operation_id: str
+    """Name it to read the progress: `GET /v1/journeys/recheck?operation_id=...`."""
+    campaign_id: str | None
+    """The campaign whose journeys are told; None: every campaign's."""
+    workflow_id: str
+    status: str
+    """`running`, `completed`, or how the operation's workflow ended otherwise."""
+    progress: RecheckProgress
+
+
+@router.post(
+    "/journeys/recheck",
+    response_model=RecheckPublic,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        **ERRORS,
+        404: {"model": Message, "description": "no such campaign"},
+        409: {"model": Message, "description": "the request id names a re-check of another scope"},
+    },
+    summary="Running journeys ask the send policy again (after quiet hours or caps changed)",
+)
+async def start_policy_recheck(
+    client: TemporalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    request: Annotated[RecheckRequest | None, Body()] = None,
+) -> RecheckPublic:
+    """Runs as a Temporal workflow (`policy_recheck`) that pages the running journeys — of
+    `campaign_id`, or of every campaign — from the membership index and sends each the
+    `recheck-policy` signal: a send deferred by quiet hours asks the policy again at once
+    (and goes, if the workers' settings now allow it); journeys not deferring ignore it,
+    and those that ended count as skipped. Run it after restarting the workers with changed
+    quiet hours or caps. The same `request_id` again finds the same operation."""
+    request = request or RecheckRequest()
+    if request.campaign_id is not None:
+        if await get_campaign(session=session, campaign_id=request.campaign_id) is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no campaign {request.campaign_id!r}")
+    await session.rollback()  # no transaction held open while Temporal is asked
+    operation_id = request.request_id or uuid.uuid4().hex[:16]
+    workflow_id = policy_recheck_id(operation_id)
+    scope = request.campaign_id or "every campaign"
+    try:
+        handle: WorkflowHandle[Any, Any] = await client.start_workflow(
+            WORKFLOW_POLICY_RECHECK,
+            RecheckInput(
+                campaign_id=request.campaign_id,
+                request_id=operation_id,
+                page_size=request.page_size,
+            ),
+            id=workflow_id,
+            task_queue=settings.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            memo={MEMO_SCOPE: request.campaign_id},
+            static_summary=f"policy re-check: {scope}",
+            rpc_timeout=RPC_TIMEOUT,
+        )
+    except WorkflowAlreadyStartedError:
+        handle = client.get_workflow_handle(workflow_id)  # done before: its result stands
+    except (RPCError, RPCTimeoutOrCancelledError) as exc:
+        raise temporal_error(exc, workflow_id) from exc
+    answer = await _policy_recheck(client, handle, operation_id, peek=True)
+    if answer.campaign_id != request.campaign_id:
+        # A request id reused for another scope would otherwise answer for the first one.
+        was = repr(answer.campaign_id) if answer.campaign_id else "every campaign"
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"request_id {operation_id!r} names a re-check of {was}: choose another request_id",
+        )
+    return answer
+
+
+@router.get(
+    "/journeys/recheck",
+    response_model=RecheckPublic,
+    responses={**ERRORS, 404: {"model": Message, "description": "no such operation"}},
+    summary="A policy re-check's progress: journeys seen, told, skipped, failed; done",
+)
+async def get_policy_recheck(
+    client: TemporalDep,
+    operation_id: Annotated[
+        str, Query(pattern=REQUEST_ID, description="the `operation_id` its start answered")
+    ],
+) -> RecheckPublic:
+    """A query parameter, not a path segment: `/v1/journeys/{campaign}/{user}` is a
+    journey's view, and `recheck/{operation_id}` would read as campaign `recheck`."""
+    handle = client.get_workflow_handle(policy_recheck_id(operation_id))
+    return await _policy_recheck(client, handle, operation_id)
+
+
+async def _policy_recheck(
+    client: Client,
+    handle: WorkflowHandle[Any, Any],
+    operation_id: str,
+    *,
+    peek: bool = False,
+) -> RecheckPublic:
+    missing = f"no policy re-check {operation_id!r}"
+    try:
+        described = await handle.describe(rpc_timeout=RPC_TIMEOUT)
+        memo = await described.memo()
+    except (RPCError, RPCTimeoutOrCancelledError) as exc:
+        if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, missing) from exc
+        raise temporal_error(exc, handle.id) from exc
+    state, progress = await read_operation(
+        client, handle, RecheckProgress, RecheckProgress(), missing=missing, peek=peek
+    )
+    scope = memo.get(MEMO_SCOPE)
+    return RecheckPublic(
+        operation_id=operation_id,
+        campaign_id=scope if isinstance(scope, str) else None,
+        workflow_id=handle.id,
+        status=state,
+        progress=progress,
+    )
+
+
 Progress = TypeVar("Progress", bound=BaseModel)
 
 
@@ -196,7 +325,7 @@ async def read_operation(
     missing: str,
     peek: bool = False,
 ) -> tuple[str, Progress]:
-    """An operator's operation (a bulk exit, a migration): its status (`running`,
+    """An operator's operation (a bulk exit, a migration, a policy re-check): its status (`running`,
     `completed`, `failed`, …) and progress — its result once completed, else its `progress`
     query while it runs, else `empty` (one that failed, was cancelled or terminated has no
     progress to read). `peek`: one just started answers `empty` rather than wait for its

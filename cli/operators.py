@@ -143,7 +143,7 @@ def register(sub: argparse._SubParsersAction, campaigns: argparse._SubParsersAct
     recheck = subcommands_of(sub, "journeys").add_parser(
         "recheck",
         help="running journeys ask the send policy again: run after restarting the workers "
-        "with changed quiet hours or caps (a Temporal workflow)",
+        "with changed quiet hours (a Temporal workflow)",
     )
     recheck.add_argument("--campaign", help="only this campaign's journeys (default: every one)")
     recheck.add_argument(

@@ -257,7 +257,7 @@ class MigratePage(BaseModel):
     page_size: int = 100
 
 
-# -- telling running journeys the send policy changed (quiet hours, caps) -----------------
+# -- telling running journeys the send policy changed (quiet hours) -----------------------
 
 WORKFLOW_POLICY_RECHECK = "policy_recheck"
 ACTIVITY_RECHECK_PAGE = "recheck_page"

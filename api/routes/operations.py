@@ -214,7 +214,7 @@ class RecheckPublic(BaseModel):
         404: {"model": Message, "description": "no such campaign"},
         409: {"model": Message, "description": "the request id names a re-check of another scope"},
     },
-    summary="Running journeys ask the send policy again (after quiet hours or caps changed)",
+    summary="Running journeys ask the send policy again (after quiet hours changed)",
 )
 async def start_policy_recheck(
     client: TemporalDep,
@@ -225,9 +225,11 @@ async def start_policy_recheck(
     """Runs as a Temporal workflow (`policy_recheck`) that pages the running journeys — of
     `campaign_id`, or of every campaign — from the membership index and sends each the
     `recheck-policy` signal: a send deferred by quiet hours asks the policy again at once
-    (and goes, if the workers' settings now allow it); journeys not deferring ignore it,
-    and those that ended count as skipped. Run it after restarting the workers with changed
-    quiet hours or caps. The same `request_id` again finds the same operation."""
+    (and goes if the workers' settings now allow it — caps and consent checked as for any
+    send — or is deferred again, spending none of its deferral tries); journeys not
+    deferring ignore it, and those that ended count as skipped. Run it after restarting the
+    workers with changed quiet hours (or default time zone): only quiet hours defer a send.
+    The same `request_id` again finds the same operation."""
     request = request or RecheckRequest()
     if request.campaign_id is not None:
         if await get_campaign(session=session, campaign_id=request.campaign_id) is None:

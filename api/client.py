@@ -338,6 +338,30 @@ class NudgeClient:
         )
         return result
 
+    async def recheck_journeys(
+        self, *, campaign_id: str | None = None, request_id: str | None = None
+    ) -> dict[str, Any]:
+        """Start telling running journeys (one campaign's, or every campaign's) to ask the
+        send policy again; returns the operation, whose progress `recheck_progress` reads."""
+        body: dict[str, Any] = {}
+        if campaign_id is not None:
+            body["campaign_id"] = campaign_id
+        if request_id is not None:
+            body["request_id"] = request_id
+        result: dict[str, Any] = await self._call(
+            "POST", "/v1/journeys/recheck", json=body, headers=self._admin()
+        )
+        return result
+
+    async def recheck_progress(self, operation_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(
+            "GET",
+            "/v1/journeys/recheck",
+            params={"operation_id": operation_id},
+            headers=self._admin(),
+        )
+        return result
+
     async def retry_delivery(self, delivery_id: int) -> dict[str, Any]:
         """Send a failed delivery again (once per retry); the new send's outcome."""
         result: dict[str, Any] = await self._call(

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +197,14 @@ def refused(exc: Any, *, url: str, credential: str) -> str:
     elif exc.status_code == 500:  # 502-504 say themselves what is down (Temporal, a worker)
         text += " (the API failed: its log says why)"
     return f"error: {exc.status_code}: {text}"
+
+
+@dataclass(frozen=True)
+class Groups:
+    """The command groups cli/main.py builds, for other modules to add subcommands to:
+    `sub` holds the top-level commands (`nudge X`), the others `nudge campaigns X` and
+    `nudge journeys X`."""
+
+    sub: argparse._SubParsersAction[argparse.ArgumentParser]
+    campaigns: argparse._SubParsersAction[argparse.ArgumentParser]
+    journeys: argparse._SubParsersAction[argparse.ArgumentParser]

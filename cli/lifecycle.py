@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any
 
-from cli.common import print_json, read_text, with_client
+from cli.common import Groups, print_json, read_text, with_client
 
 
 def say(line: str) -> None:
@@ -117,10 +117,9 @@ def version_number(text: str) -> int:
     return number
 
 
-def register(sub: argparse._SubParsersAction, campaigns: argparse._SubParsersAction) -> None:
-    """Add this module's commands: `sub` holds the top-level commands, `campaigns` the
-    `nudge campaigns` ones."""
-    apply = campaigns.add_parser(
+def register(groups: Groups) -> None:
+    """Add this module's commands to the groups cli/main.py built."""
+    apply = groups.campaigns.add_parser(
         "apply",
         help="create or update a campaign from a YAML/JSON file (a changed definition of a "
         "campaign that was activated is a draft until published)",
@@ -133,7 +132,7 @@ def register(sub: argparse._SubParsersAction, campaigns: argparse._SubParsersAct
     )
     apply.set_defaults(func=cmd_apply)
 
-    publish = campaigns.add_parser(
+    publish = groups.campaigns.add_parser(
         "publish", help="make a version the one new journeys enter (an older one: a rollback)"
     )
     publish.add_argument("campaign_id")
@@ -142,7 +141,7 @@ def register(sub: argparse._SubParsersAction, campaigns: argparse._SubParsersAct
     )
     publish.set_defaults(func=cmd_publish)
 
-    diff = campaigns.add_parser(
+    diff = groups.campaigns.add_parser(
         "diff", help="what changed between two versions, as a unified diff of their YAML"
     )
     diff.add_argument("campaign_id")

@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 from cli import lifecycle, migrate, operators, simulate
 from cli.common import (
     WRITE_KEY,
+    Groups,
     json_object,
     read_text,
     settings_or_exit,
@@ -276,10 +277,11 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("user_id")
     ex.add_argument("--reason", required=True)
     ex.set_defaults(func=cmd_journeys_exit)
-    # Each group of commands below registers its own subcommands (new groups, or more
-    # `campaigns` subcommands).
+    # Each module below registers its own commands: new groups, or more subcommands of
+    # `campaigns` and `journeys`.
+    groups = Groups(sub=sub, campaigns=campaigns, journeys=journeys)
     for module in (simulate, lifecycle, migrate, operators):
-        module.register(sub, campaigns)
+        module.register(groups)
     return p
 
 

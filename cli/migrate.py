@@ -14,7 +14,7 @@ import shlex
 import sys
 from typing import Any
 
-from cli.common import print_json, with_client
+from cli.common import Groups, print_json, with_client
 
 POLL_SECONDS = 1.0
 """How often a migration still going is read again."""
@@ -128,10 +128,9 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     with_client(args, migrate)
 
 
-def register(sub: argparse._SubParsersAction, campaigns: argparse._SubParsersAction) -> None:
-    """Add this module's commands: `sub` holds the top-level commands, `campaigns` the
-    `nudge campaigns` ones."""
-    migrate = campaigns.add_parser(
+def register(groups: Groups) -> None:
+    """Add this module's commands to the groups cli/main.py built."""
+    migrate = groups.campaigns.add_parser(
         "migrate",
         help="move journeys waiting in one version to a newer one (--dry-run first)",
         description="Journeys waiting at a wait or wait_for step of the old version move to "

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from cli.common import with_client
+from cli.common import Groups, with_client
 
 if TYPE_CHECKING:
     from api.client import NudgeClient
@@ -80,34 +80,15 @@ def recheck_line(operation: dict[str, Any]) -> str:
     return line + (" — done" if p["done"] else "")
 
 
-async def start_recheck(client: NudgeClient, campaign_id: str | None) -> dict[str, Any]:
-    # Through the client's plumbing: NudgeClient (api/client.py) has no method for it yet.
-    body = {} if campaign_id is None else {"campaign_id": campaign_id}
-    operation: dict[str, Any] = await client._call(
-        "POST", "/v1/journeys/recheck", json=body, headers=client._admin()
-    )
-    return operation
-
-
-async def recheck_progress(client: NudgeClient, operation_id: str) -> dict[str, Any]:
-    operation: dict[str, Any] = await client._call(
-        "GET",
-        "/v1/journeys/recheck",
-        params={"operation_id": operation_id},
-        headers=client._admin(),
-    )
-    return operation
-
-
 def cmd_journeys_recheck(args: argparse.Namespace) -> None:
     async def run(client: NudgeClient) -> dict[str, Any]:
-        operation = await start_recheck(client, args.campaign)
+        operation = await client.recheck_journeys(campaign_id=args.campaign)
         if not args.wait:
             return operation
         return await follow(
             operation,
             recheck_line,
-            lambda: recheck_progress(client, operation["operation_id"]),
+            lambda: client.recheck_progress(operation["operation_id"]),
         )
 
     with_client(args, run)
@@ -117,10 +98,9 @@ def cmd_deliveries_retry(args: argparse.Namespace) -> None:
     with_client(args, lambda c: c.retry_delivery(args.delivery_id))
 
 
-def register(sub: argparse._SubParsersAction, campaigns: argparse._SubParsersAction) -> None:
-    """Add this module's commands: `sub` holds the top-level commands, `campaigns` the
-    `nudge campaigns` ones."""
-    users = sub.add_parser("users", help="look up users").add_subparsers(
+def register(groups: Groups) -> None:
+    """Add this module's commands to the groups cli/main.py built."""
+    users = groups.sub.add_parser("users", help="look up users").add_subparsers(
         dest="action", required=True
     )
     show = users.add_parser(
@@ -129,7 +109,7 @@ def register(sub: argparse._SubParsersAction, campaigns: argparse._SubParsersAct
     show.add_argument("user_id")
     show.set_defaults(func=cmd_users_show)
 
-    exit_all = campaigns.add_parser(
+    exit_all = groups.campaigns.add_parser(
         "exit", help="end every running journey of a campaign (a Temporal workflow)"
     )
     exit_all.add_argument("campaign_id")
@@ -140,7 +120,7 @@ def register(sub: argparse._SubParsersAction, campaigns: argparse._SubParsersAct
     )
     exit_all.set_defaults(func=cmd_campaigns_exit)
 
-    recheck = subcommands_of(sub, "journeys").add_parser(
+    recheck = groups.journeys.add_parser(
         "recheck",
         help="running journeys ask the send policy again: run after restarting the workers "
         "with changed quiet hours (a Temporal workflow)",
@@ -151,20 +131,9 @@ def register(sub: argparse._SubParsersAction, campaigns: argparse._SubParsersAct
     )
     recheck.set_defaults(func=cmd_journeys_recheck)
 
-    deliveries = sub.add_parser("deliveries", help="act on deliveries").add_subparsers(
+    deliveries = groups.sub.add_parser("deliveries", help="act on deliveries").add_subparsers(
         dest="action", required=True
     )
     retry = deliveries.add_parser("retry", help="send a failed delivery again, exactly once")
     retry.add_argument("delivery_id", type=int)
     retry.set_defaults(func=cmd_deliveries_retry)
-
-
-def subcommands_of(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], command: str
-) -> argparse._SubParsersAction[argparse.ArgumentParser]:
-    """The subcommands of a group another module made (`nudge journeys`: cli/main.py), to
-    add one to it; argparse offers no public way to read them back."""
-    for action in sub.choices[command]._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    raise LookupError(f"nudge {command} has no subcommands")

@@ -16,7 +16,7 @@ import textwrap
 from datetime import timedelta
 from typing import Any
 
-from cli.common import read_text, settings_or_exit, with_client
+from cli.common import Groups, read_text, settings_or_exit, with_client
 from core.scenario import (
     EntryKind,
     Timeline,
@@ -29,10 +29,9 @@ BODY_LINES = 12
 """A sent message's body lines shown in the timeline (--json has all of it)."""
 
 
-def register(sub: argparse._SubParsersAction, campaigns: argparse._SubParsersAction) -> None:
-    """Add this module's commands: `sub` holds the top-level commands, `campaigns` the
-    `nudge campaigns` ones."""
-    simulate = sub.add_parser(
+def register(groups: Groups) -> None:
+    """Add this module's commands to the groups cli/main.py built."""
+    simulate = groups.sub.add_parser(
         "simulate",
         help="rehearse a campaign with a scenario on the time-skipping server",
         description="Rehearse a campaign: run a scenario's user and timed events through the "

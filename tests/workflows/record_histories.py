@@ -48,18 +48,24 @@ from core.journey import (
 from core.operations import (
     ACTIVITY_EXIT_PAGE,
     ACTIVITY_PREPARE_RETRY,
+    ACTIVITY_RECHECK_PAGE,
     WORKFLOW_BULK_EXIT,
     WORKFLOW_MIGRATION,
+    WORKFLOW_POLICY_RECHECK,
     WORKFLOW_RETRY_DELIVERY,
     BulkExitInput,
     ExitPage,
     ExitProgress,
     MigrationInput,
     MigrationProgress,
+    RecheckInput,
+    RecheckPage,
+    RecheckProgress,
     RetryInput,
     RetryOutcome,
     bulk_exit_id,
     migration_id,
+    policy_recheck_id,
     retry_workflow_id,
 )
 from store.db import create_engine, migrate, session_factory
@@ -81,7 +87,12 @@ from tests.workflows.test_journey import (
 from tests.workflows.test_migrate import CART_V2
 from tests.workflows.test_migration_workflow import Pages
 from workflows.journey import JourneyWorkflow
-from workflows.operations import BulkExitWorkflow, MigrationWorkflow, RetryDeliveryWorkflow
+from workflows.operations import (
+    BulkExitWorkflow,
+    MigrationWorkflow,
+    PolicyRecheckWorkflow,
+    RetryDeliveryWorkflow,
+)
 
 HISTORIES = Path(__file__).parent.parent / "histories"
 
@@ -274,6 +285,25 @@ class OperatorDoubles:
             done=len(users) < page.page_size,
         )
 
+    RUNNING = [("cart", "u1"), ("cart", "u2"), ("cart", "u3"), ("welcome", "u1"), ("welcome", "u4")]
+    """Every campaign's running journeys, in the membership index's order."""
+
+    @activity.defn(name=ACTIVITY_RECHECK_PAGE)
+    async def recheck_page(self, page: RecheckPage) -> RecheckProgress:
+        cursor = (page.after_campaign or "", page.after_user or "")
+        rows = [r for r in self.RUNNING if page.after_campaign is None or r > cursor]
+        rows = rows[: page.page_size]
+        last = rows[-1] if rows else None
+        return RecheckProgress(
+            seen=len(rows),
+            told=len(rows) - (1 if ("welcome", "u4") in rows else 0),
+            skipped=1 if ("welcome", "u4") in rows else 0,
+            after_campaign=last[0] if last else page.after_campaign,
+            after_user=last[1] if last else page.after_user,
+            after_id=self.RUNNING.index(last) + 1 if last else page.after_id,
+            done=len(rows) < page.page_size,
+        )
+
     @activity.defn(name=ACTIVITY_PREPARE_RETRY)
     async def prepare_retry(self, retry: RetryInput) -> DeliverRequest:
         workflow_id = journey_id(CART.id, "replay-retried")
@@ -311,16 +341,23 @@ class OperatorDoubles:
 async def record_operators(env: WorkflowEnvironment) -> dict[str, WorkflowHandle[Any, Any]]:
     """The operator workflows, each run once: a bulk exit of 5 journeys 2 a page (3 pages);
     a migration of 7 journeys 2 a page, continued as new every 2 pages (its first run: 2
-    pages, then continue-as-new); a retry whose delivery fails once, then is sent."""
+    pages, then continue-as-new); a retry whose delivery fails once, then is sent; a
+    policy re-check of every campaign's 5 running journeys 2 a page (3 pages)."""
     doubles, pages = OperatorDoubles(), Pages()
     queue = f"record-operators-{uuid.uuid4()}"
     runs: dict[str, WorkflowHandle[Any, Any]] = {}
     async with Worker(
         env.client,
         task_queue=queue,
-        workflows=[BulkExitWorkflow, MigrationWorkflow, RetryDeliveryWorkflow],
+        workflows=[
+            BulkExitWorkflow,
+            MigrationWorkflow,
+            PolicyRecheckWorkflow,
+            RetryDeliveryWorkflow,
+        ],
         activities=[
             doubles.exit_page,
+            doubles.recheck_page,
             doubles.prepare_retry,
             doubles.deliver,
             pages.migrate_page,
@@ -371,6 +408,16 @@ async def record_operators(env: WorkflowEnvironment) -> dict[str, WorkflowHandle
         assert outcome.result.status is DeliveryStatus.sent, outcome
         assert [attempt for attempt, _ in doubles.delivered] == [1, 2]
         runs["operator_retry"] = h
+        h = await env.client.start_workflow(
+            WORKFLOW_POLICY_RECHECK,
+            RecheckInput(request_id="r-1", page_size=2),
+            id=policy_recheck_id("r-1"),
+            task_queue=queue,
+            result_type=RecheckProgress,
+        )
+        told = await h.result()
+        assert (told.pages, told.seen, told.told, told.skipped) == (3, 5, 4, 1), told
+        runs["operator_recheck"] = h
     return runs
 
 

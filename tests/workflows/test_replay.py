@@ -20,13 +20,19 @@ from core.journey import WORKFLOW_NAME, JourneyInput, JourneyResult, Send
 from core.operations import (
     WORKFLOW_BULK_EXIT,
     WORKFLOW_MIGRATION,
+    WORKFLOW_POLICY_RECHECK,
     WORKFLOW_RETRY_DELIVERY,
     MigrationInput,
     MigrationProgress,
 )
 from temporal.client import DATA_CONVERTER
 from workflows.journey import JourneyWorkflow
-from workflows.operations import BulkExitWorkflow, MigrationWorkflow, RetryDeliveryWorkflow
+from workflows.operations import (
+    BulkExitWorkflow,
+    MigrationWorkflow,
+    PolicyRecheckWorkflow,
+    RetryDeliveryWorkflow,
+)
 
 HISTORIES = sorted((Path(__file__).parent.parent / "histories").glob("*.json"))
 
@@ -35,6 +41,7 @@ WORKFLOWS: dict[str, type] = {
     WORKFLOW_BULK_EXIT: BulkExitWorkflow,
     WORKFLOW_MIGRATION: MigrationWorkflow,
     WORKFLOW_RETRY_DELIVERY: RetryDeliveryWorkflow,
+    WORKFLOW_POLICY_RECHECK: PolicyRecheckWorkflow,
 }
 """Today's class of each workflow type a history may name."""
 
@@ -193,6 +200,12 @@ GUARDED: dict[str, Callable[[WorkflowHistory], bool]] = {
         workflow_type(h) == WORKFLOW_RETRY_DELIVERY
         and activities(h) == ["prepare_retry", "deliver"]
         and attempts(h, "deliver") == [2]
+        and kinds(h)["workflow_execution_completed"] == 1
+    ),
+    # A policy re-check of every campaign: three pages across two campaigns, the last short.
+    "operator_recheck": lambda h: (
+        workflow_type(h) == WORKFLOW_POLICY_RECHECK
+        and activities(h) == ["recheck_page"] * 3
         and kinds(h)["workflow_execution_completed"] == 1
     ),
 }

@@ -383,7 +383,7 @@ class JourneyWorkflow:
             except ActivityError as err:
                 if _unusable(err):
                     # Nothing of this version can ever be sent (nor was anything tried).
-                    failure = f"{ACTIVITY_SEND} failed: {_reason(err)}"
+                    failure = f"{ACTIVITY_SEND} failed: {failure_reason(err)}"
                     self._end(JourneyStatus.failed, failure)
                     return None, failure
                 return await self._give_up(step, request.idempotency_key, err)
@@ -409,7 +409,7 @@ class JourneyWorkflow:
         self, step: SendStep, idempotency_key: str, err: ActivityError
     ) -> tuple[str | None, str]:
         """The send's retries ran out (or its error was final): close its row as failed."""
-        failure = f"{step.channel} failed: {_reason(err)}"
+        failure = f"{step.channel} failed: {failure_reason(err)}"
         await workflow.execute_activity(
             ACTIVITY_FAIL_DELIVERY,
             DeliveryFailure(idempotency_key=idempotency_key, reason=failure),
@@ -629,7 +629,7 @@ class JourneyWorkflow:
         except ActivityError as err:
             if not workflow.patched(PATCH_ACTIVITY_FAILURE):
                 raise
-            self._end(JourneyStatus.failed, f"{activity} failed: {_reason(err)}")
+            self._end(JourneyStatus.failed, f"{activity} failed: {failure_reason(err)}")
             return None
         return answer
 
@@ -841,7 +841,7 @@ async def delivering(
     return result
 
 
-def _reason(err: ActivityError) -> str:
+def failure_reason(err: ActivityError) -> str:
     """Why an activity failed for good, as its last attempt said."""
     cause = err.cause
     return cause.message if isinstance(cause, FailureError) and cause.message else str(err)

@@ -46,7 +46,7 @@ with workflow.unsafe.imports_passed_through():
         RetryInput,
         RetryOutcome,
     )
-    from workflows.journey import delivering
+    from workflows.journey import delivering, failure_reason
 
 PAGE_TIMEOUT = timedelta(minutes=10)
 PAGE_HEARTBEAT = timedelta(seconds=30)
@@ -296,7 +296,7 @@ class RetryDeliveryWorkflow:
                 retry=DELIVER_RETRY,
             )
         except ActivityError as exc:
-            reason = str(exc.cause or exc)
+            reason = failure_reason(exc)
             await workflow.execute_activity(
                 ACTIVITY_FAIL_DELIVERY,
                 DeliveryFailure(idempotency_key=request.idempotency_key, reason=reason),

@@ -236,6 +236,12 @@ class Settings(BaseSettings):
     providers."""
     fanout_page_size: int = Field(default=500, ge=1, le=10_000)
     """Users per fan-out page: one activity call, heartbeating as it goes."""
+    simulation_concurrency: int = Field(default=2, ge=1, le=64)
+    """Rehearsals (`POST /v1/campaigns/{id}/simulate`) one API process runs at once, each a
+    process with a Temporal test server of its own; more wait for a turn."""
+    simulation_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    """How long a rehearsal over the API may take, its wait for a turn included: then 504,
+    and its process and test server are ended."""
     workflow_cache_size: int = Field(default=1000, ge=0)
     """How many workflows one worker process keeps in memory (Temporal's
     `max_cached_workflows`; its default, 1000). The worker's RSS is bounded by this, not by

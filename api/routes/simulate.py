@@ -5,9 +5,10 @@ stored version — by default the latest, so a draft can be rehearsed before it 
 published. The rehearsal engine lives in `worker/` (the real workflow, worker and
 activities, a time-skipping server and a temporary database), which this room may not
 import: it runs as a process of its own, `python -m worker.simulate`, a JSON request on
-stdin and the result on stdout. A few run at once per API process; one that takes too
-long is ended (504). The scenario is read and checked against the campaign here, before
-any process starts (422).
+stdin and the result on stdout. A few run at once per API process
+(NUDGE_SIMULATION_CONCURRENCY); one that takes too long (NUDGE_SIMULATION_TIMEOUT_SECONDS,
+its wait for a turn included) is ended with its test server and its files (504). The
+scenario is read and checked against the campaign here, before any process starts (422).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
-import weakref
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
@@ -40,16 +42,7 @@ from store.campaigns import VersionUnavailable, definition_document
 
 router = APIRouter(prefix="/v1/campaigns", tags=["simulate"], dependencies=[AdminDep])
 
-SIMULATION_CONCURRENCY = 2
-"""Rehearsals one API process runs at once (each is a process with a Temporal test server);
-more wait for a turn, within the timeout."""
-SIMULATION_TIMEOUT_SECONDS = 60.0
-"""How long a rehearsal may take, its wait for a turn included: then 504."""
 ENGINE = (sys.executable, "-m", "worker.simulate")
-
-_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-    weakref.WeakKeyDictionary()
-)
 
 SCENARIO_DOC: dict[str, Any] = {
     "requestBody": {
@@ -130,30 +123,76 @@ async def simulate_campaign(
     )
     # The rehearsal may take a minute: no database connection is held meanwhile.
     await session.close()
-    return await run_engine(job)
+    return await run_engine(
+        job,
+        gate=turns(request, settings),
+        timeout_seconds=settings.simulation_timeout_seconds,
+    )
 
 
-async def run_engine(job: SimulationRequest) -> SimulationResult:
-    """Run `worker.simulate` as a process, one of at most SIMULATION_CONCURRENCY; 504 past
-    SIMULATION_TIMEOUT_SECONDS (the process and its Temporal server are ended), 422 when
-    the engine refuses the scenario (a start in the past)."""
-    gate = _gates.setdefault(asyncio.get_running_loop(), asyncio.Semaphore(SIMULATION_CONCURRENCY))
-    deadline = time.monotonic() + SIMULATION_TIMEOUT_SECONDS
+def turns(request: Request, settings: Settings) -> asyncio.Semaphore:
+    """The app's turns to rehearse: NUDGE_SIMULATION_CONCURRENCY of them, made at its first
+    rehearsal (an app is served in one event loop)."""
+    state = request.app.state
+    gate: asyncio.Semaphore | None = getattr(state, "simulation_turns", None)
+    if gate is None:
+        gate = state.simulation_turns = asyncio.Semaphore(settings.simulation_concurrency)
+    return gate
+
+
+async def run_engine(
+    job: SimulationRequest, *, gate: asyncio.Semaphore, timeout_seconds: float
+) -> SimulationResult:
+    """Run `worker.simulate` as a process when `gate` gives a turn; 504 past
+    `timeout_seconds`, the wait for the turn included (the process, its Temporal server and
+    its files are ended), 422 when the engine refuses the scenario (a start in the past)."""
+    deadline = time.monotonic() + timeout_seconds
     too_long = HTTPException(
         status.HTTP_504_GATEWAY_TIMEOUT,
-        f"the rehearsal took longer than {SIMULATION_TIMEOUT_SECONDS:.0f} s; "
-        "shorten the scenario (`until`) or try again when fewer run",
+        f"the rehearsal took longer than {timeout_seconds:g} s (its wait for a turn "
+        "included; NUDGE_SIMULATION_TIMEOUT_SECONDS); shorten the scenario (`until`) or try "
+        "again when fewer run",
     )
     try:
         await asyncio.wait_for(gate.acquire(), timeout=deadline - time.monotonic())
     except TimeoutError:
         raise too_long from None
     try:
+        returncode, out, err = await _run(job, deadline, too_long)
+    finally:
+        gate.release()
+    said = err.decode(errors="replace").strip().splitlines()
+    reason = said[-1] if said else f"exit status {returncode}"
+    if returncode == 2:
+        raise HTTPException(422, {"problems": [safe_text(reason)]})
+    if returncode != 0:
+        raise HTTPException(
+            status.HTTP_500_INTERNAL_SERVER_ERROR, f"the rehearsal failed: {reason}"
+        )
+    try:
+        return SimulationResult.model_validate_json(out)
+    except ValidationError as exc:
+        raise HTTPException(
+            status.HTTP_500_INTERNAL_SERVER_ERROR, "the rehearsal's answer could not be read"
+        ) from exc
+
+
+async def _run(
+    job: SimulationRequest, deadline: float, too_long: HTTPException
+) -> tuple[int, bytes, bytes]:
+    """The engine's exit status, stdout and stderr; `too_long` raised past `deadline`.
+
+    Its temporary files (the rehearsal's database) go in a directory of its own (TMPDIR),
+    removed here when it ends however it ends: a process killed at the deadline cannot
+    remove them itself."""
+    scratch = await asyncio.to_thread(tempfile.mkdtemp, prefix="nudge-rehearsal-")
+    try:
         process = await asyncio.create_subprocess_exec(
             *ENGINE,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "TMPDIR": scratch},
             # Its own process group: ending it ends the Temporal test server it started.
             start_new_session=True,
         )
@@ -169,22 +208,10 @@ async def run_engine(job: SimulationRequest) -> SimulationResult:
         except BaseException:
             _end(process)
             raise
+        assert process.returncode is not None  # communicate() waited for it
+        return process.returncode, out, err
     finally:
-        gate.release()
-    said = err.decode(errors="replace").strip().splitlines()
-    reason = said[-1] if said else f"exit status {process.returncode}"
-    if process.returncode == 2:
-        raise HTTPException(422, {"problems": [safe_text(reason)]})
-    if process.returncode != 0:
-        raise HTTPException(
-            status.HTTP_500_INTERNAL_SERVER_ERROR, f"the rehearsal failed: {reason}"
-        )
-    try:
-        return SimulationResult.model_validate_json(out)
-    except ValidationError as exc:
-        raise HTTPException(
-            status.HTTP_500_INTERNAL_SERVER_ERROR, "the rehearsal's answer could not be read"
-        ) from exc
+        await asyncio.to_thread(shutil.rmtree, scratch, True)
 
 
 def _end(process: asyncio.subprocess.Process) -> None:

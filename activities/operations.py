@@ -6,6 +6,7 @@ rebuilt for its retry."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -41,6 +42,7 @@ from core.operations import (
     ACTIVITY_MIGRATE_PAGE,
     ACTIVITY_PREPARE_RETRY,
     ACTIVITY_RECHECK_PAGE,
+    MAX_ERRORS_KEPT,
     MIGRATION_REFUSED,
     RETRY_REFUSED,
     ExitPage,
@@ -97,22 +99,19 @@ class OperationsActivities:
                 after=after,
                 limit=page.page_size - handled,
             )
-        for start in range(0, len(rows), CONCURRENT_EXITS):
-            batch = rows[start : start + CONCURRENT_EXITS]
-            outcomes = await asyncio.gather(*(self._exit_one(row, page) for row in batch))
-            for row, (outcome, error) in zip(batch, outcomes, strict=True):
-                done.seen += 1
-                if outcome == "exited":
-                    done.exited += 1
-                elif outcome == "failed":
-                    done.failed += 1
-                    done.errors = [*done.errors, f"{row.workflow_id}: {error}"][-5:]
-                else:
-                    done.skipped += 1
-                    if outcome == "not_at_step":
-                        done.not_at_step += 1
-            done.after_user, done.after_id = batch[-1].user_id, batch[-1].id
-            activity.heartbeat(done.model_dump(mode="json"))
+
+        def count(outcome: str) -> None:
+            if outcome == "exited":
+                done.exited += 1
+            else:
+                done.skipped += 1
+                if outcome == "not_at_step":
+                    done.not_at_step += 1
+
+        def cursor(last: JourneyEntry) -> None:
+            done.after_user, done.after_id = last.user_id, last.id
+
+        await _in_batches(rows, lambda row: self._exit_one(row, page), done, count, cursor)
         done.done = done.seen < page.page_size
         return done
 
@@ -178,25 +177,21 @@ class OperationsActivities:
                 rows = await running_page_of_every_campaign(
                     session=session, after_campaign=done.after_campaign, after=after, limit=limit
                 )
-        for start in range(0, len(rows), CONCURRENT_EXITS):
-            batch = rows[start : start + CONCURRENT_EXITS]
-            outcomes = await asyncio.gather(*(self._tell_one(row) for row in batch))
-            for row, (outcome, error) in zip(batch, outcomes, strict=True):
-                done.seen += 1
-                if outcome == "told":
-                    done.told += 1
-                elif outcome == "failed":
-                    done.failed += 1
-                    done.errors = [*done.errors, f"{row.workflow_id}: {error}"][-5:]
-                else:
-                    done.skipped += 1
-            last = batch[-1]
+
+        def count(outcome: str) -> None:
+            if outcome == "told":
+                done.told += 1
+            else:
+                done.skipped += 1
+
+        def cursor(last: JourneyEntry) -> None:
             done.after_campaign, done.after_user, done.after_id = (
                 last.campaign_id,
                 last.user_id,
                 last.id,
             )
-            activity.heartbeat(done.model_dump(mode="json"))
+
+        await _in_batches(rows, self._tell_one, done, count, cursor)
         done.done = done.seen < page.page_size
         return done
 
@@ -379,6 +374,31 @@ class OperationsActivities:
 
     def all(self) -> list[Any]:
         return [self.exit_page, self.recheck_page, self.migrate_page, self.prepare_retry]
+
+
+async def _in_batches(
+    rows: list[JourneyEntry],
+    one: Callable[[JourneyEntry], Awaitable[tuple[str, str | None]]],
+    done: ExitProgress | RecheckProgress,
+    count: Callable[[str], None],
+    cursor: Callable[[JourneyEntry], None],
+) -> None:
+    """Ask `one` about each row, CONCURRENT_EXITS at a time. After each batch: every row
+    `seen`, a `failed` one counted with its error kept, any other outcome given to `count`;
+    the cursor moved to the batch's last row and `done` heartbeated, so a retried page
+    resumes after it and counts nobody twice."""
+    for start in range(0, len(rows), CONCURRENT_EXITS):
+        batch = rows[start : start + CONCURRENT_EXITS]
+        outcomes = await asyncio.gather(*(one(row) for row in batch))
+        for row, (outcome, error) in zip(batch, outcomes, strict=True):
+            done.seen += 1
+            if outcome == "failed":
+                done.failed += 1
+                done.errors = [*done.errors, f"{row.workflow_id}: {error}"][-MAX_ERRORS_KEPT:]
+            else:
+                count(outcome)
+        cursor(batch[-1])
+        activity.heartbeat(done.model_dump(mode="json"))
 
 
 def _refused(message: str) -> ApplicationError:

@@ -4,6 +4,8 @@ and the re-check of the send policy by running journeys."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.definition import SLUG
@@ -20,6 +22,19 @@ RETRY_REFUSED = "RetryRefused"
 unsubscribed, its entry event is gone): the API answers 409 with its message."""
 
 REQUEST_ID = r"^[A-Za-z0-9_.-]{1,64}$"
+
+OperationRequestId = Annotated[
+    str | None,
+    Field(
+        pattern=REQUEST_ID,
+        description="names the operation; the same id again finds it instead of a second one",
+    ),
+]
+"""An operator request's own id (optional): how a client retries it safely."""
+
+JourneysPerPage = Annotated[
+    int, Field(ge=1, le=1000, description="journeys per activity call (one heartbeat each)")
+]
 MAX_ERRORS_KEPT = 5
 
 
@@ -44,14 +59,8 @@ class BulkExitRequest(BaseModel):
         max_length=63,
         description="only journeys at this step (their `current_step`)",
     )
-    request_id: str | None = Field(
-        default=None,
-        pattern=REQUEST_ID,
-        description="names the operation; the same id again finds it instead of a second one",
-    )
-    page_size: int = Field(
-        default=100, ge=1, le=1000, description="journeys per activity call (one heartbeat each)"
-    )
+    request_id: OperationRequestId = None
+    page_size: JourneysPerPage = 100
 
 
 class ExitProgress(BaseModel):
@@ -281,14 +290,8 @@ class RecheckRequest(BaseModel):
         pattern=SLUG,
         description="only this campaign's journeys; none: every campaign's",
     )
-    request_id: str | None = Field(
-        default=None,
-        pattern=REQUEST_ID,
-        description="names the operation; the same id again finds it instead of a second one",
-    )
-    page_size: int = Field(
-        default=100, ge=1, le=1000, description="journeys per activity call (one heartbeat each)"
-    )
+    request_id: OperationRequestId = None
+    page_size: JourneysPerPage = 100
 
 
 class RecheckProgress(BaseModel):

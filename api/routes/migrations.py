@@ -35,9 +35,11 @@ from core.operations import (
     ACTIVITY_MIGRATE_PAGE,
     REQUEST_ID,
     WORKFLOW_MIGRATION,
+    JourneysPerPage,
     MigrationInput,
     MigrationProgress,
     MigrationReport,
+    OperationRequestId,
     migration_id,
 )
 from store.campaigns import get_campaign, get_version, load_definition, version_state
@@ -71,14 +73,8 @@ class MigrationCreate(BaseModel):
     )
     by: str | None = Field(None, max_length=200, description="who asks, for each journey's history")
     reason: str | None = Field(None, max_length=500)
-    request_id: str | None = Field(
-        default=None,
-        pattern=REQUEST_ID,
-        description="names the migration; the same id again finds it instead of a second one",
-    )
-    page_size: int = Field(
-        default=100, ge=1, le=1000, description="journeys per activity call (recorded each)"
-    )
+    request_id: OperationRequestId = None
+    page_size: JourneysPerPage = 100
     wait_seconds: float = Field(
         default=WAIT_SECONDS,
         ge=0,

@@ -22,13 +22,12 @@ from temporalio.client import (
     WorkflowFailureError,
     WorkflowHandle,
 )
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import FailureError, WorkflowAlreadyStartedError
+from temporalio.exceptions import FailureError
 from temporalio.service import RPCError
 
 from api.deps import AdminDep, SessionDep, SettingsDep, TemporalDep
 from api.routes.journeys import temporal_error
-from api.routes.operations import read_operation
+from api.routes.operations import read_operation, start_operation
 from api.schemas import MAX_VERSION, CampaignId, Message, ProblemsResponse
 from core.journey import mapping_problems
 from core.operations import (
@@ -209,30 +208,23 @@ async def _start(
     few seconds for its report."""
     operation_id = body.request_id or uuid.uuid4().hex[:16]
     workflow_id = migration_id(campaign_id, operation_id)
-    try:
-        handle: WorkflowHandle[Any, Any] = await client.start_workflow(
-            WORKFLOW_MIGRATION,
-            MigrationInput(
-                campaign_id=campaign_id,
-                from_version=body.from_version,
-                to_version=body.to_version,
-                steps=body.steps,
-                by=body.by,
-                reason=body.reason,
-                request_id=operation_id,
-                page_size=body.page_size,
-            ),
-            id=workflow_id,
-            task_queue=task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            static_summary=f"migrate {campaign_id} v{body.from_version} → v{body.to_version}",
-            rpc_timeout=RPC_TIMEOUT,
-        )
-    except WorkflowAlreadyStartedError:
-        handle = client.get_workflow_handle(workflow_id)  # done before: its result stands
-    except (RPCError, RPCTimeoutOrCancelledError) as exc:
-        raise temporal_error(exc, workflow_id) from exc
+    handle = await start_operation(
+        client,
+        WORKFLOW_MIGRATION,
+        MigrationInput(
+            campaign_id=campaign_id,
+            from_version=body.from_version,
+            to_version=body.to_version,
+            steps=body.steps,
+            by=body.by,
+            reason=body.reason,
+            request_id=operation_id,
+            page_size=body.page_size,
+        ),
+        workflow_id=workflow_id,
+        task_queue=task_queue,
+        summary=f"migrate {campaign_id} v{body.from_version} → v{body.to_version}",
+    )
     typed = client.get_workflow_handle(workflow_id, result_type=MigrationProgress)
     if body.wait_seconds > 0:
         try:

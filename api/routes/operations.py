@@ -121,28 +121,20 @@ async def start_bulk_exit(
                 },
             )
     operation_id = request.request_id or uuid.uuid4().hex[:16]
-    workflow_id = bulk_exit_id(campaign_id, operation_id)
-    try:
-        handle: WorkflowHandle[Any, Any] = await client.start_workflow(
-            WORKFLOW_BULK_EXIT,
-            BulkExitInput(
-                campaign_id=campaign_id,
-                reason=request.reason,
-                step=request.step,
-                request_id=operation_id,
-                page_size=request.page_size,
-            ),
-            id=workflow_id,
-            task_queue=settings.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            static_summary=f"exit {campaign_id}" + (f" at {request.step}" if request.step else ""),
-            rpc_timeout=RPC_TIMEOUT,
-        )
-    except WorkflowAlreadyStartedError:
-        handle = client.get_workflow_handle(workflow_id)  # done before: its result stands
-    except (RPCError, RPCTimeoutOrCancelledError) as exc:
-        raise temporal_error(exc, workflow_id) from exc
+    handle = await start_operation(
+        client,
+        WORKFLOW_BULK_EXIT,
+        BulkExitInput(
+            campaign_id=campaign_id,
+            reason=request.reason,
+            step=request.step,
+            request_id=operation_id,
+            page_size=request.page_size,
+        ),
+        workflow_id=bulk_exit_id(campaign_id, operation_id),
+        task_queue=settings.task_queue,
+        summary=f"exit {campaign_id}" + (f" at {request.step}" if request.step else ""),
+    )
     return await _bulk_exit(client, handle, campaign_id, operation_id, peek=True)
 
 
@@ -159,6 +151,37 @@ async def get_bulk_exit(
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no operation {operation_id!r}")
     handle = client.get_workflow_handle(bulk_exit_id(campaign_id, operation_id))
     return await _bulk_exit(client, handle, campaign_id, operation_id)
+
+
+async def start_operation(
+    client: Client,
+    workflow: str,
+    input: BaseModel,
+    *,
+    workflow_id: str,
+    task_queue: str,
+    summary: str,
+    memo: dict[str, Any] | None = None,
+) -> WorkflowHandle[Any, Any]:
+    """Start an operator's workflow once per id: a request again (the same `request_id`)
+    finds the operation running, or the one that ended, whose result stands. 502/503/504
+    when Temporal does not take it."""
+    try:
+        return await client.start_workflow(
+            workflow,
+            input,
+            id=workflow_id,
+            task_queue=task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            memo=memo,
+            static_summary=summary,
+            rpc_timeout=RPC_TIMEOUT,
+        )
+    except WorkflowAlreadyStartedError:
+        return client.get_workflow_handle(workflow_id)
+    except (RPCError, RPCTimeoutOrCancelledError) as exc:
+        raise temporal_error(exc, workflow_id) from exc
 
 
 def _is_request_id(value: str) -> bool:
@@ -236,28 +259,19 @@ async def start_policy_recheck(
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no campaign {request.campaign_id!r}")
     await session.rollback()  # no transaction held open while Temporal is asked
     operation_id = request.request_id or uuid.uuid4().hex[:16]
-    workflow_id = policy_recheck_id(operation_id)
-    scope = request.campaign_id or "every campaign"
-    try:
-        handle: WorkflowHandle[Any, Any] = await client.start_workflow(
-            WORKFLOW_POLICY_RECHECK,
-            RecheckInput(
-                campaign_id=request.campaign_id,
-                request_id=operation_id,
-                page_size=request.page_size,
-            ),
-            id=workflow_id,
-            task_queue=settings.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            memo={MEMO_SCOPE: request.campaign_id},
-            static_summary=f"policy re-check: {scope}",
-            rpc_timeout=RPC_TIMEOUT,
-        )
-    except WorkflowAlreadyStartedError:
-        handle = client.get_workflow_handle(workflow_id)  # done before: its result stands
-    except (RPCError, RPCTimeoutOrCancelledError) as exc:
-        raise temporal_error(exc, workflow_id) from exc
+    handle = await start_operation(
+        client,
+        WORKFLOW_POLICY_RECHECK,
+        RecheckInput(
+            campaign_id=request.campaign_id,
+            request_id=operation_id,
+            page_size=request.page_size,
+        ),
+        workflow_id=policy_recheck_id(operation_id),
+        task_queue=settings.task_queue,
+        summary=f"policy re-check: {request.campaign_id or 'every campaign'}",
+        memo={MEMO_SCOPE: request.campaign_id},
+    )
     answer = await _policy_recheck(client, handle, operation_id, peek=True)
     if answer.campaign_id != request.campaign_id:
         # A request id reused for another scope would otherwise answer for the first one.

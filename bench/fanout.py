@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -46,7 +45,7 @@ from core.fanout import FanOutCursor, fanout_workflow_id, trigger_occurrence
 from store.db import create_engine, migrate, session_factory
 from store.models import JourneyEntry, Profile
 from temporal.servers import DevServerOptions, dev_server, free_port
-from temporal.shutdown import exit_process
+from temporal.shutdown import run_to_exit
 
 NUDGE = Path(sys.executable).parent / "nudge"
 ADMIN_TOKEN = "bench-admin-token"
@@ -301,12 +300,7 @@ def main(argv: list[str] | None = None) -> None:
         help="where the dev server keeps workflows (make dev: file)",
     )
     args = parser.parse_args(argv)
-    try:
-        code = asyncio.run(run(args))
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    exit_process(code)
+    run_to_exit(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import logging
 import os
 import tempfile
 import time
-import traceback
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
@@ -51,7 +50,7 @@ from store.db import create_engine, migrate, session_factory
 from store.models import Event
 from temporal.journeys import start_journey
 from temporal.servers import DevServer
-from temporal.shutdown import exit_process
+from temporal.shutdown import run_to_exit
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -413,14 +412,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here")
     args = parser.parse_args(argv)
-    try:
-        code = asyncio.run(_main(args))
-    except KeyboardInterrupt:
-        code = 130
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    exit_process(code)
+    run_to_exit(lambda: _main(args))
 
 
 if __name__ == "__main__":

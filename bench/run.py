@@ -23,7 +23,6 @@ import dataclasses
 import json
 import logging
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from bench.event_to_send import Config, measure
 from bench.report import render
 from bench.stack import UNTHROTTLED
 from temporal.servers import DevServerOptions, dev_server
-from temporal.shutdown import exit_process
+from temporal.shutdown import run_to_exit
 
 PARTS = ("send", "routing", "scaleout")
 QUICK = Config(journeys=10, concurrency=5, warmup=1)
@@ -114,14 +113,7 @@ async def _main(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse(argv)
-    try:
-        code = asyncio.run(asyncio.wait_for(_main(args), timeout=args.deadline))
-    except KeyboardInterrupt:
-        code = 130
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    exit_process(code)
+    run_to_exit(lambda: asyncio.wait_for(_main(args), timeout=args.deadline))
 
 
 if __name__ == "__main__":

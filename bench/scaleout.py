@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ from bench.stack import CAMPAIGN, CAMPAIGN_ID, ENTRY_EVENT, SEND_STEP, UNTHROTTL
 from core.journey import idempotency_key, journey_id
 from store.db import migrate
 from temporal.servers import DevServer, DevServerOptions, dev_server, free_port
-from temporal.shutdown import exit_process
+from temporal.shutdown import run_to_exit
 
 DEFAULT_POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 POSTGRES_ENV = "NUDGE_BENCH_POSTGRES_URL"
@@ -463,23 +462,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--logs", type=Path, metavar="DIR", help="keep the processes' logs here")
     args = parser.parse_args(argv)
-    try:
-        figures = asyncio.run(
-            measure(
-                args.quick,
-                journeys_per_shape=args.journeys,
-                postgres_url=args.postgres,
-                log_directory=args.logs,
-            )
+
+    async def report() -> int:
+        figures = await measure(
+            args.quick,
+            journeys_per_shape=args.journeys,
+            postgres_url=args.postgres,
+            log_directory=args.logs,
         )
         print(figures.render())
-        code = 0 if figures.complete else 1
-    except KeyboardInterrupt:
-        code = 130
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    exit_process(code)
+        return 0 if figures.complete else 1
+
+    run_to_exit(report)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import contextlib
 import os
 import tempfile
 import time
-import traceback
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -52,7 +51,7 @@ from store.db import create_engine, migrate, session_factory
 from temporal import search_attributes
 from temporal.journeys import start_journey
 from temporal.servers import DevServer, DevServerOptions, dev_server, time_skipping_server
-from temporal.shutdown import exit_process
+from temporal.shutdown import run_to_exit
 from worker.build import create_worker, worker_activities
 
 CAMPAIGN_ID = "bench-waiting"
@@ -513,20 +512,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     cache_sizes = tuple(int(c) for c in args.cache_sizes.split(",") if c.strip())
-    try:
-        figures = asyncio.run(
-            measure(
-                args.journeys, cache_sizes=cache_sizes, wake=args.wake, temporal_db=args.temporal_db
-            )
+
+    async def report() -> int:
+        figures = await measure(
+            args.journeys, cache_sizes=cache_sizes, wake=args.wake, temporal_db=args.temporal_db
         )
         print(figures.render())
-        code = 0 if figures.complete else 1
-    except KeyboardInterrupt:
-        code = 130
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    exit_process(code)
+        return 0 if figures.complete else 1
+
+    run_to_exit(report)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """activities: a fan-out's pages — who of a campaign's audience a trigger or a broadcast
 reaches, and starting their journeys, rate-limited, exactly once per (campaign,
-occurrence, user); and which scheduled broadcasts are due."""
+occurrence, user), until the campaign is paused or archived; and which scheduled
+broadcasts are due."""
 
 from __future__ import annotations
 
@@ -34,11 +35,12 @@ from core.fanout import (
     PageResult,
     entry_event,
     fanout_workflow_id,
+    halt_reason,
 )
 from core.journey import journey_id
 from core.schedule import EARLIEST_ZONE, cron_fires, user_zone, wall_time, zone_named
 from store.audiences import audience_page, criterion_holds, traits_of
-from store.campaigns import active_definitions
+from store.campaigns import active_definitions, get_campaign
 from store.entries import confirm_entries, reserve_entries
 from store.models import JourneyEntry
 from temporal.journeys import MEMO_ENTRY, start_journey
@@ -74,10 +76,13 @@ class FanOutActivities:
         sessions: async_sessionmaker[AsyncSession],
         client: Client,
         settings: Settings,
+        record_every: int = RECORD_EVERY,
     ):
         self._sessions = sessions
         self._client = client
         self._settings = settings
+        self._record_every = record_every
+        """RECORD_EVERY; smaller in tests, to see a page stop between two chunks."""
 
     def all(self) -> list[Any]:
         return [self.start_audience_page, self.due_broadcasts]
@@ -149,11 +154,28 @@ class FanOutActivities:
         A retried page (the worker died, Temporal hiccupped) skips the journeys it finds
         confirmed for this occurrence, and asks Temporal about the rest before starting
         them again: a journey started but not yet confirmed carries its entry id in its
-        memo."""
+        memo.
+
+        **Halting.** The campaign's status is read at the start of the page and again
+        before each chunk: once it is not active (an operator paused or archived it — "stop
+        that broadcast, the coupon is wrong") the page starts no more journeys, writes no
+        more rows, and returns what it did so far with `halted` (the status) and `after`
+        None, so the fan-out goes on to its next target. That is final: a broadcast is a
+        moment, and resuming the campaign does not resume it (`core.fanout.halt_reason`).
+        At most the chunk under way when the status changed still starts (up to
+        RECORD_EVERY journeys: its rows are written before its starts). A halted retry
+        still records the journeys its dead attempt started (by their memo), starting none.
+        A new version published meanwhile changes nothing: the campaign is still active,
+        and the target carries the plan it fired with."""
         target = request.target
         audience = target.audience
         now = datetime.now(UTC)
         trigger = entry_event(request, "").as_context()
+        halted = await self._halted(target.campaign_id)
+        if halted is not None and activity.info().attempt == 1:
+            # An earlier attempt may have started journeys it did not record: only a retry
+            # reads the page to settle them.
+            return PageResult(after=None, halted=halted)
         async with self._sessions() as session:
             users = await audience_page(
                 session, audience, after=request.after, limit=self._settings.fanout_page_size
@@ -216,17 +238,40 @@ class FanOutActivities:
                 await pacer.wait()
                 return user, await self._start(request, user, traits.get(user, {}), now)
 
+        async def settle(user: str) -> None:
+            async with gate:
+                if await self._started_before(request, user, ids[user]):
+                    result.already += 1
+
         # Written, started, confirmed a chunk at a time: a worker that dies in between
         # leaves rows unconfirmed (journeys started or not), which the retry sorts out by
         # the journeys' memo (`_started_before`).
-        for first in range(0, len(todo), RECORD_EVERY):
-            chunk = todo[first : first + RECORD_EVERY]
+        reached = 0
+        while reached < len(todo) and halted is None:
+            halted = await self._halted(target.campaign_id)
+            if halted is not None:
+                break
+            chunk = todo[reached : reached + self._record_every]
             await self._reserve(request, chunk)
             started = [s for s in await asyncio.gather(*(one(u) for u in chunk)) if s]
             await self._record(request, started)
+            reached += len(chunk)
             result.started += len(started)
             activity.heartbeat(result.started)
+        if halted is None:
+            return result
+        # The rest of the page is not reached: no rows, no starts — but rows an earlier
+        # attempt wrote are settled, their journeys recorded if it started them.
+        await asyncio.gather(*(settle(u) for u in todo[reached:] if ids[u] in reserved))
+        result.after = None
+        result.halted = halted
         return result
+
+    async def _halted(self, campaign_id: str) -> str | None:
+        """Why the fan-out stops entering this campaign's audience, read now; None: go on."""
+        async with self._sessions() as session:
+            campaign = await get_campaign(session=session, campaign_id=campaign_id)
+            return halt_reason(campaign.status if campaign is not None else None)
 
     async def _start(
         self, request: PageRequest, user: str, traits: dict[str, Any], now: datetime

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from core.definition import JourneyPlan
+from core.definition import CampaignStatus, JourneyPlan
 from core.events import JourneyEvent
 from core.segments import Audience
 
@@ -68,6 +68,9 @@ class FanOutCursor(BaseModel):
     """Users whose journey for this occurrence had started before (a retry, a repeat)."""
     skipped: int = 0
     """Users of the page the audience or the re-entry rules left out."""
+    halted: dict[str, str] = Field(default_factory=dict)
+    """Targets whose fan-out stopped before their audience's end, campaign id → why: the
+    status the campaign was found in (`paused`, `archived`). See `halt_reason`."""
 
 
 class FanOutInput(BaseModel):
@@ -98,6 +101,26 @@ class PageResult(BaseModel):
     started: int = 0
     already: int = 0
     skipped: int = 0
+    halted: str | None = None
+    """The campaign was found not active (its status, `paused` or `archived`): the page
+    started no journey after that, and `after` is None — its target is done."""
+
+
+def halt_reason(status: str | None) -> str | None:
+    """Why a fan-out stops entering users of a campaign in this status: the status itself
+    when the campaign is not active, None when it goes on.
+
+    A broadcast is a moment: once a fan-out finds its campaign paused or archived it stops
+    for good, and resuming the campaign does not resume the broadcast (its users would
+    enter late, whenever an operator happened to resume). A pause and a resume between
+    two looks go unseen. Publishing a new version leaves the campaign active: the fan-out
+    goes on with the version it fired with.
+
+    None (no campaign row) goes on too: campaigns are never deleted, and the target
+    carries the plan it fired with."""
+    if status is None or status == CampaignStatus.active.value:
+        return None
+    return str(status)
 
 
 class BroadcastsDue(BaseModel):

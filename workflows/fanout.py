@@ -4,6 +4,11 @@ through each target campaign's audience and starting journeys in rate-limited pa
 It holds a cursor, never the audience: each page is one activity call (which starts the
 page's journeys and heartbeats), and the workflow continues as new every PAGES_PER_RUN
 pages, so 100,000 users make a few hundred history events per run, not 100,000 children.
+
+A target whose campaign is paused or archived while it is paged is halted by the page
+activity (`halted` in its result, `after` None): the cursor records it, campaign → status,
+and the workflow goes on to the next target — the same commands as a target paged to its
+end, so a halt changes state and details only.
 """
 
 from __future__ import annotations
@@ -75,6 +80,8 @@ class FanOutWorkflow:
             cursor.started += result.started
             cursor.already += result.already
             cursor.skipped += result.skipped
+            if result.halted is not None:
+                cursor.halted[target.campaign_id] = result.halted
             if result.after is None:
                 cursor.target += 1
                 cursor.after = None
@@ -86,9 +93,13 @@ class FanOutWorkflow:
     def _show(self, input: FanOutInput, state: str) -> None:
         cursor = self.cursor
         campaigns = ", ".join(t.campaign_id for t in input.targets)
+        halted = "".join(
+            f"; **halted** {campaign_id} ({status}): no more of its audience entered"
+            for campaign_id, status in cursor.halted.items()
+        )
         workflow.set_current_details(
             f"**{state}** {input.occurrence} → {campaigns}: {cursor.started} journeys started, "
             f"{cursor.already} started before, {cursor.skipped} left out "
             f"(page {cursor.pages}, campaign {min(cursor.target + 1, len(input.targets))} "
-            f"of {len(input.targets)})"
+            f"of {len(input.targets)}){halted}"
         )

@@ -181,7 +181,7 @@ class FanOutActivities:
                 session, audience, after=request.after, limit=self._settings.fanout_page_size
             )
             if not users:
-                return PageResult(after=None)
+                return PageResult(after=None, halted=halted)
             traits = await traits_of(session, users)
             chosen = [
                 u

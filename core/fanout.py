@@ -103,7 +103,9 @@ class PageResult(BaseModel):
     skipped: int = 0
     halted: str | None = None
     """The campaign was found not active (its status, `paused` or `archived`): the page
-    started no journey after that, and `after` is None — its target is done."""
+    started no journey after that, and `after` is None — its target is done. `skipped`
+    still counts the users of the page the audience or the re-entry rules left out, as
+    judged before its first chunk."""
 
 
 def halt_reason(status: str | None) -> str | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.journey import PROVIDER_UNAVAILABLE
+from core.fanout import WORKFLOW_FANOUT, FanOutCursor, FanOutInput
 from core.journey import (
     ACTIVITY_DELIVER,
     ACTIVITY_LOAD_PROFILE,
@@ -73,6 +74,8 @@ from store.deliveries import retry_key
 from temporal.servers import time_skipping_server
 from tests.fixtures.dst import eu_spring_forward, next_year
 from tests.workflows.test_experiments import AB, users_for
+from tests.workflows.test_fanout import HaltingPages
+from tests.workflows.test_fanout import target as fan_out_target
 from tests.workflows.test_journey import (
     BRANCHY,
     CART,
@@ -86,6 +89,7 @@ from tests.workflows.test_journey import (
 )
 from tests.workflows.test_migrate import CART_V2
 from tests.workflows.test_migration_workflow import Pages
+from workflows.fanout import FanOutWorkflow
 from workflows.journey import JourneyWorkflow
 from workflows.operations import (
     BulkExitWorkflow,
@@ -342,8 +346,10 @@ async def record_operators(env: WorkflowEnvironment) -> dict[str, WorkflowHandle
     """The operator workflows, each run once: a bulk exit of 5 journeys 2 a page (3 pages);
     a migration of 7 journeys 2 a page, continued as new every 2 pages (its first run: 2
     pages, then continue-as-new); a retry whose delivery fails once, then is sent; a
-    policy re-check of every campaign's 5 running journeys 2 a page (3 pages)."""
+    policy re-check of every campaign's 5 running journeys 2 a page (3 pages); a trigger's
+    fan-out to two campaigns, the first paused on its third page."""
     doubles, pages = OperatorDoubles(), Pages()
+    audiences = HaltingPages({"rain": ("u09", "paused")})
     queue = f"record-operators-{uuid.uuid4()}"
     runs: dict[str, WorkflowHandle[Any, Any]] = {}
     async with Worker(
@@ -354,8 +360,10 @@ async def record_operators(env: WorkflowEnvironment) -> dict[str, WorkflowHandle
             MigrationWorkflow,
             PolicyRecheckWorkflow,
             RetryDeliveryWorkflow,
+            FanOutWorkflow,
         ],
         activities=[
+            audiences.page,
             doubles.exit_page,
             doubles.recheck_page,
             doubles.prepare_retry,
@@ -418,6 +426,21 @@ async def record_operators(env: WorkflowEnvironment) -> dict[str, WorkflowHandle
         told = await h.result()
         assert (told.pages, told.seen, told.told, told.skipped) == (3, 5, 4, 1), told
         runs["operator_recheck"] = h
+        h = await env.client.start_workflow(
+            WORKFLOW_FANOUT,
+            FanOutInput(
+                occurrence="trigger/rain/r-1",
+                entry_name="rain",
+                fired_at=datetime(2026, 11, 30, 9, tzinfo=UTC),
+                targets=[fan_out_target("rain"), fan_out_target("storm")],
+            ),
+            id="fanout/trigger/rain/r-1",
+            task_queue=queue,
+            result_type=FanOutCursor,
+        )
+        fanned = await h.result()
+        assert (fanned.pages, fanned.halted) == (5, {"rain": "paused"}), fanned
+        runs["fanout_halted"] = h
     return runs
 
 

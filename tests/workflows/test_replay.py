@@ -16,6 +16,7 @@ from temporalio.worker import Replayer, WorkflowReplayResult
 from temporalio.workflow import NondeterminismError
 
 from core.definition import SendStep
+from core.fanout import WORKFLOW_FANOUT
 from core.journey import WORKFLOW_NAME, JourneyInput, JourneyResult, Send
 from core.operations import (
     WORKFLOW_BULK_EXIT,
@@ -26,6 +27,7 @@ from core.operations import (
     MigrationProgress,
 )
 from temporal.client import DATA_CONVERTER
+from workflows.fanout import FanOutWorkflow
 from workflows.journey import JourneyWorkflow
 from workflows.operations import (
     BulkExitWorkflow,
@@ -42,6 +44,7 @@ WORKFLOWS: dict[str, type] = {
     WORKFLOW_MIGRATION: MigrationWorkflow,
     WORKFLOW_RETRY_DELIVERY: RetryDeliveryWorkflow,
     WORKFLOW_POLICY_RECHECK: PolicyRecheckWorkflow,
+    WORKFLOW_FANOUT: FanOutWorkflow,
 }
 """Today's class of each workflow type a history may name."""
 
@@ -200,6 +203,13 @@ GUARDED: dict[str, Callable[[WorkflowHistory], bool]] = {
         workflow_type(h) == WORKFLOW_RETRY_DELIVERY
         and activities(h) == ["prepare_retry", "deliver"]
         and attempts(h, "deliver") == [2]
+        and kinds(h)["workflow_execution_completed"] == 1
+    ),
+    # A trigger's fan-out: rain paged until its campaign was found paused (its third page
+    # halted), then storm paged to its end; one run, completed.
+    "fanout_halted": lambda h: (
+        workflow_type(h) == WORKFLOW_FANOUT
+        and activities(h) == ["start_audience_page"] * 5
         and kinds(h)["workflow_execution_completed"] == 1
     ),
     # A policy re-check of every campaign: three pages across two campaigns, the last short.

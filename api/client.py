@@ -307,6 +307,16 @@ class NudgeClient:
         )
         return result
 
+    async def trigger_occurrence(self, name: str, trigger_id: str) -> dict[str, Any]:
+        """An external trigger's occurrence: its outbox row, its fan-out's status and
+        counts (`halted`: campaigns stopped mid-way), the campaigns it reaches."""
+        result: dict[str, Any] = await self._call(
+            "GET",
+            f"/v1/triggers/{_segment(name)}/{_segment(trigger_id)}",
+            headers=self._admin(),
+        )
+        return result
+
     async def exit_campaign(
         self,
         campaign_id: str,

@@ -3,7 +3,8 @@ price drop): every active campaign that starts on it reaches its audience.
 
 The occurrence is written to the outbox like any event (its id makes a repeat a no-op)
 and answered 202; the relay then starts one fan-out workflow per occurrence
-(workflows/fanout.py), which starts each member's journey once.
+(workflows/fanout.py), which starts each member's journey once. `GET .../{name}/{id}` shows
+an operator where an occurrence is: its outbox row, its fan-out and the fan-out's counts.
 """
 
 from __future__ import annotations
@@ -13,20 +14,27 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import select
+from temporalio.client import Client, RPCTimeoutOrCancelledError
+from temporalio.service import RPCError
 
 from api.deps import (
     CampaignIndexDep,
     RelayDep,
     SessionDep,
     SettingsDep,
+    TemporalDep,
     admin_token_problem,
 )
+from api.routes.journeys import temporal_error
+from api.routes.operations import ERRORS, RPC_TIMEOUT, read_operation
 from api.schemas import Message
 from core.definition import SLUG
-from core.events import MAX_EVENT_BYTES, format_path, json_problems, loads
-from core.fanout import trigger_occurrence
+from core.events import MAX_EVENT_BYTES, format_path, json_problems, loads, text_problem
+from core.fanout import FanOutCursor, FanOutInput, fanout_workflow_id, trigger_occurrence
 from core.routing import TRIGGER_TYPE
 from store.events import NewEvent, record_events
+from store.models import Event
 
 MAX_TRIGGER_BYTES = MAX_EVENT_BYTES
 """An occurrence is an event: Segment's 32 KB bound it too."""
@@ -142,7 +150,7 @@ async def post_trigger(
     occurrence = trigger_occurrence(name, body.id)
     at = body.timestamp or datetime.now(UTC)
     event = NewEvent(
-        message_id=f"trigger:{name}:{body.id}",
+        message_id=trigger_message_id(name, body.id),
         type=TRIGGER_TYPE,
         name=name,
         user_id=f"trigger:{name}",
@@ -159,3 +167,197 @@ async def post_trigger(
         campaigns=[c.campaign_id for c in starting],
         duplicate=not is_new,
     )
+
+
+def trigger_message_id(name: str, trigger_id: str) -> str:
+    """The outbox row of an occurrence: its message id (a repeat finds it taken)."""
+    return f"trigger:{name}:{trigger_id}"
+
+
+NOT_STARTED = "not_started"
+"""The fan-out's status before the relay started its workflow."""
+
+
+class OccurrenceReceived(BaseModel):
+    """The occurrence's outbox row."""
+
+    status: str
+    """`pending` until the relay routes it; `routed` once its fan-out was started (or
+    found started); `ignored` when no active campaign started on the trigger by then;
+    `failed` when routing gave up (`last_error` says why)."""
+    received_at: datetime
+    routed_at: datetime | None
+    attempts: int
+    """Routing attempts that failed (Temporal out of reach included)."""
+    last_error: str | None
+
+
+class FanOutTargetState(BaseModel):
+    campaign_id: str
+    version: int
+    """The campaign version its journeys start on (before the fan-out started: the
+    current one)."""
+    state: str
+    """`not_started`; then `waiting` (a campaign before it is still being paged),
+    `paging`, `done` (paged to its audience's end) or `halted` (see `halted`); `unknown`
+    when the fan-out ended otherwise than completed."""
+    halted: str | None = None
+    """The status its campaign was found in when the fan-out stopped entering its users
+    (`paused`, `archived`)."""
+
+
+class FanOutState(BaseModel):
+    workflow_id: str
+    status: str
+    """`not_started` while the outbox has not routed it, then `running`, `completed`, or
+    how its workflow ended otherwise (`failed`, `terminated`, `canceled`, `timed_out`)."""
+    progress: FanOutCursor | None
+    """Its counts: the progress query while it runs, its result once completed; None
+    before it started or when it ended otherwise."""
+
+
+class TriggerOccurrence(BaseModel):
+    trigger: str
+    id: str
+    occurrence: str
+    received: OccurrenceReceived
+    fan_out: FanOutState
+    campaigns: list[FanOutTargetState]
+    """The campaigns it reaches: as its fan-out fired (its workflow's input), or before it
+    started, the active campaigns that start on the trigger now."""
+    note: str | None = None
+    """Why there are no counts (yet), in words."""
+
+
+@router.get(
+    "/{name}/{trigger_id:path}",
+    response_model=TriggerOccurrence,
+    responses={
+        **ERRORS,
+        401: {"model": Message, "description": "missing or wrong token"},
+        404: {"model": Message, "description": "no such occurrence was posted"},
+    },
+    summary="An occurrence's fan-out: received, started, its counts, campaigns halted",
+)
+async def get_trigger(
+    session: SessionDep,
+    campaigns: CampaignIndexDep,
+    client: TemporalDep,
+    name: Annotated[str, Path(pattern=SLUG)],
+    trigger_id: Annotated[str, Path(min_length=1, max_length=200)],
+) -> TriggerOccurrence:
+    """The admin token or the trigger token, as for posting. A fan-out running answers its
+    progress query (504 when no worker answers it in time)."""
+    row = None
+    if text_problem(trigger_id) is None:  # else it was refused when posted (NUL, …)
+        row = await session.scalar(
+            select(Event).where(
+                Event.message_id == trigger_message_id(name, trigger_id),
+                Event.type == TRIGGER_TYPE,
+            )
+        )
+    if row is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"no occurrence {trigger_id!r} of trigger {name!r} was posted "
+            f"(POST /v1/triggers/{name} with that id posts it)",
+        )
+    received = OccurrenceReceived(
+        status=row.status,
+        received_at=row.received_at,
+        routed_at=row.routed_at,
+        attempts=row.attempts,
+        last_error=row.last_error,
+    )
+    await session.rollback()  # no transaction held open while Temporal is asked
+    occurrence = trigger_occurrence(name, trigger_id)
+    workflow_id = fanout_workflow_id(occurrence)
+    answer = TriggerOccurrence(
+        trigger=name,
+        id=trigger_id,
+        occurrence=occurrence,
+        received=received,
+        fan_out=FanOutState(workflow_id=workflow_id, status=NOT_STARTED, progress=None),
+        campaigns=[],
+    )
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        state, progress = await read_operation(
+            client, handle, FanOutCursor, FanOutCursor(), missing=workflow_id
+        )
+    except HTTPException as exc:
+        if exc.status_code != status.HTTP_404_NOT_FOUND:
+            raise
+        # No fan-out (yet): what it would reach if it were routed now.
+        await campaigns.refresh()
+        answer.campaigns = [
+            FanOutTargetState(campaign_id=c.campaign_id, version=c.version, state=NOT_STARTED)
+            for c in campaigns.index.triggers.get(name, ())
+        ]
+        answer.note = _not_started(received)
+        return answer
+    answer.fan_out.status = state
+    ran = state in ("running", "completed", "continued_as_new")
+    answer.fan_out.progress = progress if ran else None
+    if not ran:
+        answer.note = f"its fan-out ended {state}: the journeys it started are not counted here"
+    fired = await _fan_out_input(client, workflow_id)
+    answer.campaigns = _targets(fired, progress if ran else None)
+    return answer
+
+
+def _not_started(received: OccurrenceReceived) -> str:
+    if received.status == "ignored":
+        return "no fan-out: no active campaign started on the trigger when it was routed"
+    if received.status == "failed":
+        return f"no fan-out: routing gave up ({received.last_error})"
+    if received.status == "routed":
+        return "its fan-out workflow is gone (past Temporal's retention)"
+    return "not started yet: the relay has not routed it" + (
+        f" ({received.attempts} attempts failed: {received.last_error})"
+        if received.attempts
+        else ""
+    )
+
+
+async def _fan_out_input(client: Client, workflow_id: str) -> FanOutInput | None:
+    """The input of the fan-out's latest run (each run carries every target): the first
+    event of its history."""
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        async for event in handle.fetch_history_events(page_size=1, rpc_timeout=RPC_TIMEOUT):
+            started = event.workflow_execution_started_event_attributes
+            if not started.input.payloads:
+                return None
+            [fired] = await client.data_converter.decode(started.input.payloads[:1], [FanOutInput])
+            return fired if isinstance(fired, FanOutInput) else None
+    except (RPCError, RPCTimeoutOrCancelledError) as exc:
+        raise temporal_error(exc, workflow_id) from exc
+    return None
+
+
+def _targets(fired: FanOutInput | None, cursor: FanOutCursor | None) -> list[FanOutTargetState]:
+    if fired is None:
+        return []
+    states = []
+    for index, target in enumerate(fired.targets):
+        halted = cursor.halted.get(target.campaign_id) if cursor is not None else None
+        if cursor is None:
+            state = "unknown"
+        elif halted is not None:
+            state = "halted"
+        elif index < cursor.target:
+            state = "done"
+        elif index == cursor.target:
+            state = "paging"
+        else:
+            state = "waiting"
+        states.append(
+            FanOutTargetState(
+                campaign_id=target.campaign_id,
+                version=target.campaign_version,
+                state=state,
+                halted=halted,
+            )
+        )
+    return states

@@ -41,7 +41,7 @@ from core.journey import journey_id
 from core.schedule import EARLIEST_ZONE, cron_fires, user_zone, wall_time, zone_named
 from store.audiences import audience_page, criterion_holds, traits_of
 from store.campaigns import active_definitions, get_campaign
-from store.entries import confirm_entries, reserve_entries
+from store.entries import confirm_entries, release_entries, reserve_entries
 from store.models import JourneyEntry
 from temporal.journeys import MEMO_ENTRY, start_journey
 
@@ -238,10 +238,14 @@ class FanOutActivities:
                 await pacer.wait()
                 return user, await self._start(request, user, traits.get(user, {}), now)
 
-        async def settle(user: str) -> None:
+        async def settle(user: str) -> str | None:
+            """The user's journey recorded if an earlier attempt started it; else the
+            user's entry id, whose reserved row goes."""
             async with gate:
                 if await self._started_before(request, user, ids[user]):
                     result.already += 1
+                    return None
+                return ids[user]
 
         # Written, started, confirmed a chunk at a time: a worker that dies in between
         # leaves rows unconfirmed (journeys started or not), which the retry sorts out by
@@ -261,8 +265,18 @@ class FanOutActivities:
         if halted is None:
             return result
         # The rest of the page is not reached: no rows, no starts — but rows an earlier
-        # attempt wrote are settled, their journeys recorded if it started them.
-        await asyncio.gather(*(settle(u) for u in todo[reached:] if ids[u] in reserved))
+        # attempt wrote are settled: their journeys recorded if it started them, else the
+        # rows deleted (left, they would read as running journeys, and keep their users
+        # out of a `re_entry: once` campaign they never entered). An earlier attempt still
+        # alive that starts one after all writes its row again when it records it.
+        unstarted = await asyncio.gather(*(settle(u) for u in todo[reached:] if ids[u] in reserved))
+        async with self._sessions() as session:
+            await release_entries(
+                session=session,
+                campaign_id=target.campaign_id,
+                message_ids=[m for m in unstarted if m is not None],
+            )
+            await session.commit()
         result.after = None
         result.halted = halted
         return result

@@ -180,6 +180,24 @@ async def confirm_entries(
     return len(counts)
 
 
+async def release_entries(
+    *, session: AsyncSession, campaign_id: str, message_ids: Sequence[str]
+) -> int:
+    """Delete the rows `reserve_entries` wrote for journeys that will not be started (a
+    fan-out that stopped: its campaign paused): unconfirmed ones only, so no journey that
+    runs loses its row. Returns how many were deleted."""
+    if not message_ids:
+        return 0
+    deleted = await session.execute(
+        delete(JourneyEntry).where(
+            JourneyEntry.campaign_id == campaign_id,
+            JourneyEntry.entry_message_id.in_(list(message_ids)),
+            JourneyEntry.run_id.is_(None),
+        )
+    )
+    return int(getattr(deleted, "rowcount", 0) or 0)
+
+
 async def running_journeys(
     *,
     session: AsyncSession,

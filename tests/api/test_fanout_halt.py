@@ -242,8 +242,8 @@ async def test_a_retried_page_of_a_paused_campaign_records_what_its_dead_attempt
 ) -> None:
     """The first attempt wrote the first chunk's rows, started the first member's journey
     and died; the campaign was paused before the retry. The retry starts nobody, records
-    that journey (its memo names this occurrence), and leaves the other row unconfirmed
-    (harmless: no journey to signal)."""
+    that journey (its memo names this occurrence), and deletes the other row: left, it would
+    read as a running journey, and keep its user out of a `re_entry: once` campaign."""
     request, (started_user, unstarted_user) = page.request, page.members[:CHUNK]
     async with page.sessions() as session:
         await reserve_entries(
@@ -282,5 +282,5 @@ async def test_a_retried_page_of_a_paused_campaign_records_what_its_dead_attempt
         1,
     )
     assert watcher.started == []
-    assert await page.rows() == [(started_user, 1, run_id), (unstarted_user, 1, None)]
+    assert await page.rows() == [(started_user, 1, run_id)]
     assert not await page.journey_exists(unstarted_user)

@@ -52,6 +52,9 @@ def retry_workflow_id(delivery_id: int, retry: int) -> str:
 class BulkExitRequest(BaseModel):
     """`POST /v1/campaigns/{id}/exit`: end the campaign's running journeys."""
 
+    # A misspelt `step` would otherwise exit every running journey of the campaign.
+    model_config = ConfigDict(extra="forbid")
+
     reason: str = Field(min_length=1, max_length=400, description="recorded on each journey")
     step: str | None = Field(
         default=None,

@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import (
     Client,
@@ -56,6 +56,9 @@ class MigrationCreate(BaseModel):
     """Which journeys move (those waiting in `from_version`), where to, and how their steps
     map. A waiting step absent from `steps` lands on the new version's step of the same id
     and type, if there is one; otherwise its journeys stay."""
+
+    # A misspelt `dry_run` would otherwise move the journeys it meant to count.
+    model_config = ConfigDict(extra="forbid")
 
     from_version: int = Field(ge=1, le=MAX_VERSION)
     to_version: int = Field(

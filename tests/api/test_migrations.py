@@ -83,6 +83,11 @@ async def test_dry_run_then_migration_over_the_api_and_the_cli(
             "steps.remind: step 'remind' is a send: only wait and wait_for steps are migrated from",
             "steps.wait: version 2 has no step 'x'",
         ]
+        # A misspelt `dry_run` is refused, not dropped (it would migrate for real).
+        r = await api.http.post(
+            URL, json={"from_version": 1, "to_version": 2, "dryrun": True}, headers=ADMIN
+        )
+        assert r.status_code == 422 and "dryrun" in r.text, r.text
         r = await api.http.post(URL, json={"from_version": 1, "to_version": 9}, headers=ADMIN)
         assert r.status_code == 404 and "version 9" in r.json()["detail"], r.text
         r = await api.http.post(

@@ -314,6 +314,10 @@ async def test_bulk_exit_at_one_step_then_all_with_progress(stack: Stack) -> Non
     mistyped = await api.http.post(f"/v1/campaigns/{campaign_id}/exit", json=typo, headers=ADMIN)
     assert mistyped.status_code == 422, mistyped.text
     assert "has a step 'pro-wiat' (its steps: " in mistyped.text and "pro-wait" in mistyped.text
+    # A misspelt field is refused, not dropped (`steps` would have exited every journey).
+    wrong = {"reason": "plan retired", "steps": "pro-wait"}
+    unknown = await api.http.post(f"/v1/campaigns/{campaign_id}/exit", json=wrong, headers=ADMIN)
+    assert unknown.status_code == 422 and "steps" in unknown.text, unknown.text
 
     # Everyone left, from the CLI, waiting and printing progress.
     ran = await nudge(

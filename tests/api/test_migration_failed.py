@@ -83,7 +83,7 @@ async def a_page_waits_on_the_lock(engine: AsyncEngine) -> None:
             found = await connection.scalar(
                 text(
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND query LIKE 'UPDATE journey_entries%'"
+                    "AND query LIKE 'UPDATE journey_entries%' AND datname = current_database()"
                 )
             )
         assert found == 1, found
@@ -113,6 +113,8 @@ async def test_a_stopped_migration_keeps_the_counts_it_reached(
     async with webhook_stack(postgres_url, dev_server, webhook_receiver, V1) as stack:
         api, client = stack.api, dev_server.client
         users = [f"u-{uuid.uuid4().hex[:8]}" for _ in range(4)]
+        # Operation ids are global on the session's dev server: this run's own.
+        cut_id, broken_id = (f"{name}-{uuid.uuid4().hex[:8]}" for name in ("cut", "broken"))
         for user in users:
             await api.track(user, "Product Added")
 
@@ -135,24 +137,24 @@ async def test_a_stopped_migration_keeps_the_counts_it_reached(
         try:
             # 1. Terminated by an operator while its second page (b) records its move.
             async with row_locked(engine, b):
-                body = {**MAPPING, "request_id": "cut", "page_size": 1, "wait_seconds": 0}
+                body = {**MAPPING, "request_id": cut_id, "page_size": 1, "wait_seconds": 0}
                 r = await api.http.post(URL, json=body, headers=ADMIN)
                 assert r.status_code == 202, r.text
                 await a_page_waits_on_the_lock(engine)
-                running = await read(api, "cut")
+                running = await read(api, cut_id)
                 assert running["status"] == "running", running
                 assert (running["progress"]["pages"], running["progress"]["seen"]) == (1, 1)
-                await client.get_workflow_handle(migration_id(CAMPAIGN, "cut")).terminate(
+                await client.get_workflow_handle(migration_id(CAMPAIGN, cut_id)).terminate(
                     reason="stopped by ops"
                 )
-            cut = await ended(api, "cut")
+            cut = await ended(api, cut_id)
             assert (cut["status"], cut["failure"]) == ("terminated", "stopped by ops"), cut
             # What the running migration showed, it still shows: the page it completed.
             assert cut["progress"] == running["progress"], (cut, running)
             assert (cut["progress"]["seen"], cut["progress"]["pages"]) == (1, 1)
             assert cut["progress"]["after"] == a
             report = cut["progress"]["report"]
-            assert (report["operation_id"], report["journeys"], report["moved"]) == ("cut", 1, 1)
+            assert (report["operation_id"], report["journeys"], report["moved"]) == (cut_id, 1, 1)
             assert [m["workflow_id"] for m in report["moved_journeys"]] == [a]
             assert [(s["step"], s["moved"]) for s in report["steps"]] == [("wait", 1)]
 
@@ -170,7 +172,7 @@ async def test_a_stopped_migration_keeps_the_counts_it_reached(
             # page in flight when it was stopped).
             await eventually(only_c_and_d_on_version_1, timeout=20)
             async with row_locked(engine, d):
-                body = {**MAPPING, "request_id": "broken", "page_size": 1, "wait_seconds": 0}
+                body = {**MAPPING, "request_id": broken_id, "page_size": 1, "wait_seconds": 0}
                 r = await api.http.post(URL, json=body, headers=ADMIN)
                 assert r.status_code == 202, r.text
                 await a_page_waits_on_the_lock(engine)
@@ -183,7 +185,7 @@ async def test_a_stopped_migration_keeps_the_counts_it_reached(
                         )
                         .values(definition={"id": CAMPAIGN})
                     )
-            broken = await ended(api, "broken")
+            broken = await ended(api, broken_id)
         finally:
             await engine.dispose()
         assert broken["status"] == "failed", broken
@@ -194,4 +196,4 @@ async def test_a_stopped_migration_keeps_the_counts_it_reached(
         assert (progress["seen"], progress["pages"], progress["after"]) == (2, 2, d)
         assert (progress["report"]["journeys"], progress["report"]["moved"]) == (2, 2)
         assert [m["workflow_id"] for m in progress["report"]["moved_journeys"]] == [c, d]
-        assert progress["report"]["operation_id"] == "broken"
+        assert progress["report"]["operation_id"] == broken_id

@@ -103,6 +103,8 @@ async def test_a_recheck_releases_sends_deferred_by_quiet_hours_that_are_now_off
         quiet_hours_end=None,
     )
     offers, news = (f"{name}-{uuid.uuid4().hex[:8]}" for name in ("offers", "news"))
+    # Operation ids are global on the session's dev server: one of this run's own.
+    op = f"r-{uuid.uuid4().hex[:8]}"
     users = {offers: ["a1", "a2", "a3", "a4"], news: ["b1"]}
     try:
         async with running_api(quiet) as api:
@@ -137,12 +139,12 @@ async def test_a_recheck_releases_sends_deferred_by_quiet_hours_that_are_now_off
 
             async with worker(client, off):
                 # One campaign, two journeys a page.
-                body = {"campaign_id": offers, "request_id": "r-1", "page_size": 2}
+                body = {"campaign_id": offers, "request_id": op, "page_size": 2}
                 started = await api.http.post("/v1/journeys/recheck", json=body, headers=ADMIN)
                 assert started.status_code == 202, started.text
                 operation = started.json()
-                assert operation["operation_id"] == "r-1" and operation["campaign_id"] == offers
-                assert operation["workflow_id"] == policy_recheck_id("r-1")
+                assert operation["operation_id"] == op and operation["campaign_id"] == offers
+                assert operation["workflow_id"] == policy_recheck_id(op)
 
                 async def finished(operation_id: str) -> dict[str, Any]:
                     answer = await api.http.get(
@@ -154,7 +156,7 @@ async def test_a_recheck_releases_sends_deferred_by_quiet_hours_that_are_now_off
                     assert answer.json()["status"] == "completed", answer.json()
                     return answer.json()
 
-                done = await eventually(lambda: finished("r-1"), timeout=20)
+                done = await eventually(lambda: finished(op), timeout=20)
                 progress = done["progress"]
                 assert done["campaign_id"] == offers
                 counts = [progress[k] for k in ("seen", "told", "skipped", "failed", "pages")]
@@ -183,7 +185,7 @@ async def test_a_recheck_releases_sends_deferred_by_quiet_hours_that_are_now_off
                 assert await deliveries(api, news) == {}
 
                 # The same request id again: the same operation, not a second run.
-                handle = client.get_workflow_handle(policy_recheck_id("r-1"))
+                handle = client.get_workflow_handle(policy_recheck_id(op))
                 first_run = (await handle.describe()).run_id
                 same = await api.http.post("/v1/journeys/recheck", json=body, headers=ADMIN)
                 assert same.status_code == 202, same.text
@@ -192,7 +194,7 @@ async def test_a_recheck_releases_sends_deferred_by_quiet_hours_that_are_now_off
                 assert described.run_id == first_run
                 assert described.status is WorkflowExecutionStatus.COMPLETED
                 # ...and for another scope, refused rather than answered for the first one.
-                other = {"campaign_id": news, "request_id": "r-1"}
+                other = {"campaign_id": news, "request_id": op}
                 reused = await api.http.post("/v1/journeys/recheck", json=other, headers=ADMIN)
                 assert reused.status_code == 409, reused.text
                 assert f"names a re-check of {offers!r}" in reused.json()["detail"]

@@ -177,8 +177,8 @@ async def test_a_rehearsal_past_its_time_is_504_and_leaves_no_process_behind(
         assert (one.status_code, one.json()) == (504, {"detail": told})
         assert (two.status_code, two.json()) == (504, {"detail": told})
         # Each within its own limit (the second's wait for the turn counted in it).
-        assert limit <= one_took < limit + 2, one_took
-        assert limit <= two_took < limit + 2, two_took
+        assert limit <= one_took < limit + 10, one_took
+        assert limit <= two_took < limit + 10, two_took
         # One at a time; the first's test server was running when it was ended.
         assert watch.most_at_once == 1, watch
         first_engine = min(watch.engines)

@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +91,11 @@ async def test_a_connection_waits_for_another_switching_a_new_database_to_wal(
     release = threading.Timer(0.2, holder.execute, ["COMMIT"])
     release.start()
     engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    began = time.monotonic()
     try:
         async with engine.connect() as connection:
+            # It waited for the holder (connected before the release, it met the lock).
+            assert time.monotonic() - began >= 0.15
             mode = (await connection.execute(text("PRAGMA journal_mode"))).scalar_one()
             tables = (
                 await connection.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))

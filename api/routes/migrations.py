@@ -2,7 +2,7 @@
 dry run (answered at once), or the migration itself as a Temporal workflow
 (`campaign_migration`, a page of journeys at a time) answered with its report when it ends
 within a few seconds, else with its progress; `GET …/migrations/{operation_id}` reads it —
-also once it failed or was stopped: how far it got, as its workflow's history records."""
+also once it failed or was stopped: how far it got, and why it stopped."""
 
 from __future__ import annotations
 
@@ -15,23 +15,19 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from temporalio.api.enums.v1 import EventType
 from temporalio.client import (
     Client,
     RPCTimeoutOrCancelledError,
     WorkflowFailureError,
     WorkflowHandle,
 )
-from temporalio.exceptions import FailureError
 from temporalio.service import RPCError
 
 from api.deps import AdminDep, SessionDep, SettingsDep, TemporalDep
-from api.routes.journeys import temporal_error
 from api.routes.operations import read_operation, start_operation
 from api.schemas import MAX_VERSION, CampaignId, Message, ProblemsResponse
 from core.journey import mapping_problems
 from core.operations import (
-    ACTIVITY_MIGRATE_PAGE,
     REQUEST_ID,
     WORKFLOW_MIGRATION,
     JourneysPerPage,
@@ -98,17 +94,13 @@ class MigrationOperation(BaseModel):
     """`running`, `completed`, or how the migration's workflow ended otherwise (`failed`,
     `terminated`, `canceled`, `timed_out`)."""
     progress: MigrationProgress
-    """Once it ended otherwise than `completed`: the pages it completed, as its workflow's
-    history records them (the page it was in, if any, is not counted: the journeys that page
-    moved are recorded on each journey and in the membership index)."""
+    """Once it ended otherwise than `completed`: the pages it completed, as its `progress`
+    query answers from its history (the page it was in, if any, is not counted: the journeys
+    that page moved are recorded on each journey and in the membership index)."""
     failure: str | None = None
     """Why it ended otherwise than `completed`: its failure, or the reason it was terminated
     with."""
 
-
-STOPPED = {"failed", "terminated", "canceled", "timed_out"}
-"""How a migration's workflow ends without its report: its progress is read from its
-history."""
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Message, "description": "missing or wrong admin token"},
@@ -291,7 +283,7 @@ async def _operation(
             operation_id=operation_id,
         )
     )
-    state, progress = await read_operation(
+    read = await read_operation(
         client,
         handle,
         MigrationProgress,
@@ -299,72 +291,14 @@ async def _operation(
         missing=f"no migration {operation_id!r} of campaign {campaign_id!r}",
         peek=peek,
     )
-    failure = None
-    if state in STOPPED:
-        try:
-            progress, failure = await _recorded(client, handle, progress)
-        except (RPCError, RPCTimeoutOrCancelledError) as exc:
-            raise temporal_error(exc, handle.id) from exc
     return MigrationOperation(
         operation_id=operation_id,
         campaign_id=campaign_id,
         workflow_id=handle.id,
-        status=state,
-        progress=progress,
-        failure=failure,
+        status=read.status,
+        progress=read.progress,
+        failure=read.failure,
     )
-
-
-async def _recorded(
-    client: Client, handle: WorkflowHandle[Any, Any], empty: MigrationProgress
-) -> tuple[MigrationProgress, str | None]:
-    """How far a migration that ended without its report got, and why it ended, from its
-    last run's history: the progress that run started with (carried across continue-as-new;
-    `empty` if the history has no start) plus each page its `migrate_page` activity
-    completed, added up as the workflow adds them (`workflows.operations.page_through`)."""
-    progress = empty
-    pages: set[int] = set()  # the scheduled events of the run's `migrate_page` calls
-    why: str | None = None
-    converter = client.data_converter
-    async for event in handle.fetch_history_events(rpc_timeout=RPC_TIMEOUT):
-        kind = event.event_type
-        if kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
-            payloads = event.workflow_execution_started_event_attributes.input.payloads
-            [started] = await converter.decode(payloads, [MigrationInput])
-            progress = started.progress or MigrationProgress(
-                report=MigrationReport(
-                    campaign_id=started.campaign_id,
-                    from_version=started.from_version,
-                    to_version=started.to_version,
-                    dry_run=False,
-                    operation_id=started.request_id,
-                )
-            )
-        elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-            scheduled = event.activity_task_scheduled_event_attributes
-            if scheduled.activity_type.name == ACTIVITY_MIGRATE_PAGE:
-                pages.add(event.event_id)
-        elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
-            completed = event.activity_task_completed_event_attributes
-            if completed.scheduled_event_id in pages:
-                [page] = await converter.decode(completed.result.payloads, [MigrationProgress])
-                progress.pages += 1
-                progress.add(page)
-                progress.done = page.done
-        elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED:
-            error = await converter.decode_failure(
-                event.workflow_execution_failed_event_attributes.failure
-            )
-            # The workflow fails with its page's ActivityError: the page's error says why.
-            cause = getattr(error, "cause", None) or error
-            why = cause.message if isinstance(cause, FailureError) else str(cause)
-        elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED:
-            why = event.workflow_execution_terminated_event_attributes.reason or "terminated"
-        elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT:
-            why = "timed out"
-        elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED:
-            why = "cancelled"
-    return progress, why
 
 
 def _failed(exc: WorkflowFailureError) -> HTTPException:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import APIRouter, Body, HTTPException, Path, Query, Response, status
 from pydantic import BaseModel
@@ -17,10 +18,11 @@ from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
+    WorkflowHistoryEventFilterType,
     WorkflowQueryFailedError,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError, FailureError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import AdminDep, SessionDep, SettingsDep, TemporalDep
@@ -82,6 +84,9 @@ class BulkExitPublic(BaseModel):
     status: str
     """`running`, `completed`, or how the operation's workflow ended otherwise."""
     progress: ExitProgress
+    """Once it stopped otherwise than `completed`: the pages it completed."""
+    failure: str | None = None
+    """Why it stopped otherwise than `completed`."""
 
 
 @router.post(
@@ -196,7 +201,7 @@ async def _bulk_exit(
     *,
     peek: bool = False,
 ) -> BulkExitPublic:
-    state, progress = await read_operation(
+    read = await read_operation(
         client,
         handle,
         ExitProgress,
@@ -208,8 +213,9 @@ async def _bulk_exit(
         operation_id=operation_id,
         campaign_id=campaign_id,
         workflow_id=handle.id,
-        status=state,
-        progress=progress,
+        status=read.status,
+        progress=read.progress,
+        failure=read.failure,
     )
 
 
@@ -226,6 +232,9 @@ class RecheckPublic(BaseModel):
     status: str
     """`running`, `completed`, or how the operation's workflow ended otherwise."""
     progress: RecheckProgress
+    """Once it stopped otherwise than `completed`: the pages it completed."""
+    failure: str | None = None
+    """Why it stopped otherwise than `completed`."""
 
 
 @router.post(
@@ -316,7 +325,7 @@ async def _policy_recheck(
         if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND:
             raise HTTPException(status.HTTP_404_NOT_FOUND, missing) from exc
         raise temporal_error(exc, handle.id) from exc
-    state, progress = await read_operation(
+    read = await read_operation(
         client, handle, RecheckProgress, RecheckProgress(), missing=missing, peek=peek
     )
     scope = memo.get(MEMO_SCOPE)
@@ -324,12 +333,32 @@ async def _policy_recheck(
         operation_id=operation_id,
         campaign_id=scope if isinstance(scope, str) else None,
         workflow_id=handle.id,
-        status=state,
-        progress=progress,
+        status=read.status,
+        progress=read.progress,
+        failure=read.failure,
     )
 
 
 Progress = TypeVar("Progress", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class OperationRead(Generic[Progress]):
+    status: str
+    """`running`, `completed`, or how the workflow ended otherwise (`failed`, `terminated`,
+    `canceled`, `timed_out`)."""
+    progress: Progress
+    failure: str | None = None
+    """Why it ended otherwise than `completed`: its failure's words, or the reason it was
+    terminated with."""
+
+
+STOPPED = (
+    WorkflowExecutionStatus.FAILED,
+    WorkflowExecutionStatus.TERMINATED,
+    WorkflowExecutionStatus.CANCELED,
+    WorkflowExecutionStatus.TIMED_OUT,
+)
 
 
 async def read_operation(
@@ -340,19 +369,30 @@ async def read_operation(
     *,
     missing: str,
     peek: bool = False,
-) -> tuple[str, Progress]:
-    """An operator's operation (a bulk exit, a migration, a policy re-check): its status (`running`,
-    `completed`, `failed`, …) and progress — its result once completed, else its `progress`
-    query while it runs, else `empty` (one that failed, was cancelled or terminated has no
-    progress to read). `peek`: one just started answers `empty` rather than wait for its
-    worker to answer the query. 404 (`missing`) when there is no such operation."""
+) -> OperationRead[Progress]:
+    """An operator's operation (a bulk exit, a migration, a policy re-check, a fan-out): its
+    status and progress — its result once completed, else its `progress` query: while it
+    runs, and once it stopped otherwise (a worker replays the history of a closed workflow
+    to answer: the pages it completed), with why it stopped. `empty` when there is nothing
+    to read: `peek` (one just started answers at once rather than wait for its worker), or
+    a stopped one no worker answered for. 404 (`missing`) when there is no such operation."""
+    failure = None
     try:
         described = await handle.describe(rpc_timeout=RPC_TIMEOUT)
         state = described.status or WorkflowExecutionStatus.RUNNING
         if state is WorkflowExecutionStatus.COMPLETED:
             typed = client.get_workflow_handle(handle.id, result_type=result_type)
             progress = await typed.result(rpc_timeout=RPC_TIMEOUT)
-        elif state in (WorkflowExecutionStatus.RUNNING, WorkflowExecutionStatus.CONTINUED_AS_NEW):
+        elif state in STOPPED:
+            failure = await _why_stopped(client, handle)
+            try:
+                progress = await handle.query(
+                    QUERY_PROGRESS, result_type=result_type, rpc_timeout=RPC_TIMEOUT
+                )
+            except (RPCError, RPCTimeoutOrCancelledError, WorkflowQueryFailedError) as exc:
+                progress = empty
+                failure = f"{failure} (its counts could not be read: {exc})"
+        else:
             try:
                 progress = await handle.query(
                     QUERY_PROGRESS,
@@ -363,8 +403,6 @@ async def read_operation(
                 if not peek:
                     raise
                 progress = empty
-        else:
-            progress = empty
     except WorkflowQueryFailedError as exc:
         raise HTTPException(
             status.HTTP_502_BAD_GATEWAY, f"the progress query failed: {exc}"
@@ -373,7 +411,29 @@ async def read_operation(
         if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND:
             raise HTTPException(status.HTTP_404_NOT_FOUND, missing) from exc
         raise temporal_error(exc, handle.id) from exc
-    return state.name.lower(), progress
+    return OperationRead(state.name.lower(), progress, failure)
+
+
+async def _why_stopped(client: Client, handle: WorkflowHandle[Any, Any]) -> str:
+    """Why a workflow ended otherwise than completed, from its close event: the innermost
+    failure's words (an operation fails with its page's activity error), or the reason it
+    was terminated with."""
+    async for event in handle.fetch_history_events(
+        event_filter_type=WorkflowHistoryEventFilterType.CLOSE_EVENT, rpc_timeout=RPC_TIMEOUT
+    ):
+        if event.HasField("workflow_execution_failed_event_attributes"):
+            failure = event.workflow_execution_failed_event_attributes.failure
+            error: BaseException = await client.data_converter.decode_failure(failure)
+            while isinstance(error, FailureError) and error.cause is not None:
+                error = error.cause
+            return error.message if isinstance(error, FailureError) else str(error)
+        if event.HasField("workflow_execution_terminated_event_attributes"):
+            return event.workflow_execution_terminated_event_attributes.reason or "terminated"
+        if event.HasField("workflow_execution_timed_out_event_attributes"):
+            return "timed out"
+        if event.HasField("workflow_execution_canceled_event_attributes"):
+            return "canceled"
+    return "stopped"
 
 
 class RetryPublic(BaseModel):

@@ -282,7 +282,7 @@ async def get_trigger(
     )
     handle = client.get_workflow_handle(workflow_id)
     try:
-        state, progress = await read_operation(
+        read = await read_operation(
             client, handle, FanOutCursor, FanOutCursor(), missing=workflow_id
         )
     except HTTPException as exc:
@@ -296,13 +296,12 @@ async def get_trigger(
         ]
         answer.note = _not_started(received)
         return answer
-    answer.fan_out.status = state
-    ran = state in ("running", "completed", "continued_as_new")
-    answer.fan_out.progress = progress if ran else None
-    if not ran:
-        answer.note = f"its fan-out ended {state}: the journeys it started are not counted here"
+    answer.fan_out.status = read.status
+    answer.fan_out.progress = read.progress
+    if read.failure is not None:
+        answer.note = f"its fan-out ended {read.status}: {read.failure}"
     fired = await _fan_out_input(client, workflow_id)
-    answer.campaigns = _targets(fired, progress if ran else None)
+    answer.campaigns = _targets(fired, read.progress)
     return answer
 
 

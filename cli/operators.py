@@ -74,7 +74,7 @@ def recheck_line(operation: dict[str, Any]) -> str:
     p = operation["progress"]
     scope = operation["campaign_id"] or "every campaign"
     line = (
-        f"{scope}: {p['seen']} seen, {p['told']} told, {p['skipped']} skipped (ended), "
+        f"{scope}: {p['seen']} seen, {p['told']} told, {p['skipped']} skipped (not running), "
         f"{p['failed']} failed"
     )
     return line + (" — done" if p["done"] else "")

@@ -77,6 +77,8 @@ def _use_wal(dbapi_conn: Any) -> None:
                 raise
         finally:
             cur.close()
+        # On the event loop's thread (SQLAlchemy's connect hook is synchronous): a few
+        # milliseconds, only while another connection's switch of a new file is under way.
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
 

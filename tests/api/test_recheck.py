@@ -247,7 +247,7 @@ async def test_a_recheck_releases_sends_deferred_by_quiet_hours_that_are_now_off
                 assert counts == [3, 1, 2, 0], final  # b1 told; a4 and the ghost skipped
                 last_line = ran.stderr.strip().splitlines()[-1]
                 assert last_line == (
-                    "every campaign: 3 seen, 1 told, 2 skipped (ended), 0 failed — done"
+                    "every campaign: 3 seen, 1 told, 2 skipped (not running), 0 failed — done"
                 ), ran.stderr
 
                 async def b1_sent() -> bool:

@@ -26,29 +26,15 @@ from store.campaigns import publish_version
 from store.db import create_engine
 from store.models import CampaignVersion, JourneyEntry
 from temporal.servers import DevServer
+from tests.api import test_migrations as migrations
 from tests.fixtures.api import ADMIN, RunningApi, eventually, webhook_stack
 from tests.fixtures.db import migrated_database
 from tests.fixtures.servers import WebhookReceiver
 
 CAMPAIGN = "migrate-cut"
-V1: dict[str, Any] = {
-    "id": CAMPAIGN,
-    "name": "Cart (migrated, then stopped)",
-    "entry": {"event": "Product Added"},
-    "steps": [
-        {"id": "wait", "type": "wait", "duration": "24h", "next": "remind"},
-        {"id": "remind", "type": "send", "channel": "webhook", "template": "remind"},
-    ],
-    "templates": {"remind": {"subject": "Cart", "body": "your cart misses you"}},
-}
-V2: dict[str, Any] = {
-    **V1,
-    "steps": [
-        {"id": "pause", "type": "wait", "duration": "48h", "next": "coupon"},
-        {"id": "coupon", "type": "send", "channel": "webhook", "template": "coupon"},
-    ],
-    "templates": {"coupon": {"subject": "Cart", "body": "10% off your cart"}},
-}
+# The cart of tests/api/test_migrations.py, under a campaign id of its own.
+V1: dict[str, Any] = {**migrations.V1, "id": CAMPAIGN, "name": "Cart (migrated, then stopped)"}
+V2: dict[str, Any] = {**migrations.V2, "id": CAMPAIGN, "name": V1["name"]}
 URL = f"/v1/campaigns/{CAMPAIGN}/migrations"
 MAPPING = {"from_version": 1, "to_version": 2, "steps": {"wait": "pause"}, "by": "ops"}
 

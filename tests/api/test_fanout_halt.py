@@ -6,8 +6,8 @@ records the journey its dead attempt started, and starts none.
 
 Real parts: the `start_audience_page` activity (ActivityEnvironment) against the session's
 dev server and SQLite or PostgreSQL; the operator's change is made with the store's own
-functions by a temporalio client interceptor at the Nth journey start, so it lands between
-two chunks deterministically.
+functions by a temporalio client interceptor (`AtJourneyStart`) at the Nth journey start,
+so it lands between two chunks deterministically.
 """
 
 from __future__ import annotations
@@ -20,13 +20,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from temporalio.client import (
-    Client,
-    Interceptor,
-    OutboundInterceptor,
-    StartWorkflowInput,
-    WorkflowHandle,
-)
+from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment
 
@@ -42,6 +36,7 @@ from temporal.journeys import start_journey
 from temporal.servers import DevServer
 from tests.api.conftest import end_journeys_left
 from tests.fixtures.api import make_settings
+from tests.fixtures.temporal import AtJourneyStart
 
 MEMBERS = 5
 CHUNK = 2
@@ -78,37 +73,25 @@ async def publish_v2(session: AsyncSession, campaign_id: str) -> None:
     await publish_version(session=session, campaign_id=campaign_id, version=2)
 
 
-class ChangeAtStart(Interceptor):
-    """Every journey the page starts, in `started` (user, version); at the `at`-th, before
-    it goes on, the operator's `action` is done to the campaign and committed."""
+def change_at_start(
+    sessions: async_sessionmaker[AsyncSession], action: Action | None, at: int = 1
+) -> AtJourneyStart:
+    """Every journey the page starts, in `started`; at the `at`-th, before it goes on, the
+    operator's `action` is done to the campaign and committed."""
 
-    def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], action: Action | None, at: int = 1
-    ):
-        self.sessions = sessions
-        self.action = action
-        self.at = at
-        self.started: list[tuple[str, int]] = []
-
-    def intercept_client(self, next: OutboundInterceptor) -> OutboundInterceptor:
-        return _ChangeAtStart(next, self)
-
-
-class _ChangeAtStart(OutboundInterceptor):
-    def __init__(self, next: OutboundInterceptor, outer: ChangeAtStart):
-        super().__init__(next)
-        self.outer = outer
-
-    async def start_workflow(self, input: StartWorkflowInput) -> WorkflowHandle[Any, Any]:
-        [journey_input] = input.args
-        assert isinstance(journey_input, JourneyInput)
-        outer = self.outer
-        outer.started.append((journey_input.user_id, journey_input.campaign_version))
-        if outer.action is not None and len(outer.started) == outer.at:
-            async with outer.sessions() as session:
-                await outer.action(session, journey_input.campaign_id)
+    async def before(journey: JourneyInput) -> None:
+        if action is not None and len(watcher.started) == at:
+            async with sessions() as session:
+                await action(session, journey.campaign_id)
                 await session.commit()
-        return await self.next.start_workflow(input)
+
+    watcher = AtJourneyStart(before)
+    return watcher
+
+
+def started(watcher: AtJourneyStart) -> list[tuple[str, int]]:
+    """(user, version) of every journey the page started."""
+    return [(j.user_id, j.campaign_version) for j in watcher.started]
 
 
 @dataclasses.dataclass
@@ -120,12 +103,10 @@ class Page:
     settings: Settings
     sessions: async_sessionmaker[AsyncSession]
 
-    def activities(self, watcher: ChangeAtStart) -> FanOutActivities:
-        config = self.client.config()
-        config["interceptors"] = [*config["interceptors"], watcher]
+    def activities(self, watcher: AtJourneyStart) -> FanOutActivities:
         return FanOutActivities(
             sessions=self.sessions,
-            client=Client(**config),
+            client=watcher.wrap(self.client),
             settings=self.settings,
             record_every=CHUNK,
         )
@@ -187,13 +168,13 @@ async def test_a_campaign_stopped_before_the_page_enters_nobody(page: Page, acti
     async with page.sessions() as session:
         await action(session, page.campaign_id)
         await session.commit()
-    watcher = ChangeAtStart(page.sessions, None)
+    watcher = change_at_start(page.sessions, None)
     result = await ActivityEnvironment().run(
         page.activities(watcher).start_audience_page, page.request
     )
     status = "paused" if action is pause else "archived"
     assert result == PageResult(after=None, halted=status)
-    assert watcher.started == []
+    assert started(watcher) == []
     assert await page.rows() == []
     assert not await page.journey_exists(page.members[0])
 
@@ -204,14 +185,14 @@ async def test_a_campaign_stopped_during_a_chunk_enters_nobody_after_it(
 ) -> None:
     """Stopped at the first start: the first chunk (2) is under way and starts, the rest
     (3) are neither recorded nor started."""
-    watcher = ChangeAtStart(page.sessions, action, at=1)
+    watcher = change_at_start(page.sessions, action, at=1)
     result = await ActivityEnvironment().run(
         page.activities(watcher).start_audience_page, page.request
     )
     status = "paused" if action is pause else "archived"
     assert (result.after, result.halted, result.started, result.skipped) == (None, status, 2, 1)
     first, rest = page.members[:CHUNK], page.members[CHUNK:]
-    assert [u for u, _ in watcher.started] == first
+    assert [u for u, _ in started(watcher)] == first
     rows = await page.rows()
     assert [(u, v) for u, v, _ in rows] == [(u, 1) for u in first]
     assert None not in [r for _, _, r in rows]
@@ -223,14 +204,14 @@ async def test_a_campaign_stopped_during_a_chunk_enters_nobody_after_it(
 
 async def test_a_version_published_during_the_page_changes_nothing(page: Page) -> None:
     """Still active: every member enters, on the version the trigger fired with."""
-    watcher = ChangeAtStart(page.sessions, publish_v2, at=1)
+    watcher = change_at_start(page.sessions, publish_v2, at=1)
     result = await ActivityEnvironment().run(
         page.activities(watcher).start_audience_page, page.request
     )
     # Not halted: the page ends at its last user (the Oslo one), the fan-out goes on.
     assert (result.halted, result.started, result.skipped) == (None, MEMBERS, 1)
     assert result.after is not None and result.after.endswith("-oslo")
-    assert watcher.started == [(u, 1) for u in page.members]
+    assert started(watcher) == [(u, 1) for u in page.members]
     assert [(u, v) for u, v, _ in await page.rows()] == [(u, 1) for u in page.members]
     async with page.sessions() as session:
         campaign = await get_campaign(session=session, campaign_id=page.campaign_id)
@@ -271,7 +252,7 @@ async def test_a_retried_page_of_a_paused_campaign_records_what_its_dead_attempt
     async with page.sessions() as session:
         await pause(session, page.campaign_id)
         await session.commit()
-    watcher = ChangeAtStart(page.sessions, None)
+    watcher = change_at_start(page.sessions, None)
     retry = ActivityEnvironment()
     retry.info = dataclasses.replace(retry.info, attempt=2)
     result = await retry.run(page.activities(watcher).start_audience_page, request)
@@ -281,6 +262,6 @@ async def test_a_retried_page_of_a_paused_campaign_records_what_its_dead_attempt
         0,
         1,
     )
-    assert watcher.started == []
+    assert started(watcher) == []
     assert await page.rows() == [(started_user, 1, run_id)]
     assert not await page.journey_exists(unstarted_user)

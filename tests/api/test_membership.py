@@ -18,13 +18,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from temporalio.client import (
-    Client,
-    Interceptor,
-    OutboundInterceptor,
-    StartWorkflowInput,
-    WorkflowHandle,
-)
+from temporalio.client import Client, Interceptor, OutboundInterceptor
 from temporalio.testing import ActivityEnvironment
 
 from activities.fanout import FanOutActivities
@@ -39,6 +33,7 @@ from temporal.journeys import start_journey
 from temporal.servers import DevServer
 from tests.api.conftest import end_journeys_left
 from tests.fixtures.api import ADMIN, RunningApi, eventually, make_settings, running_api
+from tests.fixtures.temporal import AtJourneyStart
 from worker.build import create_worker, worker_activities
 
 CART: dict[str, Any] = {
@@ -334,34 +329,21 @@ async def test_the_fan_outs_rows_are_visible_before_its_journeys_start(
         assert sum(entered) == 2 * 3
 
 
-class RowsAtStart(Interceptor):
-    """At each journey start, reads from the database whether the router would already
-    see the user in the journey: the order the fan-out writes and starts in, observed."""
+class RowsAtStart:
+    """At each journey start (an `AtJourneyStart`'s `before`), reads from the database
+    whether the router would already see the user in the journey: the order the fan-out
+    writes and starts in, observed."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]):
         self.sessions = sessions
         self.seen: dict[str, bool] = {}
 
-    def intercept_client(self, next: OutboundInterceptor) -> OutboundInterceptor:
-        return _RowsAtStart(next, self)
-
-
-class _RowsAtStart(OutboundInterceptor):
-    def __init__(self, next: OutboundInterceptor, outer: RowsAtStart):
-        super().__init__(next)
-        self.outer = outer
-
-    async def start_workflow(self, input: StartWorkflowInput) -> WorkflowHandle[Any, Any]:
-        [journey_input] = input.args
-        assert isinstance(journey_input, JourneyInput)
-        async with self.outer.sessions() as session:
+    async def before(self, journey: JourneyInput) -> None:
+        async with self.sessions() as session:
             found = await running_journeys(
-                session=session,
-                campaign_ids=[journey_input.campaign_id],
-                user_ids=[journey_input.user_id],
+                session=session, campaign_ids=[journey.campaign_id], user_ids=[journey.user_id]
             )
-        self.outer.seen[journey_input.user_id] = bool(found)
-        return await self.next.start_workflow(input)
+        self.seen[journey.user_id] = bool(found)
 
 
 async def test_the_fan_out_writes_each_row_before_starting_its_journey(
@@ -416,9 +398,9 @@ async def test_the_fan_out_writes_each_row_before_starting_its_journey(
             await session.commit()
 
         watcher = RowsAtStart(sessions)
-        config = client.config()
-        config["interceptors"] = [*config["interceptors"], watcher]
-        fan_out = FanOutActivities(sessions=sessions, client=Client(**config), settings=settings)
+        fan_out = FanOutActivities(
+            sessions=sessions, client=AtJourneyStart(watcher.before).wrap(client), settings=settings
+        )
         request = PageRequest(
             occurrence=f"trigger/storm/{run}-1", entry_name="storm", fired_at=now(), target=target
         )

@@ -19,13 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 from temporalio.api.sdk.v1 import WorkflowMetadata
-from temporalio.client import (
-    Client,
-    Interceptor,
-    OutboundInterceptor,
-    StartWorkflowInput,
-    WorkflowHandle,
-)
+from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from core.clock import ClockRequest
@@ -35,6 +29,7 @@ from store.models import JourneyEntry, Profile
 from temporal.servers import DevServer
 from tests.api.conftest import end_journeys_left
 from tests.fixtures.api import ADMIN, RunningApi, eventually, make_settings, running_api
+from tests.fixtures.temporal import AtJourneyStart
 from worker.build import create_worker, worker_activities
 
 MEMBERS = 12
@@ -55,35 +50,19 @@ def campaign(campaign_id: str, entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class OperatorAtFirstStart(Interceptor):
+def operator_at_first_start(api: RunningApi, action: str) -> AtJourneyStart:
     """At the first journey the worker starts, the operator POSTs `/v1/campaigns/{id}/
     {action}` (pause, archive) and is answered before that start goes on."""
 
-    def __init__(self, api: RunningApi, action: str):
-        self.api = api
-        self.action = action
-        self.starts = 0
+    async def before(journey: JourneyInput) -> None:
+        if len(operator.started) == 1:
+            answer = await api.http.post(
+                f"/v1/campaigns/{journey.campaign_id}/{action}", headers=ADMIN
+            )
+            assert answer.status_code == 200, answer.text
 
-    def intercept_client(self, next: OutboundInterceptor) -> OutboundInterceptor:
-        return _OperatorAtFirstStart(next, self)
-
-
-class _OperatorAtFirstStart(OutboundInterceptor):
-    def __init__(self, next: OutboundInterceptor, outer: OperatorAtFirstStart):
-        super().__init__(next)
-        self.outer = outer
-
-    async def start_workflow(self, input: StartWorkflowInput) -> WorkflowHandle[Any, Any]:
-        journey = input.args[0] if input.args else None
-        if isinstance(journey, JourneyInput):  # not the broadcast's own fan-out workflow
-            outer = self.outer
-            outer.starts += 1
-            if outer.starts == 1:
-                answer = await outer.api.http.post(
-                    f"/v1/campaigns/{journey.campaign_id}/{outer.action}", headers=ADMIN
-                )
-                assert answer.status_code == 200, answer.text
-        return await self.next.start_workflow(input)
+    operator = AtJourneyStart(before)
+    return operator
 
 
 async def _started(handle: WorkflowHandle[Any, Any]) -> bool:
@@ -127,10 +106,8 @@ async def test_stopping_the_campaign_stops_its_fan_out(
     dev = dev_server.client
     try:
         async with running_api(settings) as api:
-            operator = OperatorAtFirstStart(api, action)
-            config = dev.config()
-            config["interceptors"] = [*config["interceptors"], operator]
-            client = Client(**config)
+            operator = operator_at_first_start(api, action)
+            client = operator.wrap(dev)
             async with (
                 worker_activities(settings, client) as activities,
                 create_worker(client, activities, task_queue=settings.task_queue),
@@ -166,7 +143,7 @@ async def test_stopping_the_campaign_stops_its_fan_out(
                 assert done.halted == {campaign_id: status}
                 assert (done.started, done.pages, done.target, done.after) == (PAGE, 2, 1, None)
                 assert progress == done
-                assert operator.starts == PAGE
+                assert len(operator.started) == PAGE
                 assert await _entered(api, campaign_id) == members[:PAGE]
                 assert f"**halted** {campaign_id} ({status})" in metadata.current_details
 

@@ -18,13 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
-from temporalio.client import (
-    Client,
-    Interceptor,
-    OutboundInterceptor,
-    StartWorkflowInput,
-    WorkflowHandle,
-)
 
 from core.fanout import FanOutCursor, fanout_workflow_id, trigger_occurrence
 from core.journey import JourneyInput
@@ -33,6 +26,7 @@ from temporal.servers import DevServer, free_port
 from tests.api.conftest import end_journeys_left
 from tests.cli.runner import nudge
 from tests.fixtures.api import ADMIN, RunningApi, eventually, make_settings, running_api
+from tests.fixtures.temporal import AtJourneyStart
 from tests.integration.test_fanout_halt import _started, campaign
 from worker.build import create_worker, worker_activities
 
@@ -43,10 +37,11 @@ TRIGGER_TOKEN = "test-trigger-token"
 BY_TRIGGER_TOKEN = {"Authorization": f"Bearer {TRIGGER_TOKEN}"}
 
 
-class Operator(Interceptor):
-    """At the first journey the worker starts of the first campaign, the operator pauses
-    that campaign; at the first of the second, reads the occurrence (and how many journeys
-    of the first entered) — each answered before that start goes on."""
+class Operator:
+    """At the first journey the worker starts of the first campaign (an `AtJourneyStart`'s
+    `before`), the operator pauses that campaign; at the first of the second, reads the
+    occurrence (and how many journeys of the first entered) — each answered before that
+    start goes on."""
 
     def __init__(self, api: RunningApi, paused: str, read_at: str, path: str):
         self.api = api
@@ -56,33 +51,20 @@ class Operator(Interceptor):
         self.seen: set[str] = set()
         self.read: tuple[dict[str, Any], int] | None = None
 
-    def intercept_client(self, next: OutboundInterceptor) -> OutboundInterceptor:
-        return _Operator(next, self)
-
-
-class _Operator(OutboundInterceptor):
-    def __init__(self, next: OutboundInterceptor, outer: Operator):
-        super().__init__(next)
-        self.outer = outer
-
-    async def start_workflow(self, input: StartWorkflowInput) -> WorkflowHandle[Any, Any]:
-        journey = input.args[0] if input.args else None
-        outer = self.outer
-        if isinstance(journey, JourneyInput) and journey.campaign_id not in outer.seen:
-            outer.seen.add(journey.campaign_id)
-            if journey.campaign_id == outer.paused:
-                answer = await outer.api.http.post(
-                    f"/v1/campaigns/{outer.paused}/pause", headers=ADMIN
-                )
-                assert answer.status_code == 200, answer.text
-            elif journey.campaign_id == outer.read_at:
-                answer = await outer.api.http.get(outer.path, headers=BY_TRIGGER_TOKEN)
-                assert answer.status_code == 200, answer.text
-                # The page under way has reserved its users' entries: only the paused
-                # campaign's are done.
-                entered = [c for c, _ in await _entered(outer.api) if c == outer.paused]
-                outer.read = (answer.json(), len(entered))
-        return await self.next.start_workflow(input)
+    async def before(self, journey: JourneyInput) -> None:
+        if journey.campaign_id in self.seen:
+            return
+        self.seen.add(journey.campaign_id)
+        if journey.campaign_id == self.paused:
+            answer = await self.api.http.post(f"/v1/campaigns/{self.paused}/pause", headers=ADMIN)
+            assert answer.status_code == 200, answer.text
+        elif journey.campaign_id == self.read_at:
+            answer = await self.api.http.get(self.path, headers=BY_TRIGGER_TOKEN)
+            assert answer.status_code == 200, answer.text
+            # The page under way has reserved its users' entries: only the paused
+            # campaign's are done.
+            entered = [c for c, _ in await _entered(self.api) if c == self.paused]
+            self.read = (answer.json(), len(entered))
 
 
 async def _entered(api: RunningApi) -> list[tuple[str, str]]:
@@ -106,9 +88,7 @@ async def test_an_occurrence_from_received_to_its_fan_out_halted_and_done(
     try:
         async with running_api(settings) as api:
             operator = Operator(api, paused=first, read_at=second, path=path)
-            config = dev.config()
-            config["interceptors"] = [*config["interceptors"], operator]
-            client = Client(**config)
+            client = AtJourneyStart(operator.before).wrap(dev)
             async with (
                 worker_activities(settings, client) as activities,
                 create_worker(client, activities, task_queue=settings.task_queue),

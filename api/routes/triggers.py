@@ -15,8 +15,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
-from temporalio.client import Client, RPCTimeoutOrCancelledError
-from temporalio.service import RPCError
 
 from api.deps import (
     CampaignIndexDep,
@@ -26,12 +24,18 @@ from api.deps import (
     TemporalDep,
     admin_token_problem,
 )
-from api.routes.journeys import temporal_error
-from api.routes.operations import ERRORS, RPC_TIMEOUT, read_operation
+from api.routes.fanouts import (
+    FanOutState,
+    FanOutTargetState,
+    fan_out_input,
+    read_fan_out,
+    target_states,
+)
+from api.routes.operations import ERRORS
 from api.schemas import Message
 from core.definition import SLUG
 from core.events import MAX_EVENT_BYTES, format_path, json_problems, loads, text_problem
-from core.fanout import FanOutCursor, FanOutInput, fanout_workflow_id, trigger_occurrence
+from core.fanout import fanout_workflow_id, trigger_occurrence
 from core.routing import TRIGGER_TYPE
 from store.events import NewEvent, record_events
 from store.models import Event
@@ -192,30 +196,6 @@ class OccurrenceReceived(BaseModel):
     last_error: str | None
 
 
-class FanOutTargetState(BaseModel):
-    campaign_id: str
-    version: int
-    """The campaign version its journeys start on (before the fan-out started: the
-    current one)."""
-    state: str
-    """`not_started`; then `waiting` (a campaign before it is still being paged),
-    `paging`, `done` (paged to its audience's end) or `halted` (see `halted`); `unknown`
-    when the fan-out ended otherwise than completed."""
-    halted: str | None = None
-    """The status its campaign was found in when the fan-out stopped entering its users
-    (`paused`, `archived`)."""
-
-
-class FanOutState(BaseModel):
-    workflow_id: str
-    status: str
-    """`not_started` while the outbox has not routed it, then `running`, `completed`, or
-    how its workflow ended otherwise (`failed`, `terminated`, `canceled`, `timed_out`)."""
-    progress: FanOutCursor | None
-    """Its counts: the progress query while it runs, its result once completed; None
-    before it started or when it ended otherwise."""
-
-
 class TriggerOccurrence(BaseModel):
     trigger: str
     id: str
@@ -280,11 +260,8 @@ async def get_trigger(
         fan_out=FanOutState(workflow_id=workflow_id, status=NOT_STARTED, progress=None),
         campaigns=[],
     )
-    handle = client.get_workflow_handle(workflow_id)
     try:
-        read = await read_operation(
-            client, handle, FanOutCursor, FanOutCursor(), missing=workflow_id
-        )
+        read = await read_fan_out(client, workflow_id, missing=workflow_id)
     except HTTPException as exc:
         if exc.status_code != status.HTTP_404_NOT_FOUND:
             raise
@@ -300,8 +277,8 @@ async def get_trigger(
     answer.fan_out.progress = read.progress
     if read.failure is not None:
         answer.note = f"its fan-out ended {read.status}: {read.failure}"
-    fired = await _fan_out_input(client, workflow_id)
-    answer.campaigns = _targets(fired, read.progress)
+    fired = await fan_out_input(client, workflow_id)
+    answer.campaigns = target_states(fired, read.progress)
     return answer
 
 
@@ -317,46 +294,3 @@ def _not_started(received: OccurrenceReceived) -> str:
         if received.attempts
         else ""
     )
-
-
-async def _fan_out_input(client: Client, workflow_id: str) -> FanOutInput | None:
-    """The input of the fan-out's latest run (each run carries every target): the first
-    event of its history."""
-    handle = client.get_workflow_handle(workflow_id)
-    try:
-        async for event in handle.fetch_history_events(page_size=1, rpc_timeout=RPC_TIMEOUT):
-            started = event.workflow_execution_started_event_attributes
-            if not started.input.payloads:
-                return None
-            [fired] = await client.data_converter.decode(started.input.payloads[:1], [FanOutInput])
-            return fired if isinstance(fired, FanOutInput) else None
-    except (RPCError, RPCTimeoutOrCancelledError) as exc:
-        raise temporal_error(exc, workflow_id) from exc
-    return None
-
-
-def _targets(fired: FanOutInput | None, cursor: FanOutCursor | None) -> list[FanOutTargetState]:
-    if fired is None:
-        return []
-    states = []
-    for index, target in enumerate(fired.targets):
-        halted = cursor.halted.get(target.campaign_id) if cursor is not None else None
-        if cursor is None:
-            state = "unknown"
-        elif halted is not None:
-            state = "halted"
-        elif index < cursor.target:
-            state = "done"
-        elif index == cursor.target:
-            state = "paging"
-        else:
-            state = "waiting"
-        states.append(
-            FanOutTargetState(
-                campaign_id=target.campaign_id,
-                version=target.campaign_version,
-                state=state,
-                halted=halted,
-            )
-        )
-    return states

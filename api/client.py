@@ -317,6 +317,20 @@ class NudgeClient:
         )
         return result
 
+    async def campaign_broadcasts(
+        self, campaign_id: str, *, limit: int | None = None
+    ) -> dict[str, Any]:
+        """A scheduled campaign's recent firings, newest first: each fan-out's workflow id,
+        status and counts (started, already, skipped, pages, halted)."""
+        params = {"limit": limit} if limit is not None else None
+        result: dict[str, Any] = await self._call(
+            "GET",
+            f"/v1/campaigns/{_segment(campaign_id)}/broadcasts",
+            params=params,
+            headers=self._admin(),
+        )
+        return result
+
     async def exit_campaign(
         self,
         campaign_id: str,

@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any, NoReturn
 
-from cli import lifecycle, migrate, operators, simulate, triggers
+from cli import broadcasts, lifecycle, migrate, operators, simulate, triggers
 from cli.common import (
     WRITE_KEY,
     Groups,
@@ -280,7 +280,7 @@ def parser() -> argparse.ArgumentParser:
     # Each module below registers its own commands: new groups, or more subcommands of
     # `campaigns` and `journeys`.
     groups = Groups(sub=sub, campaigns=campaigns, journeys=journeys)
-    for module in (simulate, lifecycle, migrate, operators, triggers):
+    for module in (simulate, lifecycle, migrate, operators, triggers, broadcasts):
         module.register(groups)
     return p
 

@@ -3,6 +3,7 @@
 from fastapi import APIRouter
 
 from api.routes import (
+    broadcasts,
     campaigns,
     codec,
     dashboard,
@@ -26,6 +27,7 @@ from api.routes import (
 api_router = APIRouter()
 api_router.include_router(tracking.router)
 api_router.include_router(campaigns.router)
+api_router.include_router(broadcasts.router)
 api_router.include_router(segments.router)
 api_router.include_router(preview.router)
 api_router.include_router(journeys.router)

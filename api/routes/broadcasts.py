@@ -122,7 +122,7 @@ async def list_broadcasts(
         )
     elif not answer.firings:
         answer.note = (
-            "no firing yet"
+            "no firing yet (or none Temporal still keeps: past its retention)"
             if answer.status == "active"
             else f"no firing: the campaign is {answer.status} (only an active one fires)"
         )

@@ -85,7 +85,9 @@ async def test_a_scheduled_campaigns_firings_newest_first_with_their_counts(
             # Scheduled, not fired yet: an empty list that says so.
             empty = await api.http.get(path, headers=ADMIN)
             assert empty.status_code == 200, empty.text
-            assert empty.json()["firings"] == [] and empty.json()["note"] == "no firing yet"
+            assert empty.json()["firings"] == [] and empty.json()["note"].startswith(
+                "no firing yet"
+            )
 
             # The first Monday reaches the five pro users; by the second, two more joined.
             results: dict[str, FanOutCursor] = {}

@@ -258,9 +258,12 @@ class FanOutActivities:
             chunk = todo[reached : reached + self._record_every]
             await self._reserve(request, chunk)
             started = [s for s in await asyncio.gather(*(one(u) for u in chunk)) if s]
-            await self._record(request, started)
+            entered = await self._record(request, started)
             reached += len(chunk)
-            result.started += len(started)
+            # A start that joined the user's journey already running (another occurrence's)
+            # entered nobody: the re-entry rule left the user out.
+            result.started += entered
+            result.skipped += len(started) - entered
             activity.heartbeat(result.started)
         if halted is None:
             return result
@@ -322,21 +325,23 @@ class FanOutActivities:
                 await self._write_rows(session, request, users)
                 await session.commit()
 
-    async def _record(self, request: PageRequest, started: list[tuple[str, str]]) -> None:
+    async def _record(self, request: PageRequest, started: list[tuple[str, str]]) -> int:
         """Confirm journeys started, (user, run id) each, in one transaction: their rows
-        get their run ids and their entrants are counted (`store.entries.confirm_entries`)."""
+        get their run ids and their entrants are counted (`store.entries.confirm_entries`).
+        Returns how many entered: not a start that joined a journey already running."""
         if not started:
-            return
+            return 0
         async with self._sessions() as session:
             # A no-op for the rows `_reserve` wrote; writes those it did not (a journey
             # started by a worker of the version that recorded after starting).
             await self._write_rows(session, request, [user for user, _ in started])
-            await confirm_entries(
+            entered = await confirm_entries(
                 session=session,
                 campaign_id=request.target.campaign_id,
                 started=[(entry_event(request, u).message_id, run_id) for u, run_id in started],
             )
             await session.commit()
+            return entered
 
     async def _write_rows(
         self, session: AsyncSession, request: PageRequest, users: list[str]

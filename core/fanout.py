@@ -99,8 +99,11 @@ class PageResult(BaseModel):
     after: str | None
     """The last user id of the page; None when the audience is exhausted."""
     started: int = 0
+    """Journeys entered: not a start that joined the user's journey already running."""
     already: int = 0
     skipped: int = 0
+    """Users the audience or the re-entry rules left out (a user in a running journey of
+    the campaign among them, whose start joined that journey)."""
     halted: str | None = None
     """The campaign was found not active (its status, `paused` or `archived`): the page
     started no journey after that, and `after` is None — its target is done. `skipped`

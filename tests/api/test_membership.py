@@ -405,7 +405,9 @@ async def test_the_fan_out_writes_each_row_before_starting_its_journey(
             occurrence=f"trigger/storm/{run}-1", entry_name="storm", fired_at=now(), target=target
         )
         result = await ActivityEnvironment().run(fan_out.start_audience_page, request)
-        assert (result.started, result.skipped) == (3, 1)
+        # Two entered; the last user's start joined the journey already running (no entry:
+        # the re-entry rule left them out) and Oslo is outside the audience.
+        assert (result.started, result.skipped) == (2, 2)
         assert watcher.seen == dict.fromkeys(users, True)
         async with sessions() as session:
             rows = await session.execute(

@@ -3,8 +3,9 @@
 `nudge simulate CAMPAIGN_FILE SCENARIO_FILE...` runs each scenario (core/scenario.py) in
 this process (worker/simulate.py); `nudge simulate --campaign ID SCENARIO_FILE...` asks
 the API to rehearse a stored version (`--version N`, default the latest). Each prints the
-journey's timeline and its expectations; the command exits 1 when one does not hold, so
-a team runs its campaigns' scenarios in CI.
+journey's timeline and its expectations; the command exits 1 when one does not hold, or
+when a rehearsal was stopped early (its journey took more than the scenario's `max_steps`
+steps: it loops), so a team runs its campaigns' scenarios in CI.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from cli.common import Groups, read_text, settings_or_exit, with_client
 from core.scenario import (
+    MAX_REHEARSAL_STEPS,
     EntryKind,
     Timeline,
     TimelineEntry,
@@ -70,13 +72,21 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         print(json.dumps(results if len(results) > 1 else results[0], indent=2, ensure_ascii=False))
     else:
         print("\n\n".join(render_result(r) for r in results))
+    said = [
+        f"simulate: {r['timeline']['scenario']!r} {r['timeline']['stop_reason']} "
+        f"(a scenario's `max_steps`, at most {MAX_REHEARSAL_STEPS}, lets a journey take more)"
+        for r in results
+        if r["timeline"].get("stopped_early")
+    ]
     failed = [r["timeline"]["scenario"] for r in results if not r["passed"]]
     if failed:
-        # One line on stderr (the diff is above, on stdout) and exit status 1.
-        raise SystemExit(
+        # One line on stderr (the diff is above, on stdout), one more for each rehearsal
+        # stopped early (it did not complete), and exit status 1.
+        said.append(
             f"simulate: {len(failed)} of {len(results)} scenarios did not go as expected: "
             + ", ".join(repr(name) for name in failed)
         )
+        raise SystemExit("\n".join(said))
 
 
 def _rehearse_files(campaign_file: str, scenario_files: list[str]) -> list[dict[str, Any]]:
@@ -156,7 +166,9 @@ def render_result(result: dict[str, Any]) -> str:
 
 
 def render_heading(timeline: Timeline) -> str:
-    if timeline.status is None:
+    if timeline.stopped_early:
+        ending = f"STOPPED EARLY: {timeline.stop_reason}"
+    elif timeline.status is None:
         ending = "no journey started"
     else:
         ending = timeline.status.value + (

@@ -15,6 +15,7 @@ A scenario (YAML or JSON)::
       - {at: 2h, traits: {first_name: Ada L.}}      # an identify: traits merged then
       - {at: 30h, event: Order Completed}
     until: 30d                      # optional
+    max_steps: 500                  # optional
     expect:
       - sent remind-with-coupon at 24h
       - not sent tips
@@ -24,7 +25,12 @@ A scenario (YAML or JSON)::
 `24h`, `1d12h`, `2w`). `start` is an instant with its zone (`2026-12-01T10:00:00Z`, not in
 the past), or a time of day, `HH:MM` in UTC or `HH:MM Area/City` (the next time the clock
 there shows it), or absent (now). The rehearsal runs until the journey ends, at most
-`until` (default and bound: 90 days) after the start.
+`until` (default and bound: 90 days) after the start, and at most `max_steps` steps of the
+journey (default 500, at most 2000): a campaign that loops (`tick: wait 1m -> ping: send ->
+tick`) is stopped early, its timeline up to that step ending in why, e.g. `stopped after
+500 steps at +4h10m: the campaign loops (tick → ping → tick)`. A rehearsal stopped early
+does not pass: an expectation that what happened after the stop could change fails, saying
+so.
 
 `settings` overrides the send policy's settings for the rehearsal: `quiet_hours` (`off`, or
 `21:00-08:00`), `caps` (`off`, or a list of `{limit, window, group, channel}` as
@@ -68,6 +74,12 @@ from core.schedule import next_local_time, parse_clock, zone_named
 MAX_RUN = timedelta(days=90)
 """How long a rehearsal runs at most after its start (simulated time)."""
 MAX_EVENTS = 200
+REHEARSAL_STEPS = 500
+"""How many steps a rehearsal's journey takes at most unless the scenario says
+(`max_steps`): a loop stops within seconds, not at the journey's own bound
+(core.journey.MAX_STEPS_PER_JOURNEY) minutes later."""
+MAX_REHEARSAL_STEPS = 2_000
+"""The most a scenario's `max_steps` may ask for (some 10 s of rehearsal)."""
 MAX_EXPECTATIONS = 100
 
 
@@ -307,6 +319,7 @@ class Scenario(_Model):
     settings: ScenarioSettings = Field(default_factory=ScenarioSettings)
     events: list[ScenarioEvent] = Field(min_length=1, max_length=MAX_EVENTS)
     until: Offset | None = None
+    max_steps: int = Field(default=REHEARSAL_STEPS, ge=1, le=MAX_REHEARSAL_STEPS)
     expect: list[ExpectationLine] = Field(default_factory=list, max_length=MAX_EXPECTATIONS)
 
     @field_validator("start", mode="before")
@@ -473,6 +486,41 @@ class Timeline(BaseModel):
     """The last journey's status (None: the scenario started no journey)."""
     exit_reason: str | None = None
     entries: list[TimelineEntry] = Field(default_factory=list)
+    stopped_early: bool = False
+    """The rehearsal stopped before the journey ended or its time was up: the journey took
+    more than the scenario's `max_steps` steps (it loops). `stopped_at` is then the instant
+    of the first step past the bound, and `entries` end there."""
+    stop_reason: str | None = None
+    """Why it stopped early, e.g. 'stopped after 500 steps at +4h10m: the campaign loops
+    (tick → ping → tick)'."""
+
+
+def loop_in(steps: list[str]) -> list[str] | None:
+    """The loop a journey's steps (their ids, in order) end in: from the last step back to
+    its previous visit, when that stretch came just before too (`tick → ping → tick`);
+    None when the steps do not end going round."""
+    if not steps:
+        return None
+    last = len(steps) - 1
+    previous = [i for i in range(last - 1, -1, -1) if steps[i] == steps[last]][:1]
+    if not previous:
+        return None
+    start = previous[0]
+    length = last - start
+    if start - length < 0 or steps[start - length : start + 1] != steps[start : last + 1]:
+        return None
+    return steps[start : last + 1]
+
+
+def stop_reason(bound: int, at: timedelta, steps: list[str]) -> str:
+    """Why a rehearsal stopped after `bound` steps, at `at` after its start."""
+    loop = loop_in(steps)
+    why = (
+        f"the campaign loops ({' → '.join(loop)})"
+        if loop is not None
+        else "the journey takes more steps than the scenario's `max_steps`"
+    )
+    return f"stopped after {bound} steps at {format_offset(at)}: {why}"
 
 
 class Verdict(BaseModel):
@@ -495,18 +543,51 @@ def _same_minute(offset: timedelta, at: timedelta) -> bool:
     return at <= offset < at + timedelta(minutes=1)
 
 
+LISTED = 10
+"""Entries a verdict names (a loop's hundreds of sends would drown it)."""
+
+
 def _listed(entries: list[TimelineEntry]) -> str:
-    return ", ".join(
+    text = ", ".join(
         f"{e.kind.value} {e.name}"
         + (f" ({e.template})" if e.template and e.template != e.name else "")
         + f" at {format_offset(e.delta)}"
-        for e in entries
+        for e in entries[:LISTED]
     )
+    if len(entries) > LISTED:
+        text += f" and {len(entries) - LISTED} more"
+    return text
 
 
 def check(expectations: list[Expectation], timeline: Timeline) -> list[Verdict]:
-    """Each expectation against what happened, with both said in words."""
-    return [_check_one(e, timeline) for e in expectations]
+    """Each expectation against what happened, with both said in words. When the rehearsal
+    stopped early, one that what came after the stop could change fails, saying why."""
+    return [_unfinished(_check_one(e, timeline), e, timeline) for e in expectations]
+
+
+def _unfinished(verdict: Verdict, expectation: Expectation, timeline: Timeline) -> Verdict:
+    """`verdict`, or a failing one when the rehearsal stopped early before it was settled:
+    a final status, 'nothing sent', a 'not', or anything not found by the stop, unless it
+    is about a minute wholly before the stop."""
+    if not timeline.stopped_early:
+        return verdict
+    stopped = timedelta(seconds=timeline.stopped_at)
+    settled = expectation.at is not None and expectation.at + timedelta(minutes=1) <= stopped
+    if expectation.verb is Verb.status:
+        settled = False
+    elif expectation.verb is Verb.nothing_sent or expectation.negated:
+        settled = settled or not verdict.holds  # a send seen already fails it for good
+    else:
+        settled = settled or verdict.holds  # found already: later cannot undo it
+    if settled:
+        return verdict
+    return verdict.model_copy(
+        update={
+            "holds": False,
+            "happened": f"unknown: the rehearsal {timeline.stop_reason} "
+            f"(until then: {verdict.happened})",
+        }
+    )
 
 
 def _check_one(expectation: Expectation, timeline: Timeline) -> Verdict:
@@ -582,11 +663,14 @@ class SimulationResult(BaseModel):
     timeline: Timeline
     expectations: list[Verdict]
     passed: bool
-    """Every expectation holds (also when there are none)."""
+    """Every expectation holds (also when there are none), and the rehearsal was not
+    stopped early (`timeline.stopped_early`)."""
 
 
 def result_of(scenario: Scenario, timeline: Timeline) -> SimulationResult:
     verdicts = check(scenario.expect, timeline)
     return SimulationResult(
-        timeline=timeline, expectations=verdicts, passed=all(v.holds for v in verdicts)
+        timeline=timeline,
+        expectations=verdicts,
+        passed=all(v.holds for v in verdicts) and not timeline.stopped_early,
     )

@@ -8,6 +8,14 @@ ignore; a start is `temporal.journeys.start_journey` (and the entry row the rout
 a signal reaches only a journey that runs. Between events, and after the last one until
 the journey ends (or `until`), the server skips time: a 30-day journey takes seconds.
 
+Time is skipped in chunks, the journey's steps counted between them (its `state` query):
+one that takes more than the scenario's `max_steps` (a loop: `tick: wait 1m -> ping ->
+tick` takes 2,880 steps a day) stops the rehearsal there, in seconds, and the timeline
+ends at that step saying why. A chunk runs to the journey's next wake-up (the end of its
+wait or deferral) and on for its pace: time for some STEPS_PER_LOOK steps at the rate of
+its last busy chunk, doubled after a chunk without a step. So a quick journey takes no more
+steps in a chunk than its `state` keeps, and the timeline lists every step up to the bound.
+
 The timeline is read from what the run left behind: the journey's `state` query (each
 step with its outcome), its Temporal history (each `send` activity's policy decision and
 delivery, at the server's time), and the messages the sandbox channel kept.
@@ -46,6 +54,8 @@ from core.definition import (
     Channel,
     DefinitionError,
     ReEntry,
+    WaitForStep,
+    WaitStep,
     parse_campaign,
 )
 from core.events import JourneyEvent
@@ -54,6 +64,7 @@ from core.journey import (
     ACTIVITY_DELIVER,
     ACTIVITY_HOLD_OUT,
     ACTIVITY_SEND,
+    MAX_STEP_RECORDS,
     QUERY_STATE,
     DeliverRequest,
     DeliverResult,
@@ -66,6 +77,7 @@ from core.journey import (
     PolicyRequest,
     SendRequest,
     SendResult,
+    StepRecord,
     journey_id,
 )
 from core.routing import ActiveCampaign, CampaignIndex, Signal, Start, UserFacts
@@ -82,6 +94,7 @@ from core.scenario import (
     format_offset,
     parse_scenario,
     result_of,
+    stop_reason,
 )
 from store import deliveries
 from store.campaigns import save_campaign
@@ -96,8 +109,14 @@ log = logging.getLogger("nudge.simulate")
 
 TASK_QUEUE = "simulate"
 STEP_CHUNK = timedelta(days=1)
-"""After the last event, time is skipped a day at a time until the journey ends (or the
-scenario's `until`): the rehearsal stops soon after the end, not 90 days later."""
+"""Time is skipped at most a day at a time until the journey ends (or the scenario's
+`until`): the rehearsal stops soon after the end, not 90 days later."""
+FIRST_CHUNK = timedelta(minutes=1)
+"""The pace after a scenario event reaches a journey (it may now go quick)."""
+LEAST_CHUNK = timedelta(seconds=1)
+STEPS_PER_LOOK = MAX_STEP_RECORDS // 2
+"""A quick journey's chunk is sized for about this many steps: its `state` keeps the last
+MAX_STEP_RECORDS, so each look gathers all the steps taken since the one before."""
 
 
 def rehearsal_settings(base: Settings, scenario: Scenario, database_url: str) -> Settings:
@@ -175,6 +194,18 @@ class _Rehearsal:
         self.entries: list[TimelineEntry] = []
         self.start = datetime.now(UTC)
         self.workflow_id = journey_id(definition.id, scenario.user, settings.user_secret)
+        self.pace = FIRST_CHUNK
+        """How long the journey runs past its next wake-up before the next look."""
+        self.wakes: datetime | None = None
+        """When the journey's wait (or deferral) ends, as seen at the last look."""
+        self.steps: dict[int, dict[int, StepRecord]] = {}
+        """Each journey's step records by step number, gathered at each look (its `state`
+        keeps only the last MAX_STEP_RECORDS)."""
+        self.counted = (0, 0)
+        """(journey, steps it had taken) at the last look."""
+        self.stopped_early = False
+        self.unplayed = 0
+        """Scenario events not played: the rehearsal stopped early before their time."""
 
     async def play(self) -> Timeline:
         await self._prepare_store()
@@ -188,7 +219,9 @@ class _Rehearsal:
             worker = create_worker(self.client, activities, task_queue=TASK_QUEUE)
             async with worker:
                 for number, item in enumerate(self.scenario.events, 1):
-                    await self._skip_to(self.start + item.at)
+                    if await self._skip_to(self.start + item.at):
+                        self.unplayed = len(self.scenario.events) - number + 1
+                        return await self._timeline(await self.env.get_current_time())
                     if item.traits is not None:
                         await self._identify(item.traits, item.at)
                     else:
@@ -227,10 +260,74 @@ class _Rehearsal:
 
     # -- playing the scenario ------------------------------------------------------------
 
-    async def _skip_to(self, instant: datetime) -> None:
+    async def _skip_to(self, instant: datetime) -> bool:
+        """Skip time to `instant`; True when the journey took more steps than the scenario
+        allows on the way (the rehearsal stops)."""
         now = await self.env.get_current_time()
-        if instant > now:
-            await self.env.sleep(instant - now)
+        while now < instant:
+            if await self._skip_chunk(instant - now):
+                return True
+            now = await self.env.get_current_time()
+        return False
+
+    async def _skip_chunk(self, most: timedelta) -> bool:
+        """Skip one chunk of time (at most `most`): to the journey's next wake-up and on
+        for its pace; then count its steps: True when it has taken more than the scenario's
+        `max_steps`."""
+        began = await self.env.get_current_time()
+        idle = max(self.wakes - began, timedelta(0)) if self.wakes else timedelta(0)
+        span = min(idle + self.pace, most)
+        await self.env.sleep(span)
+        if not await self._running():
+            self.pace, self.wakes = min(self.pace * 2, STEP_CHUNK), None
+            return False
+        journey = len(self.runs)
+        state = await self.client.get_workflow_handle(self.workflow_id).query(
+            QUERY_STATE, result_type=JourneyState
+        )
+        self._gather(journey, state)
+        taken = state.steps_executed
+        if self.counted[0] == journey:
+            taken -= self.counted[1]
+        self.counted = (journey, state.steps_executed)
+        bound = self.scenario.max_steps
+        if state.steps_executed > bound:
+            self.stopped_early = True
+            return True
+        if taken > 0:
+            # Quick or not: time for some STEPS_PER_LOOK steps (or just past the bound) at
+            # the pace of this chunk's busy part.
+            busy = span - idle if span > idle else span
+            steps = min(STEPS_PER_LOOK, bound + 1 - state.steps_executed)
+            self.pace = min(self.pace * 2, busy / taken * steps)
+        else:
+            self.pace = self.pace * 2
+        self.pace = max(min(self.pace, STEP_CHUNK), LEAST_CHUNK)
+        self.wakes = self._wakes(state)
+        return False
+
+    def _wakes(self, state: JourneyState) -> datetime | None:
+        """When the journey's wait, `wait_for` timeout or deferral ends (None: not known)."""
+        if state.deferred_until is not None:
+            return state.deferred_until
+        if state.wait_until is not None:
+            return state.wait_until
+        if state.current_step is None or state.step_started_at is None:
+            return None
+        step = self.definition.step(state.current_step)
+        if isinstance(step, WaitStep) and step.duration is not None:
+            return state.step_started_at + step.duration
+        if isinstance(step, WaitForStep):
+            return state.step_started_at + step.timeout
+        return None
+
+    def _gather(self, journey: int, state: JourneyState) -> None:
+        """Keep `state`'s step records by their step number (the last is the step it has
+        taken last; a later look replaces a record whose outcome was noted since)."""
+        kept = self.steps.setdefault(journey, {})
+        last = len(state.history) - 1
+        for i, record in enumerate(state.history):
+            kept[state.steps_executed - (last - i)] = record
 
     def _entry(
         self,
@@ -282,7 +379,9 @@ class _Rehearsal:
                     said.append(f"signalled journey {len(self.runs)}")
                 else:
                     said.append("ignored: no journey of the campaign runs")
-        if not actions:
+        if actions:
+            self.pace, self.wakes = FIRST_CHUNK, None  # it may go quick from here
+        else:
             said.append(f"ignored: {self._why_ignored(index, campaign, event)}")
         self._add(self.start + offset, EntryKind.event, event.name, "; ".join(said))
 
@@ -335,14 +434,15 @@ class _Rehearsal:
         return description.status is WorkflowExecutionStatus.RUNNING
 
     async def _run_out(self) -> datetime:
-        """Skip time until the last journey ends or the scenario's time is up; when the
-        rehearsal stopped."""
+        """Skip time until the last journey ends, the scenario's time is up or the journey
+        took more steps than the scenario allows; when the rehearsal stopped."""
         end = self.start + self.scenario.run_for()
         now = await self.env.get_current_time()
         while now < end and await self._running():
-            await self.env.sleep(min(STEP_CHUNK, end - now))
+            if await self._skip_chunk(end - now):
+                break
             now = await self.env.get_current_time()
-        return min(now, end)
+        return min(await self.env.get_current_time(), end)
 
     # -- reading what happened ------------------------------------------------------------
 
@@ -350,6 +450,7 @@ class _Rehearsal:
         messages = await self._sandbox_messages()
         state: JourneyState | None = None
         journeys: list[TimelineEntry] = []
+        reason: str | None = None
         for number, run_id in enumerate(self.runs, 1):
             # The last journey by its latest run (it may have continued as new since it
             # started); an earlier one ended in the run that started it, unless it continued
@@ -360,7 +461,24 @@ class _Rehearsal:
             )
             state = await handle.query(QUERY_STATE, result_type=JourneyState)
             sends = await self._sends(handle, number, messages)
-            history = state.history
+            self._gather(number, state)
+            numbered = sorted(self.steps[number].items())
+            history = [record for _, record in numbered]
+            if self.stopped_early and latest:
+                # The timeline ends at the first step past the bound, saying why.
+                bound = self.scenario.max_steps
+                past = [record for n, record in numbered if n > bound]
+                history = [record for n, record in numbered if n <= bound]
+                if past:
+                    stopped = past[0].at
+                steps = [record.step_id for record in history + past[:1]]
+                reason = stop_reason(bound, stopped - self.start, steps)
+                if self.unplayed:
+                    many = "s" if self.unplayed > 1 else ""
+                    reason += f"; {self.unplayed} scenario event{many} not played"
+                sends = {
+                    visit: [e for e in found if e.at <= stopped] for visit, found in sends.items()
+                }
             for i, record in enumerate(history):
                 step = self.definition.step(record.step_id)
                 detail = record.outcome
@@ -380,7 +498,9 @@ class _Rehearsal:
                 # A send's decisions and delivery follow the step (visit) they belong to.
                 journeys += sends.pop((record.step_id, record.visit), [])
             journeys += sorted((e for left in sends.values() for e in left), key=lambda e: e.at)
-            if state.status is JourneyStatus.running:
+            if reason is not None and latest:
+                end = self._entry(stopped, EntryKind.end, "stopped", reason, journey=number)
+            elif state.status is JourneyStatus.running:
                 waiting = state.waiting_for or f"at step {state.current_step}"
                 end = self._entry(
                     stopped, EntryKind.end, "running", f"still running: {waiting}", journey=number
@@ -407,6 +527,8 @@ class _Rehearsal:
             status=state.status if state is not None else None,
             exit_reason=state.exit_reason if state is not None else None,
             entries=merged(self.entries, journeys),
+            stopped_early=reason is not None,
+            stop_reason=reason,
         )
 
     async def _sandbox_messages(self) -> dict[int, Any]:

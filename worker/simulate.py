@@ -38,7 +38,12 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowHistoryEventFilterType,
+)
 from temporalio.testing import WorkflowEnvironment
 
 from activities.channels.base import Provider
@@ -114,6 +119,9 @@ STEP_CHUNK = timedelta(days=1)
 FIRST_CHUNK = timedelta(minutes=1)
 """The pace after a scenario event reaches a journey (it may now go quick)."""
 LEAST_CHUNK = timedelta(seconds=1)
+MAX_RUNS_READ = 100
+"""Runs of one journey's chain read for its sends (a rehearsal's steps bound keeps a chain
+to a few; this stops a runaway)."""
 STEPS_PER_LOOK = MAX_STEP_RECORDS // 2
 """A quick journey's chunk is sized for about this many steps: its `state` keeps the last
 MAX_STEP_RECORDS, so each look gathers all the steps taken since the one before."""
@@ -452,15 +460,15 @@ class _Rehearsal:
         journeys: list[TimelineEntry] = []
         reason: str | None = None
         for number, run_id in enumerate(self.runs, 1):
-            # The last journey by its latest run (it may have continued as new since it
-            # started); an earlier one ended in the run that started it, unless it continued
-            # as new (rare in a rehearsal): then its sends before that are not listed.
+            # Each journey by every run of its chain: a long one continues as new, and each
+            # run's history holds only its own sends. Its state is its last run's.
             latest = number == len(self.runs)
-            handle = self.client.get_workflow_handle(
-                self.workflow_id, run_id=None if latest else run_id
-            )
-            state = await handle.query(QUERY_STATE, result_type=JourneyState)
-            sends = await self._sends(handle, number, messages)
+            chain = await self._chain(run_id)
+            state = await chain[-1].query(QUERY_STATE, result_type=JourneyState)
+            sends: dict[tuple[str, int], list[TimelineEntry]] = {}
+            for run in chain:
+                for visit, found in (await self._sends(run, number, messages)).items():
+                    sends.setdefault(visit, []).extend(found)
             self._gather(number, state)
             numbered = sorted(self.steps[number].items())
             history = [record for _, record in numbered]
@@ -537,6 +545,25 @@ class _Rehearsal:
                 session=session, user_id=self.scenario.user, limit=10_000
             )
         return {row.delivery_id: row for row in rows}
+
+    async def _chain(self, first_run_id: str) -> list[WorkflowHandle[Any, Any]]:
+        """The runs of the journey that started as `first_run_id`, first to last: each run
+        that continued as new names the next in its close event."""
+        chain = [self.client.get_workflow_handle(self.workflow_id, run_id=first_run_id)]
+        while len(chain) <= MAX_RUNS_READ:
+            described = await chain[-1].describe()
+            if described.status is not WorkflowExecutionStatus.CONTINUED_AS_NEW:
+                break
+            async for event in chain[-1].fetch_history_events(
+                event_filter_type=WorkflowHistoryEventFilterType.CLOSE_EVENT
+            ):
+                continued = event.workflow_execution_continued_as_new_event_attributes
+                chain.append(
+                    self.client.get_workflow_handle(
+                        self.workflow_id, run_id=continued.new_execution_run_id
+                    )
+                )
+        return chain
 
     async def _sends(
         self, handle: WorkflowHandle[Any, Any], journey: int, messages: dict[int, Any]

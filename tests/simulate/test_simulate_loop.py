@@ -118,6 +118,21 @@ async def test_a_looping_campaign_stops_after_max_steps_with_why_and_the_timelin
     assert not result.passed
 
 
+async def test_every_send_is_listed_across_the_journeys_continue_as_new() -> None:
+    # 700 steps make a history long enough that the server suggests continue-as-new (at
+    # about 630 here): each run's history holds only its own sends, so the rehearsal reads
+    # every run of the chain. (Were continue-as-new never suggested, this still holds.)
+    scenario = parse_scenario({**LOOPING, "max_steps": 700, "expect": []})
+    timeline = await simulate(
+        definition=parse_campaign(TICKER), scenario=scenario, settings=Settings(_env_file=None)
+    )
+    steps = [e.name for e in timeline.entries if e.kind is EntryKind.step]
+    assert steps == ["tick", "ping"] * 350
+    sends = [e for e in timeline.entries if e.kind in (EntryKind.sent, EntryKind.suppressed)]
+    assert len(sends) == 350
+    assert sorted(e.offset for e in sends) == [e.offset for e in sends]
+
+
 async def test_an_ordinary_journey_is_not_stopped_by_the_bound() -> None:
     """A journey that ends within its steps (the ticker, bound to three loops by `until`)
     completes as before, however low the bound is set above what it takes."""

@@ -258,12 +258,12 @@ class FanOutActivities:
             chunk = todo[reached : reached + self._record_every]
             await self._reserve(request, chunk)
             started = [s for s in await asyncio.gather(*(one(u) for u in chunk)) if s]
-            entered = await self._record(request, started)
+            newcomers = await self._record(request, started)
             reached += len(chunk)
             # A start that joined the user's journey already running (another occurrence's)
             # entered nobody: the re-entry rule left the user out.
-            result.started += entered
-            result.skipped += len(started) - entered
+            result.started += newcomers
+            result.skipped += len(started) - newcomers
             activity.heartbeat(result.started)
         if halted is None:
             return result

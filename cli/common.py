@@ -205,6 +205,6 @@ class Groups:
     `sub` holds the top-level commands (`nudge X`), the others `nudge campaigns X` and
     `nudge journeys X`."""
 
-    sub: argparse._SubParsersAction[argparse.ArgumentParser]
-    campaigns: argparse._SubParsersAction[argparse.ArgumentParser]
-    journeys: argparse._SubParsersAction[argparse.ArgumentParser]
+    sub: argparse._SubParsersAction[Any]
+    campaigns: argparse._SubParsersAction[Any]
+    journeys: argparse._SubParsersAction[Any]

@@ -223,7 +223,9 @@ async def _start(
     typed = client.get_workflow_handle(workflow_id, result_type=MigrationProgress)
     if body.wait_seconds > 0:
         try:
-            progress = await asyncio.wait_for(typed.result(), timeout=body.wait_seconds)
+            progress: MigrationProgress = await asyncio.wait_for(
+                typed.result(), timeout=body.wait_seconds
+            )
         except (TimeoutError, RPCError, RPCTimeoutOrCancelledError):
             pass  # started, not ended yet (or Temporal stopped answering since): it goes on
         except WorkflowFailureError as exc:

@@ -31,10 +31,11 @@ class FanOutState(BaseModel):
     workflow_id: str
     status: str
     """`not_started` while the outbox has not routed it, then `running`, `completed`, or
-    how its workflow ended otherwise (`failed`, `terminated`, `canceled`, `timed_out`)."""
+    how its workflow ended otherwise (`failed`, `terminated`, `canceled`, `timed_out`);
+    `unknown` when Temporal (or a worker) did not answer (the note says why)."""
     progress: FanOutCursor | None
-    """Its counts: the progress query while it runs, its result once completed; None
-    before it started or when it ended otherwise."""
+    """Its counts: the progress query while it runs or once it stopped, its result once
+    completed; None before it started, or when it could not be read."""
 
 
 async def read_fan_out(

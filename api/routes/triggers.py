@@ -19,9 +19,9 @@ from sqlalchemy import select
 from api.deps import (
     CampaignIndexDep,
     RelayDep,
+    ServicesDep,
     SessionDep,
     SettingsDep,
-    TemporalDep,
     admin_token_problem,
 )
 from api.routes.fanouts import (
@@ -180,6 +180,8 @@ def trigger_message_id(name: str, trigger_id: str) -> str:
 
 NOT_STARTED = "not_started"
 """The fan-out's status before the relay started its workflow."""
+UNKNOWN = "unknown"
+"""The fan-out's status when Temporal does not answer: what was stored is still shown."""
 
 
 class OccurrenceReceived(BaseModel):
@@ -222,12 +224,13 @@ class TriggerOccurrence(BaseModel):
 async def get_trigger(
     session: SessionDep,
     campaigns: CampaignIndexDep,
-    client: TemporalDep,
+    services: ServicesDep,
     name: Annotated[str, Path(pattern=SLUG)],
     trigger_id: Annotated[str, Path(min_length=1, max_length=200)],
 ) -> TriggerOccurrence:
     """The admin token or the trigger token, as for posting. A fan-out running answers its
-    progress query (504 when no worker answers it in time)."""
+    progress query; when Temporal (or a worker) does not answer, the fan-out's status is
+    `unknown`, with a note saying why, and the occurrence as received is still shown."""
     row = None
     if text_problem(trigger_id) is None:  # else it was refused when posted (NUL, …)
         row = await session.scalar(
@@ -260,11 +263,23 @@ async def get_trigger(
         fan_out=FanOutState(workflow_id=workflow_id, status=NOT_STARTED, progress=None),
         campaigns=[],
     )
+    client = services.temporal.client
+    if client is None:
+        answer.fan_out.status = UNKNOWN
+        answer.note = (
+            f"the fan-out could not be read: Temporal is unreachable at "
+            f"{services.temporal.address}; try again shortly"
+        )
+        return answer
     try:
         read = await read_fan_out(client, workflow_id, missing=workflow_id)
     except HTTPException as exc:
         if exc.status_code != status.HTTP_404_NOT_FOUND:
-            raise
+            # Temporal out of reach (or no worker answering): the occurrence was received
+            # all the same, and that is what an operator asks first.
+            answer.fan_out.status = UNKNOWN
+            answer.note = f"the fan-out could not be read: {exc.detail}"
+            return answer
         # No fan-out (yet): what it would reach if it were routed now.
         await campaigns.refresh()
         answer.campaigns = [

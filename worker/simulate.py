@@ -284,7 +284,10 @@ class _Rehearsal:
         `max_steps`."""
         began = await self.env.get_current_time()
         idle = max(self.wakes - began, timedelta(0)) if self.wakes else timedelta(0)
-        span = min(idle + self.pace, most)
+        # After a wake-up the journey's pace is unknown again (a burst may follow a long
+        # wait): a short look after it, so no more steps pass than its state keeps.
+        pace = min(self.pace, FIRST_CHUNK) if idle > timedelta(0) else self.pace
+        span = min(idle + pace, most)
         await self.env.sleep(span)
         if not await self._running():
             self.pace, self.wakes = min(self.pace * 2, STEP_CHUNK), None
@@ -472,6 +475,9 @@ class _Rehearsal:
             self._gather(number, state)
             numbered = sorted(self.steps[number].items())
             history = [record for _, record in numbered]
+            # Steps taken between two looks beyond what the journey's state keeps are not
+            # known one by one: said, not silently left out.
+            unlisted = (numbered[-1][0] - len(numbered)) if numbered else 0
             if self.stopped_early and latest:
                 # The timeline ends at the first step past the bound, saying why.
                 bound = self.scenario.max_steps
@@ -521,6 +527,9 @@ class _Rehearsal:
                     state.exit_reason or "",
                     journey=number,
                 )
+            if unlisted > 0:
+                said = f"{unlisted} steps not listed: more than {MAX_STEP_RECORDS} between looks"
+                end.detail = f"{end.detail} ({said})" if end.detail else said
             journeys.append(end)
         if state is not None and state.ended_at is not None:
             stopped = max(min(stopped, state.ended_at), self.start)

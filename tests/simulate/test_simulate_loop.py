@@ -133,6 +133,30 @@ async def test_every_send_is_listed_across_the_journeys_continue_as_new() -> Non
     assert sorted(e.offset for e in sends) == [e.offset for e in sends]
 
 
+async def test_a_burst_after_a_long_wait_is_listed_step_by_step() -> None:
+    # A day's wait, then a loop a second apart: the look after the wake-up is short, so no
+    # more steps pass between two looks than the journey's state keeps (it listed 465 of
+    # 500 when the pace of the long wait carried over).
+    burst = {
+        "id": "burst",
+        "name": "A day, then a message a second",
+        "entry": {"event": "Signed Up"},
+        "steps": [
+            {"id": "a", "type": "wait", "duration": "1d", "next": "b"},
+            {"id": "b", "type": "wait", "duration": "1s", "next": "c"},
+            {"id": "c", "type": "send", "channel": "sandbox", "template": "ping", "next": "b"},
+        ],
+        "templates": {"ping": {"body": "ping"}},
+    }
+    scenario = parse_scenario({**LOOPING, "expect": []})
+    timeline = await simulate(
+        definition=parse_campaign(burst), scenario=scenario, settings=Settings(_env_file=None)
+    )
+    steps = [e.name for e in timeline.entries if e.kind is EntryKind.step]
+    assert steps == ["a", *["b", "c"] * 249, "b"]
+    assert "not listed" not in timeline.entries[-1].detail
+
+
 async def test_an_ordinary_journey_is_not_stopped_by_the_bound() -> None:
     """A journey that ends within its steps (the ticker, bound to three loops by `until`)
     completes as before, however low the bound is set above what it takes."""

@@ -13,11 +13,10 @@ from temporalio.service import RPCError
 
 from api.deps import AdminDep, SessionDep, TemporalDep
 from api.routes.fanouts import (
+    UNKNOWN,
     FanOutState,
     FanOutTargetState,
-    fan_out_input,
-    read_fan_out,
-    target_states,
+    view_fan_out,
 )
 from api.routes.journeys import temporal_error
 from api.routes.operations import ERRORS, RPC_TIMEOUT
@@ -154,20 +153,16 @@ async def _firing(client: Client, workflow_id: str, prefix: str) -> BroadcastFir
     firing = BroadcastFiring(
         occurrence=workflow_id.removeprefix(fanout_workflow_id("")),
         wall_time=wall_time,
-        fan_out=FanOutState(workflow_id=workflow_id, status="unknown", progress=None),
+        fan_out=FanOutState(workflow_id=workflow_id, status=UNKNOWN, progress=None),
     )
     try:
-        read = await read_fan_out(
+        view = await view_fan_out(
             client, workflow_id, missing="its fan-out workflow is gone (past Temporal's retention)"
         )
-        firing.fan_out.status = read.status
-        firing.fan_out.progress = read.progress
-        if read.failure is not None:
-            firing.note = f"its fan-out ended {read.status}: {read.failure}"
-        states = target_states(await fan_out_input(client, workflow_id), read.progress)
-        firing.campaign = states[0] if states else None
-    except HTTPException as exc:
-        # One firing unread (no worker answered its progress query in time) leaves the
-        # others' counts to show.
+    except HTTPException as exc:  # 404: gone since it was listed
         firing.note = str(exc.detail)
+        return firing
+    # One firing unread (no worker answered in time) leaves the others' counts to show.
+    firing.fan_out, firing.note = view.fan_out, view.note
+    firing.campaign = view.campaigns[0] if view.campaigns else None
     return firing

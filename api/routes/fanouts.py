@@ -4,6 +4,9 @@ and broadcast views alike."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from fastapi import HTTPException, status
 from pydantic import BaseModel
 from temporalio.client import Client, RPCTimeoutOrCancelledError
 from temporalio.service import RPCError
@@ -36,6 +39,38 @@ class FanOutState(BaseModel):
     progress: FanOutCursor | None
     """Its counts: the progress query while it runs or once it stopped, its result once
     completed; None before it started, or when it could not be read."""
+
+
+UNKNOWN = "unknown"
+"""A fan-out's status when Temporal (or a worker) does not answer."""
+
+
+@dataclass
+class FanOutView:
+    fan_out: FanOutState
+    campaigns: list[FanOutTargetState]
+    note: str | None = None
+    """Why there are no counts, or how it ended, in words."""
+
+
+async def view_fan_out(client: Client, workflow_id: str, *, missing: str) -> FanOutView:
+    """The fan-out as an operator sees it: status, counts, each campaign's state, and a note.
+    404 (`missing`) when there is no such workflow; Temporal or a worker not answering is
+    status `unknown` with a note, not an error (what was stored is still worth showing)."""
+    try:
+        read = await read_fan_out(client, workflow_id, missing=missing)
+        fired = await fan_out_input(client, workflow_id)
+    except HTTPException as exc:
+        if exc.status_code == status.HTTP_404_NOT_FOUND:
+            raise
+        state = FanOutState(workflow_id=workflow_id, status=UNKNOWN, progress=None)
+        return FanOutView(state, [], f"the fan-out could not be read: {exc.detail}")
+    # A stopped one's cursor says how far it got, not what it is doing.
+    going = read.status in ("running", "completed", "continued_as_new")
+    progress = read.progress if read.counted else None
+    state = FanOutState(workflow_id=workflow_id, status=read.status, progress=progress)
+    note = f"its fan-out ended {read.status}: {read.failure}" if read.failure else None
+    return FanOutView(state, target_states(fired, read.progress if going else None), note)
 
 
 async def read_fan_out(

@@ -351,6 +351,8 @@ class OperationRead(Generic[Progress]):
     failure: str | None = None
     """Why it ended otherwise than `completed`: its failure's words, or the reason it was
     terminated with."""
+    counted: bool = True
+    """False when `progress` is the empty one: not read (`peek`, or no worker answered)."""
 
 
 STOPPED = (
@@ -377,6 +379,7 @@ async def read_operation(
     to read: `peek` (one just started answers at once rather than wait for its worker), or
     a stopped one no worker answered for. 404 (`missing`) when there is no such operation."""
     failure = None
+    counted = True
     try:
         described = await handle.describe(rpc_timeout=RPC_TIMEOUT)
         state = described.status or WorkflowExecutionStatus.RUNNING
@@ -385,13 +388,16 @@ async def read_operation(
             progress = await typed.result(rpc_timeout=RPC_TIMEOUT)
         elif state in STOPPED:
             failure = await _why_stopped(client, handle)
-            try:
-                progress = await handle.query(
-                    QUERY_PROGRESS, result_type=result_type, rpc_timeout=RPC_TIMEOUT
-                )
-            except (RPCError, RPCTimeoutOrCancelledError, WorkflowQueryFailedError) as exc:
-                progress = empty
-                failure = f"{failure} (its counts could not be read: {exc})"
+            progress, counted = empty, False
+            if not peek:
+                # Briefly: with no worker up, nobody replays it, and the reason still shows.
+                try:
+                    progress = await handle.query(
+                        QUERY_PROGRESS, result_type=result_type, rpc_timeout=PEEK_TIMEOUT
+                    )
+                    counted = True
+                except (RPCError, RPCTimeoutOrCancelledError, WorkflowQueryFailedError):
+                    failure += " (how far it got is not known now: no worker answered)"
         else:
             try:
                 progress = await handle.query(
@@ -402,7 +408,7 @@ async def read_operation(
             except (RPCError, RPCTimeoutOrCancelledError, WorkflowQueryFailedError):
                 if not peek:
                     raise
-                progress = empty
+                progress, counted = empty, False
     except WorkflowQueryFailedError as exc:
         raise HTTPException(
             status.HTTP_502_BAD_GATEWAY, f"the progress query failed: {exc}"
@@ -411,7 +417,7 @@ async def read_operation(
         if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND:
             raise HTTPException(status.HTTP_404_NOT_FOUND, missing) from exc
         raise temporal_error(exc, handle.id) from exc
-    return OperationRead(state.name.lower(), progress, failure)
+    return OperationRead(state.name.lower(), progress, failure, counted)
 
 
 async def _why_stopped(client: Client, handle: WorkflowHandle[Any, Any]) -> str:

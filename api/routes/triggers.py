@@ -25,11 +25,10 @@ from api.deps import (
     admin_token_problem,
 )
 from api.routes.fanouts import (
+    UNKNOWN,
     FanOutState,
     FanOutTargetState,
-    fan_out_input,
-    read_fan_out,
-    target_states,
+    view_fan_out,
 )
 from api.routes.operations import ERRORS
 from api.schemas import Message
@@ -180,8 +179,6 @@ def trigger_message_id(name: str, trigger_id: str) -> str:
 
 NOT_STARTED = "not_started"
 """The fan-out's status before the relay started its workflow."""
-UNKNOWN = "unknown"
-"""The fan-out's status when Temporal does not answer: what was stored is still shown."""
 
 
 class OccurrenceReceived(BaseModel):
@@ -272,15 +269,8 @@ async def get_trigger(
         )
         return answer
     try:
-        read = await read_fan_out(client, workflow_id, missing=workflow_id)
-    except HTTPException as exc:
-        if exc.status_code != status.HTTP_404_NOT_FOUND:
-            # Temporal out of reach (or no worker answering): the occurrence was received
-            # all the same, and that is what an operator asks first.
-            answer.fan_out.status = UNKNOWN
-            answer.note = f"the fan-out could not be read: {exc.detail}"
-            return answer
-        # No fan-out (yet): what it would reach if it were routed now.
+        view = await view_fan_out(client, workflow_id, missing=workflow_id)
+    except HTTPException:  # 404: no fan-out (yet): what it would reach if routed now
         await campaigns.refresh()
         answer.campaigns = [
             FanOutTargetState(campaign_id=c.campaign_id, version=c.version, state=NOT_STARTED)
@@ -288,12 +278,7 @@ async def get_trigger(
         ]
         answer.note = _not_started(received)
         return answer
-    answer.fan_out.status = read.status
-    answer.fan_out.progress = read.progress
-    if read.failure is not None:
-        answer.note = f"its fan-out ended {read.status}: {read.failure}"
-    fired = await fan_out_input(client, workflow_id)
-    answer.campaigns = target_states(fired, read.progress)
+    answer.fan_out, answer.campaigns, answer.note = view.fan_out, view.campaigns, view.note
     return answer
 
 

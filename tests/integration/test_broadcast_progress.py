@@ -13,6 +13,7 @@ driven by calling the clock's `due_broadcasts` activity with the minute it runs 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +21,14 @@ from pathlib import Path
 from sqlalchemy import select
 
 from core.clock import ClockRequest
-from core.fanout import FanOutCursor
+from core.definition import parse_campaign
+from core.fanout import (
+    WORKFLOW_FANOUT,
+    FanOutCursor,
+    FanOutInput,
+    FanOutTarget,
+    fanout_workflow_id,
+)
 from store.models import JourneyEntry, Profile
 from temporal.servers import DevServer, free_port
 from tests.api.conftest import end_journeys_left
@@ -189,6 +197,52 @@ async def test_a_scheduled_campaigns_firings_newest_first_with_their_counts(
             assert (await api.http.get(path)).status_code == 401
     finally:
         await end_journeys_left(client, settings.task_queue)
+
+
+async def test_a_stopped_firing_no_worker_answers_for_says_how_it_ended(
+    sqlite_url: str, dev_server: DevServer
+) -> None:
+    """A firing terminated while no worker polled its queue: its status and the reason,
+    its counts unknown (none is made up: no worker replays it to say how far it got), its
+    campaign's state unknown — in a couple of seconds, not the running query's 15."""
+    settings = make_settings(sqlite_url, dev_server.address)
+    campaign_id = f"digest-{uuid.uuid4().hex[:8]}"
+    client = dev_server.client
+    async with running_api(settings) as api:
+        definition = digest(campaign_id, "every monday 10:00", "Europe/Paris")
+        await api.campaign(definition)
+        occurrence = f"schedule/{campaign_id}/{FIRST}"
+        handle = await client.start_workflow(
+            WORKFLOW_FANOUT,
+            FanOutInput(
+                occurrence=occurrence,
+                entry_name="schedule",
+                fired_at=datetime(2026, 11, 23, 9, tzinfo=UTC),
+                targets=[
+                    FanOutTarget(
+                        campaign_id=campaign_id,
+                        campaign_version=1,
+                        campaign_name="Weekly digest",
+                        plan=parse_campaign(definition).plan(),
+                    )
+                ],
+            ),
+            id=fanout_workflow_id(occurrence),
+            task_queue=f"nobody-{uuid.uuid4().hex[:8]}",
+        )
+        await handle.terminate(reason="stopped by the test")
+        began = time.monotonic()
+        answer = await api.http.get(f"/v1/campaigns/{campaign_id}/broadcasts", headers=ADMIN)
+        took = time.monotonic() - began
+        assert answer.status_code == 200, answer.text
+        [firing] = answer.json()["firings"]
+        assert (firing["fan_out"]["status"], firing["fan_out"]["progress"]) == ("terminated", None)
+        assert firing["note"] == (
+            "its fan-out ended terminated: stopped by the test "
+            "(how far it got is not known now: no worker answered)"
+        )
+        assert firing["campaign"]["state"] == "unknown"
+        assert took < 10, took
 
 
 async def test_temporal_out_of_reach_is_503(sqlite_url: str) -> None:

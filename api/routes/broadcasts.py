@@ -4,6 +4,7 @@ from Temporal, without the Temporal UI."""
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
@@ -102,12 +103,13 @@ async def list_broadcasts(
         firings=[],
     )
     await session.rollback()  # no transaction held open while Temporal is asked
-    workflow_ids = await _firing_ids(client, campaign_id)
-    answer.total = len(workflow_ids)
+    started = await _firing_ids(client, campaign_id)
+    answer.total = len(started)
     prefix = firing_prefix(campaign_id)
-    # Newest first by the wall time in the id: visibility lists running ones first and
-    # refuses ORDER BY (SQL visibility, the dev server's).
-    newest = sorted(workflow_ids, key=lambda w: w[len(prefix) :], reverse=True)[:limit]
+    # Newest first by when each fan-out started (the wall time in the id is in the zone of
+    # the version that fired, which may have changed), then by that wall time: visibility
+    # lists running ones first and refuses ORDER BY (SQL visibility, the dev server's).
+    newest = sorted(started, key=lambda w: (started[w], w[len(prefix) :]), reverse=True)[:limit]
     gate = asyncio.Semaphore(READS_AT_ONCE)
 
     async def read(workflow_id: str) -> BroadcastFiring:
@@ -128,22 +130,20 @@ async def list_broadcasts(
     return answer
 
 
-async def _firing_ids(client: Client, campaign_id: str) -> list[str]:
-    """The campaign's firings' fan-out workflow ids, once each (a fan-out that continued as
-    new is listed by its latest run)."""
+async def _firing_ids(client: Client, campaign_id: str) -> dict[str, datetime]:
+    """The campaign's firings' fan-out workflow ids, once each, with when each started (a
+    fan-out that continued as new is listed by its latest run)."""
     query = (
         f"WorkflowId STARTS_WITH '{firing_prefix(campaign_id)}' "
         "AND ExecutionStatus != 'ContinuedAsNew'"
     )
     try:
-        return sorted(
-            {
-                execution.id
-                async for execution in client.list_workflows(
-                    query, page_size=LIST_PAGE, rpc_timeout=RPC_TIMEOUT
-                )
-            }
-        )
+        return {
+            execution.id: execution.start_time
+            async for execution in client.list_workflows(
+                query, page_size=LIST_PAGE, rpc_timeout=RPC_TIMEOUT
+            )
+        }
     except (RPCError, RPCTimeoutOrCancelledError) as exc:
         raise temporal_error(exc, firing_prefix(campaign_id)) from exc
 

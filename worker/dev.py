@@ -11,9 +11,7 @@ import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from core.config import Settings
 from core.policy import quiet_hours_decision
@@ -26,6 +24,9 @@ from temporal.servers import (
     port_holder,
     port_is_free,
 )
+
+if TYPE_CHECKING:
+    from worker.examples import Example
 
 log = logging.getLogger("nudge.dev")
 
@@ -117,83 +118,17 @@ def temporal_port(settings: Settings, flag: int | None) -> int:
     return int(port_text)
 
 
-@dataclass(frozen=True)
-class Example:
-    """One shipped segment or campaign as this start found it: applied now (it was
-    missing), kept as it was (an operator may have paused, archived or changed it), or not
-    applied, and why."""
+async def apply_examples(settings: Settings, examples: Path, state_dir: Path) -> list[Example]:
+    """Bring the example segments and campaigns in through the real API
+    (`worker.examples`): a missing one is applied (a campaign activated); one still as
+    nudge dev left it takes a changed shipped file as a new version; an operator's pause,
+    archive or own version is kept."""
+    from api.client import NudgeClient
+    from worker.examples import apply_examples as bring_examples
 
-    kind: str
-    id: str
-    version: int | None = None
-    status: str | None = None
-    applied: bool = False
-    problem: str | None = None
-
-    @property
-    def label(self) -> str:
-        if self.problem:
-            return f"{self.id} (not applied: {self.problem})"
-        shown = self.status if self.status in ("paused", "archived") else None
-        return f"{self.id} (v{self.version}{f', {shown}' if shown else ''})"
-
-
-def example_id(text: str) -> str | None:
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return None
-    found = document.get("id") if isinstance(document, dict) else None
-    return found if isinstance(found, str) else None
-
-
-async def apply_examples(settings: Settings, examples: Path) -> list[Example]:
-    """Apply each example segment (`examples/segments/`, beside the campaigns) and campaign
-    that is missing, through the real API, and activate the campaigns applied; leave those
-    that exist as they are.
-
-    A restart keeps what happened meanwhile: an operator's pause or archive, a newer
-    version. Something that cannot be applied is reported, never a reason not to start.
-    """
-    from api.client import NudgeClient, NudgeClientError
-
-    found: list[Example] = []
     base = f"http://{settings.api_host}:{settings.api_port}"
     async with NudgeClient(base, admin_token=settings.admin_token) as client:
-        kinds = (
-            ("segment", sorted((examples.parent / "segments").glob("*.y*ml"))),
-            ("campaign", sorted(examples.glob("*.y*ml"))),
-        )
-        for kind, paths in kinds:
-            for path in paths:
-                text = path.read_text(encoding="utf-8")
-                name = example_id(text) or path.stem
-                try:
-                    found.append(await _apply_if_missing(client, kind, name, text))
-                except NudgeClientError as exc:
-                    problem = " ".join(str(exc).split())
-                    log.warning("example %s %s not applied: %s", kind, name, problem)
-                    found.append(Example(kind, name, problem=problem))
-    return found
-
-
-async def _apply_if_missing(client: Any, kind: str, name: str, text: str) -> Example:
-    from api.client import NudgeClientError
-
-    get = client.get_segment if kind == "segment" else client.get_campaign
-    try:
-        current = await get(name)
-        applied = False
-    except NudgeClientError as exc:
-        if exc.status_code != 404:
-            raise
-        if kind == "segment":
-            current = await client.apply_segment(text)
-        else:
-            current = await client.apply_campaign(text, activate=True)
-        applied = True
-    version = current.get("version", current.get("current_version"))
-    return Example(kind, current["id"], version, current.get("status"), applied)
+        return await bring_examples(client, examples, state_dir)
 
 
 @dataclass(frozen=True)
@@ -320,8 +255,9 @@ def banner(settings: Settings, started: Started, *, now: datetime | None = None)
     query = "NudgeCampaign%3D%27cart-abandonment%27"
     segments = [e.label for e in started.examples if e.kind == "segment"]
     campaigns = [e.label for e in started.examples if e.kind == "campaign"]
-    kept = any(not e.applied and not e.problem for e in started.examples)
+    kept = any(e.kept for e in started.examples)
     keeping = "\n  (examples found from an earlier start are kept as they are)" if kept else ""
+    keeping += "".join(f"\n  {e.note}" for e in started.examples if e.note)
     first = "\n".join(first_send_lines(settings, started.first, nudge))
     quiet = quiet_hours_line(settings, now or datetime.now(UTC))
     return f"""
@@ -455,7 +391,11 @@ async def run_dev(
         served = await stack.enter_async_context(
             serve_in_loop(create_app(settings), host=settings.api_host, port=settings.api_port)
         )
-        examples = await apply_examples(settings, options.examples) if options.examples else []
+        examples = (
+            await apply_examples(settings, options.examples, options.state_dir)
+            if options.examples
+            else []
+        )
         first = None
         if options.examples:
             campaigns = [e for e in examples if e.kind == "campaign"]

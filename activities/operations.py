@@ -215,7 +215,9 @@ class OperationsActivities:
         """Migrate the next page of the journeys recorded on `from_version` (keyset by
         workflow id), a batch at a time: each batch's moved journeys are recorded on the
         new version before the next is asked, and the cursor and report heartbeated, so a
-        retry resumes after the last batch and a worker lost mid-page loses no record."""
+        retry resumes after the last batch and a worker lost mid-page loses no record.
+        `dry_run`: the same pages, each journey only asked where it would land — none
+        moved, none recorded (not even one found on the new version already)."""
         details = activity.info().heartbeat_details
         if details:
             done = MigrationProgress.model_validate(details[0])
@@ -225,7 +227,7 @@ class OperationsActivities:
                     campaign_id=page.campaign_id,
                     from_version=page.from_version,
                     to_version=page.to_version,
-                    dry_run=False,
+                    dry_run=page.dry_run,
                 ),
                 after=page.after,
             )
@@ -256,11 +258,11 @@ class OperationsActivities:
                 to_version=page.to_version,
                 plan=plan,
                 steps=page.steps,
-                dry_run=False,
+                dry_run=page.dry_run,
                 by=page.by,
                 reason=page.reason,
             )
-            if report.moved_ids:
+            if report.moved_ids and not page.dry_run:
                 async with self._sessions() as session:
                     await move_to_version(
                         session=session,

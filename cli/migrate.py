@@ -2,7 +2,7 @@
 
 `nudge campaigns migrate ID --from 3 --to 4 --step wait=pause [--dry-run]` prints, per step
 of version 3, how many journeys wait there, where they land in version 4 and why the others
-stay (`--json`: the API's report as it is). Without `--dry-run` the migration runs on the
+stay (`--json`: the API's report as it is). The migration, and its dry run alike, runs on the
 server as an operation: the command waits for it to end, its progress on stderr.
 """
 
@@ -70,16 +70,21 @@ def report_lines(report: dict[str, Any], *, command: str) -> list[str]:
 def progress_line(operation: dict[str, Any]) -> str:
     p = operation["progress"]
     r = p["report"]
+    versions = f"v{r['from_version']} → v{r['to_version']}"
+    if r["dry_run"]:
+        doing, done = f"dry run of {versions}", f"{r['movable']} would move"
+    else:
+        doing, done = f"migrating {versions}", f"{r['moved']} moved"
     return (
-        f"{operation['campaign_id']}: migrating v{r['from_version']} → v{r['to_version']}: "
-        f"{_journeys(p['seen'])} seen, {r['moved']} moved (page {p['pages']})"
+        f"{operation['campaign_id']}: {doing}: {_journeys(p['seen'])} seen, {done} "
+        f"(page {p['pages']})"
     )
 
 
 async def wait_for_migration(client: Any, operation: dict[str, Any]) -> dict[str, Any]:
-    """Poll a migration until its workflow has ended (not only until its progress says
-    `done`: the query says so a moment before the workflow completes); its final report.
-    Progress goes to stderr as it changes."""
+    """Poll a migration (or its dry run) until its workflow has ended (not only until its
+    progress says `done`: the query says so a moment before the workflow completes); its
+    final report. Progress goes to stderr as it changes."""
     shown = ""
     while operation["status"] == "running":
         line = progress_line(operation)
@@ -91,8 +96,9 @@ async def wait_for_migration(client: Any, operation: dict[str, Any]) -> dict[str
             operation["campaign_id"], operation["operation_id"]
         )
     if operation["status"] != "completed":
+        what = "dry run" if operation["progress"]["report"]["dry_run"] else "migration"
         raise SystemExit(
-            f"error: migration {operation['operation_id']} of {operation['campaign_id']} "
+            f"error: {what} {operation['operation_id']} of {operation['campaign_id']} "
             f"ended {operation['status']}: see the workflow {operation['workflow_id']}"
         )
     report: dict[str, Any] = operation["progress"]["report"]
@@ -111,8 +117,9 @@ def cmd_migrate(args: argparse.Namespace) -> None:
             dry_run=args.dry_run,
             by=args.by,
             reason=args.reason,
-            # The command waits itself, showing progress from the start.
-            wait_seconds=None if args.dry_run else 0,
+            # The command waits itself, showing progress from the start (a dry run too:
+            # it pages through the journeys as the migration does).
+            wait_seconds=0,
         )
         if "progress" in report:  # still going: an operation, not yet its report
             report = await wait_for_migration(client, report)

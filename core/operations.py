@@ -250,6 +250,9 @@ class MigrationInput(BaseModel):
     page_size: int = 100
     pages_per_run: int = 50
     """Continue as new after this many pages: the history stays a few hundred events."""
+    dry_run: bool = False
+    """Only report where each journey would land: nothing moved, nothing recorded (the
+    same pages, the same activity)."""
     progress: MigrationProgress | None = None
     """Carried across continue-as-new."""
 
@@ -267,6 +270,8 @@ class MigratePage(BaseModel):
     reason: str | None = None
     after: str | None = None
     page_size: int = 100
+    dry_run: bool = False
+    """Ask each journey where it would land; move none, record none."""
 
 
 # -- telling running journeys the send policy changed (quiet hours) -----------------------

@@ -2,10 +2,11 @@
 journey stands and where it would land) and the migration (the `migrate` update, journey by
 journey), from outside the workflows.
 
-Which journeys to look at is the caller's (the API reads the store's membership index);
-whether one moves is the rule `core.journey.migration_target`, the same one each journey's
-update validator applies, so a dry run's promise is what the migration does, bar journeys
-that moved on between the two.
+Which journeys to look at is the caller's (the `migrate_page` activity: a batch of a page of
+the store's membership index at a time, for a dry run as for the migration); whether one
+moves is the rule `core.journey.migration_target`, the same one each journey's update
+validator applies, so a dry run's promise is what the migration does, bar journeys that
+moved on between the two.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ workers still run every other journey meanwhile."""
 RPC_TIMEOUT = timedelta(seconds=15)
 """A query or update needs a worker; without one, the journey is reported as not moved."""
 ALREADY = object()
-"""A journey found on the target version already: its membership row is recorded again."""
+"""A journey found on the target version already: its membership row is recorded again
+(by the migration; a dry run records nothing)."""
 
 
 async def migrate_journeys(

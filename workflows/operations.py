@@ -201,7 +201,7 @@ class MigrationWorkflow:
                 campaign_id=input.campaign_id,
                 from_version=input.from_version,
                 to_version=input.to_version,
-                dry_run=False,
+                dry_run=input.dry_run,
                 operation_id=input.request_id,
             )
         )
@@ -227,6 +227,7 @@ class MigrationWorkflow:
                     reason=input.reason,
                     after=progress.after,
                     page_size=input.page_size,
+                    dry_run=input.dry_run,
                 ),
                 result_type=MigrationProgress,
                 start_to_close_timeout=PAGE_TIMEOUT,
@@ -243,9 +244,11 @@ class MigrationWorkflow:
 
     def _show(self, input: MigrationInput, state: str) -> None:
         p = self.progress
+        what = "dry run of " if input.dry_run else ""
+        counted = f"{p.report.movable} would move" if input.dry_run else f"{p.report.moved} moved"
         workflow.set_current_details(
-            f"**{state}** {input.campaign_id} v{input.from_version} → v{input.to_version}: "
-            f"{p.seen} seen, {p.report.moved} moved (page {p.pages})"
+            f"**{state}** {what}{input.campaign_id} v{input.from_version} → "
+            f"v{input.to_version}: {p.seen} seen, {counted} (page {p.pages})"
         )
 
 

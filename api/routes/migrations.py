@@ -1,8 +1,8 @@
-"""api: move waiting journeys to a newer version — `POST /v1/campaigns/{id}/migrations`: a
-dry run (answered at once), or the migration itself as a Temporal workflow
-(`campaign_migration`, a page of journeys at a time) answered with its report when it ends
-within a few seconds, else with its progress; `GET …/migrations/{operation_id}` reads it —
-also once it failed or was stopped: how far it got, and why it stopped."""
+"""api: move waiting journeys to a newer version — `POST /v1/campaigns/{id}/migrations`: the
+migration, or its dry run, as a Temporal workflow (`campaign_migration`, a page of journeys
+at a time) answered with its report when it ends within a few seconds, else with its
+progress; `GET …/migrations/{operation_id}` reads it — also once it failed or was stopped:
+how far it got, and why it stopped."""
 
 from __future__ import annotations
 
@@ -38,12 +38,13 @@ from core.operations import (
     migration_id,
 )
 from store.campaigns import get_campaign, get_version, load_definition, version_state
-from store.journey_versions import running_on_version
-from temporal.migrate import migrate_journeys
 
 RPC_TIMEOUT = timedelta(seconds=15)
 WAIT_SECONDS = 5.0
 """How long `POST …/migrations` waits for the migration to end before answering 202."""
+DRY_RUN = "dry-"
+"""Begins a dry run's operation id (the request id follows): a dry run and the migration
+after it with the same `request_id` are two operations, two workflows, never one."""
 
 router = APIRouter(prefix="/v1/campaigns", tags=["migrations"], dependencies=[AdminDep])
 
@@ -83,11 +84,12 @@ class MigrationCreate(BaseModel):
 
 
 class MigrationOperation(BaseModel):
-    """A migration still going (or read back): its workflow's status and the report so
-    far (`progress.report`; final once `status` is `completed`)."""
+    """A migration (or its dry run) still going, or read back: its workflow's status and
+    the report so far (`progress.report`; final once `status` is `completed`)."""
 
     operation_id: str
-    """Name it to read the progress: `GET /v1/campaigns/{id}/migrations/{operation_id}`."""
+    """Name it to read the progress: `GET /v1/campaigns/{id}/migrations/{operation_id}`.
+    A dry run's begins with `dry-`."""
     campaign_id: str
     workflow_id: str
     status: str
@@ -141,11 +143,13 @@ async def migrate_campaign(
     (or at a branch or split) stay, each with its reason. Each journey applies the move
     itself (the `migrate` update) at a safe point; the answer counts journeys per step.
 
-    A dry run answers at once. The migration runs as a workflow (`campaign_migration`)
-    paging the journeys of `from_version` and recording each page's moves as it goes: 200
-    with its report when it ends within `wait_seconds` (5), else 202 with its `operation_id`
-    and progress (read it again with `GET …/migrations/{operation_id}`). The same
-    `request_id` again finds the same migration."""
+    The migration runs as a workflow (`campaign_migration`) paging the journeys of
+    `from_version` and recording each page's moves as it goes: 200 with its report when it
+    ends within `wait_seconds` (5), else 202 with its `operation_id` and progress (read it
+    again with `GET …/migrations/{operation_id}`). A dry run is the same workflow asking
+    each journey where it would land, moving and recording none, answered the same way;
+    its `operation_id` is `dry-` and the request id. The same `request_id` again finds the
+    same migration (or the same dry run)."""
     campaign = await get_campaign(session=session, campaign_id=campaign_id)
     if campaign is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no campaign {campaign_id!r}")
@@ -164,6 +168,11 @@ async def migrate_campaign(
             0,
             f"to_version: {body.to_version} is not newer than from_version {body.from_version}",
         )
+    if not body.dry_run and (body.request_id or "").startswith(DRY_RUN):
+        problems.append(
+            f"request_id: {body.request_id!r} begins with {DRY_RUN!r}, as the operation of a "
+            "dry run does: name the migration otherwise (it may share its dry run's request id)"
+        )
     if problems:
         raise HTTPException(422, {"problems": problems})
     target = await get_version(session=session, campaign_id=campaign_id, version=body.to_version)
@@ -175,33 +184,19 @@ async def migrate_campaign(
             f"(nudge campaigns publish {campaign_id} --version {body.to_version}); "
             "a dry run works on a draft",
         )
-    if not body.dry_run:
-        # Nothing held open while the migration runs.
-        await session.rollback()
-        return await _start(client, settings.task_queue, campaign_id, body)
-    workflow_ids = await running_on_version(
-        session=session, campaign_id=campaign_id, version=body.from_version
-    )
-    # Nothing held open while the journeys are asked: a dry run of many takes a while.
+    # Nothing held open while the migration (or its dry run) runs.
     await session.rollback()
-    return await migrate_journeys(
-        client,
-        workflow_ids=workflow_ids,
-        campaign_id=campaign_id,
-        from_version=body.from_version,
-        to_version=body.to_version,
-        plan=new.plan(),
-        steps=body.steps,
-        dry_run=True,
-    )
+    return await _start(client, settings.task_queue, campaign_id, body)
 
 
 async def _start(
     client: Client, task_queue: str, campaign_id: str, body: MigrationCreate
 ) -> MigrationReport | JSONResponse:
-    """Start the migration's workflow (or find the one of the same request id) and wait a
-    few seconds for its report."""
+    """Start the migration's workflow, or its dry run's (or find the one of the same
+    request id), and wait a few seconds for its report."""
     operation_id = body.request_id or uuid.uuid4().hex[:16]
+    if body.dry_run:
+        operation_id = DRY_RUN + operation_id
     workflow_id = migration_id(campaign_id, operation_id)
     handle = await start_operation(
         client,
@@ -215,10 +210,12 @@ async def _start(
             reason=body.reason,
             request_id=operation_id,
             page_size=body.page_size,
+            dry_run=body.dry_run,
         ),
         workflow_id=workflow_id,
         task_queue=task_queue,
-        summary=f"migrate {campaign_id} v{body.from_version} → v{body.to_version}",
+        summary=f"{'dry run: ' if body.dry_run else ''}migrate {campaign_id} "
+        f"v{body.from_version} → v{body.to_version}",
     )
     typed = client.get_workflow_handle(workflow_id, result_type=MigrationProgress)
     if body.wait_seconds > 0:
@@ -229,7 +226,7 @@ async def _start(
         except (TimeoutError, RPCError, RPCTimeoutOrCancelledError):
             pass  # started, not ended yet (or Temporal stopped answering since): it goes on
         except WorkflowFailureError as exc:
-            raise _failed(exc) from exc
+            raise _failed(exc, dry_run=body.dry_run) from exc
         else:
             return progress.report
     operation = await _operation(
@@ -254,12 +251,13 @@ async def _start(
         503: ERRORS[503],
         504: ERRORS[504],
     },
-    summary="A migration's status and its report so far",
+    summary="A migration's (or a dry run's) status and its report so far",
 )
 async def get_migration(
     campaign_id: CampaignId, operation_id: str, client: TemporalDep
 ) -> MigrationOperation:
-    if re.fullmatch(REQUEST_ID, operation_id) is None:
+    request_id = operation_id.removeprefix(DRY_RUN)
+    if re.fullmatch(REQUEST_ID, request_id) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no migration {operation_id!r}")
     handle = client.get_workflow_handle(migration_id(campaign_id, operation_id))
     return await _operation(client, handle, campaign_id, operation_id)
@@ -281,7 +279,7 @@ async def _operation(
             campaign_id=campaign_id,
             from_version=versions[0],
             to_version=versions[1],
-            dry_run=False,
+            dry_run=operation_id.startswith(DRY_RUN),
             operation_id=operation_id,
         )
     )
@@ -303,7 +301,9 @@ async def _operation(
     )
 
 
-def _failed(exc: WorkflowFailureError) -> HTTPException:
-    """A migration that failed (its target version gone, …): 502 with the cause's words."""
+def _failed(exc: WorkflowFailureError, *, dry_run: bool) -> HTTPException:
+    """A migration (or its dry run) that failed (its target version gone, …): 502 with the
+    cause's words."""
     cause = getattr(exc.cause, "cause", None) or exc.cause or exc
-    return HTTPException(status.HTTP_502_BAD_GATEWAY, f"the migration failed: {cause}")
+    what = "dry run of the migration" if dry_run else "migration"
+    return HTTPException(status.HTTP_502_BAD_GATEWAY, f"the {what} failed: {cause}")

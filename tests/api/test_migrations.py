@@ -9,14 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from temporalio.service import RPCError
 from temporalio.testing import ActivityEnvironment
 
 from activities.operations import OperationsActivities
 from cli.migrate import report_lines
-from core.journey import JourneyState, journey_id
+from core.journey import QUERY_POSITION, JourneyPosition, JourneyState, journey_id
 from core.operations import MigratePage
-from store.campaigns import publish_version
+from store.campaigns import load_definition, publish_version
 from store.models import JourneyEntry
+from temporal.migrate import migrate_journeys
 from temporal.servers import DevServer
 from tests.cli.runner import nudge
 from tests.fixtures.api import ADMIN, RunningApi, eventually, webhook_stack
@@ -107,7 +109,10 @@ async def test_dry_run_then_migration_over_the_api_and_the_cli(
             *("--step", "wait=pause", "--dry-run"),
             url=api.url,
         )
-        assert ran.code == 0 and ran.stderr == "", ran
+        assert ran.code == 0, ran
+        # Paged on the server like the migration: the command follows it to its end.
+        for line in ran.stderr.splitlines():
+            assert line.startswith("migrate-e2e: dry run of v1 → v2: "), ran.stderr
         assert ran.stdout.splitlines() == [
             "migrate-e2e: dry run of v1 → v2: 5 journeys, 5 would move",
             "  step wait (wait): 5 journeys → pause: 5 would move",
@@ -115,13 +120,14 @@ async def test_dry_run_then_migration_over_the_api_and_the_cli(
             "--from 1 --to 2 --step wait=pause",
         ]
         await waiting()
+        ids = {journey_id("migrate-e2e", u) for u in users}
+        assert await versions(api) == {(i, 1) for i in ids}
 
         async with api.services.sessions() as session:
             await publish_version(session=session, campaign_id="migrate-e2e", version=2)
             await session.commit()
         # One page of the migration's activity, on its own: it moves the first 2 journeys
         # (by workflow id) and records them before it returns, its cursor heartbeated.
-        ids = {journey_id("migrate-e2e", u) for u in users}
         first_two = sorted(ids)[:2]
         beats: list[Any] = []
         env = ActivityEnvironment()
@@ -221,16 +227,157 @@ async def test_dry_run_then_migration_over_the_api_and_the_cli(
         assert r.status_code == 200 and r.json()["journeys"] == 0, r.text
 
 
-async def ended(api: RunningApi, operation_id: str) -> dict[str, Any]:
+async def ended(api: RunningApi, operation_id: str, url: str = URL) -> dict[str, Any]:
     """The migration's operation once its workflow has ended (not only its progress)."""
 
     async def read() -> dict[str, Any]:
-        r = await api.http.get(f"{URL}/{operation_id}", headers=ADMIN)
+        r = await api.http.get(f"{url}/{operation_id}", headers=ADMIN)
         assert r.status_code == 200, r.text
         assert r.json()["status"] != "running", r.json()
         return dict(r.json())
 
     return await eventually(read, timeout=30)
+
+
+DRY: dict[str, Any] = {**V1, "id": "migrate-dry"}
+DRY_URL = "/v1/campaigns/migrate-dry/migrations"
+
+
+async def test_a_dry_run_pages_like_the_migration_and_moves_nothing(
+    sqlite_url: str, dev_server: DevServer, webhook_receiver: WebhookReceiver
+):
+    """A dry run is the migration's own workflow and pages: over several pages it reports
+    what the migration that follows does, moving no journey and writing no row — not even
+    the row of a journey found on the new version already."""
+    async with webhook_stack(sqlite_url, dev_server, webhook_receiver, DRY) as stack:
+        api = stack.api
+        users = [f"u-{uuid.uuid4().hex[:8]}" for _ in range(USERS)]
+        for user in users:
+            await api.track(user, "Product Added")
+        ids = sorted(journey_id("migrate-dry", u) for u in users)
+        client = stack.temporal.client
+
+        async def at(workflow_id: str) -> tuple[int, str | None]:
+            position = await client.get_workflow_handle(workflow_id).query(
+                QUERY_POSITION, result_type=JourneyPosition
+            )
+            return position.campaign_version, position.current_step
+
+        async def waiting() -> bool:
+            try:
+                assert [await at(i) for i in ids] == [(1, "wait")] * USERS
+            except RPCError as exc:  # not started yet
+                raise AssertionError(exc) from exc
+            return True
+
+        await eventually(waiting, timeout=30)
+        r = await api.http.post("/v1/campaigns", json={**V2, "id": "migrate-dry"}, headers=ADMIN)
+        assert r.status_code in (200, 201), r.text
+        async with api.services.sessions() as session:
+            await publish_version(session=session, campaign_id="migrate-dry", version=2)
+            # A row whose journey Temporal no longer has: it stays, with its reason.
+            session.add(
+                JourneyEntry(
+                    campaign_id="migrate-dry",
+                    campaign_version=1,
+                    user_id="gone",
+                    workflow_id=journey_id("migrate-dry", "gone"),
+                    entry_message_id=f"gone-{uuid.uuid4().hex}",
+                )
+            )
+            await session.commit()
+            plan = (
+                await load_definition(session=session, campaign_id="migrate-dry", version=2)
+            ).plan()
+        # One journey moved by a migration that never recorded it: its row says version 1.
+        ahead = await migrate_journeys(
+            client,
+            workflow_ids=ids[:1],
+            campaign_id="migrate-dry",
+            from_version=1,
+            to_version=2,
+            plan=plan,
+            steps={"wait": "pause"},
+            dry_run=False,
+        )
+        assert ahead.moved == 1
+        rows = await entries(api)
+        assert {(w, v) for w, v, _ in rows} == {(i, 1) for i in [*ids, "journey/migrate-dry/gone"]}
+
+        # The dry run, 2 journeys a page: 6 rows, 4 pages (the last one empty).
+        request_id = f"same-{uuid.uuid4().hex[:8]}"
+        body = {
+            "from_version": 1,
+            "to_version": 2,
+            "steps": {"wait": "pause"},
+            "dry_run": True,
+            "request_id": request_id,
+            "page_size": 2,
+        }
+        r = await api.http.post(DRY_URL, json=body, headers=ADMIN)
+        assert r.status_code in (200, 202), r.text
+        dry_op = await ended(api, f"dry-{request_id}", DRY_URL)
+        assert dry_op["status"] == "completed", dry_op
+        assert dry_op["workflow_id"] == f"campaign-migration/migrate-dry/dry-{request_id}"
+        assert (dry_op["progress"]["seen"], dry_op["progress"]["pages"]) == (6, 4)
+        dry = dry_op["progress"]["report"]
+        if r.status_code == 200:
+            assert r.json() == dry
+        assert (dry["dry_run"], dry["operation_id"]) == (True, f"dry-{request_id}")
+        assert (dry["journeys"], dry["movable"], dry["moved"]) == (6, 4, 0)
+        already = "already on version 2"
+        assert [
+            (s["step"], s["journeys"], s["lands_on"], s["movable"], s["stays"])
+            for s in dry["steps"]
+        ] == [
+            ("pause", 1, None, 0, {already: 1}),
+            ("wait", 4, "pause", 4, {}),
+            (None, 1, None, 0, {"no such journey in Temporal": 1}),
+        ]
+        assert dry["moved_journeys"] == []
+        assert [(j["workflow_id"], j["reason"]) for j in dry["staying_journeys"]] == [
+            ("journey/migrate-dry/gone", "no such journey in Temporal"),
+        ]
+        # Nothing moved, nothing written: not even the row of the journey on v2 already.
+        assert await entries(api) == rows
+        assert [await at(i) for i in ids] == [(2, "pause")] + [(1, "wait")] * (USERS - 1)
+        # Asked again (at once): the same dry run, ended; its operation read back.
+        r = await api.http.post(DRY_URL, json={**body, "wait_seconds": 0}, headers=ADMIN)
+        assert r.status_code == 202, r.text
+        assert (r.json()["operation_id"], r.json()["status"]) == (f"dry-{request_id}", "completed")
+        assert r.json()["progress"]["report"] == dry
+        # A migration may not take a name that reads as a dry run's.
+        real = {**body, "dry_run": False}
+        r = await api.http.post(DRY_URL, json={**real, "request_id": "dry-run"}, headers=ADMIN)
+        assert r.status_code == 422 and "request_id: 'dry-run' begins with" in r.text, r.text
+
+        # The migration with the same request id is its own operation: it does what the dry
+        # run said, and records every row the dry run left.
+        r = await api.http.post(DRY_URL, json=real, headers=ADMIN)
+        assert r.status_code in (200, 202), r.text
+        operation = await ended(api, request_id, DRY_URL)
+        assert operation["status"] == "completed", operation
+        assert (operation["progress"]["seen"], operation["progress"]["pages"]) == (6, 4)
+        report = operation["progress"]["report"]
+        assert (report["dry_run"], report["operation_id"]) == (False, request_id)
+        assert (report["journeys"], report["movable"], report["moved"]) == (6, 4, 4)
+        assert [{**s, "moved": s["movable"]} for s in report["steps"]] == [
+            {**s, "moved": s["movable"]} for s in dry["steps"]
+        ]
+        assert [s["moved"] for s in report["steps"]] == [s["movable"] for s in dry["steps"]]
+        assert report["staying_journeys"] == dry["staying_journeys"]
+        assert {j["workflow_id"] for j in report["moved_journeys"]} == set(ids[1:])
+        assert {(w, v) for w, v, _ in await entries(api)} == {(i, 2) for i in ids} | {
+            ("journey/migrate-dry/gone", 1)
+        }
+        assert [await at(i) for i in ids] == [(2, "pause")] * USERS
+
+
+async def entries(api: RunningApi) -> list[tuple[str, int, str]]:
+    """Every membership row as stored: (workflow id, version, status), in id order."""
+    async with api.services.sessions() as session:
+        rows = (await session.scalars(select(JourneyEntry).order_by(JourneyEntry.id))).all()
+    return [(r.workflow_id, r.campaign_version, r.status) for r in rows]
 
 
 async def versions(api: RunningApi) -> set[tuple[str, int]]:

@@ -34,11 +34,13 @@ class Pages:
 
     def __init__(self) -> None:
         self.asked: list[str | None] = []
+        self.dry: list[bool] = []
 
     @activity.defn(name=ACTIVITY_MIGRATE_PAGE)
     async def migrate_page(self, page: MigratePage) -> MigrationProgress:
         assert (page.steps, page.by) == ({"wait": "pause"}, "ops")
         self.asked.append(page.after)
+        self.dry.append(page.dry_run)
         ids = [j for j in JOURNEYS if page.after is None or j > page.after][: page.page_size]
         stays = [j for j in ids if int(j[1:]) % 3 == 2]
         moved = [j for j in ids if j not in stays]
@@ -118,3 +120,47 @@ async def test_pages_the_version_and_continues_as_new_with_cursor_and_report(
         first = client.get_workflow_handle(handle.id, run_id=handle.first_execution_run_id)
         last = (await first.fetch_history()).events[-1]
         assert EventType.Name(last.event_type) == "EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW"
+
+
+async def test_a_dry_run_is_the_same_workflow_only_its_pages_told_so(
+    time_skipping_env, task_queue
+) -> None:
+    """The dry run's input says so and each page is told; the workflow's events are the
+    migration's, one for one (the same activity, the same loop)."""
+    client = time_skipping_env.client
+
+    async def run(dry_run: bool) -> tuple[Pages, MigrationProgress, list[str]]:
+        pages = Pages()
+        async with Worker(
+            client,
+            task_queue=task_queue,
+            workflows=[MigrationWorkflow],
+            activities=[pages.migrate_page],
+        ):
+            handle = await client.start_workflow(
+                WORKFLOW_MIGRATION,
+                MigrationInput(
+                    campaign_id="cart",
+                    from_version=1,
+                    to_version=2,
+                    steps={"wait": "pause"},
+                    by="ops",
+                    request_id="dry-r" if dry_run else "r",
+                    page_size=3,
+                    dry_run=dry_run,
+                ),
+                id=f"campaign-migration/cart/{uuid.uuid4()}",
+                task_queue=task_queue,
+                result_type=MigrationProgress,
+            )
+            done = await handle.result()
+            events = [EventType.Name(e.event_type) async for e in handle.fetch_history_events()]
+        return pages, done, events
+
+    dry_pages, dry, dry_events = await run(True)
+    real_pages, real, real_events = await run(False)
+    assert dry_pages.dry == [True, True, True] and real_pages.dry == [False] * 3
+    assert dry_pages.asked == real_pages.asked == [None, "j2", "j5"]
+    assert (dry.report.dry_run, dry.report.operation_id) == (True, "dry-r")
+    assert (real.report.dry_run, real.report.operation_id) == (False, "r")
+    assert dry_events == real_events

@@ -214,6 +214,29 @@ async def test_a_nudge_dir_from_before_is_never_overwritten_on_the_first_run(
     assert found["cart-abandonment"].note is None
 
 
+async def test_an_archived_example_is_kept_and_an_unreadable_memory_overwrites_nothing(
+    api: RunningApi, tmp_path: Path
+):
+    shipped = shipped_copy(tmp_path)
+    await bring(api, shipped)
+    r = await api.http.post("/v1/campaigns/cart-abandonment/archive", headers=ADMIN)
+    assert r.status_code == 200, r.text
+    shipped.change("campaign", "cart-abandonment", "name: Cart abandonment", "name: Cart")
+    shipped.change("campaign", "order-receipt", "is confirmed", "is confirmed, thank you")
+    (shipped.state_dir / MEMORY_FILE).write_text('{"format": 1, "campaign": {"order-rec')
+
+    found = await bring(api, shipped)
+    cart = await campaign(api, "cart-abandonment")
+    assert (cart["status"], cart["latest_version"]) == ("archived", 1)
+    assert found["cart-abandonment"].note is not None
+    assert found["cart-abandonment"].note.endswith("archived, it takes no new version")
+    assert (await campaign(api, "order-receipt"))["latest_version"] == 1
+    assert not any(e.updated for e in found.values())
+    # Rewritten whole: what equals the shipped file is remembered again.
+    memory = shipped.memory()
+    assert (memory["format"], memory["campaign"], list(memory["segment"])) == (1, {}, ["shanghai"])
+
+
 # -- one real start ----------------------------------------------------------------------
 
 

@@ -68,7 +68,10 @@ class MigrationCreate(BaseModel):
         examples=[{"wait": "pause"}],
     )
     dry_run: bool = Field(
-        False, description="only report how many journeys sit at each step and where they land"
+        False,
+        description="only report how many journeys sit at each step and where they land: "
+        "the same paged operation, moving and recording nothing (its operation id: `dry-` "
+        "and the request id)",
     )
     by: str | None = Field(None, max_length=200, description="who asks, for each journey's history")
     reason: str | None = Field(None, max_length=500)
@@ -78,8 +81,8 @@ class MigrationCreate(BaseModel):
         default=WAIT_SECONDS,
         ge=0,
         le=30,
-        description="how long a migration may take to end before the answer is 202 with its "
-        "progress (0: at once)",
+        description="how long a migration (or its dry run) may take to end before the answer "
+        "is 202 with its progress (0: at once)",
     )
 
 

@@ -253,11 +253,14 @@ async def _bring(
     version = stored.get("version", stored.get("current_version"))
     said: str | None = None
     if plan == Plan.yours:
-        command = "segments" if kind == "segment" else "campaigns"
         theirs = stored.get("latest_version", version)
+        take = (
+            f"take it: nudge segments apply {shown_path(path)}"
+            if kind == "segment"
+            else f"take it: nudge campaigns apply {shown_path(path)} && "
+            f"nudge campaigns publish {name}"
+        )
         said = f"{name}: yours (v{theirs}) kept; {shown_path(path)} changed since — " + (
-            "archived, it takes no new version"
-            if status == "archived"
-            else f"nudge {command} apply it to take it"
+            "archived, it takes no new version" if status == "archived" else take
         )
     return Example(kind, name, version, status, note=said), (shipped if plan == Plan.same else None)

@@ -169,8 +169,8 @@ async def test_an_unchanged_example_takes_the_shipped_file_and_an_operators_is_k
     )
     path = shipped.path("campaign", "cart-abandonment")
     assert second["cart-abandonment"].note == (
-        f"cart-abandonment: yours (v2) kept; {path} changed since — "
-        "nudge campaigns apply it to take it"
+        f"cart-abandonment: yours (v2) kept; {path} changed since — take it: "
+        f"nudge campaigns apply {path} && nudge campaigns publish cart-abandonment"
     )
 
     segment = (await api.http.get("/v1/segments/shanghai", headers=ADMIN)).json()
@@ -204,8 +204,8 @@ async def test_a_nudge_dir_from_before_is_never_overwritten_on_the_first_run(
     assert not found["order-receipt"].updated
     path = shipped.path("campaign", "order-receipt")
     assert found["order-receipt"].note == (
-        f"order-receipt: yours (v1) kept; {path} changed since — "
-        "nudge campaigns apply it to take it"
+        f"order-receipt: yours (v1) kept; {path} changed since — take it: "
+        f"nudge campaigns apply {path} && nudge campaigns publish order-receipt"
     )
     # Those equal to the shipped file are nudge dev's from now on; the changed one is not.
     remembered = shipped.memory()

@@ -428,11 +428,9 @@ class NudgeClient:
         wait_seconds: float | None = None,
     ) -> dict[str, Any]:
         """Move the journeys waiting in `from_version` to `to_version` (or, `dry_run`, say
-        how many sit at each step and where they would land). A dry run answers with its
-        report (each journey is asked in turn: this call waits longer than others); a
-        migration with its report when it ended within `wait_seconds` (the server's
-        default: 5), else with its operation (`operation_id`, `status`, `progress`) for
-        `migration_progress`."""
+        how many sit at each step and where they would land). Either answers with its
+        report when it ended within `wait_seconds` (the server's default: 5), else with its
+        operation (`operation_id`, `status`, `progress`) for `migration_progress`."""
         body: dict[str, Any] = {
             "from_version": from_version,
             "to_version": to_version,

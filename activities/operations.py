@@ -47,6 +47,7 @@ from core.operations import (
     RETRY_REFUSED,
     ExitPage,
     ExitProgress,
+    JourneysTold,
     MigratePage,
     MigrationProgress,
     MigrationReport,
@@ -381,7 +382,7 @@ class OperationsActivities:
 async def _in_batches(
     rows: list[JourneyEntry],
     one: Callable[[JourneyEntry], Awaitable[tuple[str, str | None]]],
-    done: ExitProgress | RecheckProgress,
+    done: JourneysTold,
     count: Callable[[str], None],
     cursor: Callable[[JourneyEntry], None],
 ) -> None:

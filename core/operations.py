@@ -4,7 +4,7 @@ and the re-check of the send policy by running journeys."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -66,17 +66,14 @@ class BulkExitRequest(BaseModel):
     page_size: JourneysPerPage = 100
 
 
-class ExitProgress(BaseModel):
-    """How far a bulk exit is: journeys seen in the membership index and what each got."""
+class JourneysTold(BaseModel):
+    """How far an operation over running journeys is (a bulk exit, a policy re-check): rows
+    of the membership index seen, what each got, the keyset cursor, the last failures."""
 
     seen: int = 0
-    exited: int = 0
     skipped: int = 0
-    """Already ended (their row not yet updated), or not at the step asked for."""
-    not_at_step: int = 0
-    """Of `skipped`: running, but at another step than the one asked for."""
     failed: int = 0
-    """Temporal did not take the exit (no worker answered in time, …): see `errors`."""
+    """Temporal did not take it (no worker answered in time, …): see `errors`."""
     pages: int = 0
     after_user: str | None = None
     after_id: int | None = None
@@ -85,14 +82,28 @@ class ExitProgress(BaseModel):
     errors: list[str] = Field(default_factory=list)
     """The last few failures, for the operator."""
 
-    def add(self, page: ExitProgress) -> None:
+    def add(self, page: Self) -> None:
+        """A page's counts added up, its cursor taken."""
         self.seen += page.seen
-        self.exited += page.exited
         self.skipped += page.skipped
-        self.not_at_step += page.not_at_step
         self.failed += page.failed
         self.after_user, self.after_id = page.after_user, page.after_id
         self.errors = [*self.errors, *page.errors][-MAX_ERRORS_KEPT:]
+
+
+class ExitProgress(JourneysTold):
+    """How far a bulk exit is."""
+
+    exited: int = 0
+    skipped: int = 0
+    """Already ended (their row not yet updated), or not at the step asked for."""
+    not_at_step: int = 0
+    """Of `skipped`: running, but at another step than the one asked for."""
+
+    def add(self, page: Self) -> None:
+        super().add(page)
+        self.exited += page.exited
+        self.not_at_step += page.not_at_step
 
 
 class BulkExitInput(BaseModel):
@@ -302,33 +313,20 @@ class RecheckRequest(BaseModel):
     page_size: JourneysPerPage = 100
 
 
-class RecheckProgress(BaseModel):
-    """How far a re-check is: journeys seen in the membership index and what each got."""
+class RecheckProgress(JourneysTold):
+    """How far a re-check is; its cursor walks campaign by campaign."""
 
-    seen: int = 0
     told: int = 0
     """Running journeys sent the `recheck-policy` signal (one not deferring ignores it)."""
     skipped: int = 0
     """Ended, or never started: Temporal has no running journey of the row to tell."""
-    failed: int = 0
-    """Temporal did not take the signal (unreachable, no answer in time): see `errors`."""
-    pages: int = 0
     after_campaign: str | None = None
-    after_user: str | None = None
-    after_id: int | None = None
-    """The keyset cursor: the last journey row handled, by (campaign, user id, row id)."""
-    done: bool = False
-    errors: list[str] = Field(default_factory=list)
-    """The last few failures, for the operator."""
+    """With `after_user` and `after_id`: the last row handled, by (campaign, user, row)."""
 
-    def add(self, page: RecheckProgress) -> None:
-        self.seen += page.seen
+    def add(self, page: Self) -> None:
+        super().add(page)
         self.told += page.told
-        self.skipped += page.skipped
-        self.failed += page.failed
         self.after_campaign = page.after_campaign
-        self.after_user, self.after_id = page.after_user, page.after_id
-        self.errors = [*self.errors, *page.errors][-MAX_ERRORS_KEPT:]
 
 
 class RecheckInput(BaseModel):

@@ -29,6 +29,8 @@ class Plan(StrEnum):
 
     apply = "apply"
     """Missing from the database: apply it (a campaign is activated)."""
+    deleted = "deleted"
+    """A segment nudge dev applied, deleted since by the operator: it stays deleted."""
     same = "same"
     """The stored definition is the shipped one: nothing to write; remember it."""
     update = "update"
@@ -53,14 +55,15 @@ def plan_example(
     versions (None: not in the database), and of what nudge dev last applied (None: never,
     or a `.nudge/` from before it remembered — then whatever is stored is the operator's).
 
-    Stored versions count as nudge dev's only when the current one is what it applied and
-    the latest is that or the shipped file (a save whose publish was cut short): an
-    operator's new version, draft or rollback makes the campaign theirs."""
+    Stored versions count as nudge dev's only when both the current and the latest are what
+    it applied: an operator's new version, draft (even of the shipped file, saved to try it
+    first) or rollback makes the campaign theirs. Missing, but remembered: deleted by the
+    operator (only segments can be), and it stays so."""
     if latest is None:
-        return Plan.apply
+        return Plan.apply if remembered is None else Plan.deleted
     if latest == shipped and current == shipped:
         return Plan.same
-    ours = remembered is not None and current == remembered and latest in (remembered, shipped)
+    ours = remembered is not None and current == remembered and latest == remembered
     if shipped == remembered:
         return Plan.keep
     if ours and not archived:
@@ -88,6 +91,8 @@ class Example:
     def label(self) -> str:
         if self.problem:
             return f"{self.id} (not applied: {self.problem})"
+        if self.version is None:
+            return f"{self.id} (deleted)"
         shown = self.status if self.status in ("paused", "archived") else None
         return f"{self.id} (v{self.version}{f', {shown}' if shown else ''})"
 
@@ -108,7 +113,14 @@ def read_memory(state_dir: Path) -> dict[str, dict[str, str]]:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        log.warning("%s unreadable (%s): stored examples are treated as yours", path, exc)
+        aside = path.with_name(f"{MEMORY_FILE}.bad")
+        log.warning(
+            "%s unreadable (%s), kept as %s: stored examples are treated as yours",
+            path,
+            exc,
+            aside.name,
+        )
+        path.replace(aside)
         return {}
     if not isinstance(document, dict) or document.get("format") != MEMORY_FORMAT:
         return {}
@@ -166,6 +178,10 @@ async def apply_examples(client: Any, examples: Path, state_dir: Path) -> list[E
     from api.client import NudgeClientError
 
     memory = read_memory(state_dir)
+    if await _database_is_new(client, memory):
+        # Not one campaign it applied is there (campaigns are never deleted): a database
+        # of its own (another NUDGE_DATABASE_URL), not an operator's deletions.
+        memory = {}
     found: list[Example] = []
     kinds = (
         ("segment", sorted((examples.parent / "segments").glob("*.y*ml"))),
@@ -196,6 +212,21 @@ async def apply_examples(client: Any, examples: Path, state_dir: Path) -> list[E
             found.append(example)
     write_memory(state_dir, memory)
     return found
+
+
+async def _database_is_new(client: Any, memory: dict[str, dict[str, str]]) -> bool:
+    from api.client import NudgeClientError
+
+    remembered = memory.get("campaign", {})
+    for name in remembered:
+        try:
+            await client.get_campaign(name)
+        except NudgeClientError as exc:
+            if exc.status_code != 404:
+                raise
+            continue
+        return False
+    return bool(remembered)
 
 
 async def _bring(
@@ -229,6 +260,9 @@ async def _bring(
         remembered=remembered,
         archived=status == "archived",
     )
+    if plan == Plan.deleted:
+        note = f"{name}: deleted, kept so; nudge segments apply {shown_path(path)} brings it back"
+        return Example(kind, name, note=note), remembered
     if plan == Plan.apply:
         if kind == "segment":
             saved = await client.apply_segment(text)

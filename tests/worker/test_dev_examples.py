@@ -20,6 +20,7 @@ import pytest
 
 from api.client import NudgeClient
 from core.config import Settings
+from store.db import migrate
 from temporal.servers import free_port
 from tests.fixtures.api import ADMIN, RunningApi, make_settings, running_api
 from tests.worker.test_dev import dev_stack, quiet_now
@@ -36,9 +37,9 @@ SHIPPED = EXAMPLES.parent
     ("latest", "current", "remembered", "archived", "expected"),
     [
         (None, None, None, False, Plan.apply),  # missing
-        (None, None, "old", False, Plan.apply),  # deleted since: applied again
+        (None, None, "old", False, Plan.deleted),  # deleted by the operator: stays so
         ("old", "old", "old", False, Plan.update),  # as nudge dev left it
-        ("new", "old", "old", False, Plan.update),  # saved, publish cut short: finish it
+        ("new", "old", "old", False, Plan.yours),  # a draft of the shipped file: theirs
         ("new", "new", "old", False, Plan.same),  # the operator took it already
         ("new", "new", None, False, Plan.same),  # legacy, equal to the shipped file
         ("old", "old", None, False, Plan.yours),  # legacy: never overwritten
@@ -235,6 +236,36 @@ async def test_an_archived_example_is_kept_and_an_unreadable_memory_overwrites_n
     # Rewritten whole: what equals the shipped file is remembered again.
     memory = shipped.memory()
     assert (memory["format"], memory["campaign"], list(memory["segment"])) == (1, {}, ["shanghai"])
+    # The unreadable file is set aside, not lost.
+    aside = shipped.state_dir / f"{MEMORY_FILE}.bad"
+    assert aside.read_text() == '{"format": 1, "campaign": {"order-rec'
+
+
+async def test_a_segment_the_operator_deleted_stays_deleted_but_a_new_database_gets_all(
+    api: RunningApi, tmp_path: Path
+):
+    shipped = shipped_copy(tmp_path)
+    await bring(api, shipped)
+    r = await api.http.delete("/v1/segments/shanghai", headers=ADMIN)
+    assert r.status_code in (200, 204), r.text
+
+    found = await bring(api, shipped)
+    assert (await api.http.get("/v1/segments/shanghai", headers=ADMIN)).status_code == 404
+    assert found["shanghai"].label == "shanghai (deleted)"
+    assert found["shanghai"].note == (
+        "shanghai: deleted, kept so; nudge segments apply "
+        f"{shipped.path('segment', 'shanghai')} brings it back"
+    )
+    assert "shanghai" in shipped.memory()["segment"]
+
+    # The same .nudge/ against a database of its own: not one campaign it remembers is
+    # there (campaigns are never deleted), so nothing counts as deleted: all are applied.
+    other = f"sqlite+aiosqlite:///{tmp_path / 'other.db'}"
+    await migrate(other)
+    async with running_api(make_settings(other, f"127.0.0.1:{free_port()}")) as new_api:
+        again = await bring(new_api, shipped)
+    assert {name: e.applied for name, e in again.items()} == dict.fromkeys(again, True)
+    assert set(again) == {"shanghai", "order-receipt", "cart-abandonment"}
 
 
 # -- one real start ----------------------------------------------------------------------

@@ -40,6 +40,7 @@ from core.journey import (
 from core.operations import (
     ACTIVITY_EXIT_PAGE,
     ACTIVITY_MIGRATE_PAGE,
+    ACTIVITY_MIGRATE_PAGE_DRY_RUN,
     ACTIVITY_PREPARE_RETRY,
     ACTIVITY_RECHECK_PAGE,
     MAX_ERRORS_KEPT,
@@ -211,6 +212,11 @@ class OperationsActivities:
             return "failed", bounded(str(exc) or type(exc).__name__, 200)
         return "told", None
 
+    @activity.defn(name=ACTIVITY_MIGRATE_PAGE_DRY_RUN)
+    async def migrate_page_dry_run(self, page: MigratePage) -> MigrationProgress:
+        """A dry run's page: `migrate_page` told so, whatever the page says."""
+        return await self.migrate_page(page.model_copy(update={"dry_run": True}))
+
     @activity.defn(name=ACTIVITY_MIGRATE_PAGE)
     async def migrate_page(self, page: MigratePage) -> MigrationProgress:
         """Migrate the next page of the journeys recorded on `from_version` (keyset by
@@ -376,7 +382,13 @@ class OperationsActivities:
             )
 
     def all(self) -> list[Any]:
-        return [self.exit_page, self.recheck_page, self.migrate_page, self.prepare_retry]
+        return [
+            self.exit_page,
+            self.recheck_page,
+            self.migrate_page,
+            self.migrate_page_dry_run,
+            self.prepare_retry,
+        ]
 
 
 async def _in_batches(

@@ -147,6 +147,10 @@ class RetryOutcome(BaseModel):
 
 WORKFLOW_MIGRATION = "campaign_migration"
 ACTIVITY_MIGRATE_PAGE = "migrate_page"
+WORKFLOW_MIGRATION_DRY_RUN = "campaign_migration_dry_run"
+ACTIVITY_MIGRATE_PAGE_DRY_RUN = "migrate_page_dry_run"
+"""A dry run's own names: a worker of a Nudge from before dry runs were paged knows
+neither, so it refuses one ("not registered") rather than migrate for real."""
 MIGRATION_REFUSED = "MigrationRefused"
 """The failure type of a migration that cannot go on (its target version is gone or no
 longer validates): the operation ends failed with its message."""

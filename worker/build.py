@@ -32,6 +32,7 @@ from workflows.housekeeping import PruneSendLedger
 from workflows.journey import JourneyWorkflow
 from workflows.operations import (
     BulkExitWorkflow,
+    MigrationDryRunWorkflow,
     MigrationWorkflow,
     PolicyRecheckWorkflow,
     RetryDeliveryWorkflow,
@@ -114,6 +115,7 @@ def create_worker(
             AudienceClock,
             BulkExitWorkflow,
             MigrationWorkflow,
+            MigrationDryRunWorkflow,
             PolicyRecheckWorkflow,
             RetryDeliveryWorkflow,
         ],

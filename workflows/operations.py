@@ -25,12 +25,14 @@ with workflow.unsafe.imports_passed_through():
     from core.operations import (
         ACTIVITY_EXIT_PAGE,
         ACTIVITY_MIGRATE_PAGE,
+        ACTIVITY_MIGRATE_PAGE_DRY_RUN,
         ACTIVITY_PREPARE_RETRY,
         ACTIVITY_RECHECK_PAGE,
         QUERY_PROGRESS,
         RETRY_REFUSED,
         WORKFLOW_BULK_EXIT,
         WORKFLOW_MIGRATION,
+        WORKFLOW_MIGRATION_DRY_RUN,
         WORKFLOW_POLICY_RECHECK,
         WORKFLOW_RETRY_DELIVERY,
         BulkExitInput,
@@ -217,7 +219,7 @@ class MigrationWorkflow:
 
         async def next_page() -> MigrationProgress:
             page: MigrationProgress = await workflow.execute_activity(
-                ACTIVITY_MIGRATE_PAGE,
+                ACTIVITY_MIGRATE_PAGE_DRY_RUN if input.dry_run else ACTIVITY_MIGRATE_PAGE,
                 MigratePage(
                     campaign_id=input.campaign_id,
                     from_version=input.from_version,
@@ -250,6 +252,16 @@ class MigrationWorkflow:
             f"**{state}** {what}{input.campaign_id} v{input.from_version} → "
             f"v{input.to_version}: {p.seen} seen, {counted} (page {p.pages})"
         )
+
+
+@workflow.defn(name=WORKFLOW_MIGRATION_DRY_RUN)
+class MigrationDryRunWorkflow(MigrationWorkflow):
+    """A migration's dry run: the same pages, each journey only asked where it would land,
+    under names of its own (see `WORKFLOW_MIGRATION_DRY_RUN`)."""
+
+    @workflow.run
+    async def run(self, input: MigrationInput) -> MigrationProgress:
+        return await super().run(input)
 
 
 PREPARE_TIMEOUT = timedelta(seconds=30)

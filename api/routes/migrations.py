@@ -30,6 +30,7 @@ from core.journey import mapping_problems
 from core.operations import (
     REQUEST_ID,
     WORKFLOW_MIGRATION,
+    WORKFLOW_MIGRATION_DRY_RUN,
     JourneysPerPage,
     MigrationInput,
     MigrationProgress,
@@ -203,7 +204,7 @@ async def _start(
     workflow_id = migration_id(campaign_id, operation_id)
     handle = await start_operation(
         client,
-        WORKFLOW_MIGRATION,
+        WORKFLOW_MIGRATION_DRY_RUN if body.dry_run else WORKFLOW_MIGRATION,
         MigrationInput(
             campaign_id=campaign_id,
             from_version=body.from_version,

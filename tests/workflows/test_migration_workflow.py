@@ -13,8 +13,10 @@ from temporalio.worker import Worker
 
 from core.operations import (
     ACTIVITY_MIGRATE_PAGE,
+    ACTIVITY_MIGRATE_PAGE_DRY_RUN,
     QUERY_PROGRESS,
     WORKFLOW_MIGRATION,
+    WORKFLOW_MIGRATION_DRY_RUN,
     JourneyMoved,
     JourneyStays,
     MigratePage,
@@ -23,7 +25,7 @@ from core.operations import (
     MigrationReport,
     StepReport,
 )
-from workflows.operations import MigrationWorkflow
+from workflows.operations import MigrationDryRunWorkflow, MigrationWorkflow
 
 JOURNEYS = [f"j{i}" for i in range(7)]
 MID_SEND = "journey is mid-send (step 'remind')"
@@ -35,6 +37,7 @@ class Pages:
     def __init__(self) -> None:
         self.asked: list[str | None] = []
         self.dry: list[bool] = []
+        self.names: list[str] = []
 
     @activity.defn(name=ACTIVITY_MIGRATE_PAGE)
     async def migrate_page(self, page: MigratePage) -> MigrationProgress:
@@ -72,6 +75,11 @@ class Pages:
             after=ids[-1] if ids else page.after,
             done=len(ids) < page.page_size,
         )
+
+    @activity.defn(name=ACTIVITY_MIGRATE_PAGE_DRY_RUN)
+    async def migrate_page_dry_run(self, page: MigratePage) -> MigrationProgress:
+        self.names.append(ACTIVITY_MIGRATE_PAGE_DRY_RUN)
+        return await self.migrate_page(page)
 
 
 async def test_pages_the_version_and_continues_as_new_with_cursor_and_report(
@@ -125,8 +133,9 @@ async def test_pages_the_version_and_continues_as_new_with_cursor_and_report(
 async def test_a_dry_run_is_the_same_workflow_only_its_pages_told_so(
     time_skipping_env, task_queue
 ) -> None:
-    """The dry run's input says so and each page is told; the workflow's events are the
-    migration's, one for one (the same activity, the same loop)."""
+    """The dry run runs as a workflow type of its own, whose pages are an activity of its
+    own (a worker from before paged dry runs refuses both rather than migrate for real);
+    each page is told, and the workflow's events are the migration's, one for one."""
     client = time_skipping_env.client
 
     async def run(dry_run: bool) -> tuple[Pages, MigrationProgress, list[str]]:
@@ -134,11 +143,11 @@ async def test_a_dry_run_is_the_same_workflow_only_its_pages_told_so(
         async with Worker(
             client,
             task_queue=task_queue,
-            workflows=[MigrationWorkflow],
-            activities=[pages.migrate_page],
+            workflows=[MigrationWorkflow, MigrationDryRunWorkflow],
+            activities=[pages.migrate_page, pages.migrate_page_dry_run],
         ):
             handle = await client.start_workflow(
-                WORKFLOW_MIGRATION,
+                WORKFLOW_MIGRATION_DRY_RUN if dry_run else WORKFLOW_MIGRATION,
                 MigrationInput(
                     campaign_id="cart",
                     from_version=1,
@@ -160,6 +169,7 @@ async def test_a_dry_run_is_the_same_workflow_only_its_pages_told_so(
     dry_pages, dry, dry_events = await run(True)
     real_pages, real, real_events = await run(False)
     assert dry_pages.dry == [True, True, True] and real_pages.dry == [False] * 3
+    assert dry_pages.names == [ACTIVITY_MIGRATE_PAGE_DRY_RUN] * 3 and real_pages.names == []
     assert dry_pages.asked == real_pages.asked == [None, "j2", "j5"]
     assert (dry.report.dry_run, dry.report.operation_id) == (True, "dry-r")
     assert (real.report.dry_run, real.report.operation_id) == (False, "r")

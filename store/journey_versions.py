@@ -12,31 +12,15 @@ from core.journey import JourneyStatus
 from store.models import JourneyEntry
 
 
-async def running_on_version(*, session: AsyncSession, campaign_id: str, version: int) -> list[str]:
-    """The workflow ids of the campaign's journeys recorded as running on `version`.
-
-    A row still `running` whose journey has ended (its outcome not written yet) is only a
-    journey the migration asks and finds ended; a journey another migration moved reads as
-    the version it was moved to (`move_to_version`)."""
-    statement = (
-        select(JourneyEntry.workflow_id)
-        .where(
-            JourneyEntry.campaign_id == campaign_id,
-            JourneyEntry.campaign_version == version,
-            JourneyEntry.status == JourneyStatus.running.value,
-        )
-        .distinct()
-        .order_by(JourneyEntry.workflow_id)
-    )
-    return list(await session.scalars(statement))
-
-
 async def running_on_version_page(
     *, session: AsyncSession, campaign_id: str, version: int, after: str | None, limit: int
 ) -> list[str]:
-    """Up to `limit` of `running_on_version`'s workflow ids, those after `after` (keyset by
-    workflow id): a migration reads its journeys a page at a time. Journeys moved meanwhile
-    leave the version, those that stay are passed by the cursor: no page repeats one."""
+    """Up to `limit` workflow ids of the campaign's journeys recorded as running on
+    `version`, those after `after` (keyset by workflow id): a migration reads its journeys
+    a page at a time. Journeys moved meanwhile leave the version, those that stay are
+    passed by the cursor: no page repeats one. A row still `running` whose journey has
+    ended (its outcome not written yet) is only a journey the migration asks and finds
+    ended; one another migration moved reads as the version it was moved to."""
     statement = select(JourneyEntry.workflow_id).where(
         JourneyEntry.campaign_id == campaign_id,
         JourneyEntry.campaign_version == version,

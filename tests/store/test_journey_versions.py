@@ -7,10 +7,17 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from store.entries import record_entry
-from store.journey_versions import move_to_version, running_on_version, running_on_version_page
+from store.journey_versions import move_to_version, running_on_version_page
 from store.models import JourneyEntry
 
 Sessions = async_sessionmaker[AsyncSession]
+
+
+async def on_version(session: AsyncSession, campaign_id: str, version: int) -> list[str]:
+    """Every journey recorded as running on the version: one page as large as the test."""
+    return await running_on_version_page(
+        session=session, campaign_id=campaign_id, version=version, after=None, limit=100
+    )
 
 
 async def test_running_journeys_of_a_version_and_moving_them(sessions: Sessions) -> None:
@@ -39,7 +46,7 @@ async def test_running_journeys_of_a_version_and_moving_them(sessions: Sessions)
         )
         await session.commit()
     async with sessions() as session:
-        found = await running_on_version(session=session, campaign_id="cart", version=1)
+        found = await on_version(session, "cart", 1)
         assert found == ["journey/cart/a", "journey/cart/b"]
         moved = await move_to_version(
             session=session,
@@ -51,16 +58,12 @@ async def test_running_journeys_of_a_version_and_moving_them(sessions: Sessions)
         await session.commit()
     assert moved == 1
     async with sessions() as session:
-        assert await running_on_version(session=session, campaign_id="cart", version=1) == [
-            "journey/cart/b"
-        ]
-        assert await running_on_version(session=session, campaign_id="cart", version=2) == [
+        assert await on_version(session, "cart", 1) == ["journey/cart/b"]
+        assert await on_version(session, "cart", 2) == [
             "journey/cart/a",
             "journey/cart/c",
         ]
-        assert await running_on_version(session=session, campaign_id="other", version=1) == [
-            "journey/other/d"
-        ]
+        assert await on_version(session, "other", 1) == ["journey/other/d"]
 
 
 async def test_a_version_read_a_keyset_page_at_a_time(sessions: Sessions) -> None:

@@ -177,7 +177,13 @@ class OperationsActivities:
                 )
             else:
                 rows = await running_page_of_every_campaign(
-                    session=session, after_campaign=done.after_campaign, after=after, limit=limit
+                    session=session,
+                    after_campaign=done.after_campaign,
+                    after=after,
+                    limit=limit,
+                    # Alive while walking past campaigns with none running (a heartbeat of
+                    # the progress as it stands: a retry resumes where the last batch ended).
+                    walked=lambda _: activity.heartbeat(done.model_dump(mode="json")),
                 )
 
         def count(outcome: str) -> None:

@@ -412,13 +412,17 @@ async def running_page_of_every_campaign(
     after_campaign: str | None,
     after: tuple[str, int] | None,
     limit: int,
+    walked: Callable[[str], None] | None = None,
 ) -> list[JourneyEntry]:
     """The next `limit` rows of every campaign's running journeys: campaign by campaign in
     id order, each read by `running_page` (the index on (campaign, user, status)), from
     `after` (a row's user id and id) within `after_campaign` — the whole of it when `after`
     is None; the first campaign's start when `after_campaign` is None. Fewer than `limit`
     only when no campaign has more. Campaigns are never deleted, so their table lists every
-    campaign a journey can belong to, whatever its status (archived ones' journeys run on)."""
+    campaign a journey can belong to, whatever its status (archived ones' journeys run on).
+    `walked` is told each campaign read, however few rows it had: a caller that must show
+    it lives (an activity's heartbeat) does so while many campaigns without running
+    journeys are walked past."""
     rows: list[JourneyEntry] = []
     campaign = after_campaign
     if campaign is None:
@@ -428,6 +432,8 @@ async def running_page_of_every_campaign(
         rows += await running_page(
             session=session, campaign_id=campaign, after=after, limit=limit - len(rows)
         )
+        if walked is not None:
+            walked(campaign)
         if len(rows) < limit:
             campaign, after = await _campaign_after(session, campaign), None
     return rows

@@ -27,7 +27,7 @@ from core.journey import JourneyStatus, journey_id
 from core.operations import policy_recheck_id
 from store.campaigns import save_campaign
 from store.entries import record_entry, reserve_entries, running_page_of_every_campaign
-from store.models import Delivery, JourneyEntry
+from store.models import Campaign, Delivery, JourneyEntry
 from temporal.servers import DevServer
 from tests.cli.runner import nudge
 from tests.fixtures.api import ADMIN, RunningApi, eventually, make_settings, running_api
@@ -293,14 +293,21 @@ async def test_running_journeys_of_every_campaign_page_campaign_by_campaign(
         )
 
     pages: list[list[tuple[str, str]]] = []
+    walks: list[list[str]] = []
     after_campaign: str | None = None
     after: tuple[str, int] | None = None
     while True:
+        walked: list[str] = []
         async with sessions() as session:
             rows = await running_page_of_every_campaign(
-                session=session, after_campaign=after_campaign, after=after, limit=2
+                session=session,
+                after_campaign=after_campaign,
+                after=after,
+                limit=2,
+                walked=walked.append,
             )
         pages.append([(r.campaign_id, r.user_id) for r in rows])
+        walks.append(walked)
         if len(rows) < 2:
             break
         after_campaign, after = rows[-1].campaign_id, (rows[-1].user_id, rows[-1].id)
@@ -310,3 +317,17 @@ async def test_running_journeys_of_every_campaign_page_campaign_by_campaign(
         [("c-c", "u3"), ("c-d", "u9")],
         [],
     ]
+    # Each campaign read is told, those without running journeys (c-b) too: the caller's
+    # heartbeat while it walks past them.
+    campaigns_before = [c for c in await _campaign_ids(sessions) if c < "c-a"]
+    assert walks == [
+        [*campaigns_before, "c-a"],
+        ["c-a", "c-b", "c-c"],
+        ["c-c", "c-d"],
+        ["c-d", *[c for c in await _campaign_ids(sessions) if c > "c-d"]],
+    ]
+
+
+async def _campaign_ids(sessions: async_sessionmaker[AsyncSession]) -> list[str]:
+    async with sessions() as session:
+        return sorted(await session.scalars(select(Campaign.id)))

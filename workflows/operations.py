@@ -61,6 +61,27 @@ PAGE_RETRY = RetryPolicy(
 )
 
 
+async def page_activity(
+    name: str,
+    page: Any,
+    result_type: type[Any],
+    summary: str,
+    *,
+    heartbeat: timedelta = PAGE_HEARTBEAT,
+) -> Any:
+    """One page of an operator's operation, as an activity: the same timeout, heartbeat
+    and retry for every operation (a migration's page heartbeats less often)."""
+    return await workflow.execute_activity(
+        name,
+        page,
+        result_type=result_type,
+        start_to_close_timeout=PAGE_TIMEOUT,
+        heartbeat_timeout=heartbeat,
+        retry_policy=PAGE_RETRY,
+        summary=summary,
+    )
+
+
 async def page_through(
     input: Any,
     progress: Any,
@@ -102,7 +123,7 @@ class BulkExitWorkflow:
         progress = self.progress
 
         async def next_page() -> ExitProgress:
-            page: ExitProgress = await workflow.execute_activity(
+            page: ExitProgress = await page_activity(
                 ACTIVITY_EXIT_PAGE,
                 ExitPage(
                     campaign_id=input.campaign_id,
@@ -112,11 +133,8 @@ class BulkExitWorkflow:
                     after_id=progress.after_id,
                     page_size=input.page_size,
                 ),
-                result_type=ExitProgress,
-                start_to_close_timeout=PAGE_TIMEOUT,
-                heartbeat_timeout=PAGE_HEARTBEAT,
-                retry_policy=PAGE_RETRY,
-                summary=f"{input.campaign_id}: journeys after {progress.after_user or 'the first'}",
+                ExitProgress,
+                f"{input.campaign_id}: journeys after {progress.after_user or 'the first'}",
             )
             return page
 
@@ -156,7 +174,7 @@ class PolicyRecheckWorkflow:
             where = progress.after_user or "the first"
             if input.campaign_id is None:
                 where = f"{progress.after_campaign or 'the first campaign'}/{where}"
-            page: RecheckProgress = await workflow.execute_activity(
+            page: RecheckProgress = await page_activity(
                 ACTIVITY_RECHECK_PAGE,
                 RecheckPage(
                     campaign_id=input.campaign_id,
@@ -165,11 +183,8 @@ class PolicyRecheckWorkflow:
                     after_id=progress.after_id,
                     page_size=input.page_size,
                 ),
-                result_type=RecheckProgress,
-                start_to_close_timeout=PAGE_TIMEOUT,
-                heartbeat_timeout=PAGE_HEARTBEAT,
-                retry_policy=PAGE_RETRY,
-                summary=f"{input.campaign_id or 'every campaign'}: journeys after {where}",
+                RecheckProgress,
+                f"{input.campaign_id or 'every campaign'}: journeys after {where}",
             )
             return page
 
@@ -218,7 +233,7 @@ class MigrationWorkflow:
         progress = self.progress
 
         async def next_page() -> MigrationProgress:
-            page: MigrationProgress = await workflow.execute_activity(
+            page: MigrationProgress = await page_activity(
                 ACTIVITY_MIGRATE_PAGE_DRY_RUN if input.dry_run else ACTIVITY_MIGRATE_PAGE,
                 MigratePage(
                     campaign_id=input.campaign_id,
@@ -231,12 +246,10 @@ class MigrationWorkflow:
                     page_size=input.page_size,
                     dry_run=input.dry_run,
                 ),
-                result_type=MigrationProgress,
-                start_to_close_timeout=PAGE_TIMEOUT,
-                heartbeat_timeout=MIGRATE_HEARTBEAT,
-                retry_policy=PAGE_RETRY,
-                summary=f"{input.campaign_id} v{input.from_version}: journeys after "
+                MigrationProgress,
+                f"{input.campaign_id} v{input.from_version}: journeys after "
                 f"{progress.after or 'the first'}",
+                heartbeat=MIGRATE_HEARTBEAT,
             )
             return page
 

@@ -24,7 +24,7 @@ from temporalio.client import (
 from temporalio.service import RPCError
 
 from api.deps import AdminDep, SessionDep, SettingsDep, TemporalDep
-from api.routes.operations import read_operation, start_operation
+from api.routes.operations import OperationPublic, read_operation, start_operation
 from api.schemas import MAX_VERSION, CampaignId, Message, ProblemsResponse
 from core.journey import mapping_problems
 from core.operations import (
@@ -87,25 +87,16 @@ class MigrationCreate(BaseModel):
     )
 
 
-class MigrationOperation(BaseModel):
+class MigrationOperation(OperationPublic):
     """A migration (or its dry run) still going, or read back: its workflow's status and
-    the report so far (`progress.report`; final once `status` is `completed`)."""
+    the report so far (`progress.report`; final once `status` is `completed`).
+    `GET /v1/campaigns/{id}/migrations/{operation_id}` reads it again; a dry run's
+    operation id begins with `dry-`. Once it stopped, the page it was in, if any, is not
+    counted (the journeys that page moved are recorded on each journey and in the
+    membership index)."""
 
-    operation_id: str
-    """Name it to read the progress: `GET /v1/campaigns/{id}/migrations/{operation_id}`.
-    A dry run's begins with `dry-`."""
     campaign_id: str
-    workflow_id: str
-    status: str
-    """`running`, `completed`, or how the migration's workflow ended otherwise (`failed`,
-    `terminated`, `canceled`, `timed_out`)."""
     progress: MigrationProgress
-    """Once it ended otherwise than `completed`: the pages it completed, as its `progress`
-    query answers from its history (the page it was in, if any, is not counted: the journeys
-    that page moved are recorded on each journey and in the membership index)."""
-    failure: str | None = None
-    """Why it ended otherwise than `completed`: its failure, or the reason it was terminated
-    with."""
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -296,12 +287,7 @@ async def _operation(
         peek=peek,
     )
     return MigrationOperation(
-        operation_id=operation_id,
-        campaign_id=campaign_id,
-        workflow_id=handle.id,
-        status=read.status,
-        progress=read.progress,
-        failure=read.failure,
+        operation_id=operation_id, campaign_id=campaign_id, workflow_id=handle.id, **read.answer()
     )
 
 

@@ -76,17 +76,25 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-class BulkExitPublic(BaseModel):
+class OperationPublic(BaseModel):
+    """An operator's operation as the API answers it (each adds its scope and progress)."""
+
     operation_id: str
-    """Name it to read the progress: `GET /v1/campaigns/{id}/exit/{operation_id}`."""
-    campaign_id: str
+    """Name it to read the operation again."""
     workflow_id: str
     status: str
-    """`running`, `completed`, or how the operation's workflow ended otherwise."""
-    progress: ExitProgress
-    """Once it stopped otherwise than `completed`: the pages it completed."""
+    """`running`, `completed`, or how the operation's workflow ended otherwise (`failed`,
+    `terminated`, `canceled`, `timed_out`)."""
     failure: str | None = None
-    """Why it stopped otherwise than `completed`."""
+    """Why it stopped otherwise than `completed`; its `progress` then holds the pages it
+    completed."""
+
+
+class BulkExitPublic(OperationPublic):
+    """`GET /v1/campaigns/{id}/exit/{operation_id}` reads it again."""
+
+    campaign_id: str
+    progress: ExitProgress
 
 
 @router.post(
@@ -210,12 +218,7 @@ async def _bulk_exit(
         peek=peek,
     )
     return BulkExitPublic(
-        operation_id=operation_id,
-        campaign_id=campaign_id,
-        workflow_id=handle.id,
-        status=read.status,
-        progress=read.progress,
-        failure=read.failure,
+        operation_id=operation_id, campaign_id=campaign_id, workflow_id=handle.id, **read.answer()
     )
 
 
@@ -223,18 +226,12 @@ MEMO_SCOPE = "campaign_id"
 """The memo key of a re-check's scope: its campaign, or None for every campaign."""
 
 
-class RecheckPublic(BaseModel):
-    operation_id: str
-    """Name it to read the progress: `GET /v1/journeys/recheck?operation_id=...`."""
+class RecheckPublic(OperationPublic):
+    """`GET /v1/journeys/recheck?operation_id=...` reads it again."""
+
     campaign_id: str | None
     """The campaign whose journeys are told; None: every campaign's."""
-    workflow_id: str
-    status: str
-    """`running`, `completed`, or how the operation's workflow ended otherwise."""
     progress: RecheckProgress
-    """Once it stopped otherwise than `completed`: the pages it completed."""
-    failure: str | None = None
-    """Why it stopped otherwise than `completed`."""
 
 
 @router.post(
@@ -333,9 +330,7 @@ async def _policy_recheck(
         operation_id=operation_id,
         campaign_id=scope if isinstance(scope, str) else None,
         workflow_id=handle.id,
-        status=read.status,
-        progress=read.progress,
-        failure=read.failure,
+        **read.answer(),
     )
 
 
@@ -353,6 +348,10 @@ class OperationRead(Generic[Progress]):
     terminated with."""
     counted: bool = True
     """False when `progress` is the empty one: not read (`peek`, or no worker answered)."""
+
+    def answer(self) -> dict[str, Any]:
+        """The fields an `OperationPublic` takes from it."""
+        return {"status": self.status, "progress": self.progress, "failure": self.failure}
 
 
 STOPPED = (
